@@ -1,0 +1,40 @@
+"""fluxnb: FLUX.1-dev on one 22-24 GB GPU, as a tested notebook workflow.
+
+The notebooks call these functions; the tests call the same ones.
+"""
+
+from .config import ModelConfig, ModelSpec, load_config
+from .errors import ConfigError, FluxnbError, LoadError, ModelUnavailableError, QuantizationError, RequestError
+from .generation import GeneratedImage, generate
+from .loading import LoadedModel, LoadReport, load_model
+from .outputs import RunFolder, read_manifest, read_png_metadata
+from .requests import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
+from .selection import ModelChoice, resolve_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "FluxnbError",
+    "GeneratedImage",
+    "GenerationRequest",
+    "IMAGE_TO_IMAGE",
+    "LoadError",
+    "LoadReport",
+    "LoadedModel",
+    "ModelChoice",
+    "ModelConfig",
+    "ModelSpec",
+    "ModelUnavailableError",
+    "QuantizationError",
+    "RequestError",
+    "RunFolder",
+    "TEXT_TO_IMAGE",
+    "generate",
+    "load_config",
+    "load_model",
+    "make_request",
+    "read_manifest",
+    "read_png_metadata",
+    "resolve_model",
+]

@@ -1,0 +1,225 @@
+"""model_config.yaml: load it, check every key at once, and hand out typed model entries.
+
+The file is the one place where models are declared (DESIGN.md); a typo in it must fail with the key
+path and the fix, not as a KeyError deep inside a loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "model_config.yaml"
+SIZE_MULTIPLE = 16  # FLUX: VAE downsamples by 8, the transformer packs 2x2 latent patches.
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    default_steps: int
+    max_steps: int
+    use_negative_prompt: bool
+    guidance_scale: float
+    supports_i2i: bool
+    max_tokens: int
+    default_size: tuple[int, int]  # (width, height)
+    max_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    id: str
+    type: str
+    requires_auth: bool
+    params: ModelParams
+    description: str
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    models: dict[str, ModelSpec]
+    primary_model: str
+    fallback_model: str
+    path: str
+
+    def get(self, name: str) -> ModelSpec:
+        """The entry called `name`, or an error that lists the names that exist."""
+        if name not in self.models:
+            from .errors import RequestError
+
+            raise RequestError(
+                "model",
+                f"{name!r} is not defined in {self.path}. Allowed: "
+                f"{', '.join(['auto', *self.models])}. Fix: use one of these names, or add an entry "
+                "under `models:` in that file.",
+            )
+        return self.models[name]
+
+
+# key -> (python types accepted, human name). bool is checked before int: YAML `true` is not a step count.
+_MODEL_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "id": ((str,), "a string (hub repo id)"),
+    "type": ((str,), "a string (loader type)"),
+    "requires_auth": ((bool,), "true or false"),
+    "params": ((dict,), "a mapping"),
+    "description": ((str,), "a string"),
+}
+_PARAM_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "default_steps": ((int,), "an integer"),
+    "max_steps": ((int,), "an integer"),
+    "use_negative_prompt": ((bool,), "true or false"),
+    "guidance_scale": ((int, float), "a number"),
+    "supports_i2i": ((bool,), "true or false"),
+    "max_tokens": ((int,), "an integer"),
+    "default_size": ((list,), "a list [width, height]"),
+    "max_size": ((list,), "a list [width, height]"),
+}
+_RUNTIME_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "primary_model": ((str,), "a model name"),
+    "fallback_model": ((str,), "a model name"),
+}
+_TOP_KEYS = {"models", "runtime"}
+
+
+def _is_type(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def _check_keys(
+    mapping: dict, schema: dict[str, tuple[tuple[type, ...], str]], where: str, problems: list[str]
+) -> None:
+    for key in mapping:
+        if key not in schema:
+            problems.append(f"{where}.{key}: unknown key. Allowed keys: {', '.join(schema)}")
+    for key, (types, human) in schema.items():
+        if key not in mapping:
+            problems.append(f"{where}.{key}: missing (must be {human})")
+        elif not _is_type(mapping[key], types):
+            problems.append(f"{where}.{key}: must be {human}, got {mapping[key]!r}")
+
+
+def _check_size(value: Any, where: str, problems: list[str]) -> tuple[int, int] | None:
+    if not isinstance(value, list):
+        return None  # already reported as a type problem
+    if len(value) != 2 or not all(_is_type(v, (int,)) for v in value):
+        problems.append(f"{where}: must be [width, height] with two integers, got {value!r}")
+        return None
+    width, height = value
+    for axis, v in (("width", width), ("height", height)):
+        if v <= 0 or v % SIZE_MULTIPLE:
+            problems.append(f"{where}: {axis} {v} must be a positive multiple of {SIZE_MULTIPLE}")
+    return (width, height)
+
+
+def _model_params(raw: dict, where: str, problems: list[str]) -> ModelParams | None:
+    before = len(problems)
+    _check_keys(raw, _PARAM_KEYS, where, problems)
+    default_size = _check_size(raw.get("default_size"), f"{where}.default_size", problems)
+    max_size = _check_size(raw.get("max_size"), f"{where}.max_size", problems)
+    steps, max_steps = raw.get("default_steps"), raw.get("max_steps")
+    if _is_type(max_steps, (int,)) and max_steps < 1:
+        problems.append(f"{where}.max_steps: must be at least 1, got {max_steps}")
+    if _is_type(steps, (int,)) and _is_type(max_steps, (int,)) and not 1 <= steps <= max_steps:
+        problems.append(f"{where}.default_steps: {steps} must be between 1 and max_steps ({max_steps})")
+    if default_size and max_size and (default_size[0] > max_size[0] or default_size[1] > max_size[1]):
+        problems.append(f"{where}.default_size: {list(default_size)} is above max_size {list(max_size)}")
+    guidance = raw.get("guidance_scale")
+    if _is_type(guidance, (int, float)) and guidance <= 0:
+        problems.append(f"{where}.guidance_scale: must be > 0, got {guidance}")
+    tokens = raw.get("max_tokens")
+    if _is_type(tokens, (int,)) and not 1 <= tokens <= 512:
+        problems.append(f"{where}.max_tokens: must be between 1 and 512 (T5 limit in FLUX), got {tokens}")
+    if len(problems) != before:
+        return None
+    return ModelParams(
+        default_steps=steps,
+        max_steps=max_steps,
+        use_negative_prompt=raw["use_negative_prompt"],
+        guidance_scale=float(guidance),
+        supports_i2i=raw["supports_i2i"],
+        max_tokens=tokens,
+        default_size=default_size,
+        max_size=max_size,
+    )
+
+
+def parse_config(data: Any, path: str = "model_config.yaml") -> ModelConfig:
+    """Validate an already-parsed YAML document; every problem is collected before raising."""
+    from .loading import LOADERS  # the registry defines which `type` values exist
+
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError(path, [f"(top level): must be a mapping with keys models and runtime, got {type(data).__name__}"])
+    for key in data:
+        if key not in _TOP_KEYS:
+            problems.append(f"{key}: unknown top-level key. Allowed: {', '.join(sorted(_TOP_KEYS))}")
+    raw_models = data.get("models")
+    models: dict[str, ModelSpec] = {}
+    if not isinstance(raw_models, dict) or not raw_models:
+        problems.append("models: missing or empty (must map model names to entries)")
+        raw_models = {}
+    for name, raw in raw_models.items():
+        where = f"models.{name}"
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: must be a mapping, got {raw!r}")
+            continue
+        before = len(problems)
+        _check_keys(raw, _MODEL_KEYS, where, problems)
+        params = _model_params(raw["params"], f"{where}.params", problems) if isinstance(raw.get("params"), dict) else None
+        mtype = raw.get("type")
+        if isinstance(mtype, str) and mtype not in LOADERS:
+            problems.append(f"{where}.type: unknown type {mtype!r}. Allowed: {', '.join(LOADERS)}")
+        if len(problems) == before and params is not None:
+            models[str(name)] = ModelSpec(
+                name=str(name),
+                id=raw["id"],
+                type=mtype,
+                requires_auth=raw["requires_auth"],
+                params=params,
+                description=raw["description"],
+            )
+    runtime = data.get("runtime")
+    if not isinstance(runtime, dict):
+        problems.append("runtime: missing (must be a mapping with primary_model and fallback_model)")
+        runtime = {}
+    else:
+        _check_keys(runtime, _RUNTIME_KEYS, "runtime", problems)
+        for key in _RUNTIME_KEYS:
+            value = runtime.get(key)
+            if isinstance(value, str) and value not in raw_models:
+                problems.append(
+                    f"runtime.{key}: {value!r} is not defined under models. Defined: {', '.join(map(str, raw_models))}"
+                )
+    if problems:
+        raise ConfigError(path, problems)
+    return ModelConfig(
+        models=models,
+        primary_model=runtime["primary_model"],
+        fallback_model=runtime["fallback_model"],
+        path=path,
+    )
+
+
+def load_config(path: str | Path | None = None) -> ModelConfig:
+    """Read and validate model_config.yaml (the project's by default)."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found. Fix: pass the path of an existing model_config.yaml"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"YAML syntax error at {where}: {reason}. Fix: correct the YAML there"]) from None
+    return parse_config(data, str(path))

@@ -1,0 +1,375 @@
+"""Loading FLUX pipelines: one registry of loaders keyed by the model `type` in model_config.yaml.
+
+Adding a backend is one function and one entry in LOADERS. Every load returns a LoadReport (per
+component: class, format, device, real bytes; total; seconds) and is verified: a model entry that
+promises 8-bit weights fails loudly when the weights are not 8-bit, and a checkpoint whose weights
+were "newly initialized" on load (random weights in disguise, KNOWN_ISSUES row 16) is refused.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import ModelConfig, ModelSpec, load_config
+from .errors import LoadError, ModelUnavailableError, QuantizationError
+from .footprint import ComponentFootprint, pipeline_footprint
+
+logger = logging.getLogger(__name__)
+
+GIB = 2**30
+
+
+def human_bytes(n: int) -> str:
+    """1.23 GiB / 45.6 MiB / 789 KiB: tiny and full-size models in one table."""
+    for unit, size in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+# Load-time log text that means weights were not loaded from the checkpoint (they are random).
+_UNLOADED_WEIGHT_PATTERNS = ("newly initialized", "were not used when initializing", "missing keys")
+
+
+@dataclass
+class LoadContext:
+    """Where and how to load: the resolved checkpoint (hub id or local folder), device and dtype."""
+
+    checkpoint: str
+    device: str
+    torch_dtype: object
+    token: str | None = None
+    cache_dir: str | None = None
+    notes: list[str] = field(default_factory=list)
+    offload: str = "none"
+
+
+@dataclass
+class LoadReport:
+    model: str
+    model_id: str
+    type: str
+    checkpoint: str
+    weights: str  # "hub checkpoint" or "embedded tiny model (random weights)" or "local checkpoint"
+    device: str
+    offload: str
+    load_seconds: float
+    components: list[ComponentFootprint]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(c.bytes for c in self.components)
+
+    def component(self, name: str) -> ComponentFootprint:
+        return next(c for c in self.components if c.name == name)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "model_id": self.model_id,
+            "type": self.type,
+            "checkpoint": self.checkpoint,
+            "weights": self.weights,
+            "device": self.device,
+            "offload": self.offload,
+            "load_seconds": round(self.load_seconds, 3),
+            "total_bytes": self.total_bytes,
+            "components": [c.to_dict() for c in self.components],
+            "notes": list(self.notes),
+        }
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.model} ({self.model_id}, type {self.type}): {self.weights}",
+            f"loaded in {self.load_seconds:.1f} s on {self.device}, offload: {self.offload}",
+        ]
+        for c in self.components:
+            lines.append(f"  {c.name:<15} {c.cls:<24} {c.format:<22} {c.device:<10} {human_bytes(c.bytes):>11}")
+        lines.append(f"  {'total':<15} {'':<24} {'':<22} {'':<10} {human_bytes(self.total_bytes):>11}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{c.name}</td><td>{c.cls}</td><td>{html.escape(c.format)}</td><td>{c.device}</td>"
+            f"<td style='text-align:right'>{human_bytes(c.bytes)}</td></tr>"
+            for c in self.components
+        )
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        return (
+            f"<p><b>{html.escape(self.model)}</b> ({html.escape(self.model_id)}, type {self.type}): "
+            f"{html.escape(self.weights)}; loaded in {self.load_seconds:.1f} s on {self.device}, "
+            f"offload: {self.offload}</p>"
+            "<table><tr><th>component</th><th>class</th><th>format</th><th>device</th><th>memory</th></tr>"
+            f"{rows}<tr><td><b>total</b></td><td></td><td></td><td></td>"
+            f"<td style='text-align:right'><b>{human_bytes(self.total_bytes)}</b></td></tr></table>"
+            + (f"<ul>{notes}</ul>" if notes else "")
+        )
+
+
+@contextmanager
+def _refuse_unloaded_weights(checkpoint: str):
+    """Turn transformers/diffusers warnings about weights not loaded from the checkpoint into a LoadError."""
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Collect(level=logging.WARNING)
+    loggers = [logging.getLogger("transformers"), logging.getLogger("diffusers")]
+    for log in loggers:
+        log.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
+            yield
+    finally:
+        for log in loggers:
+            log.removeHandler(handler)
+    bad = [m for m in messages if any(p in m.lower() for p in _UNLOADED_WEIGHT_PATTERNS)]
+    if bad:
+        raise LoadError(
+            f"checkpoint {checkpoint} did not load cleanly: some weights were not found in it and would run "
+            f"with random values.\n{bad[0][:1500]}\nFix: the checkpoint was probably saved by another "
+            "transformers/diffusers line (KNOWN_ISSUES row 16) or is incomplete; rebuild or re-download it."
+        )
+
+
+@contextmanager
+def _progress_bars(enabled: bool):
+    """Loading bars for people, none in headless logs (diffusers' and transformers' own switches)."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    if enabled:
+        yield
+        return
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
+def _from_pretrained(ctx: LoadContext, **kwargs):
+    from diffusers import FluxPipeline
+
+    with _refuse_unloaded_weights(ctx.checkpoint):
+        return FluxPipeline.from_pretrained(
+            ctx.checkpoint, torch_dtype=ctx.torch_dtype, token=ctx.token, cache_dir=ctx.cache_dir, **kwargs
+        )
+
+
+def _require_cuda(spec: ModelSpec, ctx: LoadContext, why: str) -> None:
+    if ctx.device != "cuda":
+        raise ModelUnavailableError(
+            f"model {spec.name!r} ({spec.type}) needs a CUDA GPU: {why}. This machine has none "
+            "(torch.cuda.is_available() is False; `fluxnb doctor` says why). "
+            "Fix: run on a GPU machine, or use model='flux-tiny' (or 'auto') here."
+        )
+
+
+def load_flux_bnb(spec: ModelSpec, ctx: LoadContext):
+    """Pre-quantized bitsandbytes checkpoint (the guide's path): quantization config comes with the weights."""
+    _require_cuda(spec, ctx, "diffusers refuses bitsandbytes-quantized loading without one ('No GPU found')")
+    pipe = _from_pretrained(ctx)
+    pipe.to("cuda")  # quantized modules are already on the GPU; this moves the VAE and CLIP
+    return pipe
+
+
+def load_flux_bf16(spec: ModelSpec, ctx: LoadContext):
+    """Full-precision FLUX.1-dev (bf16): on the GPU if it fits, else model or sequential CPU offload."""
+    import torch
+
+    _require_cuda(spec, ctx, "the bf16 model needs about 33 GB of weights; a CPU would take hours per image")
+    pipe = _from_pretrained(ctx)
+    footprint = {c.name: c.bytes for c in pipeline_footprint(pipe)}
+    free, _total = torch.cuda.mem_get_info()
+    margin = 3 * GIB  # activations at 1024x1024 plus the CUDA context
+    if sum(footprint.values()) + margin <= free:
+        pipe.to("cuda")
+        ctx.offload = "none"
+    elif footprint.get("transformer", 0) + margin <= free:
+        pipe.enable_model_cpu_offload()
+        ctx.offload = "model"
+        ctx.notes.append(
+            f"all weights ({sum(footprint.values()) / GIB:.1f} GiB) exceed free GPU memory ({free / GIB:.1f} GiB): "
+            "model CPU offload keeps one component at a time on the GPU (slower start of each phase)"
+        )
+    else:
+        pipe.enable_sequential_cpu_offload()
+        ctx.offload = "sequential"
+        ctx.notes.append(
+            f"the transformer alone ({footprint.get('transformer', 0) / GIB:.1f} GiB) exceeds free GPU memory "
+            f"({free / GIB:.1f} GiB): sequential CPU offload streams layers to the GPU (much slower)"
+        )
+    return pipe
+
+
+def load_flux_tiny(spec: ModelSpec, ctx: LoadContext):
+    """The embedded tiny FLUX, loaded from its locally built folder by the same from_pretrained path."""
+    pipe = _from_pretrained(ctx)
+    pipe.to(ctx.device)
+    return pipe
+
+
+LOADERS: dict[str, Callable[[ModelSpec, LoadContext], object]] = {
+    "flux-bnb-8bit": load_flux_bnb,
+    "flux-bnb-4bit": load_flux_bnb,
+    "flux-bf16": load_flux_bf16,
+    "flux-tiny": load_flux_tiny,
+}
+
+# What each type promises: component -> accepted formats (prefix of ComponentFootprint.format).
+EXPECTED_FORMATS: dict[str, dict[str, tuple[str, ...]]] = {
+    "flux-bnb-8bit": {"transformer": ("int8",), "text_encoder_2": ("int8",)},
+    "flux-bnb-4bit": {"transformer": ("nf4",), "text_encoder_2": ("nf4", "int8")},
+}
+
+
+def verify_quantization(model_type: str, components: list[ComponentFootprint]) -> None:
+    """Fail loudly when a component that must be quantized is not: module types and real bytes both count."""
+    problems = []
+    for c in components:
+        accepted = EXPECTED_FORMATS.get(model_type, {}).get(c.name)
+        if not accepted:
+            continue
+        if not c.format.startswith(accepted):
+            problems.append(
+                f"{c.name} ({c.cls}) is {c.format}, expected {' or '.join(accepted)}: "
+                f"{c.quantized_layers} quantized and {c.linear_layers} plain Linear layers"
+            )
+        elif c.linear_layers > c.quantized_layers:
+            problems.append(
+                f"{c.name} ({c.cls}) has only {c.quantized_layers} quantized layers beside {c.linear_layers} "
+                "plain Linear layers"
+            )
+    if problems:
+        raise QuantizationError(
+            f"quantization was not applied as the {model_type} entry promises:\n  - "
+            + "\n  - ".join(problems)
+            + "\nFix: check that the checkpoint is the pre-quantized one named in model_config.yaml and that "
+            "bitsandbytes imports on this machine (`fluxnb doctor`)."
+        )
+
+
+def _hf_token() -> str | None:
+    """The token from HF_TOKEN or the saved `huggingface_hub` login; never a parameter, never logged."""
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def load_model(
+    model: str | ModelSpec = "auto",
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | None = None,
+    config: ModelConfig | None = None,
+    progress: bool = True,
+) -> LoadedModel:
+    """Load a model entry by name (or 'auto'), verify it, and return it with its report.
+
+    `checkpoint` overrides where the weights come from (a local folder in the hub layout), so the very
+    same loader runs on checkpoints built here (tiny, full-size synthetic).
+    """
+    import torch
+
+    from .selection import resolve_model
+
+    config = config or load_config()
+    spec = model if isinstance(model, ModelSpec) else resolve_model(model, config).spec
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if checkpoint is not None:
+        source, weights = str(checkpoint), "local checkpoint"
+    elif spec.type == "flux-tiny":
+        from .tiny import ensure_tiny_checkpoint
+
+        source, weights = str(ensure_tiny_checkpoint()), "embedded tiny model (random weights: images are noise)"
+    else:
+        source, weights = spec.id, "hub checkpoint"
+    if spec.requires_auth and checkpoint is None:
+        token = _hf_token()
+        if token is None:
+            raise ModelUnavailableError(
+                f"model {spec.name!r} ({spec.id}) is gated: it needs a Hugging Face token with access. "
+                "Fix: accept the license on its model page, then `huggingface-cli login` or set HF_TOKEN "
+                "(never pass the token as a notebook parameter: it would be saved in the executed notebook)."
+            )
+    else:
+        token = None
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    ctx = LoadContext(checkpoint=source, device=device, torch_dtype=dtype, token=token)
+    start = time.perf_counter()
+    with _progress_bars(progress):
+        pipe = LOADERS[spec.type](spec, ctx)
+    seconds = time.perf_counter() - start
+    components = pipeline_footprint(pipe)
+    verify_quantization(spec.type, components)
+    report = LoadReport(
+        model=spec.name,
+        model_id=spec.id,
+        type=spec.type,
+        checkpoint=source,
+        weights=weights,
+        device=device,
+        offload=ctx.offload,
+        load_seconds=seconds,
+        components=components,
+        notes=ctx.notes,
+    )
+    return LoadedModel(spec=spec, pipe=pipe, report=report)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded pipeline with its model entry and load report; derives the image-to-image pipeline once."""
+
+    spec: ModelSpec
+    pipe: object
+    report: LoadReport
+    _img2img: object = None
+
+    @property
+    def device(self) -> str:
+        return self.report.device
+
+    def img2img_pipeline(self):
+        """The image-to-image pipeline, sharing the very same component objects as the text-to-image one."""
+        if self._img2img is None:
+            self._img2img, note = derive_img2img(self.pipe)
+            if note:
+                self.report.notes.append(note)
+        return self._img2img
+
+
+def derive_img2img(pipe) -> tuple[object, str | None]:
+    """AutoPipelineForImage2Image.from_pipe, or FluxImg2ImgPipeline(**components) when that cannot import.
+
+    Returns the pipeline and a note saying why the fallback was used (None when it was not).
+    """
+    try:
+        from diffusers import AutoPipelineForImage2Image
+
+        return AutoPipelineForImage2Image.from_pipe(pipe), None
+    except (ImportError, ValueError) as exc:  # KNOWN_ISSUES 11 (no mapping) and 12 (MT5Tokenizer import)
+        from diffusers import FluxImg2ImgPipeline
+
+        note = (
+            f"AutoPipelineForImage2Image.from_pipe failed ({type(exc).__name__}: {str(exc)[:300]}); "
+            "built FluxImg2ImgPipeline from the same components instead"
+        )
+        logger.warning(note)
+        return FluxImg2ImgPipeline(**pipe.components), note
+
+

@@ -1,0 +1,184 @@
+"""Generation requests, validated against the chosen model's params before any model is loaded.
+
+Each error names the parameter, what is allowed for this model, and the fix (DESIGN.md: bad input gets a
+clear error before minutes are spent loading 17 GB of weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import SIZE_MULTIPLE, ModelSpec
+from .errors import RequestError
+
+TEXT_TO_IMAGE = "text-to-image"
+IMAGE_TO_IMAGE = "image-to-image"
+MAX_IMAGES_PER_PROMPT = 64
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    mode: str
+    prompts: tuple[str, ...]
+    negative_prompt: str | None
+    seed: int
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    num_images: int  # per prompt
+    max_sequence_length: int
+    init_image: str | None = None
+    strength: float | None = None
+
+    def items(self) -> list[tuple[int, str, int]]:
+        """(index, prompt, seed) of every image: image k of each prompt uses seed + k, so any one image
+        can be regenerated on its own and the same seed compares prompts."""
+        return [
+            (p * self.num_images + k, prompt, self.seed + k)
+            for p, prompt in enumerate(self.prompts)
+            for k in range(self.num_images)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["prompts"] = list(self.prompts)
+        return data
+
+
+def _int(name: str, value: Any, low: int, high: int, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise RequestError(name, f"must be a whole number between {low} and {high}, got {value!r}. {fix}")
+    if not low <= value <= high:
+        raise RequestError(name, f"must be between {low} and {high} for this model, got {value}. {fix}")
+    return value
+
+
+def _size(name: str, value: Any, maximum: int) -> int:
+    value = _int(name, value, SIZE_MULTIPLE, maximum, f"Fix: use a multiple of {SIZE_MULTIPLE} up to {maximum}.")
+    if value % SIZE_MULTIPLE:
+        lower = value - value % SIZE_MULTIPLE
+        raise RequestError(
+            name,
+            f"{value} is not a multiple of {SIZE_MULTIPLE} (FLUX: the VAE downsamples by 8 and the transformer "
+            f"packs 2x2 patches). Fix: use {lower} or {lower + SIZE_MULTIPLE}.",
+        )
+    return value
+
+
+def _prompts(value: Any) -> tuple[str, ...]:
+    prompts = [value] if isinstance(value, str) else value
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise RequestError("prompt", f"must be a non-empty string or a list of them, got {value!r}. "
+                           "Fix: describe the picture, e.g. prompt='a red fox in the snow'.")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            where = "" if isinstance(value, str) else f" (item {i})"
+            raise RequestError("prompt", f"is empty{where}: FLUX needs a description to generate from. "
+                               "Fix: describe the picture, e.g. prompt='a red fox in the snow'.")
+    return tuple(prompts)
+
+
+def check_image_file(name: str, path: Any) -> str:
+    """An existing file that PIL can read as an image; its path as a string."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(path, (str, Path)) or not str(path).strip():
+        raise RequestError(name, f"must be the path of an image file, got {path!r}.")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise RequestError(name, f"file {str(file)!r} does not exist. Fix: give the path of a PNG or JPEG "
+                           "(relative paths are taken from the working directory).")
+    try:
+        with Image.open(file) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise RequestError(name, f"file {str(file)!r} is not an image that can be read ({exc}). "
+                           "Fix: give a PNG or JPEG file.") from None
+    return str(file)
+
+
+def make_request(
+    spec: ModelSpec,
+    *,
+    prompt: str | list[str],
+    negative_prompt: str | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    num_images: int = 1,
+    max_sequence_length: int | None = None,
+    init_image: str | Path | None = None,
+    strength: float | None = None,
+    mode: str = TEXT_TO_IMAGE,
+) -> GenerationRequest:
+    """Validate parameters against `spec.params`; None means the model's default."""
+    params = spec.params
+    if mode not in (TEXT_TO_IMAGE, IMAGE_TO_IMAGE):
+        raise RequestError("mode", f"must be {TEXT_TO_IMAGE!r} or {IMAGE_TO_IMAGE!r}, got {mode!r}.")
+    prompts = _prompts(prompt)
+    if negative_prompt not in (None, ""):
+        if not params.use_negative_prompt:
+            raise RequestError(
+                "negative_prompt",
+                f"model {spec.name!r} does not use a negative prompt (FLUX.1-dev is guidance-distilled: "
+                "it has no unconditional branch to steer away from). Fix: set negative_prompt=None and "
+                "describe what you want in the prompt instead.",
+            )
+        if not isinstance(negative_prompt, str):
+            raise RequestError("negative_prompt", f"must be a string or None, got {negative_prompt!r}.")
+    seed = _int("seed", seed, 0, MAX_SEED, "Fix: use a non-negative integer such as 0 or 42.")
+    steps = _int(
+        "steps",
+        params.default_steps if steps is None else steps,
+        1,
+        params.max_steps,
+        f"Fix: use 1..{params.max_steps} (default {params.default_steps}).",
+    )
+    guidance = params.guidance_scale if guidance_scale is None else guidance_scale
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance > 0 or guidance != guidance:
+        raise RequestError("guidance_scale", f"must be a number > 0, got {guidance!r}. "
+                           f"Fix: FLUX.1-dev works best near {params.guidance_scale}.")
+    default_w, default_h = params.default_size
+    max_w, max_h = params.max_size
+    width = _size("width", default_w if width is None else width, max_w)
+    height = _size("height", default_h if height is None else height, max_h)
+    num_images = _int("num_images", num_images, 1, MAX_IMAGES_PER_PROMPT,
+                      f"Fix: ask for 1..{MAX_IMAGES_PER_PROMPT} images per prompt.")
+    max_sequence_length = _int(
+        "max_sequence_length",
+        params.max_tokens if max_sequence_length is None else max_sequence_length,
+        1,
+        params.max_tokens,
+        f"Fix: use at most {params.max_tokens} T5 tokens.",
+    )
+    if mode == TEXT_TO_IMAGE:
+        if init_image is not None or strength is not None:
+            which = "init_image" if init_image is not None else "strength"
+            raise RequestError(which, "only applies to image-to-image. Fix: leave it unset, or use "
+                               "notebooks/02_image_to_image.ipynb (fluxnb generate --init-image).")
+        return GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width,
+                                 height, num_images, max_sequence_length)
+    if not params.supports_i2i:
+        raise RequestError("init_image", f"model {spec.name!r} does not support image-to-image "
+                           "(supports_i2i: false). Fix: choose a model with supports_i2i: true.")
+    if init_image is None:
+        raise RequestError("init_image", "is required for image-to-image. Fix: give the path of a PNG or JPEG.")
+    init_image = check_image_file("init_image", init_image)
+    strength = 0.6 if strength is None else strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise RequestError("strength", f"must be a number in (0, 1], got {strength!r}. Fix: 0.3 keeps the "
+                           "picture close to init_image, 0.9 changes most of it.")
+    if int(steps * strength) < 1:
+        raise RequestError("strength", f"{strength} x {steps} steps leaves no denoising step. "
+                           f"Fix: raise strength to at least {1 / steps:.2f} or use more steps.")
+    return GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width, height,
+                             num_images, max_sequence_length, init_image, float(strength))

@@ -1,0 +1,142 @@
+"""Headless notebook runs with papermill: one new run folder per run, parameters checked before the kernel starts.
+
+The executed notebook lands beside the images and manifest it produced. A failure inside the notebook
+surfaces as the notebook's own error message (not only papermill's wrapper), and a misspelt parameter
+name is refused instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import PROJECT_ROOT
+from .errors import FluxnbError
+from .outputs import MANIFEST, new_run_dir, read_manifest, atomic_write_json
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+# Parameters the runner sets itself: where to write, and "no widgets" (they would hang headless).
+RUNNER_PARAMETERS = ("output_dir", "interactive")
+
+
+class NotebookFailed(FluxnbError):
+    """The notebook raised; carries the notebook's own exception name and message."""
+
+    def __init__(self, notebook: Path, executed: Path, ename: str, evalue: str, cell: int | None):
+        self.executed = executed
+        self.ename = ename
+        self.evalue = evalue
+        where = f" in cell {cell}" if cell is not None else ""
+        super().__init__(f"{notebook.name} failed{where}: {ename}: {evalue}\n(executed notebook kept at {executed})")
+
+
+def find_notebook(name: str | os.PathLike) -> Path:
+    """A notebook path, or a bare name like `01_text_to_image` looked up in notebooks/."""
+    path = Path(name)
+    candidates = [path, NOTEBOOKS_DIR / path, NOTEBOOKS_DIR / f"{path}.ipynb"]
+    for candidate in candidates:
+        if candidate.is_file() and candidate.suffix == ".ipynb":
+            return candidate.resolve()
+    available = sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb"))
+    raise FluxnbError(f"notebook {str(name)!r} not found. Available in {NOTEBOOKS_DIR}: {', '.join(available)}")
+
+
+def parse_cli_value(text: str) -> Any:
+    """`-p NAME VALUE`: YAML scalars and lists (28 -> int, None/null -> None, [a, b] -> list); else the text."""
+    if text.strip() in ("None", "null", "~"):
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if value is None or isinstance(value, dict) else value
+
+
+def read_parameters_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML mapping of notebook parameters, read with the safe loader."""
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FluxnbError(f"parameters file {file} not found. Fix: give the path of a YAML file.") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise FluxnbError(f"parameters file {file}: YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FluxnbError(f"parameters file {file} must hold a mapping of NAME: VALUE, got {type(data).__name__}")
+    return data
+
+
+def notebook_parameters(notebook: Path) -> dict[str, Any]:
+    """The names (and defaults) declared in the notebook's `parameters` cell."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebook))
+
+
+def check_parameter_names(notebook: Path, parameters: dict[str, Any]) -> None:
+    declared = notebook_parameters(notebook)
+    if not declared:
+        raise FluxnbError(f"{notebook.name} has no cell tagged `parameters`; it cannot be run by fluxnb run")
+    for name in parameters:
+        if name not in declared:
+            close = difflib.get_close_matches(name, declared, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise FluxnbError(
+                f"parameter {name!r} is not a parameter of {notebook.name}.{hint} "
+                f"Allowed: {', '.join(n for n in declared if n not in RUNNER_PARAMETERS)}"
+            )
+
+
+def run_notebook(
+    notebook: str | os.PathLike,
+    parameters: dict[str, Any] | None = None,
+    *,
+    outputs_dir: str | os.PathLike | None = None,
+    kernel_name: str | None = None,
+) -> Path:
+    """Execute a notebook headlessly into a new run folder and return that folder."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    path = find_notebook(notebook)
+    parameters = dict(parameters or {})
+    check_parameter_names(path, parameters)
+    for name in RUNNER_PARAMETERS:
+        if name in parameters and name != "interactive":
+            raise FluxnbError(f"parameter {name!r} is set by fluxnb run itself; use --output-dir for the base folder")
+    run_dir = new_run_dir(path.stem, outputs_dir)
+    parameters["output_dir"] = str(run_dir)
+    parameters.setdefault("interactive", False)
+    executed = run_dir / path.name
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # inherited by the kernel
+    try:
+        papermill.execute_notebook(
+            str(path),
+            str(executed),
+            parameters=parameters,
+            kernel_name=kernel_name,
+            cwd=str(path.parent),
+            progress_bar=False,
+        )
+    except PapermillExecutionError as exc:
+        _mark_failed(run_dir, exc.ename, exc.evalue)
+        raise NotebookFailed(path, executed, exc.ename, exc.evalue, exc.exec_count) from None
+    return run_dir
+
+
+def _mark_failed(run_dir: Path, ename: str, evalue: str) -> None:
+    """Keep what the notebook finished; mark the run as failed with its error."""
+    if (run_dir / MANIFEST).exists():
+        manifest = read_manifest(run_dir)
+        manifest.update(status="failed", error=f"{ename}: {evalue}")
+    else:
+        manifest = {"status": "failed", "error": f"{ename}: {evalue}", "images": []}
+    atomic_write_json(run_dir / MANIFEST, manifest)

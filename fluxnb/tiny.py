@@ -1,0 +1,229 @@
+"""The embedded `flux-tiny` checkpoint: FLUX.1-dev's architecture in miniature, random weights.
+
+Built on first use from the real diffusers/transformers classes and real tokenizers (trained offline
+from a few sentences), saved with `save_pretrained`, then loaded by the same `from_pretrained` path as
+the hub models. Weights are random, so pictures are noise: it proves the plumbing, not the art.
+
+The cache folder is keyed by the transformers and diffusers major.minor lines, because a checkpoint
+saved by transformers 5 silently loads with random CLIP weights under 4.x (KNOWN_ISSUES row 16).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_SEED = 20251122  # the guide's date: the same weights on every machine with the same library lines
+BUILD_MARKER = "fluxnb_tiny.json"
+
+# Words for the tokenizers' vocabularies (prompts outside them still tokenize, character by character).
+_CORPUS = """
+a photo of a cat sitting on a red chair in the sun
+a watercolor painting of a lighthouse at dusk with waves and birds
+an astronaut riding a horse on the moon, highly detailed, digital art
+a bowl of ramen with eggs and green onions, studio lighting
+portrait of an old man with a white beard, oil painting, dramatic light
+a futuristic city skyline at night with neon signs and flying cars
+a small wooden cabin in a snowy forest under the northern lights
+a red fox in the snow, watercolor, soft colors, morning mist
+mountains and a lake at sunrise, reflections, calm water, pine trees
+a robot reading a book in a library, warm light, cinematic
+""".strip().splitlines()
+
+
+def tiny_cache_dir(root: str | Path | None = None) -> Path:
+    """Where the tiny checkpoint for the installed library lines lives."""
+    import diffusers
+    import transformers
+
+    def line(version: str) -> str:
+        return ".".join(version.split(".")[:2])
+
+    base = Path(root or os.environ.get("FLUXNB_CACHE") or Path.home() / ".cache" / "fluxnb")
+    return base / f"flux-tiny-transformers{line(transformers.__version__)}-diffusers{line(diffusers.__version__)}"
+
+
+def _byte_symbols() -> list[str]:
+    """GPT-2/CLIP's printable stand-ins for the 256 byte values (byte-level BPE)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
+def _clip_tokenizer_files(folder: Path) -> None:
+    """A byte-level BPE vocabulary in CLIP's format (vocab.json + merges.txt): bytes plus the corpus words."""
+    symbols = _byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": i + len(symbols) for i, s in enumerate(symbols)})
+    merges: list[str] = []
+    for word in sorted({w for line in _CORPUS for w in line.replace(",", " ").split()}):
+        parts = list(word)
+        parts[-1] += "</w>"
+        current = parts[0]
+        for part in parts[1:]:
+            merges.append(f"{current} {part}")
+            current += part
+            vocab.setdefault(current, len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}), encoding="utf-8")
+
+
+def _t5_tokenizer_files(folder: Path) -> None:
+    """A SentencePiece unigram model in T5's format (spiece.model), trained on the corpus above."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS * 4),
+        model_writer=model,
+        vocab_size=100,
+        model_type="unigram",
+        character_coverage=1.0,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        num_threads=1,
+        seed_sentencepiece_size=1000,
+        minloglevel=2,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}), encoding="utf-8")
+
+
+def build_tiny_pipeline():
+    """Construct the tiny FluxPipeline in memory (deterministic for a given library line)."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _clip_tokenizer_files(Path(tmp) / "clip")
+        _t5_tokenizer_files(Path(tmp) / "t5")
+        tokenizer = CLIPTokenizer.from_pretrained(Path(tmp) / "clip")
+        tokenizer_2 = T5TokenizerFast.from_pretrained(Path(tmp) / "t5", extra_ids=0)
+
+    # Same shapes of reasoning as FLUX.1-dev: 16 latent channels, x8 VAE, 2x2 patches (in_channels 64),
+    # rotary axes summing to the head dim, guidance embedding (dev is guidance-distilled).
+    torch.manual_seed(TINY_SEED)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=[4, 6, 6],
+    )
+    torch.manual_seed(TINY_SEED + 1)
+    clip_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        projection_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act="quick_gelu",
+    )
+    text_encoder = CLIPTextModel(clip_config)
+    torch.manual_seed(TINY_SEED + 2)
+    t5_config = T5Config(
+        vocab_size=len(tokenizer_2),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        is_encoder_decoder=False,
+        use_cache=False,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    text_encoder_2 = T5EncoderModel(t5_config)
+    torch.manual_seed(TINY_SEED + 3)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 8, 16, 16],
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=4,
+        sample_size=64,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
+def ensure_tiny_checkpoint(root: str | Path | None = None) -> Path:
+    """Build the tiny checkpoint once (atomically: a half-written folder is never used) and return its path."""
+    import diffusers
+    import transformers
+
+    target = tiny_cache_dir(root)
+    if (target / BUILD_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".building-", dir=target.parent))
+    try:
+        build_tiny_pipeline().save_pretrained(staging, safe_serialization=True)
+        (staging / BUILD_MARKER).write_text(
+            json.dumps(
+                {
+                    "seed": TINY_SEED,
+                    "transformers": transformers.__version__,
+                    "diffusers": diffusers.__version__,
+                    "note": "random weights: images are noise",
+                }
+            ),
+            encoding="utf-8",
+        )
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: keep its copy
+            if not (target / BUILD_MARKER).is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
