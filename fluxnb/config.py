@@ -157,7 +157,8 @@ def parse_config(data: Any, path: str = "model_config.yaml") -> ModelConfig:
 
     problems: list[str] = []
     if not isinstance(data, dict):
-        raise ConfigError(path, [f"(top level): must be a mapping with keys models and runtime, got {type(data).__name__}"])
+        found = type(data).__name__
+        raise ConfigError(path, [f"(top level): must be a mapping with keys models and runtime, got {found}"])
     for key in data:
         if key not in _TOP_KEYS:
             problems.append(f"{key}: unknown top-level key. Allowed: {', '.join(sorted(_TOP_KEYS))}")
@@ -173,7 +174,9 @@ def parse_config(data: Any, path: str = "model_config.yaml") -> ModelConfig:
             continue
         before = len(problems)
         _check_keys(raw, _MODEL_KEYS, where, problems)
-        params = _model_params(raw["params"], f"{where}.params", problems) if isinstance(raw.get("params"), dict) else None
+        params = None
+        if isinstance(raw.get("params"), dict):
+            params = _model_params(raw["params"], f"{where}.params", problems)
         mtype = raw.get("type")
         if isinstance(mtype, str) and mtype not in LOADERS:
             problems.append(f"{where}.type: unknown type {mtype!r}. Allowed: {', '.join(LOADERS)}")

@@ -50,8 +50,8 @@ def _torchao_layer_format(module) -> str | None:
 def _tensor_bytes(tensor) -> int:
     """Real bytes of one tensor; torchao subclasses are measured by torchao itself."""
     if type(tensor).__module__.split(".")[0] == "torchao":
-        from torchao.utils import get_model_size_in_bytes
         import torch
+        from torchao.utils import get_model_size_in_bytes
 
         holder = torch.nn.Module()
         holder.weight = torch.nn.Parameter(tensor, requires_grad=False)

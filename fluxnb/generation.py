@@ -45,7 +45,8 @@ def _peak_memory(device: str) -> dict[str, Any]:
         import resource
 
         scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-        return {"kind": "cpu process peak RSS", "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        return {"kind": "cpu process peak RSS", "peak_rss_bytes": peak}
     except ImportError:  # Windows
         import psutil
 
@@ -133,6 +134,7 @@ def generate(
         }
         result = GeneratedImage(image=image, metadata=metadata)
         if run is not None:
-            result.path = str(run.save_image(image, metadata, stem=f"{'i2i' if request.mode == IMAGE_TO_IMAGE else 't2i'}-seed{seed}"))
+            kind = "i2i" if request.mode == IMAGE_TO_IMAGE else "t2i"
+            result.path = str(run.save_image(image, metadata, stem=f"{kind}-seed{seed}"))
         results.append(result)
     return results

@@ -13,10 +13,9 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
 
 from .config import ModelConfig, ModelSpec, load_config
 from .errors import LoadError, ModelUnavailableError, QuantizationError
@@ -152,13 +151,14 @@ def _progress_bars(enabled: bool):
     if enabled:
         yield
         return
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    modules = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
+    for module in modules:
+        module.disable_progress_bar()
     try:
         yield
     finally:
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
+        for module in modules:
+            module.enable_progress_bar()
 
 
 def _from_pretrained(ctx: LoadContext, **kwargs):

@@ -16,7 +16,7 @@ import yaml
 
 from .config import PROJECT_ROOT
 from .errors import FluxnbError
-from .outputs import MANIFEST, new_run_dir, read_manifest, atomic_write_json
+from .outputs import MANIFEST, atomic_write_json, new_run_dir, read_manifest
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 # Parameters the runner sets itself: where to write, and "no widgets" (they would hang headless).

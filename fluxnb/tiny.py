@@ -49,7 +49,7 @@ def tiny_cache_dir(root: str | Path | None = None) -> Path:
 
 def _byte_symbols() -> list[str]:
     """GPT-2/CLIP's printable stand-ins for the 256 byte values (byte-level BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     extra = iter(range(256, 512))
     return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
 

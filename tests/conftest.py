@@ -1,0 +1,48 @@
+"""Shared fixtures: the real tiny FLUX (built once per session into a temporary cache) and isolated outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Quiet, offline, and never touching the user's real caches or outputs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FLUXNB_CACHE for the whole session (also inherited by papermill kernels started by the tests)."""
+    cache = Path(os.environ.get("FLUXNB_TEST_CACHE") or tmp_path_factory.mktemp("fluxnb-cache"))
+    os.environ["FLUXNB_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(autouse=True)
+def outputs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test writes its run folders into its own temporary outputs/ (FLUXNB_OUTPUTS)."""
+    out = tmp_path / "outputs"
+    monkeypatch.setenv("FLUXNB_OUTPUTS", str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def config():
+    import fluxnb
+
+    return fluxnb.load_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(config):
+    return config.get("flux-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cache, tiny_spec):
+    """The embedded tiny FLUX loaded on the CPU through fluxnb's real loader (shared: do not mutate)."""
+    import fluxnb
+
+    return fluxnb.load_model(tiny_spec, device="cpu", progress=False)

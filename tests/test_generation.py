@@ -1,0 +1,94 @@
+"""Generation on the real tiny FLUX: determinism, per-image metadata in PNG and manifest, run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fluxnb
+from fluxnb.outputs import MANIFEST, RunFolder, atomic_write_bytes, new_run_dir
+from fluxnb.requests import IMAGE_TO_IMAGE
+
+
+def _pixels(result) -> np.ndarray:
+    return np.asarray(result.image)
+
+
+def test_same_seed_same_image_other_seed_other_image(tiny_model, tiny_spec):
+    request = fluxnb.make_request(tiny_spec, prompt="a red fox", seed=5, steps=3)
+    first = fluxnb.generate(tiny_model, request, progress=False)[0]
+    again = fluxnb.generate(tiny_model, request, progress=False)[0]
+    other = fluxnb.generate(tiny_model, fluxnb.make_request(tiny_spec, prompt="a red fox", seed=6, steps=3),
+                            progress=False)[0]
+    assert np.array_equal(_pixels(first), _pixels(again))
+    assert not np.array_equal(_pixels(first), _pixels(other))
+    # image k of a batch equals the same seed generated alone
+    batch = fluxnb.generate(tiny_model, fluxnb.make_request(tiny_spec, prompt="a red fox", seed=5, steps=3,
+                                                            num_images=2), progress=False)
+    assert np.array_equal(_pixels(batch[0]), _pixels(first))
+    assert np.array_equal(_pixels(batch[1]), _pixels(other))
+
+
+def test_run_folder_png_metadata_and_manifest(tiny_model, tiny_spec, outputs_dir: Path):
+    request = fluxnb.make_request(tiny_spec, prompt=["a red fox", "붉은 여우, 수채화"], num_images=2, seed=3, steps=2,
+                                  width=96, height=64, guidance_scale=4.0)
+    run = RunFolder.create("test")
+    results = fluxnb.generate(tiny_model, request, run, progress=False, model_reason="chosen by name")
+    run.finish()
+    assert run.path.parent == outputs_dir
+    manifest = fluxnb.read_manifest(run.path)
+    assert manifest["status"] == "complete"
+    assert [entry["file"] for entry in manifest["images"]] == [Path(r.path).name for r in results]
+    assert [entry["seed"] for entry in manifest["images"]] == [3, 4, 3, 4]
+    for result, entry in zip(results, manifest["images"], strict=True):
+        from_png = fluxnb.read_png_metadata(result.path)
+        assert from_png == {k: v for k, v in entry.items() if k != "file"}
+        assert result.image.size == (96, 64)
+        assert from_png["steps"] == 2 and from_png["guidance_scale"] == 4.0
+        assert from_png["model"]["name"] == "flux-tiny" and "random weights" in from_png["model"]["weights"]
+        assert from_png["versions"]["diffusers"] and from_png["device"]["device"] == "cpu"
+        assert from_png["seconds"] > 0 and from_png["peak_memory"]["peak_rss_bytes"] > 0
+        assert set(from_png["backend"]) == {"transformer", "text_encoder", "text_encoder_2", "vae"}
+    assert manifest["images"][2]["prompt"] == "붉은 여우, 수채화"
+    assert not list(run.path.glob(".*.tmp"))
+
+
+def test_image_to_image(tiny_model, tiny_spec, tmp_path: Path):
+    from PIL import Image
+
+    picture = tmp_path / "init.png"
+    Image.new("RGB", (200, 120), (30, 90, 200)).save(picture)
+    request = fluxnb.make_request(tiny_spec, prompt="a lake", init_image=picture, strength=0.5, steps=4,
+                                  mode=IMAGE_TO_IMAGE)
+    result = fluxnb.generate(tiny_model, request, progress=False)[0]
+    assert result.image.size == (64, 64)
+    assert result.metadata["mode"] == IMAGE_TO_IMAGE and result.metadata["strength"] == 0.5
+    assert result.metadata["init_image"] == str(picture)
+
+
+def test_run_folders_never_collide_or_overwrite(outputs_dir: Path):
+    folders = {new_run_dir("same-job") for _ in range(3)}
+    assert len(folders) == 3 and all(f.is_dir() for f in folders)
+    taken = RunFolder.create("x")
+    with pytest.raises(fluxnb.FluxnbError, match="already holds a run"):
+        RunFolder.create("x", output_dir=taken.path)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monkeypatch):
+    import errno
+    import os
+
+    target = tmp_path / MANIFEST
+    atomic_write_bytes(target, b'{"ok": 1}')
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_bytes(target, b'{"ok": 2}')
+    assert json.loads(target.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == [MANIFEST]  # no temporary file left behind

@@ -1,0 +1,80 @@
+"""Request validation: every bad parameter is refused before loading, with the parameter named and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import fluxnb
+from fluxnb.requests import IMAGE_TO_IMAGE, make_request
+
+
+@pytest.fixture(scope="module")
+def bnb8(config):
+    return config.get("flux-dev-bnb-8bit")
+
+
+def test_defaults_come_from_the_model_entry(bnb8):
+    request = make_request(bnb8, prompt="a lighthouse")
+    assert (request.steps, request.guidance_scale, request.width, request.height) == (28, 3.5, 1024, 1024)
+    assert request.max_sequence_length == 512 and request.prompts == ("a lighthouse",)
+
+
+def test_items_give_each_image_its_own_seed(bnb8):
+    request = make_request(bnb8, prompt=["a", "b"], num_images=3, seed=10)
+    assert request.items() == [(0, "a", 10), (1, "a", 11), (2, "a", 12), (3, "b", 10), (4, "b", 11), (5, "b", 12)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter", "text"),
+    [
+        ({"width": 1000}, "width", "1000 is not a multiple of 16"),
+        ({"width": 1000}, "width", "Fix: use 992 or 1008"),
+        ({"height": 4096}, "height", "must be between 16 and 2048"),
+        ({"steps": 0}, "steps", "must be between 1 and 50"),
+        ({"steps": 51}, "steps", "must be between 1 and 50"),
+        ({"steps": 2.5}, "steps", "must be a whole number"),
+        ({"negative_prompt": "blurry"}, "negative_prompt", "does not use a negative prompt"),
+        ({"guidance_scale": 0}, "guidance_scale", "must be a number > 0"),
+        ({"max_sequence_length": 513}, "max_sequence_length", "between 1 and 512"),
+        ({"seed": -1}, "seed", "non-negative integer"),
+        ({"num_images": 0}, "num_images", "1..64"),
+        ({"prompt": ""}, "prompt", "is empty"),
+        ({"prompt": ["a fox", "  "]}, "prompt", "is empty (item 1)"),
+        ({"prompt": []}, "prompt", "non-empty string or a list"),
+        ({"strength": 0.5}, "strength", "only applies to image-to-image"),
+    ],
+)
+def test_bad_parameters_are_named(bnb8, kwargs, parameter, text):
+    kwargs = {"prompt": "a fox", **kwargs}
+    with pytest.raises(fluxnb.RequestError) as info:
+        make_request(bnb8, **kwargs)
+    assert info.value.parameter == parameter
+    assert str(info.value).startswith(f"parameter `{parameter}`: ")
+    assert text in str(info.value)
+
+
+def test_image_to_image_checks_the_file(bnb8, tmp_path: Path):
+    with pytest.raises(fluxnb.RequestError, match="`init_image`: file '.*missing.png' does not exist"):
+        make_request(bnb8, prompt="x", init_image=tmp_path / "missing.png", mode=IMAGE_TO_IMAGE)
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("this is text, not a PNG", encoding="utf-8")
+    with pytest.raises(fluxnb.RequestError, match="`init_image`: file '.*notes.png' is not an image"):
+        make_request(bnb8, prompt="x", init_image=not_image, mode=IMAGE_TO_IMAGE)
+    with pytest.raises(fluxnb.RequestError, match="`init_image`: is required"):
+        make_request(bnb8, prompt="x", mode=IMAGE_TO_IMAGE)
+
+
+def test_image_to_image_strength(bnb8, tmp_path: Path):
+    from PIL import Image
+
+    picture = tmp_path / "init.png"
+    Image.new("RGB", (32, 32), (10, 120, 200)).save(picture)
+    request = make_request(bnb8, prompt="x", init_image=picture, mode=IMAGE_TO_IMAGE)
+    assert request.strength == 0.6 and request.init_image == str(picture)
+    for strength in (0, 1.5, True):
+        with pytest.raises(fluxnb.RequestError, match=r"`strength`: must be a number in \(0, 1\]"):
+            make_request(bnb8, prompt="x", init_image=picture, strength=strength, mode=IMAGE_TO_IMAGE)
+    with pytest.raises(fluxnb.RequestError, match="leaves no denoising step"):
+        make_request(bnb8, prompt="x", init_image=picture, strength=0.1, steps=4, mode=IMAGE_TO_IMAGE)
