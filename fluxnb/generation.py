@@ -1,20 +1,31 @@
 """Text-to-image and image-to-image generation: one image at a time, each saved as soon as it exists.
 
 Each image gets its own CPU generator seeded with its own seed, so the same request gives the same
-pixels, and any single image can be regenerated from its metadata.
+pixels, and any single image can be regenerated from its metadata. A batch survives faults: an image
+that runs out of GPU memory is recorded (with the figures and the ways out) and the batch goes on; a
+resumed batch skips every image its run folder already holds.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .environment import device_info, package_versions
+from .errors import FluxnbError
 from .loading import LoadedModel
 from .outputs import RunFolder
 from .requests import IMAGE_TO_IMAGE, GenerationRequest
+
+# Parameters that identify an image: a resumed batch skips an item whose identity is already in the run.
+IDENTITY_KEYS = ("mode", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
+                 "max_sequence_length", "strength", "init_image")
+# After this many items fail in a row, the model is taken as unusable and the batch stops.
+MAX_CONSECUTIVE_FAILURES = 3
 
 
 @dataclass
@@ -22,6 +33,30 @@ class GeneratedImage:
     image: Any  # PIL.Image.Image
     metadata: dict[str, Any]
     path: str | None = None
+
+
+class GenerationFailed(FluxnbError):
+    """Some images of a batch failed (recorded in the manifest); the others were generated and kept."""
+
+    def __init__(self, failures: list[dict[str, Any]], results: list[GeneratedImage], total: int):
+        self.failures = failures
+        self.results = results
+        first = failures[0]
+        super().__init__(
+            f"{len(failures)} of {total} image(s) failed; {len(results)} generated and kept. "
+            f"First failure (image {first['index']}, seed {first['seed']}): {first['error']}"
+            + (f"\n{first['advice']}" if first.get("advice") else "")
+            + "\nRerun with resume to retry only the missing images (fluxnb generate --resume RUN_DIR, "
+            "fluxnb run NOTEBOOK --resume RUN_DIR)."
+        )
+
+
+class ModelUnusable(FluxnbError):
+    """The model keeps failing (or failed in a way that leaves it unusable): the batch stopped cleanly."""
+
+
+def identity(metadata: dict[str, Any]) -> tuple:
+    return tuple(str(metadata.get(key)) for key in IDENTITY_KEYS)
 
 
 def _peak_memory_start(device: str) -> None:
@@ -59,11 +94,69 @@ def peak_memory_bytes(metadata: dict[str, Any]) -> int:
     return memory.get("peak_allocated_bytes", memory.get("peak_rss_bytes", 0))
 
 
+def free_memory(device: str) -> None:
+    """Drop what a failed call left behind, so that the kernel can go on (gc, then the CUDA cache)."""
+    import torch
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def out_of_memory_advice(request: GenerationRequest, model: LoadedModel) -> str:
+    """The figures of an out-of-memory failure and the ways out, instead of a raw traceback."""
+    import torch
+
+    figures = ""
+    if model.device == "cuda" and torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        figures = (
+            f"GPU memory: {torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated, "
+            f"{torch.cuda.memory_reserved() / 2**30:.2f} GiB reserved, {free / 2**30:.2f} GiB free of "
+            f"{total / 2**30:.2f} GiB (peak this image: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB). "
+        )
+    return (
+        f"Out of memory at {request.width}x{request.height}, model {model.spec.name} "
+        f"(weights {model.report.total_bytes / 2**30:.2f} GiB, offload: {model.report.offload}). {figures}"
+        "Ways out: a smaller width/height (memory grows with the pixel count), the NF4 model "
+        "(model='flux-dev-bnb-4bit', about half the weights), or CPU offload (model='flux-dev' offloads when it "
+        "does not fit). Memory was freed: the kernel can go on."
+    )
+
+
+def _diagnosis_ids(exc: BaseException) -> list[str]:
+    from .diagnosis import diagnose
+
+    return [d.entry.id for d in diagnose(exc)]
+
+
 def _load_init_image(request: GenerationRequest):
     from PIL import Image
 
     with Image.open(request.init_image) as image:
         return image.convert("RGB").resize((request.width, request.height), Image.LANCZOS)
+
+
+def _already_done(run: RunFolder) -> dict[tuple, dict[str, Any]]:
+    return {identity(entry): entry for entry in run.manifest["images"]}
+
+
+def _reload(run: RunFolder, entry: dict[str, Any]) -> GeneratedImage:
+    from PIL import Image
+
+    path = run.path / entry["file"]
+    with Image.open(path) as image:
+        image.load()
+        return GeneratedImage(image=image, metadata={k: v for k, v in entry.items() if k != "file"}, path=str(path))
+
+
+@dataclass
+class _Batch:
+    """Bookkeeping of one generate() call: what was made, what failed, failures in a row."""
+
+    results: list[GeneratedImage] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    in_a_row: int = 0
 
 
 def generate(
@@ -73,8 +166,16 @@ def generate(
     *,
     progress: bool = True,
     model_reason: str | None = None,
+    resume: bool = False,
+    callback_on_step_end: Callable | None = None,
 ) -> list[GeneratedImage]:
-    """Generate every image of `request` with `model`; save each into `run` as soon as it is done."""
+    """Generate every image of `request` with `model`; save each into `run` as soon as it is done.
+
+    resume: skip images whose parameters are already in the run folder (they are read back from disk).
+    callback_on_step_end: passed to the diffusers pipeline (progress displays, tests).
+    Raises GenerationFailed after the batch when some images failed (the others are kept), ModelUnusable
+    when failures repeat, and re-raises KeyboardInterrupt after marking the run "interrupted".
+    """
     import torch
 
     pipe = model.img2img_pipeline() if request.mode == IMAGE_TO_IMAGE else model.pipe
@@ -82,6 +183,8 @@ def generate(
     extra: dict[str, Any] = {}
     if request.mode == IMAGE_TO_IMAGE:
         extra = {"image": _load_init_image(request), "strength": request.strength}
+    if callback_on_step_end is not None:
+        extra["callback_on_step_end"] = callback_on_step_end
     common = {
         "mode": request.mode,
         "negative_prompt": request.negative_prompt,
@@ -105,29 +208,49 @@ def generate(
         "versions": package_versions(),
         "device": device_info(),
     }
-    results = []
-    for index, prompt, seed in request.items():
+    done = _already_done(run) if (run is not None and resume) else {}
+    batch = _Batch()
+    items = request.items()
+    for index, prompt, seed in items:
+        item = {"index": index, "prompt": prompt, "seed": seed, **common}
+        if identity(item) in done:
+            batch.results.append(_reload(run, done[identity(item)]))
+            continue
         _peak_memory_start(model.device)
         start = time.perf_counter()
-        output = pipe(
-            prompt=prompt,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            width=request.width,
-            height=request.height,
-            max_sequence_length=request.max_sequence_length,
-            generator=torch.Generator(device="cpu").manual_seed(seed),
-            **extra,
-        )
-        if model.device == "cuda":
-            torch.cuda.synchronize()
+        try:
+            output = pipe(
+                prompt=prompt,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                width=request.width,
+                height=request.height,
+                max_sequence_length=request.max_sequence_length,
+                generator=torch.Generator(device="cpu").manual_seed(seed),
+                **extra,
+            )
+            if model.device == "cuda":
+                torch.cuda.synchronize()
+        except torch.cuda.OutOfMemoryError as exc:
+            _record_failure(batch, run, item, exc, out_of_memory_advice(request, model))
+            del exc
+            free_memory(model.device)
+            if batch.in_a_row >= MAX_CONSECUTIVE_FAILURES:
+                _stop(run, f"{batch.in_a_row} images in a row ran out of memory")
+            continue
+        except KeyboardInterrupt:
+            if run is not None:
+                run.record(status="interrupted", error="KeyboardInterrupt: stopped by the user")
+            raise
+        except Exception as exc:
+            if run is not None:
+                run.record(status="failed", error=f"{type(exc).__name__}: {exc}", diagnosis=_diagnosis_ids(exc))
+            raise
         seconds = time.perf_counter() - start
+        batch.in_a_row = 0
         image = output.images[0]
         metadata = {
-            "index": index,
-            "prompt": prompt,
-            "seed": seed,
-            **common,
+            **item,
             "seconds": round(seconds, 3),
             "seconds_per_step": round(seconds / request.steps, 4),
             "peak_memory": _peak_memory(model.device),
@@ -136,5 +259,32 @@ def generate(
         if run is not None:
             kind = "i2i" if request.mode == IMAGE_TO_IMAGE else "t2i"
             result.path = str(run.save_image(image, metadata, stem=f"{kind}-seed{seed}"))
-        results.append(result)
-    return results
+        batch.results.append(result)
+    if batch.failures:
+        if run is not None:
+            run.record(status="incomplete")
+        raise GenerationFailed(batch.failures, batch.results, len(items))
+    return batch.results
+
+
+def _record_failure(batch: _Batch, run: RunFolder | None, item: dict, exc: BaseException, advice: str) -> None:
+    failure = {
+        "index": item["index"],
+        "prompt": item["prompt"],
+        "seed": item["seed"],
+        "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500],
+        "advice": advice,
+        "diagnosis": _diagnosis_ids(exc),
+    }
+    batch.failures.append(failure)
+    batch.in_a_row += 1
+    if run is not None:
+        run.record_failure(failure)
+
+
+def _stop(run: RunFolder | None, why: str) -> None:
+    message = (f"stopped the batch: {why}; the model looks unusable. Finished images are kept. Fix: restart the "
+               "kernel (or the command), lower width/height or choose a smaller model, then resume.")
+    if run is not None:
+        run.record(status="failed", error=message)
+    raise ModelUnusable(message)

@@ -71,6 +71,19 @@ def new_run_dir(job: str, base: str | Path | None = None) -> Path:
     raise FluxnbError(f"could not find a free run folder name under {base}")
 
 
+class OutputWriteError(FluxnbError):
+    """A file of the run could not be written (disk full, read-only folder...); finished files are kept."""
+
+    def __init__(self, path: Path, exc: OSError):
+        self.path = path
+        reason = exc.strerror or str(exc)
+        super().__init__(
+            f"cannot write {path}: {reason} (errno {exc.errno}). Finished images and the manifest written "
+            "before it are kept. Fix: free disk space or choose a writable output folder (--output-dir or "
+            "FLUXNB_OUTPUTS), then resume the run."
+        )
+
+
 class RunFolder:
     """One run: its folder and manifest. Images are added one by one, each saved as soon as it exists."""
 
@@ -85,23 +98,65 @@ class RunFolder:
             "load_report": None,
             "parameters": None,
             "images": [],
+            "failures": [],
         }
         self._save_manifest()
 
     @classmethod
-    def create(cls, job: str, output_dir: str | Path | None = None, base: str | Path | None = None) -> RunFolder:
-        """Use `output_dir` (made by `fluxnb run` for this run; must not hold another run) or make a new folder."""
+    def create(
+        cls,
+        job: str,
+        output_dir: str | Path | None = None,
+        base: str | Path | None = None,
+        resume: bool = False,
+    ) -> RunFolder:
+        """Use `output_dir` (made by `fluxnb run` for this run) or make a new folder.
+
+        resume=True reopens a run folder that already holds a manifest (a batch that was killed, interrupted
+        or had failures) so that generate(..., resume=True) adds only the missing images.
+        """
         if output_dir is None:
+            if resume:
+                raise FluxnbError("resume needs the run folder to resume: set output_dir (or --resume RUN_DIR)")
             return cls(new_run_dir(job, base), job)
         path = Path(output_dir)
         if (path / MANIFEST).exists():
+            if resume:
+                return cls.open(path)
             raise FluxnbError(f"output_dir {path} already holds a run ({MANIFEST} exists); runs never overwrite "
-                              "each other. Fix: leave output_dir unset to get a new folder.")
-        path.mkdir(parents=True, exist_ok=True)
+                              "each other. Fix: leave output_dir unset to get a new folder, or resume that run.")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FluxnbError(f"cannot create the run folder {path}: {exc}. Fix: choose a writable folder.") from None
         return cls(path, job)
 
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        """Reopen an existing run folder to resume it; images on disk are taken from its manifest."""
+        path = Path(path)
+        try:
+            manifest = read_manifest(path)
+        except FileNotFoundError:
+            raise FluxnbError(f"{path} is not a run folder ({MANIFEST} is missing). Fix: give the folder printed "
+                              "as `run folder: ...` by the run to resume.") from None
+        except json.JSONDecodeError as exc:
+            raise FluxnbError(f"{path / MANIFEST} is not valid JSON ({exc}); it was not written by fluxnb.") from None
+        run = cls.__new__(cls)
+        run.path, run.job, run.manifest = path, manifest.get("job", path.name), manifest
+        manifest.setdefault("failures", [])
+        # keep only images whose file really exists (a kill between the PNG and the manifest write loses nothing:
+        # the PNG is written first, and an image without its manifest line is generated again)
+        manifest["images"] = [entry for entry in manifest.get("images", []) if (path / entry["file"]).is_file()]
+        manifest.update(status="running", resumed=manifest.get("resumed", 0) + 1)
+        run._save_manifest()
+        return run
+
     def _save_manifest(self) -> None:
-        atomic_write_json(self.path / MANIFEST, self.manifest)
+        try:
+            atomic_write_json(self.path / MANIFEST, self.manifest)
+        except OSError as exc:
+            raise OutputWriteError(self.path / MANIFEST, exc) from None
 
     def record(self, **fields: Any) -> None:
         """Store run-level facts (model, load_report, parameters...) in the manifest now."""
@@ -109,7 +164,7 @@ class RunFolder:
         self._save_manifest()
 
     def save_image(self, image, metadata: dict[str, Any], stem: str) -> Path:
-        """Write one PNG (named with a running number + stem) with its metadata, then list it in the manifest."""
+        """Write one PNG (running number + stem, never overwriting) with its metadata; list it in the manifest."""
         import io
 
         from PIL.PngImagePlugin import PngInfo
@@ -118,13 +173,23 @@ class RunFolder:
         info.add_itxt(PNG_METADATA_KEY, json.dumps(metadata, ensure_ascii=False, default=str))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=info)
-        target = self.path / f"{len(self.manifest['images']):04d}-{stem}.png"
-        if target.exists():
-            raise FluxnbError(f"{target} already exists; fluxnb never overwrites an image")
-        atomic_write_bytes(target, buffer.getvalue())
+        number = len(self.manifest["images"])
+        while (target := self.path / f"{number:04d}-{stem}.png").exists():  # e.g. a PNG whose manifest line a kill
+            number += 1  # prevented: kept, never overwritten
+        try:
+            atomic_write_bytes(target, buffer.getvalue())
+        except OSError as exc:
+            raise OutputWriteError(target, exc) from None
         self.manifest["images"].append({"file": target.name, **metadata})
+        self.manifest["failures"] = [f for f in self.manifest["failures"] if f.get("index") != metadata.get("index")]
         self._save_manifest()
         return target
+
+    def record_failure(self, failure: dict[str, Any]) -> None:
+        """List a failed image in the manifest (replacing an earlier failure of the same image)."""
+        self.manifest["failures"] = [f for f in self.manifest["failures"] if f.get("index") != failure["index"]]
+        self.manifest["failures"].append(failure)
+        self._save_manifest()
 
     def finish(self, status: str = "complete") -> None:
         self.record(status=status, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
