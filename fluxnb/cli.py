@@ -14,33 +14,32 @@ from .errors import FluxnbError, RequestError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import parse_cli_value, read_parameters_file, run_notebook
+    from .runner import parse_cli_value, read_parameters_file, resume_notebook, run_notebook
 
     parameters = {}
     for file in args.file or []:
         parameters.update(read_parameters_file(file))
     for name, value in args.param or []:
         parameters[name] = parse_cli_value(value)
-    run_dir = run_notebook(args.notebook, parameters, outputs_dir=args.output_dir, kernel_name=args.kernel)
+    if args.resume:
+        run_dir = resume_notebook(args.notebook, args.resume, parameters, kernel_name=args.kernel)
+    else:
+        run_dir = run_notebook(args.notebook, parameters, outputs_dir=args.output_dir, kernel_name=args.kernel)
     print(f"run folder: {run_dir}")
     return 0
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .generation import generate
-    from .loading import load_model
-    from .outputs import RunFolder
-    from .requests import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request
-    from .selection import resolve_model
+def _new_request(args: argparse.Namespace, spec):
+    from .requests import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request, read_prompts_file
 
-    config = load_config(args.config)
-    choice = resolve_model(args.model, config)
-    print(choice, flush=True)
-    mode = IMAGE_TO_IMAGE if args.init_image else TEXT_TO_IMAGE
-    request = make_request(
-        choice.spec,
-        prompt=args.prompt,
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        prompts += read_prompts_file(args.prompts)
+    if not prompts:
+        raise RequestError("prompt", "no prompt given. Fix: --prompt TEXT (repeatable) or --prompts FILE.")
+    return make_request(
+        spec,
+        prompt=prompts,
         negative_prompt=args.negative_prompt,
         seed=args.seed,
         steps=args.steps,
@@ -51,23 +50,77 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         max_sequence_length=args.max_sequence_length,
         init_image=args.init_image,
         strength=args.strength,
-        mode=mode,
+        mode=IMAGE_TO_IMAGE if args.init_image else TEXT_TO_IMAGE,
     )
-    run = RunFolder.create("generate", base=args.output_dir)
-    run.record(model={"name": choice.spec.name, "id": choice.spec.id, "reason": choice.reason},
-               parameters=request.to_dict())
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .generation import generate
+    from .loading import load_model
+    from .outputs import RunFolder
+    from .requests import request_from_dict
+    from .selection import resolve_model
+
+    config = load_config(args.config)
+    if args.resume:  # the parameters are the run's own, from its manifest
+        run = RunFolder.open(args.resume)
+        stored_model, stored = run.manifest.get("model"), run.manifest.get("parameters")
+        if not stored_model or not stored:
+            raise FluxnbError(f"{run.path} holds no generate parameters to resume (not made by fluxnb generate)")
+        choice = resolve_model(stored_model["name"], config)
+        request = request_from_dict(choice.spec, stored)
+        print(f"resuming {run.path}: {len(run.manifest['images'])} image(s) already done", flush=True)
+    else:
+        choice = resolve_model(args.model, config)
+        request = _new_request(args, choice.spec)
+        run = RunFolder.create("generate", base=args.output_dir)
+        run.record(model={"name": choice.spec.name, "id": choice.spec.id, "reason": choice.reason},
+                   parameters=request.to_dict())
+    print(choice, flush=True)
+    interactive = sys.stderr.isatty()
     try:
-        model = load_model(choice.spec, config=config, progress=sys.stderr.isatty())
+        model = load_model(choice.spec, config=config, progress=interactive)
         print(model.report, flush=True)
         run.record(load_report=model.report.to_dict())
-        for image in generate(model, request, run, progress=sys.stderr.isatty(), model_reason=choice.reason):
-            print(f"{image.path}  ({image.metadata['seconds']:.1f} s, seed {image.metadata['seed']})", flush=True)
+        generate(model, request, run, progress=interactive, model_reason=choice.reason, resume=True,
+                 on_image=lambda image: print(f"{image.path}  ({image.metadata['seconds']:.1f} s, "
+                                              f"seed {image.metadata['seed']})", flush=True))
     except BaseException as exc:
-        run.record(status="failed", error=f"{type(exc).__name__}: {exc}")
+        if run.manifest["status"] == "running":  # generate() marks its own failures more precisely
+            run.record(status="failed", error=f"{type(exc).__name__}: {exc}")
+        print(f"run folder: {run.path}", file=sys.stderr)
         raise
     run.finish()
     print(f"run folder: {run.path}")
     return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .doctor import check_environment, report_json
+
+    report = check_environment(args.model, versions=args.versions, config=load_config(args.config))
+    print(report_json(report) if args.json else report)
+    return 0 if report.ok else 1
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from .diagnosis import diagnose, format_diagnoses
+
+    if args.file in (None, "-"):
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise RequestError("FILE", f"cannot read {args.file}: {exc}. Fix: give a readable file, or pipe the "
+                               "traceback into `fluxnb diagnose`") from None
+    diagnoses = diagnose(text)
+    print(json.dumps([d.to_dict() for d in diagnoses], indent=2) if args.json else format_diagnoses(diagnoses))
+    return 0 if diagnoses else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,11 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-f", "--file", action="append", help="YAML file of parameters (applied before -p)")
     run.add_argument("--output-dir", help="base folder for run folders (default: outputs/)")
     run.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's, i.e. this Python)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="re-execute into this run folder with its parameters "
+                     "(plus any -p/-f), making only the images it does not hold yet")
     run.set_defaults(func=_cmd_run)
 
     gen = sub.add_parser("generate", help="generate images without Jupyter (same functions as the notebooks)")
     gen.add_argument("--model", default="auto", help="a name from model_config.yaml, or auto (default)")
-    gen.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
+    gen.add_argument("--prompt", action="append", help="repeat for several prompts")
+    gen.add_argument("--prompts", metavar="FILE", help="batch: one prompt per line, or a YAML list (.yaml)")
+    gen.add_argument("--resume", metavar="RUN_DIR", help="finish a killed/interrupted/failed run with its own "
+                     "parameters: keeps every finished image, makes only the missing ones")
     gen.add_argument("--negative-prompt")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=int)
@@ -99,6 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output-dir", help="base folder for run folders (default: outputs/)")
     gen.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
     gen.set_defaults(func=_cmd_generate)
+
+    doc = sub.add_parser("doctor", help="check this machine (or a version set) for a model; exit 1 when blocked")
+    doc.add_argument("--model", default="auto", help="a name from model_config.yaml, or auto (default)")
+    doc.add_argument("--json", action="store_true", help="print the report as JSON")
+    doc.add_argument("--versions", help="evaluate this version set instead of the machine: pkg=ver,... "
+                     "(also driver=550.54.15, torch-cuda=13.0, capability=8.9|none)")
+    doc.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
+    doc.set_defaults(func=_cmd_doctor)
+
+    dia = sub.add_parser("diagnose", help="name the known issues in a traceback or log (stdin or FILE); "
+                         "exit 1 when none matches")
+    dia.add_argument("file", nargs="?", metavar="FILE", help="file holding the traceback (default: stdin)")
+    dia.add_argument("--json", action="store_true", help="print the matches as JSON")
+    dia.set_defaults(func=_cmd_diagnose)
+
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

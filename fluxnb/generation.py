@@ -20,6 +20,7 @@ from .errors import FluxnbError
 from .loading import LoadedModel
 from .outputs import RunFolder
 from .requests import IMAGE_TO_IMAGE, GenerationRequest
+from .sanity import check_image
 
 # Parameters that identify an image: a resumed batch skips an item whose identity is already in the run.
 IDENTITY_KEYS = ("mode", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
@@ -168,11 +169,13 @@ def generate(
     model_reason: str | None = None,
     resume: bool = False,
     callback_on_step_end: Callable | None = None,
+    on_image: Callable[[GeneratedImage], None] | None = None,
 ) -> list[GeneratedImage]:
     """Generate every image of `request` with `model`; save each into `run` as soon as it is done.
 
     resume: skip images whose parameters are already in the run folder (they are read back from disk).
     callback_on_step_end: passed to the diffusers pipeline (progress displays, tests).
+    on_image: called with each new image as soon as it is saved (live listings).
     Raises GenerationFailed after the batch when some images failed (the others are kept), ModelUnusable
     when failures repeat, and re-raises KeyboardInterrupt after marking the run "interrupted".
     """
@@ -254,12 +257,15 @@ def generate(
             "seconds": round(seconds, 3),
             "seconds_per_step": round(seconds / request.steps, 4),
             "peak_memory": _peak_memory(model.device),
+            "sanity": check_image(image).to_dict(),  # NaN/black/flat/mosaic warnings (fluxnb.sanity)
         }
         result = GeneratedImage(image=image, metadata=metadata)
         if run is not None:
             kind = "i2i" if request.mode == IMAGE_TO_IMAGE else "t2i"
             result.path = str(run.save_image(image, metadata, stem=f"{kind}-seed{seed}"))
         batch.results.append(result)
+        if on_image is not None:
+            on_image(result)
     if batch.failures:
         if run is not None:
             run.record(status="incomplete")

@@ -16,10 +16,12 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .config import ModelConfig, ModelSpec, load_config
 from .errors import LoadError, ModelUnavailableError, QuantizationError
 from .footprint import ComponentFootprint, pipeline_footprint
+from .selection import is_cached, offline_mode, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +166,14 @@ def _progress_bars(enabled: bool):
 def _from_pretrained(ctx: LoadContext, **kwargs):
     from diffusers import FluxPipeline
 
+    if not Path(ctx.checkpoint).is_dir() and offline_mode() and not is_cached(ctx.checkpoint):
+        raise ModelUnavailableError(
+            f"{ctx.checkpoint} is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE=1), so "
+            f"nothing can be downloaded. Fix: pre-download it where there is network (`huggingface-cli download "
+            f"{ctx.checkpoint}`, with HF_HOME pointing at the same cache), or unset HF_HUB_OFFLINE; "
+            "model='flux-tiny' runs offline."
+        )
+
     with _refuse_unloaded_weights(ctx.checkpoint):
         return FluxPipeline.from_pretrained(
             ctx.checkpoint, torch_dtype=ctx.torch_dtype, token=ctx.token, cache_dir=ctx.cache_dir, **kwargs
@@ -263,6 +273,27 @@ def verify_quantization(model_type: str, components: list[ComponentFootprint]) -
         )
 
 
+def find_corrupt_weights(source: str) -> tuple[Path, str] | None:
+    """The first .safetensors file of a local folder or cached hub snapshot that cannot be opened, and why."""
+    from safetensors import safe_open
+
+    folder = Path(source)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(source, local_files_only=True))
+        except Exception:  # not cached (or not a repo id): nothing local to inspect
+            return None
+    for file in sorted(folder.rglob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # safetensors raises its own Rust-side error type
+            return file, str(exc)
+    return None
+
+
 def _hf_token() -> str | None:
     """The token from HF_TOKEN or the saved `huggingface_hub` login; never a parameter, never logged."""
     from huggingface_hub import get_token
@@ -284,8 +315,6 @@ def load_model(
     same loader runs on checkpoints built here (tiny, full-size synthetic).
     """
     import torch
-
-    from .selection import resolve_model
 
     config = config or load_config()
     spec = model if isinstance(model, ModelSpec) else resolve_model(model, config).spec
@@ -312,7 +341,17 @@ def load_model(
     ctx = LoadContext(checkpoint=source, device=device, torch_dtype=dtype, token=token)
     start = time.perf_counter()
     with _progress_bars(progress):
-        pipe = LOADERS[spec.type](spec, ctx)
+        try:
+            pipe = LOADERS[spec.type](spec, ctx)
+        except Exception as exc:
+            corrupt = find_corrupt_weights(source)
+            if corrupt is None:
+                raise
+            raise LoadError(
+                f"{corrupt[0]} is truncated or corrupted ({corrupt[1]}). Fix: delete that file (or the whole "
+                f"model folder) and download it again (`huggingface-cli download {spec.id}`); a checkpoint built "
+                "by fluxnb is rebuilt on the next load once its folder is deleted."
+            ) from exc
     seconds = time.perf_counter() - start
     components = pipeline_footprint(pipe)
     verify_quantization(spec.type, components)
@@ -373,3 +412,135 @@ def derive_img2img(pipe) -> tuple[object, str | None]:
         return FluxImg2ImgPipeline(**pipe.components), note
 
 
+
+
+# --- torchao quantize-at-load backends (issue 6) -------------------------------------------------------------
+# Quantized at load from the bf16 checkpoint (never a pre-quantized torchao checkpoint: KNOWN_ISSUES row 4),
+# with regional torch.compile: each repeated transformer block is compiled (not the whole model), on first use.
+# T5 is quantized int8 weight-only in every variant (it runs once per prompt; weight-only keeps its error small).
+TORCHAO_BACKENDS: dict[str, dict] = {
+    "flux-torchao-int8wo": {
+        "config": "Int8WeightOnlyConfig",
+        "min_capability": (7, 5),
+        "what": "int8 weights, bf16 compute",
+    },
+    "flux-torchao-int8dq": {
+        "config": "Int8DynamicActivationInt8WeightConfig",
+        "min_capability": (8, 0),
+        "what": "int8 weights and dynamically quantized int8 activations (torch._int_mm)",
+    },
+    "flux-torchao-fp8dq": {
+        "config": "Float8DynamicActivationFloat8WeightConfig",
+        "min_capability": (8, 9),
+        "what": "float8 e4m3 weights and dynamically quantized float8 activations, per-row scales (torch._scaled_mm)",
+    },
+}
+MIN_DIFFUSERS_FOR_TORCHAO = "0.36.0"  # TorchAoConfig accepts config objects (KNOWN_ISSUES row 3)
+MIN_TORCHAO = "0.15.0"  # diffusers >= 0.38 requires it; config classes since 0.9
+
+
+def check_torchao_capability(model_type: str, capability: tuple[int, int], gpu: str = "this GPU") -> None:
+    """Refuse a torchao backend on a GPU whose compute capability cannot run its kernels."""
+    need = TORCHAO_BACKENDS[model_type]["min_capability"]
+    if tuple(capability) < need:
+        raise ModelUnavailableError(
+            f"{model_type} ({TORCHAO_BACKENDS[model_type]['what']}) needs a GPU of compute capability "
+            f"{need[0]}.{need[1]} or newer; {gpu} is {capability[0]}.{capability[1]}. "
+            "Fix: use flux-dev-torchao-int8 (int8 weight-only, compute capability 7.5+) or flux-dev-bnb-8bit."
+        )
+
+
+def _require_torchao(spec: ModelSpec) -> None:
+    from packaging.version import Version
+
+    from .environment import package_version
+
+    torchao_version = package_version("torchao")
+    if torchao_version is None:
+        raise ModelUnavailableError(
+            f"model {spec.name!r} ({spec.type}) needs torchao, an optional extra that is not installed. "
+            f"Fix: `pip install torchao` (>= {MIN_TORCHAO}, matching your torch), or `pip install fluxnb[torchao]`; "
+            "or choose flux-dev-bnb-8bit."
+        )
+    if Version(torchao_version) < Version(MIN_TORCHAO):
+        raise ModelUnavailableError(
+            f"model {spec.name!r} needs torchao >= {MIN_TORCHAO}, found {torchao_version}. "
+            f"Fix: `pip install -U torchao` (a version built for your torch)."
+        )
+    diffusers_version = package_version("diffusers") or "0"
+    if Version(diffusers_version) < Version(MIN_DIFFUSERS_FOR_TORCHAO):
+        raise ModelUnavailableError(
+            f"model {spec.name!r} needs diffusers >= {MIN_DIFFUSERS_FOR_TORCHAO} (TorchAoConfig with config objects), "
+            f"found {diffusers_version}. Fix: use the default dependency line (diffusers 0.42), or flux-dev-bnb-8bit."
+        )
+
+
+def compile_repeated_blocks(transformer) -> int:
+    """Regional compilation: torch.compile each FLUX block (compiled on first call, shared by identical blocks).
+
+    Returns how many blocks were wrapped. Whole-model compilation did not finish in 6 minutes on an H100;
+    compiling the two block classes takes a fraction of that and keeps most of the speed-up.
+    """
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+def _torchao_config(model_type: str):
+    import torchao.quantization as tq
+
+    name = TORCHAO_BACKENDS[model_type]["config"]
+    if name == "Float8DynamicActivationFloat8WeightConfig":
+        return tq.Float8DynamicActivationFloat8WeightConfig(granularity=tq.PerRow())
+    return getattr(tq, name)()
+
+
+def load_flux_torchao(spec: ModelSpec, ctx: LoadContext):
+    """bf16 checkpoint quantized at load with torchao (transformer: the type's config; T5: int8 weight-only),
+    the transformer's blocks compiled regionally. The LoadedModel keeps the compiled transformer, so only the
+    first generation (and the first at each new image size) pays the compile."""
+    import torch
+
+    _require_torchao(spec)
+    _require_cuda(spec, ctx, "torchao's quantized kernels and torch.compile run on CUDA here")
+    props = torch.cuda.get_device_properties(0)
+    check_torchao_capability(spec.type, (props.major, props.minor), props.name)
+    from diffusers import FluxTransformer2DModel, TorchAoConfig
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    from transformers import T5EncoderModel
+
+    with _refuse_unloaded_weights(ctx.checkpoint):
+        # T5 first, quantized on the GPU, so that bf16 T5 (9.5 GB) and the transformer never sit there together.
+        text_encoder_2 = T5EncoderModel.from_pretrained(
+            ctx.checkpoint, subfolder="text_encoder_2", torch_dtype=ctx.torch_dtype, token=ctx.token,
+            cache_dir=ctx.cache_dir,
+        ).to("cuda")
+        quantize_(text_encoder_2, Int8WeightOnlyConfig())
+        transformer = FluxTransformer2DModel.from_pretrained(
+            ctx.checkpoint, subfolder="transformer", torch_dtype=ctx.torch_dtype, token=ctx.token,
+            cache_dir=ctx.cache_dir, device_map="cuda", quantization_config=TorchAoConfig(_torchao_config(spec.type)),
+        )
+    pipe = _from_pretrained(ctx, transformer=transformer, text_encoder_2=text_encoder_2)
+    pipe.to("cuda")
+    if os.environ.get("FLUXNB_COMPILE", "1") == "0":
+        ctx.notes.append("FLUXNB_COMPILE=0: transformer blocks not compiled (eager; slower)")
+        return pipe
+    try:
+        import triton  # noqa: F401  (torch.compile's GPU code generator)
+    except ImportError:
+        ctx.notes.append("triton is not installed: torch.compile skipped, running eager (slower); `pip install triton`")
+        return pipe
+    n = compile_repeated_blocks(pipe.transformer)
+    ctx.notes.append(
+        f"regional torch.compile: {n} transformer blocks wrapped; the first generation compiles them (tens of "
+        "seconds, once per image size), later generations with this loaded model reuse the compiled code"
+    )
+    return pipe
+
+
+LOADERS.update({model_type: load_flux_torchao for model_type in TORCHAO_BACKENDS})
+_TORCHAO_FORMATS = ("AffineQuantizedTensor", "LinearActivationQuantizedTensor", "Int8Tensor", "Float8Tensor")
+EXPECTED_FORMATS.update(
+    {t: {"transformer": _TORCHAO_FORMATS, "text_encoder_2": _TORCHAO_FORMATS} for t in TORCHAO_BACKENDS}
+)

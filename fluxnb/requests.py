@@ -78,10 +78,17 @@ def _prompts(value: Any) -> tuple[str, ...]:
         raise RequestError("prompt", f"must be a non-empty string or a list of them, got {value!r}. "
                            "Fix: describe the picture, e.g. prompt='a red fox in the snow'.")
     for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            where = "" if isinstance(value, str) else f" (item {i})"
+        where = "" if isinstance(value, str) else f" (item {i})"
+        if not isinstance(p, str):
+            raise RequestError("prompt", f"must be text{where}, got {p!r}. Fix: quote it, e.g. prompt='{p}'.")
+        if not p.strip():
             raise RequestError("prompt", f"is empty{where}: FLUX needs a description to generate from. "
                                "Fix: describe the picture, e.g. prompt='a red fox in the snow'.")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError("prompt", f"is not valid Unicode text{where} (it holds a lone surrogate). "
+                               "Fix: retype or re-save the prompt as UTF-8.") from None
     return tuple(prompts)
 
 
@@ -102,6 +109,36 @@ def check_image_file(name: str, path: Any) -> str:
         raise RequestError(name, f"file {str(file)!r} is not an image that can be read ({exc}). "
                            "Fix: give a PNG or JPEG file.") from None
     return str(file)
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Prompts for a batch: a YAML list (.yaml/.yml) or a text file with one prompt per line (# comments)."""
+    import yaml
+
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RequestError("prompts", f"cannot read {file}: {exc}. Fix: give a UTF-8 text file, one prompt "
+                           "per line, or a YAML list.") from None
+    if file.suffix.lower() in (".yaml", ".yml"):
+        try:
+            prompts = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RequestError("prompts", f"{file} is not valid YAML: {exc}") from None
+        if not isinstance(prompts, list):
+            raise RequestError("prompts", f"{file} must hold a YAML list of prompts, got {type(prompts).__name__}")
+        return prompts
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise RequestError("prompts", f"{file} holds no prompt. Fix: one prompt per line.")
+    return prompts
+
+
+def request_from_dict(spec: ModelSpec, data: dict[str, Any]) -> GenerationRequest:
+    """Rebuild (and re-validate) a request from GenerationRequest.to_dict(), e.g. a manifest's parameters."""
+    data = dict(data)
+    return make_request(spec, prompt=data.pop("prompts"), **data)
 
 
 def make_request(

@@ -19,8 +19,8 @@ from .errors import FluxnbError
 from .outputs import MANIFEST, atomic_write_json, new_run_dir, read_manifest
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
-# Parameters the runner sets itself: where to write, and "no widgets" (they would hang headless).
-RUNNER_PARAMETERS = ("output_dir", "interactive")
+# Parameters the runner sets itself: where to write, "no widgets" (they would hang headless), resuming.
+RUNNER_PARAMETERS = ("output_dir", "interactive", "resume")
 
 
 class NotebookFailed(FluxnbError):
@@ -103,18 +103,68 @@ def run_notebook(
     kernel_name: str | None = None,
 ) -> Path:
     """Execute a notebook headlessly into a new run folder and return that folder."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     path = find_notebook(notebook)
     parameters = dict(parameters or {})
     check_parameter_names(path, parameters)
-    for name in RUNNER_PARAMETERS:
-        if name in parameters and name != "interactive":
-            raise FluxnbError(f"parameter {name!r} is set by fluxnb run itself; use --output-dir for the base folder")
+    _refuse_runner_parameters(parameters)
     run_dir = new_run_dir(path.stem, outputs_dir)
-    parameters["output_dir"] = str(run_dir)
+    parameters.update(output_dir=str(run_dir))
     parameters.setdefault("interactive", False)
+    _execute(path, run_dir, parameters, kernel_name)
+    return run_dir
+
+
+def resume_notebook(
+    notebook: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    parameters: dict[str, Any] | None = None,
+    *,
+    kernel_name: str | None = None,
+) -> Path:
+    """Re-execute a notebook into an existing run folder with the parameters it ran with (plus `parameters`).
+
+    The notebook skips the images the folder already holds (its `resume` parameter); the earlier executed
+    notebook is kept as NAME.attempt-N.ipynb.
+    """
+    import nbformat
+
+    path = find_notebook(notebook)
+    run_dir = Path(run_dir)
+    if not (run_dir / MANIFEST).is_file():
+        raise FluxnbError(f"{run_dir} is not a run folder ({MANIFEST} is missing). Fix: give the folder printed as "
+                          "`run folder: ...` by the run to resume.")
+    if "resume" not in notebook_parameters(path):
+        raise FluxnbError(f"{path.name} has no `resume` parameter, so it cannot resume a run; run it anew instead.")
+    parameters = dict(parameters or {})
+    _refuse_runner_parameters(parameters)
+    executed = run_dir / path.name
+    previous: dict[str, Any] = {}
+    if executed.is_file():
+        earlier = nbformat.read(executed, as_version=4)
+        previous = dict(earlier.metadata.get("papermill", {}).get("parameters", {}))
+        attempt = 1
+        while (kept := run_dir / f"{path.stem}.attempt-{attempt}.ipynb").exists():
+            attempt += 1
+        executed.rename(kept)
+    merged = {k: v for k, v in {**previous, **parameters}.items() if k not in RUNNER_PARAMETERS}
+    check_parameter_names(path, merged)
+    merged.update(output_dir=str(run_dir), interactive=False, resume=True)
+    _execute(path, run_dir, merged, kernel_name)
+    return run_dir
+
+
+def _refuse_runner_parameters(parameters: dict[str, Any]) -> None:
+    for name in ("output_dir", "resume"):
+        if name in parameters:
+            raise FluxnbError(f"parameter {name!r} is set by fluxnb run itself (a path from parameters could write "
+                              "outside the run folder). Fix: use --output-dir for the base folder, --resume RUN_DIR "
+                              "to resume.")
+
+
+def _execute(path: Path, run_dir: Path, parameters: dict[str, Any], kernel_name: str | None) -> None:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
     executed = run_dir / path.name
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # inherited by the kernel
     try:
@@ -129,14 +179,14 @@ def run_notebook(
     except PapermillExecutionError as exc:
         _mark_failed(run_dir, exc.ename, exc.evalue)
         raise NotebookFailed(path, executed, exc.ename, exc.evalue, exc.exec_count) from None
-    return run_dir
 
 
 def _mark_failed(run_dir: Path, ename: str, evalue: str) -> None:
-    """Keep what the notebook finished; mark the run as failed with its error."""
+    """Keep what the notebook finished; mark the run as failed (unless the notebook said more precisely)."""
     if (run_dir / MANIFEST).exists():
         manifest = read_manifest(run_dir)
-        manifest.update(status="failed", error=f"{ename}: {evalue}")
+        if manifest.get("status") in (None, "running", "complete"):
+            manifest.update(status="failed", error=f"{ename}: {evalue}")
     else:
         manifest = {"status": "failed", "error": f"{ename}: {evalue}", "images": []}
     atomic_write_json(run_dir / MANIFEST, manifest)

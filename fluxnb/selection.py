@@ -25,7 +25,12 @@ class ModelChoice:
         return f"model: {self.spec.name} ({self.spec.id}) - {self.reason}"
 
 
-def _is_cached(repo_id: str) -> bool:
+def offline_mode() -> bool:
+    """HF_HUB_OFFLINE is set: nothing will be downloaded."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def is_cached(repo_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
@@ -34,7 +39,7 @@ def _is_cached(repo_id: str) -> bool:
 def _hub_reachable(repo_id: str) -> tuple[bool, str]:
     from huggingface_hub import model_info
 
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if offline_mode():
         return False, "HF_HUB_OFFLINE is set"
     try:
         model_info(repo_id, timeout=5)
@@ -59,7 +64,7 @@ def resolve_model(name: str = AUTO, config: ModelConfig | None = None) -> ModelC
             f"auto: no CUDA GPU here, so the primary model {primary.name} cannot run; using the "
             f"{fallback.name} fallback ({fallback.description})",
         )
-    if _is_cached(primary.id):
+    if is_cached(primary.id):
         return ModelChoice(primary, name, f"auto: CUDA GPU found and {primary.id} is cached")
     reachable, why = _hub_reachable(primary.id)
     if reachable:

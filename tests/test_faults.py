@@ -1,0 +1,237 @@
+"""Nothing lost, nothing cryptic: batches that are killed, interrupted, run out of memory or disk, or meet
+bad files, keep every finished image and end with a message that names the file and the fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fluxnb
+from fluxnb.generation import GenerationFailed, ModelUnusable
+from fluxnb.outputs import MANIFEST, RunFolder
+from fluxnb.tiny import ensure_tiny_checkpoint
+
+
+def fail_at(seeds: set[int], error: BaseException, request_seeds: list[int]):
+    """A diffusers step-end callback that raises `error` during the images whose seed is in `seeds`.
+
+    Generation runs for real through the tiny pipeline; only the fault is injected, at the pipeline's own hook.
+    """
+    order = iter(request_seeds)
+    state = {"seed": None}
+
+    def callback(pipe, step, timestep, kwargs):
+        if step == 0:
+            state["seed"] = next(order)
+        if state["seed"] in seeds:
+            raise error
+        return kwargs
+
+    return callback
+
+
+def consistent(run_dir: Path) -> dict:
+    """The run folder's manifest lists exactly the PNGs on disk, and no temporary file is left."""
+    manifest = fluxnb.read_manifest(run_dir)
+    listed = sorted(entry["file"] for entry in manifest["images"])
+    assert listed == sorted(p.name for p in run_dir.glob("*.png"))
+    assert not list(run_dir.glob(".*.tmp"))
+    return manifest
+
+
+def oom() -> torch.cuda.OutOfMemoryError:
+    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+                                       "capacity of 22.00 GiB of which 1.10 GiB is free.")
+
+
+def test_out_of_memory_is_recorded_and_the_batch_goes_on(tiny_model, tiny_spec):
+    request = fluxnb.make_request(tiny_spec, prompt=["a fox", "a cat"], num_images=2, seed=1, steps=2)
+    seeds = [seed for _, _, seed in request.items()]
+    run = RunFolder.create("oom")
+    with pytest.raises(GenerationFailed) as info:
+        fluxnb.generate(tiny_model, request, run, progress=False,
+                        callback_on_step_end=fail_at({2}, oom(), seeds))
+    message = str(info.value)
+    assert message.startswith("2 of 4 image(s) failed; 2 generated and kept.")
+    assert "Out of memory at 64x64, model flux-tiny" in message
+    assert "a smaller width/height" in message and "flux-dev-bnb-4bit" in message and "offload" in message
+    assert "Traceback" not in message
+    manifest = consistent(run.path)
+    assert manifest["status"] == "incomplete"
+    assert [(i["prompt"], i["seed"]) for i in manifest["images"]] == [("a fox", 1), ("a cat", 1)]
+    assert [(f["prompt"], f["seed"]) for f in manifest["failures"]] == [("a fox", 2), ("a cat", 2)]
+    assert all(f["error"].startswith("OutOfMemoryError: CUDA out of memory") for f in manifest["failures"])
+    assert all("cuda-out-of-memory" in f["diagnosis"] for f in manifest["failures"])
+    # the kernel stays usable: resuming the same run retries only the failed images
+    again = fluxnb.generate(tiny_model, request, RunFolder.create("oom", run.path, resume=True), progress=False)
+    assert [r.metadata["seed"] for r in again] == [1, 2, 1, 2]
+    manifest = consistent(run.path)
+    assert len(manifest["images"]) == 4 and manifest["failures"] == []
+
+
+def test_repeated_failures_stop_the_batch_cleanly(tiny_model, tiny_spec):
+    request = fluxnb.make_request(tiny_spec, prompt="a fox", num_images=5, steps=2)
+    seeds = [seed for _, _, seed in request.items()]
+    run = RunFolder.create("unusable")
+    with pytest.raises(ModelUnusable, match="3 images in a row ran out of memory; the model looks unusable"):
+        fluxnb.generate(tiny_model, request, run, progress=False,
+                        callback_on_step_end=fail_at({1, 2, 3, 4}, oom(), seeds))
+    manifest = consistent(run.path)
+    assert manifest["status"] == "failed" and len(manifest["images"]) == 1 and len(manifest["failures"]) == 3
+
+
+def test_an_unexpected_error_stops_the_batch_and_keeps_what_was_done(tiny_model, tiny_spec):
+    request = fluxnb.make_request(tiny_spec, prompt="a fox", num_images=3, steps=2)
+    seeds = [seed for _, _, seed in request.items()]
+    run = RunFolder.create("broken")
+    error = RuntimeError("CUDA error: an illegal memory access was encountered")
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        fluxnb.generate(tiny_model, request, run, progress=False, callback_on_step_end=fail_at({1}, error, seeds))
+    manifest = consistent(run.path)
+    assert manifest["status"] == "failed" and len(manifest["images"]) == 1
+    assert manifest["error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+
+
+def test_keyboard_interrupt_leaves_consistent_outputs(tiny_model, tiny_spec):
+    request = fluxnb.make_request(tiny_spec, prompt="a fox", num_images=4, steps=2)
+    seeds = [seed for _, _, seed in request.items()]
+    run = RunFolder.create("interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        fluxnb.generate(tiny_model, request, run, progress=False,
+                        callback_on_step_end=fail_at({2}, KeyboardInterrupt(), seeds))
+    manifest = consistent(run.path)
+    assert manifest["status"] == "interrupted" and [i["seed"] for i in manifest["images"]] == [0, 1]
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fluxnb.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def wait_for_images(outputs: Path, count: int, process: subprocess.Popen, timeout: float = 240) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = list(outputs.glob("*-generate"))
+        if runs and len(list(runs[0].glob("*.png"))) >= count:
+            return runs[0]
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the batch did not produce images in time")
+
+
+BATCH = ["--steps", "20", "--width", "192", "--height", "192", "--num-images", "3", "--seed", "100"]
+
+
+def test_sigkill_then_resume_keeps_every_image_and_duplicates_none(tiny_model, outputs_dir: Path, tmp_path: Path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# a batch\na red fox in the snow\n\n붉은 여우, 수채화\n", encoding="utf-8")
+    process = cli("generate", "--prompts", str(prompts), *BATCH)
+    run_dir = wait_for_images(outputs_dir, 2, process)
+    process.send_signal(signal.SIGKILL)  # no chance to clean up: the worst case
+    process.communicate()
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.png")}
+    assert 2 <= len(before) < 6
+    done = subprocess.run([sys.executable, "-m", "fluxnb.cli", "generate", "--resume", str(run_dir)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {run_dir}" in done.stdout
+    manifest = consistent(run_dir)
+    assert manifest["status"] == "complete" and manifest["resumed"] == 1
+    pairs = [(i["prompt"], i["seed"]) for i in manifest["images"]]
+    prompts_in_file = ("a red fox in the snow", "붉은 여우, 수채화")
+    assert sorted(pairs) == sorted((p, s) for p in prompts_in_file for s in (100, 101, 102))
+    assert len(set(pairs)) == 6
+    for name, data in before.items():  # finished images untouched
+        assert (run_dir / name).read_bytes() == data
+    # a resumed image is the image an uninterrupted run makes
+    last = manifest["images"][-1]
+    alone = fluxnb.generate(tiny_model, fluxnb.make_request(
+        tiny_model.spec, prompt=last["prompt"], seed=last["seed"], steps=20, width=192, height=192), progress=False)
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(run_dir / last["file"])), np.asarray(alone[0].image))
+
+
+def test_sigint_stops_the_cli_with_consistent_outputs(tiny_model, outputs_dir: Path):
+    process = cli("generate", "--prompt", "a fox", *BATCH)
+    run_dir = wait_for_images(outputs_dir, 1, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "interrupted; finished images and the manifest are kept" in stderr
+    manifest = consistent(run_dir)
+    assert manifest["status"] == "interrupted" and len(manifest["images"]) >= 1
+
+
+def test_disk_full_while_saving_names_the_file(tiny_model, outputs_dir: Path):
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG from write() instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    process = cli("generate", "--prompt", "a fox", "--width", "256", "--height", "256", "--steps", "2",
+                  preexec_fn=limit_file_size)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1
+    run_dir = next(outputs_dir.iterdir())
+    assert f"fluxnb: error: cannot write {run_dir / '0000-t2i-seed0.png'}: File too large" in stderr
+    assert "Fix: free disk space or choose a writable output folder" in stderr
+    assert "Traceback" not in stderr
+    manifest = consistent(run_dir)
+    assert manifest["status"] == "failed" and manifest["images"] == []
+
+
+def test_output_folder_that_cannot_be_created(tmp_path: Path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    process = cli("generate", "--prompt", "a fox", "--output-dir", str(blocker / "outputs"))
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1
+    target = blocker / "outputs"
+    assert f"fluxnb: error: cannot create the outputs folder {target}: [Errno 20] Not a directory" in stderr
+    assert "Fix: choose a writable folder" in stderr
+
+
+def test_truncated_safetensors_names_the_file(tiny_spec, tmp_path: Path):
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(ensure_tiny_checkpoint(), copy)
+    weights = next((copy / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(fluxnb.LoadError) as info:
+        fluxnb.load_model(tiny_spec, checkpoint=copy, device="cpu", progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{weights} is truncated or corrupted (")
+    assert "delete that file (or the whole model folder) and download it again" in message
+
+
+def test_offline_and_not_cached(config, monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(fluxnb.ModelUnavailableError) as info:  # device="cuda" gets past the GPU check here
+        fluxnb.load_model(config.get("flux-dev-bnb-4bit"), device="cuda", progress=False)
+    message = str(info.value)
+    assert "diffusers/FLUX.1-dev-bnb-4bit is not in the Hugging Face cache and offline mode is on" in message
+    assert "huggingface-cli download diffusers/FLUX.1-dev-bnb-4bit" in message
+
+
+def test_resume_of_something_that_is_not_a_run(tmp_path: Path):
+    done = subprocess.run([sys.executable, "-m", "fluxnb.cli", "generate", "--resume", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert f"{tmp_path} is not a run folder ({MANIFEST} is missing)" in done.stderr
+    (tmp_path / MANIFEST).write_text(json.dumps({"images": []}), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "fluxnb.cli", "generate", "--resume", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "holds no generate parameters to resume" in done.stderr
+    assert os.path.exists(tmp_path / MANIFEST)
