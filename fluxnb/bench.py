@@ -1,0 +1,568 @@
+"""`fluxnb bench`: backends x image sizes, timed phase by phase, with fidelity against a reference, in one run.
+
+For each backend (a model_config.yaml entry, or a loader type such as flux-torchao-int8dq run with the
+flux-dev entry's parameters) it loads the model through fluxnb's own loader, optionally under a GPU memory
+cap (torch.cuda.set_per_process_memory_fraction: 22 GB by default, as on an L4), then per size:
+
+- a short warm-up generation (it pays one-time costs: CUDA kernels, torch.compile of the compiled backends),
+  reported apart as `warmup` and `compile_seconds_estimate`;
+- one timed generation split into its three phases (text encoding via `pipe.encode_prompt`, denoising via
+  the pipeline with `prompt_embeds` and `output_type="latent"`, VAE decode), each with its seconds and its
+  own peak allocated and reserved GPU memory (peak stats reset between phases).
+
+Fidelity: every backend uses the same prompt and seed; the final latents and the decoded images are
+compared with the reference backend's (bf16 by default): relative error ||x - ref|| / ||ref|| and PSNR.
+Speed ratios are computed against a baseline backend (bnb 8-bit by default) of the same run.
+
+With `--synthetic` the weights are random with FLUX.1-dev's real dimensions (fluxnb.synthetic); every output
+says which weights were used. Results are JSON plus a matplotlib chart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import SIZE_MULTIPLE, ModelConfig, ModelSpec, load_config
+from .errors import RequestError
+
+GIB = 2**30
+DEFAULT_PROMPT = "a photo of a cat sitting on a red chair in the sun"
+DEFAULT_SIZES = ((1024, 1024),)
+DEFAULT_BACKENDS = ("flux-dev", "flux-dev-bnb-8bit", "flux-dev-bnb-4bit")
+BASE_ENTRY_FOR_TYPES = "flux-dev"  # loader types without an entry borrow this entry's params
+PHASES = ("text_encoding", "denoising", "vae_decode")
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class Backend:
+    label: str
+    spec: ModelSpec
+    cast: str | None = None  # "bf16" / "fp32": cast the loaded pipeline (CPU plumbing tests)
+    capped: bool = True
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1024x768' -> (1024, 768) (width x height), each a positive multiple of 16."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise RequestError("size", f"{text!r} is not WIDTHxHEIGHT, e.g. 1024x1024") from None
+    for v in (width, height):
+        if v <= 0 or v % SIZE_MULTIPLE:
+            raise RequestError("size", f"{text!r}: {v} must be a positive multiple of {SIZE_MULTIPLE}")
+    return width, height
+
+
+def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()) -> Backend:
+    """'flux-dev-bnb-8bit', 'flux-torchao-int8dq' (a loader type), or 'flux-tiny@bf16' (cast after load)."""
+    from .loading import LOADERS
+
+    name, _, cast = text.partition("@")
+    if cast and cast not in ("bf16", "fp32"):
+        raise RequestError("backend", f"{text!r}: the suffix after @ must be bf16 or fp32")
+    if name in config.models:
+        spec = config.get(name)
+    elif name in LOADERS:
+        base = config.get(BASE_ENTRY_FOR_TYPES)
+        spec = dataclasses.replace(base, name=name, type=name, description=f"{base.id} loaded as {name}")
+    else:
+        raise RequestError(
+            "backend",
+            f"{text!r} is neither a model in {config.path} nor a loader type. Allowed: "
+            f"{', '.join([*config.models, *sorted(set(LOADERS) - {m.type for m in config.models.values()})])}",
+        )
+    capped = not (text in uncapped or name in uncapped or (not uncapped and spec.type == "flux-bf16"))
+    return Backend(label=text, spec=spec, cast=cast or None, capped=capped)
+
+
+def _cuda(device: str) -> bool:
+    return device == "cuda"
+
+
+def _memory_snapshot(device: str) -> dict[str, int]:
+    import torch
+
+    if _cuda(device):
+        return {
+            "peak_allocated_bytes": int(torch.cuda.max_memory_allocated()),
+            "peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+        }
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024
+    return {"peak_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)}
+
+
+def _phase_start(device: str) -> float:
+    import torch
+
+    if _cuda(device):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    return time.perf_counter()
+
+
+def _phase_end(device: str, start: float) -> dict[str, Any]:
+    import torch
+
+    if _cuda(device):
+        torch.cuda.synchronize()
+    return {"seconds": round(time.perf_counter() - start, 4), **_memory_snapshot(device)}
+
+
+def run_phases(pipe, *, prompt: str, seed: int, width: int, height: int, steps: int, guidance_scale: float,
+               max_sequence_length: int, device: str) -> dict[str, Any]:
+    """One text-to-image generation split into its three phases; returns timings, peaks, latents and image."""
+    import numpy as np
+    import torch
+
+    phases: dict[str, dict] = {}
+    with torch.inference_mode():
+        start = _phase_start(device)
+        prompt_embeds, pooled, _text_ids = pipe.encode_prompt(
+            prompt=prompt, prompt_2=None, device=pipe._execution_device, max_sequence_length=max_sequence_length
+        )
+        phases["text_encoding"] = _phase_end(device, start)
+
+        start = _phase_start(device)
+        latents = pipe(
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            width=width,
+            height=height,
+            max_sequence_length=max_sequence_length,
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+            output_type="latent",
+        ).images
+        phases["denoising"] = _phase_end(device, start)
+
+        start = _phase_start(device)
+        unpacked = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        unpacked = unpacked / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        decoded = pipe.vae.decode(unpacked.to(pipe.vae.dtype), return_dict=False)[0]
+        image = pipe.image_processor.postprocess(decoded, output_type="np")[0]
+        phases["vae_decode"] = _phase_end(device, start)
+    return {
+        "phases": phases,
+        "latents": latents.float().cpu().numpy(),
+        "image": np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8),
+    }
+
+
+def relative_error(x, ref) -> float:
+    import numpy as np
+
+    x, ref = np.asarray(x, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    denom = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(x - ref)) / denom if denom else float("inf")
+
+
+def psnr(image, ref) -> float:
+    """PSNR in dB of two uint8 images (inf when identical)."""
+    import numpy as np
+
+    mse = float(np.mean((np.asarray(image, dtype=np.float64) - np.asarray(ref, dtype=np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def _peak(phases: dict[str, dict], key: str) -> int | None:
+    values = [p[key] for p in phases.values() if key in p]
+    return max(values) if values else None
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _free(device: str) -> None:
+    import torch
+
+    gc.collect()
+    if _cuda(device):
+        torch.cuda.empty_cache()
+    try:
+        torch._dynamo.reset()
+    except AttributeError:  # very old torch
+        pass
+
+
+def _set_cap(device: str, cap_bytes: int | None) -> float | None:
+    import torch
+
+    if not _cuda(device):
+        return None
+    total = torch.cuda.get_device_properties(0).total_memory
+    fraction = 1.0 if cap_bytes is None else min(1.0, cap_bytes / total)
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    return fraction
+
+
+def run_bench(
+    backends: list[Backend],
+    sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES,
+    *,
+    steps: int = 28,
+    seed: int = 0,
+    prompt: str = DEFAULT_PROMPT,
+    guidance_scale: float = 3.5,
+    max_sequence_length: int = 512,
+    warmup_steps: int = 2,
+    cap_bytes: int | None = int(22e9),
+    synthetic: bool = False,
+    synthetic_root: str | None = None,
+    cleanup_quantized: bool = False,
+    reference: str | None = None,
+    baseline: str | None = None,
+    device: str | None = None,
+    command: str | None = None,
+    log: Callable[[str], None] = print,
+    on_backend_done: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run every backend at every size; return the results (JSON-ready). A failing backend is recorded, not fatal."""
+    import torch
+
+    from .environment import device_info, package_versions
+    from .loading import load_model
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    labels = [b.label for b in backends]
+    if len(set(labels)) != len(labels):
+        raise RequestError("backend", f"each backend may be named once, got {labels}")
+    reference = reference or next((b.label for b in backends if b.spec.type == "flux-bf16"), labels[0])
+    baseline = baseline or next((b.label for b in backends if b.spec.type == "flux-bnb-8bit"), labels[0])
+    for role, name in (("reference", reference), ("baseline", baseline)):
+        if name not in labels:
+            raise RequestError(role, f"{name!r} is not one of the backends {labels}")
+    if synthetic:
+        weights = "synthetic: random weights with FLUX.1-dev's real dimensions (fluxnb.synthetic); images are noise"
+    elif all(b.spec.type == "flux-tiny" for b in backends):
+        weights = "embedded tiny model (random weights)"
+    else:
+        weights = "hub checkpoints (real weights)"
+    results: dict[str, Any] = {
+        "fluxnb_bench": FORMAT_VERSION,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "weights": weights,
+        "device": device_info() if _cuda(device) else {"device": "cpu"},
+        "driver": _driver_version() if _cuda(device) else None,
+        "versions": package_versions(),
+        "settings": {
+            "steps": steps,
+            "seed": seed,
+            "prompt": prompt,
+            "guidance_scale": guidance_scale,
+            "max_sequence_length": max_sequence_length,
+            "warmup_steps": warmup_steps,
+            "cap_bytes": cap_bytes if _cuda(device) else None,
+            "reference": reference,
+            "baseline": baseline,
+            "sizes": [f"{w}x{h}" for w, h in sizes],
+        },
+        "backends": [],
+        "rows": [],
+    }
+    outputs: dict[tuple[str, str], dict] = {}
+    for backend in backends:
+        entry: dict[str, Any] = {
+            "label": backend.label,
+            "model": backend.spec.name,
+            "type": backend.spec.type,
+            "cast": backend.cast,
+            "capped": bool(backend.capped and cap_bytes and _cuda(device)),
+        }
+        results["backends"].append(entry)
+        checkpoint = None
+        kind = None
+        try:
+            if synthetic and backend.spec.type != "flux-tiny":
+                from .synthetic import KIND_FOR_TYPE, ensure_synthetic_checkpoint
+
+                kind = KIND_FOR_TYPE.get(backend.spec.type, "bf16")
+                checkpoint = ensure_synthetic_checkpoint(kind, synthetic_root, log=log)
+            entry["memory_fraction"] = _set_cap(device, cap_bytes if entry["capped"] else None)
+            _free(device)
+            if _cuda(device):
+                torch.cuda.reset_peak_memory_stats()
+            log(f"[{backend.label}] loading ({'capped' if entry['capped'] else 'uncapped'}) ...")
+            start = time.perf_counter()
+            model = load_model(backend.spec, checkpoint=checkpoint, device=device, progress=False)
+            entry["load_seconds"] = round(time.perf_counter() - start, 2)
+            entry["load_memory"] = _memory_snapshot(device)
+            entry["load_report"] = model.report.to_dict()
+            if backend.cast:
+                model.pipe.to(torch.bfloat16 if backend.cast == "bf16" else torch.float32)
+            log(f"[{backend.label}] loaded in {entry['load_seconds']} s")
+            model.pipe.set_progress_bar_config(disable=True)
+            for width, height in sizes:
+                size = f"{width}x{height}"
+                row: dict[str, Any] = {"backend": backend.label, "size": size, "width": width, "height": height,
+                                       "steps": steps, "capped": entry["capped"]}
+                results["rows"].append(row)
+                common = dict(prompt=prompt, seed=seed, width=width, height=height, guidance_scale=guidance_scale,
+                              max_sequence_length=max_sequence_length, device=device)
+                try:
+                    start = time.perf_counter()
+                    run_phases(model.pipe, steps=warmup_steps, **common)
+                    warm_seconds = time.perf_counter() - start
+                    timed = run_phases(model.pipe, steps=steps, **common)
+                except Exception as exc:  # noqa: BLE001 - an OOM under the cap is a result, recorded per row
+                    row["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+                    log(f"[{backend.label}] {size}: FAILED {row['error']}")
+                    _free(device)
+                    continue
+                phases = timed["phases"]
+                denoise = phases["denoising"]["seconds"]
+                per_image = sum(p["seconds"] for p in phases.values())
+                row.update(
+                    seconds_per_step=round(denoise / steps, 4),
+                    seconds_per_image=round(per_image, 3),
+                    phases=phases,
+                    peak_allocated_bytes=_peak(phases, "peak_allocated_bytes"),
+                    peak_reserved_bytes=_peak(phases, "peak_reserved_bytes"),
+                    peak_rss_bytes=_peak(phases, "peak_rss_bytes"),
+                    warmup={"steps": warmup_steps, "seconds": round(warm_seconds, 3)},
+                    # what the first call cost beyond a steady-state call of the same length (compile, autotune)
+                    compile_seconds_estimate=round(
+                        max(0.0, warm_seconds - (per_image - denoise) - warmup_steps * denoise / steps), 2
+                    ),
+                    finite=bool(__import__("numpy").isfinite(timed["latents"]).all()),
+                )
+                if entry["capped"] and row["peak_reserved_bytes"] is not None:
+                    row["fits_cap"] = row["peak_reserved_bytes"] <= cap_bytes
+                outputs[(backend.label, size)] = {"latents": timed["latents"], "image": timed["image"]}
+                log(f"[{backend.label}] {size}: {row['seconds_per_image']} s/image, {row['seconds_per_step']} s/step, "
+                    f"peak reserved {(row['peak_reserved_bytes'] or 0) / GIB:.2f} GiB, warm-up {warm_seconds:.1f} s")
+            del model
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot load (OOM, missing extra) is a result
+            entry["error"] = f"{type(exc).__name__}: {str(exc)[:800]}"
+            log(f"[{backend.label}] FAILED: {entry['error']}")
+        finally:
+            _free(device)
+            if cleanup_quantized and kind and kind != "bf16":
+                from .synthetic import remove_synthetic_checkpoint
+
+                remove_synthetic_checkpoint(kind, synthetic_root)
+        if on_backend_done is not None:  # partial results survive a run that is killed later
+            add_comparisons(results, outputs)
+            on_backend_done(results)
+    _set_cap(device, None)
+    add_comparisons(results, outputs)
+    return results
+
+
+def add_comparisons(results: dict[str, Any], outputs: dict[tuple[str, str], dict]) -> None:
+    """Fidelity against the reference and speed ratios against the baseline, size by size, within this run."""
+    reference, baseline = results["settings"]["reference"], results["settings"]["baseline"]
+    by_key = {(r["backend"], r["size"]): r for r in results["rows"]}
+    for row in results["rows"]:
+        if "error" in row:
+            continue
+        ref = outputs.get((reference, row["size"]))
+        mine = outputs.get((row["backend"], row["size"]))
+        if ref is not None and mine is not None:
+            row["latent_rel_error"] = round(relative_error(mine["latents"], ref["latents"]), 6)
+            value = psnr(mine["image"], ref["image"])
+            row["psnr_db"] = None if math.isinf(value) else round(value, 3)
+        base = by_key.get((baseline, row["size"]))
+        if base and "seconds_per_image" in base:
+            row["speedup_vs_baseline"] = round(base["seconds_per_image"] / row["seconds_per_image"], 3)
+            row["step_speedup_vs_baseline"] = round(base["seconds_per_step"] / row["seconds_per_step"], 3)
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if data.get("fluxnb_bench") != FORMAT_VERSION:
+        raise RequestError("bench_json", f"{path} is not a fluxnb bench result (format {FORMAT_VERSION})")
+    return data
+
+
+def _gib(value: int | None) -> str:
+    return "" if value is None else f"{value / GIB:.2f}"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """A markdown table: one line per backend and size."""
+    lines = [
+        "| backend | size | s/step | s/image | x vs baseline | peak alloc GiB | peak reserved GiB | load s | "
+        "warm-up s (compile est.) | latent rel. err | PSNR dB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    backends = {b["label"]: b for b in results["backends"]}
+    for row in results["rows"]:
+        b = backends.get(row["backend"], {})
+        if "error" in row:
+            lines.append(f"| {row['backend']} | {row['size']} | | | | | | {b.get('load_seconds', '')} | | | | "
+                         f"failed: {row['error'][:120]} |")
+            continue
+        peak_alloc = row.get("peak_allocated_bytes") or row.get("peak_rss_bytes")
+        note = [] if row.get("capped") else ["uncapped"]
+        if row.get("fits_cap") is False:
+            note.append("over the cap")
+        if row["backend"] == results["settings"]["reference"]:
+            note.append("reference")
+        if row["backend"] == results["settings"]["baseline"]:
+            note.append("baseline")
+        psnr_text = "inf" if row.get("psnr_db") is None and "latent_rel_error" in row else row.get("psnr_db", "")
+        lines.append(
+            f"| {row['backend']} | {row['size']} | {row['seconds_per_step']:.3f} | {row['seconds_per_image']:.2f} | "
+            f"{row.get('speedup_vs_baseline', '')} | {_gib(peak_alloc)} | {_gib(row.get('peak_reserved_bytes'))} | "
+            f"{b.get('load_seconds', '')} | {row['warmup']['seconds']:.1f} ({row['compile_seconds_estimate']:.1f}) | "
+            f"{row.get('latent_rel_error', '')} | {psnr_text} | {', '.join(note)} |"
+        )
+    for b in results["backends"]:
+        if "error" in b:
+            lines.append(f"| {b['label']} | | | | | | | | | | | failed to load: {b['error'][:160]} |")
+    return "\n".join(lines)
+
+
+def plot_results(results: dict[str, Any], path: str | Path | None = None):
+    """Bar charts: seconds per image (with the phases stacked), peak memory (with the cap), latent error."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if "error" not in r]
+    names = [f"{r['backend']}\n{r['size']}" for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(max(12, 2.2 * len(rows) * 3 / 2), 4.8))
+    bottom = [0.0] * len(rows)
+    for phase, color in zip(PHASES, ("#8da0cb", "#66c2a5", "#fc8d62"), strict=True):
+        values = [r["phases"][phase]["seconds"] for r in rows]
+        axes[0].bar(names, values, bottom=bottom, label=phase.replace("_", " "), color=color)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    for i, r in enumerate(rows):
+        label = f"{r['seconds_per_image']:.2f}"
+        if "speedup_vs_baseline" in r:
+            label += f"\n{r['speedup_vs_baseline']:.2f}x"
+        axes[0].text(i, bottom[i], label, ha="center", va="bottom", fontsize=8)
+    axes[0].set_ylim(0, max(bottom, default=1.0) * 1.18)
+    axes[0].set_ylabel("seconds per image")
+    axes[0].set_title(f"time per image ({results['settings']['steps']} steps)")
+    axes[0].legend(fontsize=8)
+    peaks = [(r.get("peak_reserved_bytes") or r.get("peak_rss_bytes") or 0) / GIB for r in rows]
+    axes[1].bar(names, peaks, color=["#b3b3b3" if not r.get("capped") else "#80b1d3" for r in rows])
+    cap = results["settings"].get("cap_bytes")
+    if cap:
+        axes[1].axhline(cap / GIB, color="red", linestyle="--", label=f"cap {cap / 1e9:.0f} GB")
+        axes[1].legend(fontsize=8)
+    axes[1].set_ylabel("GiB (GPU: peak reserved; grey = uncapped)")
+    axes[1].set_title("peak memory")
+    errors = [r.get("latent_rel_error") or 0.0 for r in rows]
+    axes[2].bar(names, errors, color="#fdb462")
+    for i, r in enumerate(rows):
+        if r.get("psnr_db") is not None:
+            axes[2].text(i, errors[i], f"{r['psnr_db']:.1f} dB", ha="center", va="bottom", fontsize=8)
+    axes[2].set_ylabel("relative error of final latents")
+    axes[2].set_title(f"fidelity vs {results['settings']['reference']}")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=7, rotation=45)
+    device = results.get("device", {})
+    fig.suptitle(f"fluxnb bench on {device.get('gpu') or device.get('device')}; weights: {results['weights']}",
+                 fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig
+
+
+def write_results(results: dict[str, Any], json_path: str | Path, chart_path: str | Path | None = None) -> Path:
+    from .outputs import atomic_write_json
+
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(json_path, results)
+    if chart_path is not None:
+        plot_results(results, chart_path)
+    return json_path
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+
+
+def add_bench_parser(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmark backends x sizes: s/step, s/image, peak memory, fidelity")
+    bench.add_argument("--backend", action="append", help=f"model name or loader type, repeatable (default: "
+                       f"{', '.join(DEFAULT_BACKENDS)}); NAME@bf16 casts after load")
+    bench.add_argument("--size", action="append", help="WIDTHxHEIGHT, repeatable (default 1024x1024)")
+    bench.add_argument("--steps", type=int, default=28)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--prompt", default=DEFAULT_PROMPT)
+    bench.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed first call (default 2)")
+    bench.add_argument("--cap-gb", type=float, default=22.0,
+                       help="GPU memory cap in GB (1e9 bytes) for capped backends; 0 for none (default 22)")
+    bench.add_argument("--uncapped", action="append", default=[],
+                       help="backend run without the cap (default: those of type flux-bf16)")
+    bench.add_argument("--reference", help="backend the fidelity is measured against (default: the bf16 one)")
+    bench.add_argument("--baseline", help="backend the speed ratios are computed against (default: bnb 8-bit)")
+    bench.add_argument("--synthetic", action="store_true",
+                       help="full-size random weights with FLUX.1-dev's dimensions (built locally on first use)")
+    bench.add_argument("--synthetic-root", help="where synthetic checkpoints live (default FLUXNB_SYNTHETIC)")
+    bench.add_argument("--cleanup-quantized", action="store_true",
+                       help="delete each quantized synthetic checkpoint after its backend ran (saves disk)")
+    bench.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    bench.add_argument("--output", help="JSON path (default: outputs/bench-<time>/bench.json)")
+    bench.add_argument("--chart", help="PNG path (default: beside the JSON)")
+    bench.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
+    bench.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> int:
+    from .outputs import new_run_dir
+
+    config = load_config(args.config)
+    uncapped = tuple(args.uncapped)
+    backends = [parse_backend(b, config, uncapped) for b in (args.backend or DEFAULT_BACKENDS)]
+    sizes = tuple(parse_size(s) for s in args.size) if args.size else DEFAULT_SIZES
+    if args.steps < 1 or args.warmup_steps < 1:
+        raise RequestError("steps", "--steps and --warmup-steps must be at least 1")
+    json_path = Path(args.output) if args.output else new_run_dir("bench") / "bench.json"
+    chart_path = Path(args.chart) if args.chart else json_path.with_suffix(".png")
+    results = run_bench(
+        backends,
+        sizes,
+        steps=args.steps,
+        seed=args.seed,
+        prompt=args.prompt,
+        warmup_steps=args.warmup_steps,
+        cap_bytes=int(args.cap_gb * 1e9) if args.cap_gb else None,
+        synthetic=args.synthetic,
+        synthetic_root=args.synthetic_root,
+        cleanup_quantized=args.cleanup_quantized,
+        reference=args.reference,
+        baseline=args.baseline,
+        device=args.device,
+        command="fluxnb bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"]
+        else None,
+        log=lambda line: print(line, flush=True),
+        on_backend_done=lambda partial: write_results(partial, json_path),
+    )
+    write_results(results, json_path, chart_path)
+    print(results_table(results))
+    print(f"results: {json_path}\nchart: {chart_path}")
+    failed = [r for r in results["rows"] if "error" in r] + [b for b in results["backends"] if "error" in b]
+    return 1 if failed else 0

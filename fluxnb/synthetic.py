@@ -1,0 +1,356 @@
+"""A full-size synthetic FLUX.1-dev checkpoint: the real architecture and dimensions, random weights.
+
+It lets the real loaders run at real scale with no download (GPU scale and speed tests, `fluxnb bench
+--synthetic`): FluxTransformer2DModel with FLUX.1-dev's 19 double and 38 single blocks (11.9 B
+parameters), the T5-XXL encoder (4.8 B), CLIP-L and the FLUX VAE, in bf16, saved in the hub layout;
+then, from that bf16 save, the same model quantized with bitsandbytes (8-bit or NF4, transformer and
+T5) through `from_pretrained(..., quantization_config=...)` and saved with `save_pretrained`, i.e. the
+layout of `diffusers/FLUX.1-dev-bnb-8bit` / `-bnb-4bit`. So
+
+    load_model(config.get("flux-dev-bnb-8bit"), checkpoint=ensure_synthetic_checkpoint("bnb-8bit"))
+
+runs the guide's exact loader on 12 B parameters.
+
+Weights are random (seeded): pictures are noise, and figures measured on them are speed and memory
+figures, plus fidelity *between backends* on the same random model. Say so wherever they are shown.
+The tokenizers are the tiny model's (their ids fit the real vocabularies).
+
+Building needs a CUDA GPU for the quantized kinds (diffusers refuses bitsandbytes without one) and
+about 34 GB of disk for bf16, 17 GB for 8-bit, 10 GB for NF4. Each kind is built once into its own
+folder, atomically (a half-written folder is never used), with a marker file recording how.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+SYNTHETIC_SEED = 20251122
+BUILD_MARKER = "fluxnb_synthetic.json"
+KINDS = ("bf16", "bnb-8bit", "bnb-nf4")
+# Which synthetic kind each loader type reads: pre-quantized types read their own, the rest the bf16 one.
+KIND_FOR_TYPE = {"flux-bnb-8bit": "bnb-8bit", "flux-bnb-4bit": "bnb-nf4"}
+
+# FLUX.1-dev's real dimensions (black-forest-labs/FLUX.1-dev config files).
+FLUX_DEV_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=[16, 56, 56],
+)
+FLUX_DEV_T5 = dict(  # google/t5-v1_1-xxl encoder
+    vocab_size=32128,
+    d_model=4096,
+    d_kv=64,
+    d_ff=10240,
+    num_layers=24,
+    num_heads=64,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu",
+    layer_norm_epsilon=1e-6,
+)
+FLUX_DEV_CLIP = dict(  # openai/clip-vit-large-patch14 text tower
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    projection_dim=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+)
+FLUX_DEV_VAE = dict(
+    block_out_channels=[128, 256, 512, 512],
+    layers_per_block=2,
+    latent_channels=16,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+FULL_DIMS = {"transformer": FLUX_DEV_TRANSFORMER, "t5": FLUX_DEV_T5, "clip": FLUX_DEV_CLIP, "vae": FLUX_DEV_VAE}
+
+
+def scaled_dims(layers: int = 1, single_layers: int = 2, t5_layers: int = 2, clip_layers: int = 2) -> dict:
+    """FLUX.1-dev's widths with fewer blocks: the same code path, small enough for a CPU test."""
+    dims = json.loads(json.dumps(FULL_DIMS))
+    dims["transformer"].update(num_layers=layers, num_single_layers=single_layers)
+    dims["t5"].update(num_layers=t5_layers)
+    dims["clip"].update(num_hidden_layers=clip_layers)
+    return dims
+
+
+def _line(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def synthetic_root(root: str | os.PathLike | None = None) -> Path:
+    """FLUXNB_SYNTHETIC, else FLUXNB_CACHE/synthetic, else ~/.cache/fluxnb/synthetic."""
+    if root is not None:
+        return Path(root)
+    if os.environ.get("FLUXNB_SYNTHETIC"):
+        return Path(os.environ["FLUXNB_SYNTHETIC"])
+    base = Path(os.environ.get("FLUXNB_CACHE") or Path.home() / ".cache" / "fluxnb")
+    return base / "synthetic"
+
+
+def synthetic_dir(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None) -> Path:
+    """Folder of one kind, keyed by the library lines that write it (KNOWN_ISSUES row 16) and by size."""
+    import diffusers
+    import transformers
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown synthetic checkpoint kind {kind!r}; allowed: {', '.join(KINDS)}")
+    size = "full" if dims is None or dims == FULL_DIMS else "scaled"
+    name = (
+        f"flux-dev-synthetic-{size}-{kind}-transformers{_line(transformers.__version__)}"
+        f"-diffusers{_line(diffusers.__version__)}"
+    )
+    return synthetic_root(root) / name
+
+
+def _variance_preserving_init(module) -> None:
+    """Linear weights ~ N(0, 1/fan_in), biases 0: every block does real work, and nothing blows up.
+
+    With PyTorch's default Linear init (std 1/sqrt(3 fan_in)) the AdaLN gates come out tiny and the 57 blocks
+    barely touch the residual stream (measured: its std moves 0.584 -> 0.586 over 9 blocks), so quantization
+    error inside the blocks would hardly show in the output. With this init each block adds about 0.05 to the
+    residual std (1.1 -> 1.7 over 9 full-width blocks, about 4-6 after 57: finite in bf16) and the velocity
+    output has std ~1.2, the scale of a trained flow model's.
+    """
+    import math
+
+    import torch
+
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.Linear):
+            torch.nn.init.normal_(sub.weight, 0.0, 1.0 / math.sqrt(sub.in_features))
+            if sub.bias is not None:
+                torch.nn.init.zeros_(sub.bias)
+
+
+def build_synthetic_pipeline(device: str = "cuda", dims: dict | None = None, seed: int = SYNTHETIC_SEED):
+    """Construct the pipeline in bf16 directly on `device` (seconds on a GPU; ~34 GB at full size)."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+
+    from .tiny import _clip_tokenizer_files, _t5_tokenizer_files
+
+    dims = dims or FULL_DIMS
+    with tempfile.TemporaryDirectory() as tmp:
+        _clip_tokenizer_files(Path(tmp) / "clip")
+        _t5_tokenizer_files(Path(tmp) / "t5")
+        tokenizer = CLIPTokenizer.from_pretrained(Path(tmp) / "clip")
+        tokenizer_2 = T5TokenizerFast.from_pretrained(Path(tmp) / "t5", extra_ids=0)
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            torch.manual_seed(seed)
+            transformer = FluxTransformer2DModel(**dims["transformer"])
+            _variance_preserving_init(transformer)
+            torch.manual_seed(seed + 1)
+            text_encoder = CLIPTextModel(
+                CLIPTextConfig(
+                    **dims["clip"],
+                    bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            )
+            torch.manual_seed(seed + 2)
+            # T5's own init (normal, std d_model^-0.5 ...) is variance-preserving.
+            text_encoder_2 = T5EncoderModel(
+                T5Config(
+                    **dims["t5"],
+                    is_encoder_decoder=False,
+                    use_cache=False,
+                    decoder_start_token_id=0,
+                    pad_token_id=0,
+                    eos_token_id=1,
+                )
+            )
+            torch.manual_seed(seed + 3)
+            vae = AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                down_block_types=["DownEncoderBlock2D"] * 4,
+                up_block_types=["UpDecoderBlock2D"] * 4,
+                act_fn="silu",
+                **dims["vae"],
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    for module in (transformer, text_encoder, text_encoder_2, vae):
+        module.to(torch.bfloat16).eval().requires_grad_(False)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
+def check_finite(pipe, height: int = 256, width: int = 256, steps: int = 1) -> dict:
+    """One short generation; raise if any latent is NaN/inf (random weights must not blow up)."""
+    import torch
+
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    with torch.inference_mode():
+        latents = pipe(
+            "a photo of a cat",
+            num_inference_steps=steps,
+            height=height,
+            width=width,
+            max_sequence_length=512,
+            generator=generator,
+            output_type="latent",
+        ).images
+    latents = latents.float()
+    if not torch.isfinite(latents).all():
+        raise RuntimeError("synthetic model produced non-finite latents: the random init blows up")
+    return {"latent_std": round(float(latents.std()), 4), "latent_absmax": round(float(latents.abs().max()), 4)}
+
+
+def _quantization_mapping(kind: str):
+    import torch
+    from diffusers import BitsAndBytesConfig as DiffusersBnb
+    from diffusers import PipelineQuantizationConfig
+    from transformers import BitsAndBytesConfig as TransformersBnb
+
+    if kind == "bnb-8bit":
+        kwargs = {"load_in_8bit": True}
+    elif kind == "bnb-nf4":
+        kwargs = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16}
+    else:
+        raise ValueError(f"{kind!r} is not a quantized kind")
+    return PipelineQuantizationConfig(
+        quant_mapping={"transformer": DiffusersBnb(**kwargs), "text_encoder_2": TransformersBnb(**kwargs)}
+    )
+
+
+def quantize_checkpoint(source: str | os.PathLike, target: str | os.PathLike, kind: str) -> None:
+    """Load the bf16 checkpoint at `source` quantized (bitsandbytes, transformer + T5) and save it to `target`.
+
+    The result has the pre-quantized layout of diffusers/FLUX.1-dev-bnb-8bit (or -bnb-4bit): each quantized
+    component's config.json carries its quantization_config, so a plain `from_pretrained` reloads it.
+    """
+    import gc
+
+    import torch
+    from diffusers import FluxPipeline
+
+    quantization = _quantization_mapping(kind)
+    pipe = FluxPipeline.from_pretrained(source, torch_dtype=torch.bfloat16, quantization_config=quantization)
+    pipe.save_pretrained(target, safe_serialization=True)
+    del pipe
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _atomic_build(target: Path, build, info: dict) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".building-", dir=target.parent))
+    try:
+        start = time.perf_counter()
+        info.update(build(staging) or {})
+        info["build_seconds"] = round(time.perf_counter() - start, 1)
+        (staging / BUILD_MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: keep its copy
+            if not (target / BUILD_MARKER).is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def ensure_synthetic_checkpoint(
+    kind: str = "bf16",
+    root: str | os.PathLike | None = None,
+    *,
+    device: str | None = None,
+    dims: dict | None = None,
+    log=print,
+) -> Path:
+    """Return the folder of a synthetic checkpoint of `kind`, building it (and the bf16 one it comes from) once."""
+    import diffusers
+    import torch
+    import transformers
+
+    target = synthetic_dir(kind, root, dims)
+    if (target / BUILD_MARKER).is_file():
+        return target
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info = {
+        "kind": kind,
+        "seed": SYNTHETIC_SEED,
+        "dims": dims or FULL_DIMS,
+        "transformers": transformers.__version__,
+        "diffusers": diffusers.__version__,
+        "torch": torch.__version__,
+        "note": "random weights (FLUX.1-dev architecture and dimensions): images are noise",
+    }
+    if kind == "bf16":
+
+        def build(staging: Path) -> dict:
+            start = time.perf_counter()
+            pipe = build_synthetic_pipeline(device=device, dims=dims)
+            built = time.perf_counter() - start
+            smoke = check_finite(pipe, 128, 128) if dims is None or dims == FULL_DIMS else check_finite(pipe, 64, 64)
+            start = time.perf_counter()
+            pipe.save_pretrained(staging, safe_serialization=True)
+            saved = time.perf_counter() - start
+            del pipe
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            return {"construct_seconds": round(built, 1), "save_seconds": round(saved, 1), "smoke": smoke}
+
+        log(f"building synthetic bf16 checkpoint into {target} ...")
+    else:
+        source = ensure_synthetic_checkpoint("bf16", root, device=device, dims=dims, log=log)
+        info["source"] = str(source)
+
+        def build(staging: Path) -> dict:
+            quantize_checkpoint(source, staging, kind)
+            return {}
+
+        log(f"building synthetic {kind} checkpoint from {source} into {target} ...")
+    path = _atomic_build(target, build, info)
+    log(f"  done in {json.loads((path / BUILD_MARKER).read_text())['build_seconds']} s")
+    return path
+
+
+def remove_synthetic_checkpoint(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None) -> None:
+    """Delete one kind's folder (disk is scarce: bf16 + 8-bit + NF4 take about 60 GB)."""
+    shutil.rmtree(synthetic_dir(kind, root, dims), ignore_errors=True)

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The GPU lane: `pytest -m gpu` (tiny FLUX, real bitsandbytes/torchao quantization), then the full-size
+# synthetic benchmark (FLUX.1-dev dimensions, random weights) under a 22 GB memory cap.
+#
+#   scripts/gpu_lane.sh                                  # everything, results under outputs/gpu-lane-<time>/
+#   GPU_LANE_STAGES="tests" scripts/gpu_lane.sh          # only the tests
+#   BENCH_ARGS="--backend flux-dev --backend flux-dev-bnb-8bit" scripts/gpu_lane.sh
+#
+# Needs a CUDA GPU with ~80 GB for the uncapped bf16 reference (set BENCH_ARGS without flux-dev on a 24 GB card)
+# and ~55 GB of free disk (or RAM in /dev/shm) for the synthetic checkpoints. On the device machine the wheels
+# carried in .whl/ are installed into /tmp/site first (that machine has no network).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/outputs/gpu-lane-$(date -u +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+STAGES=${GPU_LANE_STAGES:-"env tests bench"}
+PY=${PYTHON:-python3}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-0}
+DEFAULT_BENCH="--backend flux-dev --backend flux-dev-bnb-8bit --backend flux-torchao-int8dq --backend flux-torchao-fp8dq --backend flux-torchao-int8wo --backend flux-dev-bnb-4bit --cleanup-quantized"
+BENCH_ARGS=${BENCH_ARGS:-$DEFAULT_BENCH}
+
+if [ -d .whl ] && [ "${GPU_LANE_INSTALL:-1}" = 1 ]; then
+    wheels=()
+    for pkg in diffusers-0.42.1 bitsandbytes-0.50.2 torchao-0.17.0 huggingface_hub-1.33.0 safetensors-0.8.0; do
+        for w in .whl/$pkg-*.whl; do [ -f "$w" ] && wheels+=("$w"); done
+    done
+    if [ ${#wheels[@]} -gt 0 ]; then
+        echo "installing carried wheels: ${wheels[*]}"
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}" || exit 1
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+fi
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
+export FLUXNB_CACHE=${FLUXNB_CACHE:-/tmp/fluxnb-cache}
+if [ -z "${FLUXNB_SYNTHETIC:-}" ]; then  # the synthetic checkpoints go where there is most room
+    shm=$(df --output=avail -B1G /dev/shm 2>/dev/null | tail -1 | tr -d ' ' || echo 0)
+    tmp=$(df --output=avail -B1G /tmp | tail -1 | tr -d ' ')
+    if [ "${shm:-0}" -gt "${tmp:-0}" ]; then export FLUXNB_SYNTHETIC=/dev/shm/fluxnb-synthetic; else export FLUXNB_SYNTHETIC=/tmp/fluxnb-synthetic; fi
+fi
+status=0
+
+if [[ " $STAGES " == *" env "* ]]; then
+    echo "== environment ($(date -u +%FT%TZ))"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || true
+    df -h /tmp /dev/shm "$ROOT" 2>/dev/null || true
+    free -g || true
+    echo "synthetic checkpoints in $FLUXNB_SYNTHETIC"
+    $PY - <<'PY'
+import torch, diffusers, transformers, bitsandbytes, huggingface_hub, safetensors
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO CUDA")
+print("diffusers", diffusers.__version__, "transformers", transformers.__version__, "bitsandbytes", bitsandbytes.__version__,
+      "huggingface_hub", huggingface_hub.__version__, "safetensors", safetensors.__version__)
+try:
+    import torchao; print("torchao", torchao.__version__)
+except Exception as exc: print("torchao unavailable:", exc)
+PY
+fi
+
+if [[ " $STAGES " == *" tests "* ]]; then
+    echo "== pytest -m gpu ($(date -u +%FT%TZ))"
+    $PY -m pytest -m gpu tests/test_gpu.py -q -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" || status=1
+fi
+
+if [[ " $STAGES " == *" bench "* ]]; then
+    echo "== fluxnb bench --synthetic $BENCH_ARGS ($(date -u +%FT%TZ))"
+    cmd=($PY -m fluxnb.cli bench --synthetic $BENCH_ARGS --output "$OUT/bench.json" --chart "$OUT/bench.png")
+    if [ "$BENCH_TIMEOUT" != 0 ]; then cmd=(timeout --signal=INT "$BENCH_TIMEOUT" "${cmd[@]}"); fi
+    "${cmd[@]}" || status=1
+    if [ -f "$OUT/bench.json" ] && [ ! -f "$OUT/bench.png" ]; then  # killed mid-run: chart what finished
+        $PY -c "from fluxnb.bench import load_results, plot_results, results_table as t; r=load_results('$OUT/bench.json'); plot_results(r, '$OUT/bench.png'); print(t(r))" || true
+    fi
+fi
+echo "== gpu lane done ($(date -u +%FT%TZ)), status $status; results in $OUT"
+exit $status

@@ -1,0 +1,110 @@
+"""`fluxnb bench` plumbing on the CPU: two real backends of the tiny FLUX (fp32 reference, bf16 cast), JSON,
+chart, ratios and fidelity computed within one run; plus the torchao backends' refusals and the synthetic
+builder's code path at a scaled size. The GPU figures come from scripts/gpu_lane.sh (tests/test_gpu.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from fluxnb.bench import load_results, parse_backend, parse_size, psnr, relative_error, results_table
+from fluxnb.errors import ModelUnavailableError, RequestError
+
+
+def test_parse_size_and_backend(config):
+    assert parse_size("1024x768") == (1024, 768)
+    with pytest.raises(RequestError, match="multiple of 16"):
+        parse_size("1000x1000")
+    with pytest.raises(RequestError, match="WIDTHxHEIGHT"):
+        parse_size("big")
+    assert parse_backend("flux-dev", config).capped is False  # bf16 runs uncapped unless told otherwise
+    assert parse_backend("flux-dev-bnb-8bit", config).capped is True
+    typed = parse_backend("flux-torchao-int8dq", config)
+    assert typed.spec.type == "flux-torchao-int8dq" and typed.spec.params == config.get("flux-dev").params
+    assert parse_backend("flux-tiny@bf16", config).cast == "bf16"
+    with pytest.raises(RequestError, match="neither a model"):
+        parse_backend("flux-nope", config)
+
+
+def test_fidelity_metrics():
+    import numpy as np
+
+    ref = np.ones((4, 4))
+    assert relative_error(ref, ref) == 0.0
+    assert relative_error(ref * 1.1, ref) == pytest.approx(0.1)
+    image = np.full((8, 8, 3), 100, dtype=np.uint8)
+    assert psnr(image, image) == float("inf")
+    assert psnr(image + 1, image) == pytest.approx(48.13, abs=0.01)
+
+
+def test_bench_cli_on_tiny_two_backends(tmp_path, capsys):
+    from fluxnb.cli import main
+
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--backend", "flux-tiny", "--backend", "flux-tiny@bf16", "--size", "32x32",
+                 "--steps", "2", "--warmup-steps", "1", "--device", "cpu", "--output", str(out)])
+    assert code == 0
+    results = load_results(out)
+    assert results["weights"].startswith("embedded tiny model")
+    assert results["settings"]["reference"] == "flux-tiny" and results["settings"]["baseline"] == "flux-tiny"
+    rows = {r["backend"]: r for r in results["rows"]}
+    ref, cast = rows["flux-tiny"], rows["flux-tiny@bf16"]
+    assert ref["latent_rel_error"] == 0.0 and ref["psnr_db"] is None and ref["speedup_vs_baseline"] == 1.0
+    assert 0 < cast["latent_rel_error"] < 0.5 and cast["psnr_db"] > 10
+    assert cast["speedup_vs_baseline"] == pytest.approx(ref["seconds_per_image"] / cast["seconds_per_image"], rel=1e-2)
+    for row in (ref, cast):
+        assert set(row["phases"]) == {"text_encoding", "denoising", "vae_decode"}
+        assert row["seconds_per_image"] == pytest.approx(sum(p["seconds"] for p in row["phases"].values()), abs=1e-2)
+        assert row["finite"] and row["peak_rss_bytes"] > 0
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert "| flux-tiny@bf16 | 32x32 |" in capsys.readouterr().out
+    assert "flux-tiny@bf16" in results_table(results)
+
+
+def test_committed_results_are_readable():
+    from fluxnb.config import PROJECT_ROOT
+
+    files = sorted((PROJECT_ROOT / "results").glob("**/bench*.json"))
+    for path in files:
+        results = load_results(path)
+        assert results["rows"] and results["device"]
+        assert "weights" in results and results_table(results)
+        json.dumps(results)
+
+
+def test_torchao_backend_refusals(config, monkeypatch):
+    import fluxnb
+    from fluxnb import loading
+
+    spec = dataclasses.replace(config.get("flux-dev"), name="t", type="flux-torchao-fp8dq")
+    with pytest.raises(ModelUnavailableError, match="compute capability 8.9"):
+        loading.check_torchao_capability("flux-torchao-fp8dq", (8, 6), "NVIDIA A10G")
+    loading.check_torchao_capability("flux-torchao-fp8dq", (8, 9))  # an L4 is allowed
+    loading.check_torchao_capability("flux-torchao-int8wo", (7, 5))
+    # torchao missing: the message names the extra to install
+    monkeypatch.setattr("fluxnb.environment.package_version", lambda name: None if name == "torchao" else "0.42.1")
+    with pytest.raises(ModelUnavailableError, match="pip install torchao"):
+        fluxnb.load_model(spec, checkpoint="unused", device="cpu", progress=False)
+    # torchao present but no CUDA: refused before any weight is read
+    versions = {"diffusers": "0.42.1", "torchao": "0.17.0"}
+    monkeypatch.setattr("fluxnb.environment.package_version", versions.get)
+    with pytest.raises(ModelUnavailableError, match="CUDA"):
+        fluxnb.load_model(spec, checkpoint="unused", device="cpu", progress=False)
+
+
+def test_synthetic_builder_scaled_on_cpu(tmp_path):
+    """The full-size builder's code path with FLUX.1-dev's widths and fewer blocks: bf16 build, marker, reload."""
+    import fluxnb
+    from fluxnb.synthetic import BUILD_MARKER, FLUX_DEV_T5, ensure_synthetic_checkpoint, scaled_dims
+
+    dims = scaled_dims(layers=1, single_layers=1, t5_layers=1, clip_layers=1)
+    path = ensure_synthetic_checkpoint("bf16", tmp_path, device="cpu", dims=dims, log=lambda _: None)
+    marker = json.loads((path / BUILD_MARKER).read_text())
+    assert marker["dims"]["transformer"]["num_layers"] == 1 and "random weights" in marker["note"]
+    assert ensure_synthetic_checkpoint("bf16", tmp_path, device="cpu", dims=dims) == path  # built once
+    model = fluxnb.load_model(fluxnb.load_config().get("flux-tiny"), checkpoint=path, device="cpu", progress=False)
+    t5 = model.pipe.text_encoder_2.config
+    assert (t5.d_model, t5.d_ff, t5.num_heads) == tuple(FLUX_DEV_T5[k] for k in ("d_model", "d_ff", "num_heads"))
+    assert model.pipe.transformer.config.joint_attention_dim == 4096

@@ -1,0 +1,147 @@
+"""The GPU lane (`pytest -m gpu`, e.g. via scripts/gpu_lane.sh): real quantization on a real CUDA GPU.
+
+CPU CI never runs these (pyproject: addopts -m 'not gpu'); without CUDA they skip. They use the embedded
+tiny FLUX; the full-size proof is the synthetic benchmark that scripts/gpu_lane.sh runs after them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+QUANTIZED_KINDS = {"bnb-8bit": ("flux-dev-bnb-8bit", "int8"), "bnb-nf4": ("flux-dev-bnb-4bit", "nf4")}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_cache):
+    from fluxnb.tiny import ensure_tiny_checkpoint
+
+    return ensure_tiny_checkpoint()
+
+
+@pytest.fixture(scope="module", params=sorted(QUANTIZED_KINDS))
+def prequantized(request, tiny_checkpoint, tmp_path_factory):
+    """The tiny pipeline quantized at load (transformer + T5) and saved: the hub's pre-quantized layout."""
+    from fluxnb.synthetic import quantize_checkpoint
+
+    kind = request.param
+    target = tmp_path_factory.mktemp(f"tiny-{kind}")
+    quantize_checkpoint(tiny_checkpoint, target, kind)
+    return kind, target
+
+
+def _generate(pipe, **kwargs):
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    return pipe("a photo of a cat", num_inference_steps=2, height=64, width=64, generator=generator, **kwargs)
+
+
+@pytest.mark.parametrize("kind", sorted(QUANTIZED_KINDS))
+def test_quantize_at_load_and_generate(kind, tiny_checkpoint):
+    from diffusers import FluxPipeline
+
+    from fluxnb.footprint import pipeline_footprint
+    from fluxnb.synthetic import _quantization_mapping
+
+    pipe = FluxPipeline.from_pretrained(
+        tiny_checkpoint, torch_dtype=torch.bfloat16, quantization_config=_quantization_mapping(kind)
+    )
+    pipe.to("cuda")
+    formats = {c.name: c.format for c in pipeline_footprint(pipe)}
+    prefix = QUANTIZED_KINDS[kind][1]
+    assert formats["transformer"].startswith(prefix), formats
+    assert formats["text_encoder_2"].startswith(prefix), formats
+    latents = _generate(pipe, output_type="latent").images
+    assert torch.isfinite(latents.float()).all()
+
+
+def test_prequantized_reload_through_the_guide_loader(prequantized, config):
+    """The saved checkpoint reloads through the exact flux-bnb-* loader, and its verification passes."""
+    import fluxnb
+    from fluxnb.loading import verify_quantization
+
+    kind, checkpoint = prequantized
+    spec = config.get(QUANTIZED_KINDS[kind][0])
+    model = fluxnb.load_model(spec, checkpoint=checkpoint, progress=False)
+    verify_quantization(spec.type, model.report.components)  # load_model did it too; explicit here
+    formats = {c.name: c.format for c in model.report.components}
+    assert formats["transformer"].startswith(QUANTIZED_KINDS[kind][1])
+    assert model.report.component("transformer").device.startswith("cuda")
+    request = fluxnb.make_request(spec, prompt="a red fox in the snow", steps=2, width=64, height=64, seed=3)
+    images = fluxnb.generate(model, request, progress=False)
+    assert images[0].image.size == (64, 64)
+
+
+def test_image_to_image_from_the_quantized_pipeline(prequantized, config, tmp_path):
+    import fluxnb
+
+    kind, checkpoint = prequantized
+    spec = config.get(QUANTIZED_KINDS[kind][0])
+    model = fluxnb.load_model(spec, checkpoint=checkpoint, progress=False)
+    i2i = model.img2img_pipeline()
+    for name in ("transformer", "text_encoder", "text_encoder_2", "vae", "scheduler", "tokenizer", "tokenizer_2"):
+        assert getattr(i2i, name) is getattr(model.pipe, name), name
+    from PIL import Image
+
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(init)
+    request = fluxnb.make_request(
+        spec, prompt="a red fox", steps=2, width=64, height=64, init_image=str(init), strength=0.6,
+        mode=fluxnb.IMAGE_TO_IMAGE,
+    )
+    images = fluxnb.generate(model, request, progress=False)
+    assert images[0].image.size == (64, 64)
+
+
+def test_unquantized_checkpoint_through_the_8bit_loader_is_refused(tiny_checkpoint, config):
+    import fluxnb
+
+    with pytest.raises(fluxnb.QuantizationError, match="transformer"):
+        fluxnb.load_model(config.get("flux-dev-bnb-8bit"), checkpoint=tiny_checkpoint, progress=False)
+
+
+def _torchao_types():
+    from fluxnb.loading import TORCHAO_BACKENDS
+
+    return sorted(TORCHAO_BACKENDS)
+
+
+@pytest.mark.parametrize("model_type", _torchao_types())
+def test_torchao_backends_load_verify_and_generate(model_type, tiny_checkpoint, config, monkeypatch):
+    """Quantize-at-load with torchao on the tiny model (eager here: the benchmark covers compile at full size)."""
+    pytest.importorskip("torchao")
+    import fluxnb
+    from fluxnb.loading import TORCHAO_BACKENDS
+
+    capability = torch.cuda.get_device_capability()
+    if capability < TORCHAO_BACKENDS[model_type]["min_capability"]:
+        with pytest.raises(fluxnb.ModelUnavailableError, match="compute capability"):
+            spec = dataclasses.replace(config.get("flux-dev"), name=model_type, type=model_type, requires_auth=False)
+            fluxnb.load_model(spec, checkpoint=tiny_checkpoint, progress=False)
+        return
+    monkeypatch.setenv("FLUXNB_COMPILE", "0")
+    spec = dataclasses.replace(config.get("flux-dev"), name=model_type, type=model_type, requires_auth=False)
+    model = fluxnb.load_model(spec, checkpoint=tiny_checkpoint, progress=False)
+    formats = {c.name: c.format for c in model.report.components}
+    assert "torchao" in formats["transformer"] and "torchao" in formats["text_encoder_2"], formats
+    latents = _generate(model.pipe, output_type="latent").images
+    assert torch.isfinite(latents.float()).all()
+
+
+def test_synthetic_builder_at_scaled_size_on_gpu(tmp_path):
+    """The full-size builder's code path with fewer blocks: bf16 build, then the 8-bit checkpoint from it."""
+    import fluxnb
+    from fluxnb.synthetic import BUILD_MARKER, ensure_synthetic_checkpoint, scaled_dims
+
+    dims = scaled_dims(layers=1, single_layers=1, t5_layers=1, clip_layers=1)
+    path = ensure_synthetic_checkpoint("bnb-8bit", tmp_path, dims=dims, log=lambda _: None)
+    assert (path / BUILD_MARKER).is_file()
+    model = fluxnb.load_model(fluxnb.load_config().get("flux-dev-bnb-8bit"), checkpoint=path, progress=False)
+    assert model.report.component("text_encoder_2").format.startswith("int8")
