@@ -4,6 +4,8 @@ The notebooks call these functions; the tests call the same ones.
 """
 
 from .config import ModelConfig, ModelSpec, load_config
+from .diagnosis import Diagnosis, diagnose, explain_errors
+from .doctor import DoctorReport, check_environment
 from .errors import ConfigError, FluxnbError, LoadError, ModelUnavailableError, QuantizationError, RequestError
 from .generation import GeneratedImage, generate
 from .loading import LoadedModel, LoadReport, load_model
@@ -14,6 +16,11 @@ from .selection import ModelChoice, resolve_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "Diagnosis",
+    "DoctorReport",
+    "check_environment",
+    "diagnose",
+    "explain_errors",
     "ConfigError",
     "FluxnbError",
     "GeneratedImage",

@@ -1,0 +1,200 @@
+"""The doctor on this CPU machine (truthful: no GPU), per model, with tokens/offline/cache/disk, and `fluxnb doctor`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import fluxnb
+from fluxnb.cli import main
+from fluxnb.doctor import (
+    FAIL,
+    OK,
+    memory_figure,
+    nvidia_driver_version,
+    quantization_rows,
+    read_verdict,
+    torch_index_for_driver,
+)
+from fluxnb.footprint import ComponentFootprint
+from fluxnb.loading import LoadReport
+
+from .test_knowledge import write_mismatched_torchvision
+
+SECRET = "hf_doctorTestTokenThatMustNeverBePrinted"
+
+
+@pytest.fixture
+def hf_home(tmp_path, monkeypatch):
+    """An empty Hugging Face home: no saved login, nothing cached."""
+    home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"), raising=False)
+    return home
+
+
+def test_auto_on_this_cpu_machine_is_the_tiny_model_and_ready():
+    report = fluxnb.check_environment()
+    assert report.model == "flux-tiny" and report.ok
+    assert "no CUDA GPU" in report.model_reason
+    gpu = report.row("GPU")
+    assert gpu.status == OK and "no CUDA GPU" in gpu.found and "runs on the CPU" in gpu.found
+    models = report.row("models on this machine").found
+    for name in ("flux-dev-bnb-8bit", "flux-dev-bnb-4bit", "flux-dev"):
+        assert f"{name}: needs a CUDA GPU" in models
+    assert "flux-tiny: runs here" in models
+    torch_row = report.row("torch / CUDA / driver")
+    import torch
+
+    assert torch.__version__ in torch_row.found
+    assert report.row("package versions").status == OK  # both CI environments are tested lines
+    requirements = report.row("fluxnb requirements")  # the guide venv lacks jupyterlab: a warning, not a blocker
+    assert requirements.status == OK or (requirements.status == "warn" and "not blocked" in requirements.found)
+    assert report.verdict.startswith("ready: nothing blocks flux-tiny")
+
+
+def test_the_8bit_model_is_blocked_here_and_says_why():
+    report = fluxnb.check_environment("flux-dev-bnb-8bit")
+    assert not report.ok
+    failing = {r.check for r in report.blocking}
+    assert {"GPU", "torch / CUDA / driver", "known issue: bnb-no-gpu"} <= failing
+    assert "R580" in report.row("torch / CUDA / driver").fix
+    assert "~17.5 GiB" in report.row("disk / HF cache").found
+    assert report.verdict.startswith("not ready: flux-dev-bnb-8bit is blocked")
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["ok"] is False and any(r["status"] == FAIL for r in data["rows"])
+    html = report._repr_html_()
+    assert "<table>" in html and "fail" in html and "known issue: bnb-no-gpu" in html
+
+
+def test_driver_facts_are_read_from_the_machine():
+    driver = nvidia_driver_version()
+    import shutil
+
+    if driver is None:
+        assert not Path("/proc/driver/nvidia/version").exists() and shutil.which("nvidia-smi") is None
+    assert torch_index_for_driver("550.54.15") == "cu126"
+    assert torch_index_for_driver("580.65.06") == "cu130"
+
+
+def test_gated_model_token_presence_only(hf_home, monkeypatch):
+    report = fluxnb.check_environment("flux-dev")
+    assert report.row("HF token").status == FAIL and "missing" in report.row("HF token").found
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    report = fluxnb.check_environment("flux-dev")
+    assert report.row("HF token").status == OK and "present" in report.row("HF token").found
+    for text in (str(report), report._repr_html_(), json.dumps(report.to_dict())):
+        assert SECRET not in text
+
+
+def test_offline_and_not_cached_blocks_a_hub_model(hf_home, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    report = fluxnb.check_environment("flux-dev-bnb-4bit")
+    hub = report.row("hub access")
+    assert hub.status == FAIL and "HF_HUB_OFFLINE is set" in hub.found and "not cached" in hub.found
+    assert str(hf_home / "hub") in report.row("disk / HF cache").found
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert fluxnb.check_environment("flux-dev-bnb-4bit").row("hub access").status == OK
+
+
+def test_a_cached_model_is_seen_as_cached(hf_home):
+    snapshot = hf_home / "hub" / "models--diffusers--FLUX.1-dev-bnb-8bit"
+    (snapshot / "snapshots" / "abc123").mkdir(parents=True)
+    (snapshot / "refs").mkdir()
+    (snapshot / "refs" / "main").write_text("abc123")
+    (snapshot / "snapshots" / "abc123" / "model_index.json").write_text("{}")
+    report = fluxnb.check_environment("flux-dev-bnb-8bit")
+    assert "is cached" in report.row("disk / HF cache").found
+    assert "is cached" in report.row("hub access").found
+
+
+def test_a_mismatched_torchvision_fails_the_doctor(tmp_path, monkeypatch):
+    site = write_mismatched_torchvision(tmp_path / "site")
+    monkeypatch.setenv("PYTHONPATH", str(site) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.syspath_prepend(str(site))  # metadata sees it here; it is only imported in a subprocess
+    report = fluxnb.check_environment()
+    row = report.row("torchvision")
+    assert row.status == FAIL and "operator torchvision::nms does not exist" in row.found
+    assert "torchvision-mismatch" in row.found and "matched pair" in row.fix
+    assert not report.ok
+
+
+# -- version sets -------------------------------------------------------------------------------------------------
+
+
+def test_versions_api_answers_what_breaks():
+    report = fluxnb.check_environment(versions="diffusers=0.35.1,transformers=4.57.0")
+    assert report.hypothetical and report.model == "flux-dev-bnb-8bit"
+    assert report.row("package versions").status == "warn"
+    assert report.row("known issue: guide-autoimageprocessor").status == "warn"
+    assert report.ok  # a warning, not a blocker: the real cause is torchvision (see the entry)
+    report = fluxnb.check_environment(versions={"torch": "2.8.0", "torchvision": "0.21.0"})
+    assert report.row("known issue: torchvision-mismatch").status == FAIL and not report.ok
+
+
+def test_cli_doctor_on_this_machine(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "[OK  ] GPU" in out and "ready: nothing blocks flux-tiny" in out
+    assert main(["doctor", "--model", "flux-dev-bnb-8bit"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] GPU" in out and "not ready" in out
+
+
+def test_cli_doctor_versions_and_json(capsys):
+    assert main(["doctor", "--versions", "diffusers=0.35.1,transformers=4.57.0"]) == 0
+    assert "guide-autoimageprocessor" in capsys.readouterr().out
+    assert main(["doctor", "--json", "--versions", "diffusers=0.40.0,transformers=4.57.0"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is False and "hub-major-split" in [f["id"] for f in data["findings"]]
+    assert main(["doctor", "--versions", "diffusers=soon"]) == 1
+    assert "not a valid version" in capsys.readouterr().err
+
+
+# -- notebook 00 helpers ------------------------------------------------------------------------------------------
+
+
+def test_memory_figure_shows_the_guide_beside_the_measurement(tiny_model):
+    fig = memory_figure(tiny_model.report.components)
+    left, right = fig.axes
+    assert [round(p.get_height()) for p in left.patches] == [12, 5, 1, 1]
+    measured = {c.name: c.bytes for c in tiny_model.report.components}
+    assert len(right.patches) == 4 and all(p.get_height() > 0 for p in right.patches)
+    assert "KiB" in right.get_ylabel() or "MiB" in right.get_ylabel()
+    assert sum(measured.values()) == tiny_model.report.total_bytes
+
+
+def test_quantization_rows(tiny_model):
+    assert all(r.status == OK for r in quantization_rows(tiny_model.report))
+    plain = ComponentFootprint("transformer", "FluxTransformer2DModel", "bf16", "cuda:0", 23 * 2**30, 0, 500)
+    report = LoadReport("flux-dev-bnb-8bit", "diffusers/FLUX.1-dev-bnb-8bit", "flux-bnb-8bit", "x", "hub checkpoint",
+                        "cuda", "none", 1.0, [plain])
+    (row,) = quantization_rows(report)
+    assert row.status == FAIL and "promised int8" in row.found
+
+
+def test_verification_verdicts(tmp_path, tiny_model):
+    from fluxnb.doctor import SetupVerification
+
+    run = fluxnb.RunFolder.create("verify", tmp_path / "run")
+    verification = SetupVerification(run, fluxnb.check_environment("flux-tiny"))
+    assert read_verdict(run.path)["ready"] is False  # not finished yet
+    with verification.step("load"):
+        pass
+    with pytest.raises(NotImplementedError):
+        with verification.step("generate"):
+            from diffusers import FluxPipeline
+
+            FluxPipeline.from_pretrained(tiny_model.report.checkpoint, device_map="cuda:0")
+    verdict = read_verdict(run.path)
+    assert verdict["ready"] is False and verdict["verdict"].startswith("not ready, because generate failed")
+    assert verdict["steps"]["generate"]["known_issues"] == ["device-map-cuda0"]
+    assert fluxnb.read_manifest(run.path)["status"] == "failed"
