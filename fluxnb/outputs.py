@@ -46,7 +46,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "run"
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:60] or "run"
 
 
 def new_run_dir(job: str, base: str | Path | None = None) -> Path:

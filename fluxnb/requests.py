@@ -6,6 +6,7 @@ clear error before minutes are spent loading 17 GB of weights).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,7 @@ def make_request(
         f"Fix: use 1..{params.max_steps} (default {params.default_steps}).",
     )
     guidance = params.guidance_scale if guidance_scale is None else guidance_scale
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not guidance > 0 or guidance != guidance:
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 < guidance < math.inf:
         raise RequestError("guidance_scale", f"must be a number > 0, got {guidance!r}. "
                            f"Fix: FLUX.1-dev works best near {params.guidance_scale}.")
     default_w, default_h = params.default_size

@@ -1,0 +1,116 @@
+"""Property-based tests: whatever the config file or the parameters hold, only fluxnb's own errors come out."""
+
+from __future__ import annotations
+
+import copy
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import fluxnb
+from fluxnb.config import DEFAULT_CONFIG_PATH, parse_config
+from fluxnb.outputs import RunFolder
+from fluxnb.requests import IMAGE_TO_IMAGE, make_request
+from fluxnb.runner import parse_cli_value
+
+RAW = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8),
+                                                                                            inner, max_size=4),
+                      max_leaves=12)
+paths = st.sampled_from([
+    ("models",), ("runtime",), ("runtime", "primary_model"), ("runtime", "fallback_model"),
+    ("models", "flux-tiny"), ("models", "flux-tiny", "type"), ("models", "flux-tiny", "params"),
+    *[("models", "flux-dev-bnb-8bit", "params", key) for key in RAW["models"]["flux-dev-bnb-8bit"]["params"]],
+    *[("models", "flux-dev", key) for key in RAW["models"]["flux-dev"]],
+    ("models", "new-model"), ("extra",),
+])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(paths, values), min_size=1, max_size=4))
+def test_any_config_mutation_gives_a_config_or_a_config_error(mutations):
+    data = copy.deepcopy(RAW)
+    for path, value in mutations:
+        node = data
+        for key in path[:-1]:
+            if not isinstance(node, dict) or not isinstance(node.get(key), dict):
+                break
+            node = node[key]
+        else:
+            if isinstance(node, dict):
+                node[path[-1]] = value
+    try:
+        config = parse_config(data)
+    except fluxnb.ConfigError as exc:
+        assert exc.problems and all(isinstance(p, str) for p in exc.problems)
+    else:
+        assert config.primary_model in config.models
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_any_yaml_text_gives_a_config_or_a_config_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("cfg") / "model_config.yaml"
+    path.write_bytes(text.encode("utf-8", errors="replace"))
+    try:
+        fluxnb.load_config(path)
+    except fluxnb.ConfigError:
+        pass
+
+
+request_values = st.fixed_dictionaries({}, optional={
+    "prompt": values | st.text(),
+    "negative_prompt": values,
+    "seed": values,
+    "steps": values,
+    "guidance_scale": values,
+    "width": values,
+    "height": values,
+    "num_images": values,
+    "max_sequence_length": values,
+    "strength": values,
+    "init_image": values,
+})
+
+
+@settings(max_examples=400, deadline=None)
+@given(request_values, st.sampled_from(["flux-dev-bnb-8bit", "flux-tiny"]), st.booleans())
+def test_any_request_gives_a_request_or_a_request_error(kwargs, model, i2i):
+    spec = fluxnb.load_config().get(model)
+    kwargs.setdefault("prompt", "a fox")
+    try:
+        request = make_request(spec, mode=IMAGE_TO_IMAGE if i2i else "text-to-image", **kwargs)
+    except fluxnb.RequestError as exc:
+        assert exc.parameter in {*kwargs, "mode", "init_image"}  # init_image: required for i2i
+    else:
+        assert 1 <= request.steps <= spec.params.max_steps
+        assert request.width % 16 == 0 and request.height % 16 == 0
+        assert request.width <= spec.params.max_size[0] and request.height <= spec.params.max_size[1]
+        assert 0 < request.guidance_scale < float("inf")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=80).filter(str.strip))
+def test_unicode_prompts_round_trip_into_png_and_manifest(tmp_path_factory, prompt):
+    spec = fluxnb.load_config().get("flux-tiny")
+    request = make_request(spec, prompt=prompt)
+    run = RunFolder.create("unicode", base=tmp_path_factory.mktemp("out"))
+    path = run.save_image(Image.new("RGB", (8, 8)), {"index": 0, "prompt": request.prompts[0]}, stem="t2i-seed0")
+    assert fluxnb.read_png_metadata(path)["prompt"] == prompt
+    assert fluxnb.read_manifest(run.path)["images"][0]["prompt"] == prompt
+
+
+def test_korean_prompt_round_trip(tmp_path):
+    prompt = "안개 낀 아침, 눈 덮인 숲 속의 붉은 여우 — 수채화"
+    run = RunFolder.create("korean", base=tmp_path)
+    path = run.save_image(Image.new("RGB", (8, 8)), {"index": 0, "prompt": prompt}, stem="t2i-seed0")
+    assert fluxnb.read_png_metadata(path)["prompt"] == prompt
+    assert prompt in (run.path / "manifest.json").read_text(encoding="utf-8")
+
+
+@given(st.text())
+def test_cli_values_never_raise(text):
+    parse_cli_value(text)
