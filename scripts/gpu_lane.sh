@@ -17,6 +17,8 @@ mkdir -p "$OUT"
 STAGES=${GPU_LANE_STAGES:-"env tests bench"}
 PY=${PYTHON:-python3}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-0}
+LANE_DEADLINE=${LANE_DEADLINE:-0}  # seconds after start by which the bench must stop (0: none); partial JSON is kept
+LANE_START=$SECONDS
 DEFAULT_BENCH="--backend flux-dev --backend flux-dev-bnb-8bit --backend flux-torchao-int8dq --backend flux-torchao-fp8dq --backend flux-torchao-int8wo --backend flux-dev-bnb-4bit --cleanup-quantized"
 BENCH_ARGS=${BENCH_ARGS:-$DEFAULT_BENCH}
 
@@ -66,7 +68,11 @@ fi
 if [[ " $STAGES " == *" bench "* ]]; then
     echo "== fluxnb bench --synthetic $BENCH_ARGS ($(date -u +%FT%TZ))"
     cmd=($PY -m fluxnb.cli bench --synthetic $BENCH_ARGS --output "$OUT/bench.json" --chart "$OUT/bench.png")
-    if [ "$BENCH_TIMEOUT" != 0 ]; then cmd=(timeout --signal=INT "$BENCH_TIMEOUT" "${cmd[@]}"); fi
+    if [ "$LANE_DEADLINE" != 0 ]; then BENCH_TIMEOUT=$((LANE_DEADLINE - (SECONDS - LANE_START))); fi
+    if [ "$BENCH_TIMEOUT" != 0 ]; then
+        echo "bench time limit: ${BENCH_TIMEOUT} s"
+        cmd=(timeout --signal=INT --kill-after=20 "$BENCH_TIMEOUT" "${cmd[@]}")
+    fi
     "${cmd[@]}" || status=1
     if [ -f "$OUT/bench.json" ] && [ ! -f "$OUT/bench.png" ]; then  # killed mid-run: chart what finished
         $PY -c "from fluxnb.bench import load_results, plot_results, results_table as t; r=load_results('$OUT/bench.json'); plot_results(r, '$OUT/bench.png'); print(t(r))" || true

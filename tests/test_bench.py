@@ -95,16 +95,18 @@ def test_torchao_backend_refusals(config, monkeypatch):
 
 
 def test_synthetic_builder_scaled_on_cpu(tmp_path):
-    """The full-size builder's code path with FLUX.1-dev's widths and fewer blocks: bf16 build, marker, reload."""
+    """The full-size builder's code path (real classes, real vocab sizes, the FLUX VAE), fewer and narrower blocks."""
     import fluxnb
-    from fluxnb.synthetic import BUILD_MARKER, FLUX_DEV_T5, ensure_synthetic_checkpoint, scaled_dims
+    from fluxnb.synthetic import BUILD_MARKER, FLUX_DEV_VAE, ensure_synthetic_checkpoint, scaled_dims
 
     dims = scaled_dims(layers=1, single_layers=1, t5_layers=1, clip_layers=1)
+    dims["transformer"].update(num_attention_heads=2, joint_attention_dim=256)
+    dims["t5"].update(d_model=256, d_ff=512, num_heads=4)
     path = ensure_synthetic_checkpoint("bf16", tmp_path, device="cpu", dims=dims, log=lambda _: None)
     marker = json.loads((path / BUILD_MARKER).read_text())
     assert marker["dims"]["transformer"]["num_layers"] == 1 and "random weights" in marker["note"]
+    assert marker["smoke"]["latent_std"] > 0
     assert ensure_synthetic_checkpoint("bf16", tmp_path, device="cpu", dims=dims) == path  # built once
     model = fluxnb.load_model(fluxnb.load_config().get("flux-tiny"), checkpoint=path, device="cpu", progress=False)
-    t5 = model.pipe.text_encoder_2.config
-    assert (t5.d_model, t5.d_ff, t5.num_heads) == tuple(FLUX_DEV_T5[k] for k in ("d_model", "d_ff", "num_heads"))
-    assert model.pipe.transformer.config.joint_attention_dim == 4096
+    assert model.pipe.text_encoder_2.config.vocab_size == 32128
+    assert list(model.pipe.vae.config.block_out_channels) == FLUX_DEV_VAE["block_out_channels"]
