@@ -1,0 +1,145 @@
+"""Pictures for people: an image grid with captions, and bar charts of time and peak memory per image.
+
+Both return a matplotlib Figure and work headless (Agg). The figure is closed in pyplot before it is
+returned, so a notebook shows it exactly once (as a cell's last expression, or with `display(fig)`).
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+from .generation import GeneratedImage, peak_memory_bytes
+
+TINY_MODEL_TYPE = "flux-tiny"
+
+
+def model_banner(choice) -> str:
+    """The first lines of a run: which model runs and why; plainly, when the pictures will be noise."""
+    lines = []
+    if choice.spec.type == TINY_MODEL_TYPE:
+        lines += [
+            f"NOTE: this run uses {choice.spec.name}, the embedded tiny FLUX with RANDOM WEIGHTS:",
+            "      its pictures are noise. It proves the workflow end to end (validation, loading,",
+            "      generation, metadata, outputs), not image quality. On a CUDA GPU with hub access,",
+            "      model='auto' runs the real FLUX.1-dev instead.",
+        ]
+    lines.append(str(choice))
+    return "\n".join(lines)
+
+
+def _image_and_metadata(item: Any) -> tuple[Any, dict[str, Any]]:
+    if isinstance(item, GeneratedImage):
+        return item.image, item.metadata
+    if hasattr(item, "size") and hasattr(item, "mode"):  # a PIL image
+        return item, {}
+    raise TypeError(f"expected a GeneratedImage or a PIL image, got {type(item).__name__}")
+
+
+def caption(metadata: dict[str, Any], width: int = 32) -> str:
+    """Prompt (wrapped, shortened), seed and seconds of one image."""
+    if not metadata:
+        return ""
+    prompt = textwrap.shorten(str(metadata.get("prompt", "")), width=width * 2, placeholder="...")
+    lines = textwrap.wrap(prompt, width=width) or [""]
+    facts = [f"seed {metadata['seed']}"] if "seed" in metadata else []
+    if "seconds" in metadata:
+        facts.append(f"{metadata['seconds']:.2f} s")
+    if metadata.get("strength") is not None:
+        facts.append(f"strength {metadata['strength']}")
+    return "\n".join([*lines, ", ".join(facts)])
+
+
+def show_grid(
+    images: Sequence[Any],
+    titles: Sequence[str] | None = None,
+    columns: int = 4,
+    cell_inches: float = 3.0,
+):
+    """A grid of GeneratedImage (captioned with prompt, seed, seconds) or PIL images; returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    items = [_image_and_metadata(item) for item in images]
+    if not items:
+        raise ValueError("show_grid needs at least one image")
+    if titles is not None and len(titles) != len(items):
+        raise ValueError(f"got {len(titles)} titles for {len(items)} images")
+    if columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
+    columns = min(columns, len(items))
+    rows = math.ceil(len(items) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(cell_inches * columns, (cell_inches + 0.6) * rows),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(items):
+            fig.delaxes(ax)
+            continue
+        image, metadata = items[i]
+        ax.imshow(image)
+        ax.set_title(titles[i] if titles is not None else caption(metadata), fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    plt.close(fig)  # shown once, by whoever displays the returned figure
+    return fig
+
+
+def _memory_unit(values: Sequence[int]) -> tuple[str, float]:
+    top = max(values, default=0)
+    if top >= 2**30:
+        return "GiB", 2**30
+    return "MiB", 2**20
+
+
+def plot_timings(images: Sequence[GeneratedImage]):
+    """Two bar charts: seconds per image and peak memory per image (GPU allocated, or CPU peak RSS)."""
+    import matplotlib.pyplot as plt
+
+    if not images:
+        raise ValueError("plot_timings needs at least one generated image")
+    metadata = [_image_and_metadata(item)[1] for item in images]
+    if not all(metadata):
+        raise TypeError("plot_timings needs GeneratedImage objects (their metadata holds seconds and memory)")
+    labels = [f"#{m['index']}\nseed {m['seed']}" for m in metadata]
+    seconds = [m["seconds"] for m in metadata]
+    memory = [peak_memory_bytes(m) for m in metadata]
+    unit, scale = _memory_unit(memory)
+    kind = metadata[0]["peak_memory"].get("kind", "")
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(max(8.0, 1.2 * len(images) + 4), 3.5))
+    positions = range(len(images))
+    bars = ax_time.bar(positions, seconds, color="tab:blue")
+    ax_time.bar_label(bars, fmt="%.2f")
+    ax_time.set_title(f"seconds per image ({metadata[0]['steps']} steps)")
+    ax_time.set_ylabel("s")
+    bars = ax_mem.bar(positions, [b / scale for b in memory], color="tab:orange")
+    ax_mem.bar_label(bars, fmt="%.2f" if unit == "GiB" else "%.0f")
+    ax_mem.set_title(f"peak memory per image ({kind})" if kind else "peak memory per image")
+    ax_mem.set_ylabel(unit)
+    for ax in (ax_time, ax_mem):
+        ax.set_xticks(list(positions), labels, fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    """The figure as PNG bytes (for widgets and files; works without a display)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def timing_summary(images: Sequence[GeneratedImage]) -> str:
+    """One line per image: file, seed, seconds, seconds per step, peak memory."""
+    lines = []
+    for item in images:
+        m = item.metadata
+        memory = peak_memory_bytes(m)
+        unit, scale = _memory_unit([memory])
+        where = item.path or "(not saved)"
+        lines.append(f"{where}: seed {m['seed']}, {m['seconds']:.2f} s ({m['seconds_per_step']:.3f} s/step), "
+                     f"peak memory {memory / scale:.2f} {unit}")
+    return "\n".join(lines)

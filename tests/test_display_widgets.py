@@ -1,0 +1,179 @@
+"""fluxnb.display (grids, timing charts) and fluxnb.widgets (the Generate form) on the real tiny model, headless."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")  # headless, as in CI and under papermill
+
+from PIL import Image  # noqa: E402
+
+import fluxnb  # noqa: E402
+from fluxnb.config import PROJECT_ROOT  # noqa: E402
+from fluxnb.display import caption, model_banner, plot_timings, show_grid, timing_summary  # noqa: E402
+from fluxnb.generation import peak_memory_bytes  # noqa: E402
+from fluxnb.widgets import GenerateForm, image_to_image_ui, text_to_image_ui  # noqa: E402
+
+INIT_IMAGE = PROJECT_ROOT / "notebooks" / "assets" / "init_image.png"
+
+
+@pytest.fixture(scope="module")
+def three_images(tiny_model, tiny_spec):
+    request = fluxnb.make_request(tiny_spec, prompt=["a red fox in the snow", "a blue boat"], seed=3, steps=2,
+                                  num_images=2, width=48, height=32)
+    return fluxnb.generate(tiny_model, request, progress=False)[:3]
+
+
+def visible_axes(fig):
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def test_show_grid_lays_out_generated_images_with_captions(three_images):
+    fig = show_grid(three_images, columns=2)
+    axes = visible_axes(fig)
+    assert len(axes) == 3  # 2 x 2 grid, the unused cell removed
+    assert [ax.get_title() for ax in axes] == [caption(image.metadata) for image in three_images]
+    first = axes[0].get_title()
+    assert "a red fox in the snow" in first and "seed 3" in first and " s" in first
+    assert axes[2].get_title().startswith("a blue boat")
+    assert axes[0].get_images()[0].get_array().shape[:2] == (32, 48)
+
+
+def test_show_grid_takes_pil_images_and_titles():
+    pictures = [Image.new("RGB", (20, 10), color) for color in ("red", "green", "blue", "white", "black")]
+    fig = show_grid(pictures, titles=list("abcde"), columns=4)
+    assert [ax.get_title() for ax in visible_axes(fig)] == list("abcde")
+    assert fig.get_size_inches()[0] == pytest.approx(4 * 3.0)
+    with pytest.raises(ValueError, match="2 titles for 5 images"):
+        show_grid(pictures, titles=["a", "b"])
+    with pytest.raises(ValueError, match="at least one image"):
+        show_grid([])
+    with pytest.raises(TypeError, match="GeneratedImage or a PIL image"):
+        show_grid(["not an image"])
+
+
+def test_plot_timings_shows_seconds_and_peak_memory_per_image(three_images):
+    fig = plot_timings(three_images)
+    assert len(fig.axes) == 2
+    ax_time, ax_mem = fig.axes
+    assert [bar.get_height() for bar in ax_time.patches] == [i.metadata["seconds"] for i in three_images]
+    mib = [peak_memory_bytes(i.metadata) / 2**20 for i in three_images]
+    assert [bar.get_height() for bar in ax_mem.patches] == pytest.approx(mib)
+    assert ax_mem.get_ylabel() == "MiB"  # a CPU process of a few hundred MiB
+    assert "peak RSS" in ax_mem.get_title()
+    assert "2 steps" in ax_time.get_title()
+    with pytest.raises(TypeError, match="GeneratedImage"):
+        plot_timings([Image.new("RGB", (8, 8))])
+    summary = timing_summary(three_images)
+    assert summary.count("\n") == 2 and "seed 3" in summary and "s/step" in summary
+
+
+def test_model_banner_says_plainly_when_the_tiny_model_runs(config):
+    tiny = fluxnb.resolve_model("flux-tiny", config)
+    lines = model_banner(tiny).splitlines()
+    assert "flux-tiny" in lines[0] and "RANDOM WEIGHTS" in lines[0]
+    assert "noise" in lines[1]
+    assert lines[-1] == str(tiny)
+    real = fluxnb.resolve_model("flux-dev-bnb-8bit", config)
+    assert model_banner(real) == str(real)  # no warning for the real model
+
+
+def output_pngs(form: GenerateForm) -> list[Image.Image]:
+    return [
+        Image.open(io.BytesIO(base64.b64decode(o["data"]["image/png"])))
+        for o in form.output.outputs
+        if o["output_type"] == "display_data"
+    ]
+
+
+def test_text_to_image_ui_generates_into_the_run_folder(tiny_model, tiny_spec):
+    run = fluxnb.RunFolder.create("widget-test")
+    ui = text_to_image_ui(tiny_model, run, model_reason="chosen by name")
+    form = ui.form
+    assert form.button in ui.children and form.output in ui.children
+    assert (form.steps.min, form.steps.max, form.steps.value) == (1, 50, tiny_spec.params.default_steps)
+    assert max(form.width.options) == 512 and all(v % 16 == 0 for v in form.width.options)
+
+    form.prompt.value = "a lighthouse\n\na harbour at night\n"
+    form.steps.value = 2
+    form.guidance_scale.value = 5.0
+    form.seed.value = 21
+    form.width.value = 32
+    form.height.value = 48
+    form.button.click()
+
+    assert form.last_error is None
+    manifest = fluxnb.read_manifest(run.path)
+    assert [(e["prompt"], e["seed"]) for e in manifest["images"]] == [("a lighthouse", 21), ("a harbour at night", 21)]
+    for entry in manifest["images"]:
+        file = run.path / entry["file"]
+        assert file.is_file()
+        with Image.open(file) as image:
+            assert image.size == (32, 48)
+        assert fluxnb.read_png_metadata(file) == {k: v for k, v in entry.items() if k != "file"}
+        assert (entry["steps"], entry["guidance_scale"], entry["mode"]) == (2, 5.0, fluxnb.TEXT_TO_IMAGE)
+        assert entry["model"]["reason"] == "chosen by name"
+    assert len(form.results) == 2 and not form.button.disabled
+    grids = output_pngs(form)
+    assert len(grids) == 1 and grids[0].width > 100  # the rendered image grid
+    text = form.output_text()
+    assert "seed 21" in text and "s/step" in text and entry["file"] in text
+
+    form.button.click()  # again: new files, nothing overwritten
+    assert len(fluxnb.read_manifest(run.path)["images"]) == 4
+    assert len(list(run.path.glob("*.png"))) == 4
+
+
+@pytest.mark.parametrize(("parameter", "value"), [("prompt", "   \n "), ("seed", -1)])
+def test_bad_values_show_the_error_in_the_output(tiny_model, parameter, value):
+    run = fluxnb.RunFolder.create("widget-test")
+    form = text_to_image_ui(tiny_model, run).form
+    form.prompt.value = "a fox"
+    form.steps.value = 1
+    getattr(form, parameter).value = value
+    images = form.generate()
+    assert images == []
+    assert f"parameter `{parameter}`" in form.last_error
+    text = form.output_text()
+    assert f"RequestError: parameter `{parameter}`" in text and "Fix:" in text and "Nothing was generated" in text
+    assert [o["name"] for o in form.output.outputs] == ["stderr"]
+    assert fluxnb.read_manifest(run.path)["images"] == []
+    assert not form.button.disabled
+
+
+def test_form_is_prefilled_from_the_notebook_request(tiny_model, tiny_spec):
+    request = fluxnb.make_request(tiny_spec, prompt=["one", "two"], seed=9, steps=3, guidance_scale=2.0,
+                                  width=96, height=80, num_images=2)
+    form = GenerateForm(tiny_model, fluxnb.RunFolder.create("widget-test"), initial=request)
+    assert form.prompt_value() == ["one", "two"]
+    assert (form.seed.value, form.steps.value, form.guidance_scale.value) == (9, 3, 2.0)
+    assert (form.width.value, form.height.value, form.num_images.value) == (96, 80, 2)
+    assert form.request() == request
+
+
+def test_image_to_image_ui_uses_init_image_and_strength(tiny_model, tmp_path: Path):
+    run = fluxnb.RunFolder.create("widget-test")
+    form = image_to_image_ui(tiny_model, run, INIT_IMAGE).form
+    assert form.init_image.value == str(INIT_IMAGE) and form.strength.value == pytest.approx(0.6)
+    form.prompt.value = "snowy hills"
+    form.steps.value = 4
+    form.strength.value = 0.5
+    form.width.value = 64
+    form.height.value = 48
+    form.button.click()
+    assert form.last_error is None
+    (entry,) = fluxnb.read_manifest(run.path)["images"]
+    assert (entry["mode"], entry["strength"], entry["init_image"]) == (fluxnb.IMAGE_TO_IMAGE, 0.5, str(INIT_IMAGE))
+    with Image.open(run.path / entry["file"]) as image:
+        assert image.size == (64, 48)
+
+    missing = tmp_path / "no-such-picture.png"
+    form.init_image.value = str(missing)
+    assert form.generate() == []
+    assert "parameter `init_image`" in form.last_error and "no-such-picture.png" in form.output_text()
+    assert len(fluxnb.read_manifest(run.path)["images"]) == 1
