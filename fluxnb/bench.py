@@ -392,6 +392,58 @@ def add_comparisons(results: dict[str, Any], outputs: dict[tuple[str, str], dict
 # ----------------------------------------------------------------------------------------------- reporting
 
 
+GOAL_SPEEDUP = 2.5  # issue 6: at least 2.5x faster per image than bnb 8-bit, within the cap, as faithful
+
+
+def default_results_path() -> Path:
+    """The committed device result the benchmark notebook shows by default."""
+    from .config import PROJECT_ROOT
+
+    return PROJECT_ROOT / "results" / "bench-synthetic.json"
+
+
+def summarize(results: dict[str, Any], goal_speedup: float = GOAL_SPEEDUP) -> dict[str, Any]:
+    """Per size: the fastest backend that fits the cap and is at least as faithful as the baseline; goal met?"""
+    settings = results["settings"]
+    baseline, reference, cap = settings["baseline"], settings["reference"], settings.get("cap_bytes")
+    lines = [f"weights: {results['weights']}"]
+    sizes: dict[str, Any] = {}
+    for size in dict.fromkeys(r["size"] for r in results["rows"]):
+        rows = [r for r in results["rows"] if r["size"] == size and "error" not in r]
+        base = next((r for r in rows if r["backend"] == baseline), None)
+        if base is None:
+            lines.append(f"{size}: the baseline {baseline} has no result; no comparison")
+            continue
+
+        def eligible(row: dict, base: dict = base) -> bool:
+            fits = row.get("fits_cap", cap is None)
+            err_ok = row.get("latent_rel_error", float("inf")) <= base.get("latent_rel_error", float("inf"))
+            psnr_ok = (row.get("psnr_db") or float("inf")) >= (base.get("psnr_db") or float("inf"))
+            return bool(fits and err_ok and psnr_ok and row["backend"] not in (baseline, reference))
+
+        candidates = sorted((r for r in rows if eligible(r)), key=lambda r: r["seconds_per_image"])
+        best = candidates[0] if candidates else None
+        entry = {"baseline": baseline, "baseline_seconds_per_image": base["seconds_per_image"],
+                 "best": best and best["backend"], "candidates": [r["backend"] for r in candidates]}
+        lines.append(f"{size}: baseline {baseline} {base['seconds_per_image']:.2f} s/image, "
+                     f"latent rel. err {base.get('latent_rel_error')}, PSNR {base.get('psnr_db')} dB")
+        if best is None:
+            entry["goal_met"] = False
+            lines.append(f"{size}: no backend fits the cap with fidelity at least the baseline's")
+        else:
+            entry.update(speedup=best["speedup_vs_baseline"], goal_met=best["speedup_vs_baseline"] >= goal_speedup,
+                         peak_reserved_bytes=best.get("peak_reserved_bytes"))
+            peak = (best.get("peak_reserved_bytes") or 0) / 1e9
+            lines.append(
+                f"{size}: best {best['backend']}: {best['seconds_per_image']:.2f} s/image = "
+                f"{best['speedup_vs_baseline']:.2f}x the baseline, peak {peak:.1f} GB, latent rel. err "
+                f"{best.get('latent_rel_error')}, PSNR {best.get('psnr_db')} dB -> goal of {goal_speedup}x "
+                f"{'met' if entry['goal_met'] else 'NOT met'}"
+            )
+        sizes[size] = entry
+    return {"sizes": sizes, "lines": lines}
+
+
 def load_results(path: str | Path) -> dict[str, Any]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if data.get("fluxnb_bench") != FORMAT_VERSION:

@@ -110,3 +110,21 @@ def test_synthetic_builder_scaled_on_cpu(tmp_path):
     model = fluxnb.load_model(fluxnb.load_config().get("flux-tiny"), checkpoint=path, device="cpu", progress=False)
     assert model.pipe.text_encoder_2.config.vocab_size == 32128
     assert list(model.pipe.vae.config.block_out_channels) == FLUX_DEV_VAE["block_out_channels"]
+
+
+def test_benchmark_notebook_runs_headless(tmp_path):
+    """notebooks/04_benchmark.ipynb on the committed device result (or a tiny CPU one when none is committed)."""
+    from fluxnb.bench import default_results_path
+    from fluxnb.cli import main
+    from fluxnb.runner import run_notebook
+
+    parameters = {}
+    if not default_results_path().is_file():
+        out = tmp_path / "bench.json"
+        args = ["--backend", "flux-tiny", "--backend", "flux-tiny@bf16", "--size", "32x32", "--steps", "1"]
+        assert main(["bench", *args, "--warmup-steps", "1", "--device", "cpu", "--output", str(out)]) == 0
+        parameters["bench_json"] = str(out)
+    run_dir = run_notebook("04_benchmark", parameters)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["lines"] and summary["sizes"]
+    assert (run_dir / "bench_chart.png").stat().st_size > 10_000
