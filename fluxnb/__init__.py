@@ -10,7 +10,7 @@ from .errors import ConfigError, FluxnbError, LoadError, ModelUnavailableError, 
 from .generation import GeneratedImage, generate
 from .loading import LoadedModel, LoadReport, load_model
 from .outputs import RunFolder, read_manifest, read_png_metadata
-from .requests import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
+from .requests import IMAGE_TO_IMAGE, SAMPLE_INIT_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
 from .selection import ModelChoice, resolve_model
 
 __version__ = "0.1.0"
@@ -36,6 +36,7 @@ __all__ = [
     "QuantizationError",
     "RequestError",
     "RunFolder",
+    "SAMPLE_INIT_IMAGE",
     "TEXT_TO_IMAGE",
     "generate",
     "load_config",

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import SIZE_MULTIPLE, ModelSpec
+from .config import PROJECT_ROOT, SIZE_MULTIPLE, ModelSpec
 from .errors import RequestError
 
+SAMPLE_INIT_IMAGE = PROJECT_ROOT / "notebooks" / "assets" / "init_image.png"  # image-to-image default
 TEXT_TO_IMAGE = "text-to-image"
 IMAGE_TO_IMAGE = "image-to-image"
 MAX_IMAGES_PER_PROMPT = 64
@@ -215,8 +216,5 @@ def make_request(
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise RequestError("strength", f"must be a number in (0, 1], got {strength!r}. Fix: 0.3 keeps the "
                            "picture close to init_image, 0.9 changes most of it.")
-    if int(steps * strength) < 1:
-        raise RequestError("strength", f"{strength} x {steps} steps leaves no denoising step. "
-                           f"Fix: raise strength to at least {1 / steps:.2f} or use more steps.")
     return GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width, height,
                              num_images, max_sequence_length, init_image, float(strength))

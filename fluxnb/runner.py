@@ -173,7 +173,7 @@ def _execute(path: Path, run_dir: Path, parameters: dict[str, Any], kernel_name:
             str(executed),
             parameters=parameters,
             kernel_name=kernel_name,
-            cwd=str(path.parent),
+            cwd=os.getcwd(),  # relative paths in parameters mean what they mean where the command was typed
             progress_bar=False,
         )
     except PapermillExecutionError as exc:

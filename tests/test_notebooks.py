@@ -68,11 +68,10 @@ def test_parameters_cell_declares_the_documented_names(name: str):
 
 def test_default_init_image_is_kept_in_the_repo():
     declared = papermill.inspect_notebook(str(NOTEBOOKS_DIR / "02_image_to_image.ipynb"))
-    default = declared["init_image"]["default"].strip("\"'")
-    path = NOTEBOOKS_DIR / default  # papermill and Jupyter both run with cwd = notebooks/
-    with Image.open(path) as image:
+    assert declared["init_image"]["default"] == "None"  # None: the sample drawing
+    with Image.open(fluxnb.SAMPLE_INIT_IMAGE) as image:
         assert image.format == "PNG" and image.size == (256, 256)
-    assert path.stat().st_size < 50_000
+    assert fluxnb.SAMPLE_INIT_IMAGE.stat().st_size < 50_000
 
 
 # -- executed runs ---------------------------------------------------------------------------------------------
@@ -182,7 +181,7 @@ def test_image_to_image_notebook_records_the_run(i2i_run: Path):
                                                            ("the same hills in winter", 12)]
     for entry in entries:
         assert (entry["mode"], entry["steps"], entry["strength"]) == (fluxnb.IMAGE_TO_IMAGE, 4, 0.5)
-        assert entry["init_image"] == "assets/init_image.png"
+        assert entry["init_image"] == str(fluxnb.SAMPLE_INIT_IMAGE)
         assert entry["file"].endswith(f"i2i-seed{entry['seed']}.png")
     check_images(i2i_run, manifest, (80, 64))
     cells = check_executed_notebook(i2i_run, "02_image_to_image")
@@ -224,7 +223,7 @@ def test_misspelt_parameter_is_refused_with_the_allowed_names(outputs_dir: Path)
 
 def test_missing_init_image_names_the_parameter(outputs_dir: Path):
     with pytest.raises(NotebookFailed) as failure:
-        run_notebook("02_image_to_image", {"init_image": "assets/no-such-picture.png"}, outputs_dir=outputs_dir)
+        run_notebook("02_image_to_image", {"init_image": "no-such-picture.png"}, outputs_dir=outputs_dir)
     error = failure.value
     assert error.ename == "RequestError"
     assert "parameter `init_image`" in error.evalue and "no-such-picture.png" in error.evalue
@@ -260,3 +259,11 @@ def test_interactive_run_then_resume_after_a_kill(outputs_dir: Path):
                 if "injected-parameters" in c.metadata.get("tags", [])]
     assert "resume = True" in injected[0].source and "interactive = False" in injected[0].source
     assert 'prompt = ["a fox", "a boat"]' in injected[0].source
+
+
+def test_relative_init_image_is_read_from_the_working_directory(tmp_path: Path, monkeypatch, outputs_dir: Path):
+    Image.new("RGB", (40, 40), (200, 120, 30)).save(tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)  # where the user typed `fluxnb run ... -p init_image photo.png`
+    run_dir = run_notebook("02_image_to_image", {"init_image": "photo.png", "steps": 2}, outputs_dir=outputs_dir)
+    (entry,) = fluxnb.read_manifest(run_dir)["images"]
+    assert entry["init_image"] == "photo.png" and (run_dir / entry["file"]).is_file()
