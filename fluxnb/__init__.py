@@ -11,6 +11,7 @@ from .generation import GeneratedImage, generate
 from .loading import LoadedModel, LoadReport, load_model
 from .outputs import RunFolder, read_manifest, read_png_metadata
 from .requests import IMAGE_TO_IMAGE, SAMPLE_INIT_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
+from .sanity import SanityReport, check_image
 from .selection import ModelChoice, resolve_model
 
 __version__ = "0.1.0"
@@ -38,6 +39,8 @@ __all__ = [
     "RunFolder",
     "SAMPLE_INIT_IMAGE",
     "TEXT_TO_IMAGE",
+    "SanityReport",
+    "check_image",
     "generate",
     "load_config",
     "load_model",
