@@ -83,12 +83,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         model = load_model(choice.spec, config=config, progress=interactive)
         print(model.report, flush=True)
         run.record(load_report=model.report.to_dict())
-        generate(model, request, run, progress=interactive, model_reason=choice.reason, resume=True,
+        generate(model, request, run, progress=interactive, model_reason=choice.reason,
                  on_image=lambda image: print(f"{image.path}  ({image.metadata['seconds']:.1f} s, "
                                               f"seed {image.metadata['seed']})", flush=True))
     except BaseException as exc:
         if run.manifest["status"] == "running":  # generate() marks its own failures more precisely
-            run.record(status="failed", error=f"{type(exc).__name__}: {exc}")
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            run.record(status=status, error=f"{type(exc).__name__}: {exc}")
         print(f"run folder: {run.path}", file=sys.stderr)
         raise
     run.finish()

@@ -22,7 +22,7 @@ from .outputs import RunFolder
 from .requests import IMAGE_TO_IMAGE, GenerationRequest
 from .sanity import check_image
 
-# Parameters that identify an image: a resumed batch skips an item whose identity is already in the run.
+# Parameters that identify an image: generate() skips an item whose identity is already in the run folder.
 IDENTITY_KEYS = ("mode", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
                  "max_sequence_length", "strength", "init_image")
 # After this many items fail in a row, the model is taken as unusable and the batch stops.
@@ -167,19 +167,18 @@ def generate(
     *,
     progress: bool = True,
     model_reason: str | None = None,
-    resume: bool = False,
     callback_on_step_end: Callable | None = None,
     on_image: Callable[[GeneratedImage], None] | None = None,
 ) -> list[GeneratedImage]:
     """Generate every image of `request` with `model`; save each into `run` as soon as it is done.
 
-    resume: skip images whose parameters are already in the run folder (they are read back from disk).
+    Images whose parameters the run folder already holds are read back from disk, not generated again (the
+    same parameters give the same pixels): that is how a reopened run (RunFolder.create(..., resume=True)) resumes.
     callback_on_step_end: passed to the diffusers pipeline (progress displays, tests).
     on_image: called with each new image as soon as it is saved (live listings).
     Raises GenerationFailed after the batch when some images failed (the others are kept), ModelUnusable
     when failures repeat, and re-raises KeyboardInterrupt after marking the run "interrupted".
     """
-    import torch
 
     pipe = model.img2img_pipeline() if request.mode == IMAGE_TO_IMAGE else model.pipe
     pipe.set_progress_bar_config(disable=not progress)
@@ -211,66 +210,76 @@ def generate(
         "versions": package_versions(),
         "device": device_info(),
     }
-    done = _already_done(run) if (run is not None and resume) else {}
+    done = _already_done(run) if run is not None else {}
     batch = _Batch()
     items = request.items()
-    for index, prompt, seed in items:
-        item = {"index": index, "prompt": prompt, "seed": seed, **common}
-        if identity(item) in done:
-            batch.results.append(_reload(run, done[identity(item)]))
-            continue
-        _peak_memory_start(model.device)
-        start = time.perf_counter()
-        try:
-            output = pipe(
-                prompt=prompt,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance_scale,
-                width=request.width,
-                height=request.height,
-                max_sequence_length=request.max_sequence_length,
-                generator=torch.Generator(device="cpu").manual_seed(seed),
-                **extra,
-            )
-            if model.device == "cuda":
-                torch.cuda.synchronize()
-        except torch.cuda.OutOfMemoryError as exc:
-            _record_failure(batch, run, item, exc, out_of_memory_advice(request, model))
-            del exc
-            free_memory(model.device)
-            if batch.in_a_row >= MAX_CONSECUTIVE_FAILURES:
-                _stop(run, f"{batch.in_a_row} images in a row ran out of memory")
-            continue
-        except KeyboardInterrupt:
-            if run is not None:
-                run.record(status="interrupted", error="KeyboardInterrupt: stopped by the user")
-            raise
-        except Exception as exc:
-            if run is not None:
-                run.record(status="failed", error=f"{type(exc).__name__}: {exc}", diagnosis=_diagnosis_ids(exc))
-            raise
-        seconds = time.perf_counter() - start
-        batch.in_a_row = 0
-        image = output.images[0]
-        metadata = {
-            **item,
-            "seconds": round(seconds, 3),
-            "seconds_per_step": round(seconds / request.steps, 4),
-            "peak_memory": _peak_memory(model.device),
-            "sanity": check_image(image).to_dict(),  # NaN/black/flat/mosaic warnings (fluxnb.sanity)
-        }
-        result = GeneratedImage(image=image, metadata=metadata)
+    try:
+        for index, prompt, seed in items:
+            item = {"index": index, "prompt": prompt, "seed": seed, **common}
+            if identity(item) in done:
+                batch.results.append(_reload(run, done[identity(item)]))
+                continue
+            result = _generate_one(model, request, run, pipe, extra, item, batch)
+            if result is not None and on_image is not None:
+                on_image(result)
+    except KeyboardInterrupt:  # wherever it lands, the run folder says so and stays consistent
         if run is not None:
-            kind = "i2i" if request.mode == IMAGE_TO_IMAGE else "t2i"
-            result.path = str(run.save_image(image, metadata, stem=f"{kind}-seed{seed}"))
-        batch.results.append(result)
-        if on_image is not None:
-            on_image(result)
+            run.record(status="interrupted", error="KeyboardInterrupt: stopped by the user")
+        raise
     if batch.failures:
         if run is not None:
             run.record(status="incomplete")
         raise GenerationFailed(batch.failures, batch.results, len(items))
     return batch.results
+
+
+def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder | None, pipe, extra: dict,
+                  item: dict[str, Any], batch: _Batch) -> GeneratedImage | None:
+    """One image: generated, checked, saved; or recorded as failed (out of memory) and None returned."""
+    import torch
+
+    _peak_memory_start(model.device)
+    start = time.perf_counter()
+    try:
+        output = pipe(
+            prompt=item["prompt"],
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            width=request.width,
+            height=request.height,
+            max_sequence_length=request.max_sequence_length,
+            generator=torch.Generator(device="cpu").manual_seed(item["seed"]),
+            **extra,
+        )
+        if model.device == "cuda":
+            torch.cuda.synchronize()
+    except torch.cuda.OutOfMemoryError as exc:
+        _record_failure(batch, run, item, exc, out_of_memory_advice(request, model))
+        del exc
+        free_memory(model.device)
+        if batch.in_a_row >= MAX_CONSECUTIVE_FAILURES:
+            _stop(run, f"{batch.in_a_row} images in a row ran out of memory")
+        return None
+    except Exception as exc:
+        if run is not None:
+            run.record(status="failed", error=f"{type(exc).__name__}: {exc}", diagnosis=_diagnosis_ids(exc))
+        raise
+    seconds = time.perf_counter() - start
+    batch.in_a_row = 0
+    image = output.images[0]
+    metadata = {
+        **item,
+        "seconds": round(seconds, 3),
+        "seconds_per_step": round(seconds / request.steps, 4),
+        "peak_memory": _peak_memory(model.device),
+        "sanity": check_image(image).to_dict(),  # NaN/black/flat/mosaic warnings (fluxnb.sanity)
+    }
+    result = GeneratedImage(image=image, metadata=metadata)
+    if run is not None:
+        kind = "i2i" if request.mode == IMAGE_TO_IMAGE else "t2i"
+        result.path = str(run.save_image(image, metadata, stem=f"{kind}-seed{item['seed']}"))
+    batch.results.append(result)
+    return result
 
 
 def _record_failure(batch: _Batch, run: RunFolder | None, item: dict, exc: BaseException, advice: str) -> None:

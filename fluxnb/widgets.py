@@ -48,7 +48,7 @@ class GenerateForm:
         self.run = run
         self.mode = mode
         self.model_reason = model_reason
-        self.results: list[GeneratedImage] = []  # every image this form made, in order
+        self.results: list[GeneratedImage] = []  # every image this form showed, in order
         self.last_error: str | None = None
         params = model.spec.params
         width, height = (initial.width, initial.height) if initial else params.default_size
