@@ -1,8 +1,7 @@
 """What each pipeline component really is: its class, weight format, device and real bytes in memory.
 
 `get_memory_footprint()`-style numel x element_size is wrong for quantized tensor subclasses (torchao
-reports bf16 element sizes: the guide's attempt 4), so bytes come from the tensors' own storage where
-the format is known, and from torchao's own size function where its subclasses are present.
+reports bf16 element sizes: the guide's attempt 4), so bytes come from the tensors that really hold the data.
 """
 
 from __future__ import annotations
@@ -48,14 +47,12 @@ def _torchao_layer_format(module) -> str | None:
 
 
 def _tensor_bytes(tensor) -> int:
-    """Real bytes of one tensor; torchao subclasses are measured by torchao itself."""
-    if type(tensor).__module__.split(".")[0] == "torchao":
-        import torch
-        from torchao.utils import get_model_size_in_bytes
-
-        holder = torch.nn.Module()
-        holder.weight = torch.nn.Parameter(tensor, requires_grad=False)
-        return int(get_model_size_in_bytes(holder))
+    """Real bytes of one tensor. A wrapper tensor subclass (torchao's quantized weights) reports the element size of
+    the dtype it emulates, so it is measured by the inner tensors it really holds, as torchao's own
+    get_model_size_in_bytes does."""
+    if hasattr(type(tensor), "__tensor_flatten__"):
+        inner_names, _ = tensor.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(tensor, name)) for name in inner_names)
     quant_state = getattr(tensor, "quant_state", None)  # bnb 4-bit: packed uint8 data + absmax etc.
     extra = 0
     if quant_state is not None and getattr(quant_state, "absmax", None) is not None:

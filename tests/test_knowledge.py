@@ -43,6 +43,7 @@ STABLE_IDS = [
     "torch-cuda-driver-too-old",
     "transformers5-checkpoint-on-4x",
     "bnb-8bit-prequantized",  # added by the troubleshooting replay (GUIDE attempt 6: the working setup)
+    "cuda-out-of-memory",  # batches record failed images with it (tests/test_faults.py)
 ]
 TRANSFORMERS_5 = Version(package_version("transformers")) >= Version("5")
 

@@ -126,9 +126,6 @@ def test_attempts_1_and_2_with_a_torchao_checkpoint_made_here(results):
 
 
 @pytest.mark.skipif(not HAS_TORCHAO, reason="torchao missing")
-@pytest.mark.xfail(strict=True, reason="fluxnb.footprint._tensor_bytes wraps a torchao tensor in a module's own "
-                   "parameter, but torchao's get_model_size_in_bytes only counts children's parameters, so it "
-                   "returns 0: a fix for fluxnb/footprint.py (lead), then drop this marker")
 def test_fluxnb_footprint_agrees_with_torchao_on_a_quantized_transformer(ctx):
     import torch
     from diffusers import FluxTransformer2DModel
