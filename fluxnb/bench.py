@@ -205,6 +205,18 @@ def _free(device: str) -> None:
         pass
 
 
+def _dynamo_counters(clear: bool = False) -> dict[str, int]:
+    """torch.compile's counters (graphs compiled, recompiles): shows whether the compiled blocks are shared."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    if clear:
+        counters.clear()
+        return {}
+    return {f"{group}.{key}": int(value) for group in ("stats", "recompiles") for key, value in counters[group].items()}
+
+
 def _set_cap(device: str, cap_bytes: int | None) -> float | None:
     import torch
 
@@ -282,6 +294,12 @@ def run_bench(
         "rows": [],
     }
     outputs: dict[tuple[str, str], dict] = {}
+    began = time.perf_counter()
+    plain_log = log
+
+    def log(line: str) -> None:  # noqa: F811 - the same log, with the run's elapsed seconds
+        plain_log(f"[{time.perf_counter() - began:7.1f} s] {line}")
+
     for backend in backends:
         entry: dict[str, Any] = {
             "label": backend.label,
@@ -321,6 +339,7 @@ def run_bench(
                 common = dict(prompt=prompt, seed=seed, width=width, height=height, guidance_scale=guidance_scale,
                               max_sequence_length=max_sequence_length, device=device)
                 try:
+                    _dynamo_counters(clear=True)
                     start = time.perf_counter()
                     run_phases(model.pipe, steps=warmup_steps, **common)
                     warm_seconds = time.perf_counter() - start
@@ -346,6 +365,7 @@ def run_bench(
                         max(0.0, warm_seconds - (per_image - denoise) - warmup_steps * denoise / steps), 2
                     ),
                     finite=bool(__import__("numpy").isfinite(timed["latents"]).all()),
+                    dynamo=_dynamo_counters(),
                 )
                 if entry["capped"] and row["peak_reserved_bytes"] is not None:
                     row["fits_cap"] = row["peak_reserved_bytes"] <= cap_bytes
