@@ -415,8 +415,8 @@ def derive_img2img(pipe) -> tuple[object, str | None]:
 
 
 # --- torchao quantize-at-load backends (issue 6) -------------------------------------------------------------
-# Quantized at load from the bf16 checkpoint (never a pre-quantized torchao checkpoint: KNOWN_ISSUES row 4),
-# with regional torch.compile: each repeated transformer block is compiled (not the whole model), on first use.
+# Quantized at load from the bf16 checkpoint (never a pre-quantized torchao checkpoint: KNOWN_ISSUES row 4);
+# regional torch.compile of each transformer block is opt-in (FLUXNB_COMPILE=1, see load_flux_torchao).
 # T5 is quantized int8 weight-only in every variant (it runs once per prompt; weight-only keeps its error small).
 TORCHAO_BACKENDS: dict[str, dict] = {
     "flux-torchao-int8wo": {
@@ -487,19 +487,36 @@ def compile_repeated_blocks(transformer) -> int:
     return len(blocks)
 
 
+# Linear layers fed by the timestep/guidance embedding see one row (M=1). Under torch.compile torchao's int8 and
+# float8 dynamic-activation matmuls go straight to torch._int_mm / _scaled_mm, which need M > 16 ("self.size(0)
+# needs to be greater than 16, but got 1", seen on an H100): those layers (AdaLN modulation, time/text embedders,
+# 0.3% of the FLOPs) get int8 weight-only instead.
+_ONE_ROW_LAYERS = (r"re:(.*\.)?(norm1|norm1_context|norm|norm_out)\.linear", r"re:time_text_embed\..*")
+
+
 def _torchao_config(model_type: str):
+    """The torchao config of a type. torchao's own inductor presets (coordinate-descent tuning) are left off:
+    they multiply compile time; the one flag int8 dynamic quantization needs is set in the loader."""
     import torchao.quantization as tq
 
     name = TORCHAO_BACKENDS[model_type]["config"]
+    weight_only = tq.Int8WeightOnlyConfig(set_inductor_config=False)
+    if name == "Int8WeightOnlyConfig":
+        return weight_only
     if name == "Float8DynamicActivationFloat8WeightConfig":
-        return tq.Float8DynamicActivationFloat8WeightConfig(granularity=tq.PerRow())
-    return getattr(tq, name)()
+        main = tq.Float8DynamicActivationFloat8WeightConfig(granularity=tq.PerRow(), set_inductor_config=False)
+    else:
+        main = getattr(tq, name)(set_inductor_config=False)
+    return tq.FqnToConfig({**{pattern: weight_only for pattern in _ONE_ROW_LAYERS}, "_default": main})
 
 
 def load_flux_torchao(spec: ModelSpec, ctx: LoadContext):
-    """bf16 checkpoint quantized at load with torchao (transformer: the type's config; T5: int8 weight-only),
-    the transformer's blocks compiled regionally. The LoadedModel keeps the compiled transformer, so only the
-    first generation (and the first at each new image size) pays the compile."""
+    """bf16 checkpoint quantized at load with torchao (transformer: the type's config; T5: int8 weight-only).
+
+    With FLUXNB_COMPILE=1 the transformer's blocks are compiled regionally (each block, not the whole model); the
+    LoadedModel keeps the compiled transformer, so only its first generation (and the first at each new image
+    size) pays the compile. Off by default: that first compile did not finish in 6 minutes on an H100 (results/).
+    """
     import torch
 
     _require_torchao(spec)
@@ -523,18 +540,26 @@ def load_flux_torchao(spec: ModelSpec, ctx: LoadContext):
         )
     pipe = _from_pretrained(ctx, transformer=transformer, text_encoder_2=text_encoder_2)
     pipe.to("cuda")
-    if os.environ.get("FLUXNB_COMPILE", "1") == "0":
-        ctx.notes.append("FLUXNB_COMPILE=0: transformer blocks not compiled (eager; slower)")
+    if os.environ.get("FLUXNB_COMPILE", "0") != "1":
+        ctx.notes.append(
+            "transformer blocks run eager (set FLUXNB_COMPILE=1 to torch.compile each block; on an H100 with torch "
+            "2.11 + torchao 0.17 the first int8 weight-only generation had not finished compiling after 6 minutes)"
+        )
         return pipe
     try:
         import triton  # noqa: F401  (torch.compile's GPU code generator)
     except ImportError:
         ctx.notes.append("triton is not installed: torch.compile skipped, running eager (slower); `pip install triton`")
         return pipe
+    if spec.type == "flux-torchao-int8dq":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.force_fuse_int_mm_with_mul = True  # fuse the int8 matmul with its rescale
     n = compile_repeated_blocks(pipe.transformer)
     ctx.notes.append(
-        f"regional torch.compile: {n} transformer blocks wrapped; the first generation compiles them (tens of "
-        "seconds, once per image size), later generations with this loaded model reuse the compiled code"
+        f"FLUXNB_COMPILE=1: {n} transformer blocks wrapped in torch.compile; the first generation compiles them "
+        "(measured: more than 6 minutes on an H100 for int8 weight-only; once per image size), later generations "
+        "with this loaded model reuse the compiled code"
     )
     return pipe
 

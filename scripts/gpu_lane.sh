@@ -19,7 +19,7 @@ PY=${PYTHON:-python3}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-0}
 LANE_DEADLINE=${LANE_DEADLINE:-0}  # seconds after start by which the bench must stop (0: none); partial JSON is kept
 LANE_START=$SECONDS
-DEFAULT_BENCH="--backend flux-dev --backend flux-dev-bnb-8bit --backend flux-dev-torchao-int8 --backend flux-dev-bnb-4bit --backend flux-dev-torchao-int8dq --cleanup-quantized"
+DEFAULT_BENCH="--backend flux-dev --backend flux-dev-bnb-8bit --backend flux-dev-bnb-4bit --backend flux-dev-torchao-int8 --backend flux-torchao-int8dq --cleanup-quantized"
 BENCH_ARGS=${BENCH_ARGS:-$DEFAULT_BENCH}
 
 if [ -d .whl ] && [ "${GPU_LANE_INSTALL:-1}" = 1 ]; then
