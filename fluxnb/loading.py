@@ -412,8 +412,6 @@ def derive_img2img(pipe) -> tuple[object, str | None]:
         return FluxImg2ImgPipeline(**pipe.components), note
 
 
-
-
 # --- torchao quantize-at-load backends (issue 6) -------------------------------------------------------------
 # Quantized at load from the bf16 checkpoint (never a pre-quantized torchao checkpoint: KNOWN_ISSUES row 4);
 # regional torch.compile of each transformer block is opt-in (FLUXNB_COMPILE=1, see load_flux_torchao).
@@ -459,7 +457,7 @@ def _require_torchao(spec: ModelSpec) -> None:
     if torchao_version is None:
         raise ModelUnavailableError(
             f"model {spec.name!r} ({spec.type}) needs torchao, an optional extra that is not installed. "
-            f"Fix: `pip install torchao` (>= {MIN_TORCHAO}, matching your torch), or `pip install fluxnb[torchao]`; "
+            f"Fix: `pip install torchao` (>= {MIN_TORCHAO}, matching your torch) or `pip install \"fluxnb[torchao]\"`; "
             "or choose flux-dev-bnb-8bit."
         )
     if Version(torchao_version) < Version(MIN_TORCHAO):

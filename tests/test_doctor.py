@@ -198,3 +198,15 @@ def test_verification_verdicts(tmp_path, tiny_model):
     assert verdict["ready"] is False and verdict["verdict"].startswith("not ready, because generate failed")
     assert verdict["steps"]["generate"]["known_issues"] == ["device-map-cuda0"]
     assert fluxnb.read_manifest(run.path)["status"] == "failed"
+
+
+def test_every_loader_type_has_doctor_facts(config):
+    """A model type added to the loader registry must also say what it needs (knowledge.yaml model_types)."""
+    from fluxnb.knowledge import load_knowledge
+    from fluxnb.loading import LOADERS
+
+    kb = load_knowledge()
+    assert set(LOADERS) <= set(kb.model_types)
+    for name in config.models:
+        report = fluxnb.check_environment(name, config=config)
+        assert report.rows, name
