@@ -235,3 +235,43 @@ def test_resume_of_something_that_is_not_a_run(tmp_path: Path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "holds no generate parameters to resume" in done.stderr
     assert os.path.exists(tmp_path / MANIFEST)
+
+
+def test_notebook_batch_killed_then_resumed(tiny_model, outputs_dir: Path, tmp_path: Path):
+    """`fluxnb run NOTEBOOK -f batch.yaml`, the whole process group (CLI + papermill kernel) SIGKILLed mid-batch,
+    then `fluxnb run NOTEBOOK --resume RUN_DIR` with the parameters the first execution recorded."""
+    batch = tmp_path / "batch.yaml"
+    batch.write_text("prompt: [a red fox, a lighthouse]\nnum_images: 3\nseed: 40\nsteps: 20\nwidth: 192\n"
+                     "height: 192\n", encoding="utf-8")
+    process = subprocess.Popen([sys.executable, "-m", "fluxnb.cli", "run", "01_text_to_image", "-f", str(batch)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        runs = list(outputs_dir.glob("*-01_text_to_image"))
+        if runs and list(runs[0].glob("*.png")):
+            break
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
+    run_dir = runs[0]
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.png")}
+    assert 1 <= len(before) < 6
+    done = subprocess.run([sys.executable, "-m", "fluxnb.cli", "run", "01_text_to_image", "--resume", str(run_dir)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    manifest = consistent(run_dir)
+    assert manifest["status"] == "complete"
+    pairs = [(i["prompt"], i["seed"]) for i in manifest["images"]]
+    assert sorted(pairs) == sorted((p, s) for p in ("a red fox", "a lighthouse") for s in (40, 41, 42))
+    for name, data in before.items():
+        assert (run_dir / name).read_bytes() == data
+
+
+def test_bad_notebook_parameter_reaches_the_terminal(outputs_dir: Path):
+    done = subprocess.run([sys.executable, "-m", "fluxnb.cli", "run", "01_text_to_image", "-p", "width", "1000"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    assert "fluxnb: error: 01_text_to_image.ipynb failed in cell" in done.stderr
+    assert "RequestError: parameter `width`: must be between 16 and 512 for this model, got 1000" in done.stderr
+    assert "executed notebook kept at" in done.stderr
