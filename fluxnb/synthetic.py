@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
+
+from .tiny import assemble_flux_pipeline, atomic_build, build_tokenizers, cache_root, library_lines
 
 SYNTHETIC_SEED = 20251122
 BUILD_MARKER = "fluxnb_synthetic.json"
@@ -93,33 +94,21 @@ def scaled_dims(layers: int = 1, single_layers: int = 2, t5_layers: int = 2, cli
     return dims
 
 
-def _line(version: str) -> str:
-    return ".".join(version.split(".")[:2])
-
-
 def synthetic_root(root: str | os.PathLike | None = None) -> Path:
-    """FLUXNB_SYNTHETIC, else FLUXNB_CACHE/synthetic, else ~/.cache/fluxnb/synthetic."""
+    """`root`, else FLUXNB_SYNTHETIC, else <fluxnb cache>/synthetic."""
     if root is not None:
         return Path(root)
     if os.environ.get("FLUXNB_SYNTHETIC"):
         return Path(os.environ["FLUXNB_SYNTHETIC"])
-    base = Path(os.environ.get("FLUXNB_CACHE") or Path.home() / ".cache" / "fluxnb")
-    return base / "synthetic"
+    return cache_root() / "synthetic"
 
 
 def synthetic_dir(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None) -> Path:
     """Folder of one kind, keyed by the library lines that write it (KNOWN_ISSUES row 16) and by size."""
-    import diffusers
-    import transformers
-
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic checkpoint kind {kind!r}; allowed: {', '.join(KINDS)}")
     size = "full" if dims is None or dims == FULL_DIMS else "scaled"
-    name = (
-        f"flux-dev-synthetic-{size}-{kind}-transformers{_line(transformers.__version__)}"
-        f"-diffusers{_line(diffusers.__version__)}"
-    )
-    return synthetic_root(root) / name
+    return synthetic_root(root) / f"flux-dev-synthetic-{size}-{kind}-{library_lines()}"
 
 
 def _variance_preserving_init(module) -> None:
@@ -145,17 +134,11 @@ def _variance_preserving_init(module) -> None:
 def build_synthetic_pipeline(device: str = "cuda", dims: dict | None = None, seed: int = SYNTHETIC_SEED):
     """Construct the pipeline in bf16 directly on `device` (seconds on a GPU; ~34 GB at full size)."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
-
-    from .tiny import _clip_tokenizer_files, _t5_tokenizer_files
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     dims = dims or FULL_DIMS
-    with tempfile.TemporaryDirectory() as tmp:
-        _clip_tokenizer_files(Path(tmp) / "clip")
-        _t5_tokenizer_files(Path(tmp) / "t5")
-        tokenizer = CLIPTokenizer.from_pretrained(Path(tmp) / "clip")
-        tokenizer_2 = T5TokenizerFast.from_pretrained(Path(tmp) / "t5", extra_ids=0)
+    tokenizer, tokenizer_2 = build_tokenizers()
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -198,24 +181,7 @@ def build_synthetic_pipeline(device: str = "cuda", dims: dict | None = None, see
         torch.set_default_dtype(previous)
     for module in (transformer, text_encoder, text_encoder_2, vae):
         module.to(torch.bfloat16).eval().requires_grad_(False)
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
-    return FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
+    return assemble_flux_pipeline(transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae)
 
 
 def check_finite(pipe, height: int = 256, width: int = 256, steps: int = 1) -> dict:
@@ -276,25 +242,6 @@ def quantize_checkpoint(source: str | os.PathLike, target: str | os.PathLike, ki
         torch.cuda.empty_cache()
 
 
-def _atomic_build(target: Path, build, info: dict) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".building-", dir=target.parent))
-    try:
-        start = time.perf_counter()
-        info.update(build(staging) or {})
-        info["build_seconds"] = round(time.perf_counter() - start, 1)
-        (staging / BUILD_MARKER).write_text(json.dumps(info, indent=2), encoding="utf-8")
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first: keep its copy
-            if not (target / BUILD_MARKER).is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def ensure_synthetic_checkpoint(
     kind: str = "bf16",
     root: str | os.PathLike | None = None,
@@ -346,7 +293,7 @@ def ensure_synthetic_checkpoint(
             return {}
 
         log(f"building synthetic {kind} checkpoint from {source} into {target} ...")
-    path = _atomic_build(target, build, info)
+    path = atomic_build(target, build, info, marker=BUILD_MARKER)
     log(f"  done in {json.loads((path / BUILD_MARKER).read_text())['build_seconds']} s")
     return path
 

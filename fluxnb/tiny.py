@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 TINY_SEED = 20251122  # the guide's date: the same weights on every machine with the same library lines
@@ -35,16 +36,25 @@ a robot reading a book in a library, warm light, cinematic
 """.strip().splitlines()
 
 
-def tiny_cache_dir(root: str | Path | None = None) -> Path:
-    """Where the tiny checkpoint for the installed library lines lives."""
+def cache_root(root: str | Path | None = None) -> Path:
+    """Where fluxnb builds its checkpoints: `root`, else FLUXNB_CACHE, else ~/.cache/fluxnb."""
+    return Path(root or os.environ.get("FLUXNB_CACHE") or Path.home() / ".cache" / "fluxnb")
+
+
+def library_lines() -> str:
+    """The transformers and diffusers lines that write (and can load) a checkpoint: part of its folder name."""
     import diffusers
     import transformers
 
     def line(version: str) -> str:
         return ".".join(version.split(".")[:2])
 
-    base = Path(root or os.environ.get("FLUXNB_CACHE") or Path.home() / ".cache" / "fluxnb")
-    return base / f"flux-tiny-transformers{line(transformers.__version__)}-diffusers{line(diffusers.__version__)}"
+    return f"transformers{line(transformers.__version__)}-diffusers{line(diffusers.__version__)}"
+
+
+def tiny_cache_dir(root: str | Path | None = None) -> Path:
+    """Where the tiny checkpoint for the installed library lines lives."""
+    return cache_root(root) / f"flux-tiny-{library_lines()}"
 
 
 def _byte_symbols() -> list[str]:
@@ -100,18 +110,48 @@ def _t5_tokenizer_files(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}), encoding="utf-8")
 
 
-def build_tiny_pipeline():
-    """Construct the tiny FluxPipeline in memory (deterministic for a given library line)."""
-    import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+def build_tokenizers():
+    """CLIPTokenizer and T5TokenizerFast built offline (the real classes; vocabularies from the corpus above)."""
+    from transformers import CLIPTokenizer, T5TokenizerFast
 
     with tempfile.TemporaryDirectory() as tmp:
         _clip_tokenizer_files(Path(tmp) / "clip")
         _t5_tokenizer_files(Path(tmp) / "t5")
-        tokenizer = CLIPTokenizer.from_pretrained(Path(tmp) / "clip")
-        tokenizer_2 = T5TokenizerFast.from_pretrained(Path(tmp) / "t5", extra_ids=0)
+        return (CLIPTokenizer.from_pretrained(Path(tmp) / "clip"),
+                T5TokenizerFast.from_pretrained(Path(tmp) / "t5", extra_ids=0))
 
+
+def assemble_flux_pipeline(transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae):
+    """A FluxPipeline of these components with FLUX.1-dev's scheduler configuration."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    )
+
+
+def build_tiny_pipeline():
+    """Construct the tiny FluxPipeline in memory (deterministic for a given library line)."""
+    import torch
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer, tokenizer_2 = build_tokenizers()
     # Same shapes of reasoning as FLUX.1-dev: 16 latent channels, x8 VAE, 2x2 patches (in_channels 64),
     # rotary axes summing to the head dim, guidance embedding (dev is guidance-distilled).
     torch.manual_seed(TINY_SEED)
@@ -175,55 +215,46 @@ def build_tiny_pipeline():
         use_quant_conv=False,
         use_post_quant_conv=False,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
-    return FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2=tokenizer_2,
-        transformer=transformer,
-    )
+    return assemble_flux_pipeline(transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae)
+
+
+def atomic_build(target: Path, build, info: dict, marker: str = BUILD_MARKER) -> Path:
+    """Build a checkpoint folder in a staging folder beside `target`, then rename it into place: a half-written
+    folder is never used. `build(staging)` writes the files and may return facts for the `marker` file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".building-", dir=target.parent))
+    try:
+        start = time.perf_counter()
+        info.update(build(staging) or {})
+        info["build_seconds"] = round(time.perf_counter() - start, 1)
+        (staging / marker).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first: keep its copy
+            if not (target / marker).is_file():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def ensure_tiny_checkpoint(root: str | Path | None = None) -> Path:
-    """Build the tiny checkpoint once (atomically: a half-written folder is never used) and return its path."""
+    """Build the tiny checkpoint once and return its path."""
     import diffusers
     import transformers
 
     target = tiny_cache_dir(root)
     if (target / BUILD_MARKER).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".building-", dir=target.parent))
-    try:
+    info = {
+        "seed": TINY_SEED,
+        "transformers": transformers.__version__,
+        "diffusers": diffusers.__version__,
+        "note": "random weights: images are noise",
+    }
+
+    def build(staging: Path) -> None:
         build_tiny_pipeline().save_pretrained(staging, safe_serialization=True)
-        (staging / BUILD_MARKER).write_text(
-            json.dumps(
-                {
-                    "seed": TINY_SEED,
-                    "transformers": transformers.__version__,
-                    "diffusers": diffusers.__version__,
-                    "note": "random weights: images are noise",
-                }
-            ),
-            encoding="utf-8",
-        )
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first: keep its copy
-            if not (target / BUILD_MARKER).is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return atomic_build(target, build, info)
