@@ -113,7 +113,7 @@ class RunFolder:
         """Use `output_dir` (made by `fluxnb run` for this run) or make a new folder.
 
         resume=True reopens a run folder that already holds a manifest (a batch that was killed, interrupted
-        or had failures) so that generate(..., resume=True) adds only the missing images.
+        or had failures); generate() then adds only the images it does not hold yet.
         """
         if output_dir is None:
             if resume:
