@@ -473,18 +473,6 @@ def _require_torchao(spec: ModelSpec) -> None:
         )
 
 
-def compile_repeated_blocks(transformer) -> int:
-    """Regional compilation: torch.compile each FLUX block (compiled on first call, shared by identical blocks).
-
-    Returns how many blocks were wrapped. Whole-model compilation did not finish in 6 minutes on an H100;
-    compiling the two block classes takes a fraction of that and keeps most of the speed-up.
-    """
-    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
-    for block in blocks:
-        block.compile()
-    return len(blocks)
-
-
 # Linear layers fed by the timestep/guidance embedding see one row (M=1). Under torch.compile torchao's int8 and
 # float8 dynamic-activation matmuls go straight to torch._int_mm / _scaled_mm, which need M > 16 ("self.size(0)
 # needs to be greater than 16, but got 1", seen on an H100): those layers (AdaLN modulation, time/text embedders,
@@ -553,7 +541,8 @@ def load_flux_torchao(spec: ModelSpec, ctx: LoadContext):
         import torch._inductor.config as inductor_config
 
         inductor_config.force_fuse_int_mm_with_mul = True  # fuse the int8 matmul with its rescale
-    n = compile_repeated_blocks(pipe.transformer)
+    pipe.transformer.compile_repeated_blocks()  # diffusers' regional compilation: each FLUX block, not the model
+    n = sum(type(m).__name__ in pipe.transformer._repeated_blocks for m in pipe.transformer.modules())
     ctx.notes.append(
         f"FLUXNB_COMPILE=1: {n} transformer blocks wrapped in torch.compile; the first generation compiles them "
         "(measured: more than 6 minutes on an H100 for int8 weight-only; once per image size), later generations "
