@@ -24,9 +24,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = resume_notebook(args.notebook, args.resume, parameters, kernel_name=args.kernel)
     else:
+        _announce_model(args.notebook, parameters)
         run_dir = run_notebook(args.notebook, parameters, outputs_dir=args.output_dir, kernel_name=args.kernel)
     print(f"run folder: {run_dir}")
     return 0
+
+
+def _announce_model(notebook: str, parameters: dict) -> None:
+    """First lines of a headless run: which model the notebook will run and why (plainly, for the tiny model)."""
+    import ast
+
+    from .display import model_banner
+    from .runner import find_notebook, notebook_parameters
+    from .selection import resolve_model
+
+    declared = notebook_parameters(find_notebook(notebook))
+    if "model" not in declared:
+        return
+    model = parameters.get("model", ast.literal_eval(declared["model"]["default"]))
+    print(model_banner(resolve_model(model)), flush=True)
 
 
 def _new_request(args: argparse.Namespace, spec):

@@ -82,3 +82,14 @@ def test_run_refuses_unknown_parameter_names_and_files():
 )
 def test_cli_values_are_read_as_yaml_scalars(text, value):
     assert parse_cli_value(text) == value
+
+
+def test_run_says_first_which_model_runs_and_where_the_run_is(outputs_dir: Path):
+    done = fluxnb_cli("run", "01_text_to_image", "-p", "steps", "1")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("NOTE: this run uses flux-tiny, the embedded tiny FLUX with RANDOM WEIGHTS")
+    assert any(line.startswith("model: flux-tiny (fluxnb/flux-tiny) - auto: no CUDA GPU") for line in lines)
+    run_dir = Path(lines[-1].removeprefix("run folder: "))
+    assert run_dir.parent == outputs_dir
+    assert {p.suffix for p in run_dir.iterdir()} == {".png", ".json", ".ipynb"}
