@@ -275,21 +275,21 @@ def verify_quantization(model_type: str, components: list[ComponentFootprint]) -
 
 def find_corrupt_weights(source: str) -> tuple[Path, str] | None:
     """The first .safetensors file of a local folder or cached hub snapshot that cannot be opened, and why."""
-    from safetensors import safe_open
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HFValidationError, LocalEntryNotFoundError
+    from safetensors import SafetensorError, safe_open
 
     folder = Path(source)
     if not folder.is_dir():
-        from huggingface_hub import snapshot_download
-
         try:
             folder = Path(snapshot_download(source, local_files_only=True))
-        except Exception:  # not cached (or not a repo id): nothing local to inspect
+        except (LocalEntryNotFoundError, HFValidationError):  # not cached, or not a repo id: nothing to inspect
             return None
     for file in sorted(folder.rglob("*.safetensors")):
         try:
             with safe_open(str(file), framework="pt") as handle:
                 handle.keys()
-        except Exception as exc:  # safetensors raises its own Rust-side error type
+        except (SafetensorError, OSError) as exc:
             return file, str(exc)
     return None
 
