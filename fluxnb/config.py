@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, RequestError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "model_config.yaml"
@@ -51,8 +51,6 @@ class ModelConfig:
     def get(self, name: str) -> ModelSpec:
         """The entry called `name`, or an error that lists the names that exist."""
         if name not in self.models:
-            from .errors import RequestError
-
             raise RequestError(
                 "model",
                 f"{name!r} is not defined in {self.path}. Allowed: "
