@@ -72,6 +72,7 @@ def _new_request(args: argparse.Namespace, spec):
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .display import model_banner
     from .generation import generate
     from .loading import load_model
     from .outputs import RunFolder
@@ -93,7 +94,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         run = RunFolder.create("generate", base=args.output_dir)
         run.record(model={"name": choice.spec.name, "id": choice.spec.id, "reason": choice.reason},
                    parameters=request.to_dict())
-    print(choice, flush=True)
+    print(model_banner(choice), flush=True)
     interactive = sys.stderr.isatty()
     try:
         model = load_model(choice.spec, config=config, progress=interactive)

@@ -21,8 +21,9 @@ def fluxnb_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProce
 def test_generate_writes_a_run_folder(outputs_dir: Path):
     done = fluxnb_cli("generate", "--prompt", "a red fox", "--prompt", "a cat", "--seed", "11", "--steps", "2")
     assert done.returncode == 0, done.stderr
-    first_line = done.stdout.splitlines()[0]
-    assert first_line.startswith("model: flux-tiny") and "no CUDA GPU" in first_line
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("NOTE: this run uses flux-tiny, the embedded tiny FLUX with RANDOM WEIGHTS")
+    assert any(line.startswith("model: flux-tiny") and "no CUDA GPU" in line for line in lines[:6])
     run_dir = Path(done.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
     assert run_dir.parent == outputs_dir
     manifest = fluxnb.read_manifest(run_dir)
