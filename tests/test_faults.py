@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -238,13 +239,13 @@ def test_resume_of_something_that_is_not_a_run(tmp_path: Path):
 
 
 def test_notebook_batch_killed_then_resumed(tiny_model, outputs_dir: Path, tmp_path: Path):
-    """`fluxnb run NOTEBOOK -f batch.yaml`, the whole process group (CLI + papermill kernel) SIGKILLed mid-batch,
+    """`fluxnb run NOTEBOOK -f batch.yaml`, every process of it (CLI + papermill kernel) SIGKILLed mid-batch,
     then `fluxnb run NOTEBOOK --resume RUN_DIR` with the parameters the first execution recorded."""
     batch = tmp_path / "batch.yaml"
     batch.write_text("prompt: [a red fox, a lighthouse]\nnum_images: 3\nseed: 40\nsteps: 20\nwidth: 192\n"
                      "height: 192\n", encoding="utf-8")
     process = subprocess.Popen([sys.executable, "-m", "fluxnb.cli", "run", "01_text_to_image", "-f", str(batch)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         runs = list(outputs_dir.glob("*-01_text_to_image"))
@@ -252,7 +253,11 @@ def test_notebook_batch_killed_then_resumed(tiny_model, outputs_dir: Path, tmp_p
             break
         assert process.poll() is None, process.communicate()
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    # the machine dies: the CLI and everything it started, the Jupyter kernel included (jupyter_client starts
+    # kernels in their own session, so killing the CLI's process group alone would leave the kernel running)
+    family = [process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))]
+    for pid in family:
+        os.kill(pid, signal.SIGKILL)
     process.communicate()
     run_dir = runs[0]
     before = {p.name: p.read_bytes() for p in run_dir.glob("*.png")}
