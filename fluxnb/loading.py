@@ -519,7 +519,9 @@ def load_flux_torchao(spec: ModelSpec, ctx: LoadContext):
             ctx.checkpoint, subfolder="text_encoder_2", torch_dtype=ctx.torch_dtype, token=ctx.token,
             cache_dir=ctx.cache_dir,
         ).to("cuda")
-        quantize_(text_encoder_2, Int8WeightOnlyConfig())
+        # set_inductor_config=False: torchao would otherwise switch on coordinate-descent tuning for the whole
+        # process, which multiplies the compile time of the transformer blocks too (results/README.md, run 5)
+        quantize_(text_encoder_2, Int8WeightOnlyConfig(set_inductor_config=False))
         transformer = FluxTransformer2DModel.from_pretrained(
             ctx.checkpoint, subfolder="transformer", torch_dtype=ctx.torch_dtype, token=ctx.token,
             cache_dir=ctx.cache_dir, device_map="cuda", quantization_config=TorchAoConfig(_torchao_config(spec.type)),
