@@ -21,11 +21,9 @@ says which weights were used. Results are JSON plus a matplotlib chart.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import math
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -34,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import SIZE_MULTIPLE, ModelConfig, ModelSpec, load_config
+from .doctor import nvidia_driver_version
 from .errors import RequestError
+from .generation import free_memory, peak_memory, reset_peak_memory
 
 GIB = 2**30
 DEFAULT_PROMPT = "a photo of a cat sitting on a red chair in the sun"
@@ -91,26 +91,12 @@ def _cuda(device: str) -> bool:
     return device == "cuda"
 
 
-def _memory_snapshot(device: str) -> dict[str, int]:
-    import torch
-
-    if _cuda(device):
-        return {
-            "peak_allocated_bytes": int(torch.cuda.max_memory_allocated()),
-            "peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
-        }
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024
-    return {"peak_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)}
-
-
 def _phase_start(device: str) -> float:
     import torch
 
     if _cuda(device):
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     return time.perf_counter()
 
 
@@ -119,7 +105,7 @@ def _phase_end(device: str, start: float) -> dict[str, Any]:
 
     if _cuda(device):
         torch.cuda.synchronize()
-    return {"seconds": round(time.perf_counter() - start, 4), **_memory_snapshot(device)}
+    return {"seconds": round(time.perf_counter() - start, 4), **peak_memory(device)}
 
 
 def run_phases(pipe, *, prompt: str, seed: int, width: int, height: int, steps: int, guidance_scale: float,
@@ -184,21 +170,11 @@ def _peak(phases: dict[str, dict], key: str) -> int | None:
     return max(values) if values else None
 
 
-def _driver_version() -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-
-
 def _free(device: str) -> None:
+    """Between backends: generation's free_memory, plus dropping compiled graphs."""
     import torch
 
-    gc.collect()
-    if _cuda(device):
-        torch.cuda.empty_cache()
+    free_memory(device)
     try:
         torch._dynamo.reset()
     except AttributeError:  # very old torch
@@ -276,7 +252,7 @@ def run_bench(
         "command": command,
         "weights": weights,
         "device": device_info() if _cuda(device) else {"device": "cpu"},
-        "driver": _driver_version() if _cuda(device) else None,
+        "driver": nvidia_driver_version() if _cuda(device) else None,
         "versions": package_versions(),
         "settings": {
             "steps": steps,
@@ -325,7 +301,7 @@ def run_bench(
             start = time.perf_counter()
             model = load_model(backend.spec, checkpoint=checkpoint, device=device, progress=False)
             entry["load_seconds"] = round(time.perf_counter() - start, 2)
-            entry["load_memory"] = _memory_snapshot(device)
+            entry["load_memory"] = peak_memory(device)
             entry["load_report"] = model.report.to_dict()
             if backend.cast:
                 model.pipe.to(torch.bfloat16 if backend.cast == "bf16" else torch.float32)

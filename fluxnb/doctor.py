@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import platform
 import re
 import shutil
@@ -41,6 +40,7 @@ from .knowledge import (
     supported_line,
     torch_torchvision_mismatch,
 )
+from .selection import is_cached, offline_mode
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 GIB = 2**30
@@ -202,17 +202,6 @@ def hf_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
-
-
-def hf_offline() -> bool:
-    # The environment is read at call time: huggingface_hub.constants reads it only once, at import.
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def is_cached(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
 
 
 def _existing_parent(path: Path) -> Path:
@@ -399,7 +388,7 @@ def _check_disk_and_hub(rows: list[Check], spec: ModelSpec, needs: ModelTypeNeed
         return
     cache = hf_cache_dir()
     cached = is_cached(spec.id)
-    offline = hf_offline()
+    offline = offline_mode()
     usage = shutil.disk_usage(_existing_parent(cache))
     free = usage.free / GIB
     if cached:
@@ -548,14 +537,6 @@ def quantization_rows(report) -> list[Check]:
             rows.append(Check(c.name, OK if good else FAIL, found + f"; promised {' or '.join(want)}",
                               "" if good else "the checkpoint is not the pre-quantized one, or bitsandbytes failed"))
     return rows
-
-
-def image_is_blank(image) -> bool:
-    """True for a uniform picture (e.g. all black: NaN/overflow in fp16 gives one)."""
-    import numpy as np
-
-    pixels = np.asarray(image, dtype=np.float32)
-    return not np.isfinite(pixels).all() or float(pixels.std()) == 0.0
 
 
 def verification_request(spec, prompt: str = "a photo of a cat sitting on a red chair in the sun"):

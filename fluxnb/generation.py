@@ -60,14 +60,14 @@ def identity(metadata: dict[str, Any]) -> tuple:
     return tuple(str(metadata.get(key)) for key in IDENTITY_KEYS)
 
 
-def _peak_memory_start(device: str) -> None:
+def reset_peak_memory(device: str) -> None:
     import torch
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
 
-def _peak_memory(device: str) -> dict[str, Any]:
+def peak_memory(device: str) -> dict[str, Any]:
     """Peak GPU memory of this image (allocated and reserved), or the process's peak RSS on a CPU."""
     import torch
 
@@ -238,7 +238,7 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
     """One image: generated, checked, saved; or recorded as failed (out of memory) and None returned."""
     import torch
 
-    _peak_memory_start(model.device)
+    reset_peak_memory(model.device)
     start = time.perf_counter()
     try:
         output = pipe(
@@ -271,7 +271,7 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
         **item,
         "seconds": round(seconds, 3),
         "seconds_per_step": round(seconds / request.steps, 4),
-        "peak_memory": _peak_memory(model.device),
+        "peak_memory": peak_memory(model.device),
         "sanity": check_image(image).to_dict(),  # NaN/black/flat/mosaic warnings (fluxnb.sanity)
     }
     result = GeneratedImage(image=image, metadata=metadata)
