@@ -34,12 +34,12 @@ from typing import Any
 from .config import SIZE_MULTIPLE, ModelConfig, ModelSpec, load_config
 from .doctor import nvidia_driver_version
 from .errors import RequestError
-from .generation import free_memory, peak_memory, reset_peak_memory
+from .generation import compile_counters, free_memory, peak_memory, reset_peak_memory
 
 GIB = 2**30
 DEFAULT_PROMPT = "a photo of a cat sitting on a red chair in the sun"
 DEFAULT_SIZES = ((1024, 1024),)
-DEFAULT_BACKENDS = ("flux-dev", "flux-dev-bnb-8bit", "flux-dev-bnb-4bit")
+DEFAULT_BACKENDS = ("flux-dev", "flux-dev-bnb-8bit", "flux-dev-torchao-int8dq", "flux-dev-bnb-4bit")
 BASE_ENTRY_FOR_TYPES = "flux-dev"  # loader types without an entry borrow this entry's params
 PHASES = ("text_encoding", "denoising", "vae_decode")
 FORMAT_VERSION = 1
@@ -65,13 +65,25 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()) -> Backend:
-    """'flux-dev-bnb-8bit', 'flux-torchao-int8dq' (a loader type), or 'flux-tiny@bf16' (cast after load)."""
-    from .loading import LOADERS
+# NAME@VARIANT: the same entry loaded another way (casts are for CPU plumbing tests).
+VARIANTS = {
+    "bf16": "cast the loaded pipeline to bf16",
+    "fp32": "cast the loaded pipeline to fp32",
+    "eager": "compile: false",
+    "compiled": "compile: true",
+    "offload-t5": "offload_text_encoder: true",
+}
 
-    name, _, cast = text.partition("@")
-    if cast and cast not in ("bf16", "fp32"):
-        raise RequestError("backend", f"{text!r}: the suffix after @ must be bf16 or fp32")
+
+def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()) -> Backend:
+    """'flux-dev-bnb-8bit', 'flux-torchao-int8dq' (a loader type), 'flux-tiny@bf16' (cast after load), or
+    'flux-dev-torchao-int8dq@offload-t5' (the entry with one option changed; see VARIANTS)."""
+    from .loading import COMPILABLE_TYPES, LOADERS, OFFLOADABLE_TYPES
+
+    name, _, variant = text.partition("@")
+    if variant and variant not in VARIANTS:
+        raise RequestError("backend", f"{text!r}: the suffix after @ must be one of "
+                                      f"{', '.join(f'{k} ({v})' for k, v in VARIANTS.items())}")
     if name in config.models:
         spec = config.get(name)
     elif name in LOADERS:
@@ -83,8 +95,19 @@ def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()
             f"{text!r} is neither a model in {config.path} nor a loader type. Allowed: "
             f"{', '.join([*config.models, *sorted(set(LOADERS) - {m.type for m in config.models.values()})])}",
         )
+    if variant in ("eager", "compiled"):
+        if spec.type not in COMPILABLE_TYPES:
+            raise RequestError("backend", f"{text!r}: type {spec.type} is not compiled by fluxnb; compiled types: "
+                                          f"{', '.join(sorted(COMPILABLE_TYPES))}")
+        spec = dataclasses.replace(spec, compile=variant == "compiled")
+    elif variant == "offload-t5":
+        if spec.type not in OFFLOADABLE_TYPES:
+            raise RequestError("backend", f"{text!r}: type {spec.type} cannot offload its text encoder; types that "
+                                          f"can: {', '.join(sorted(OFFLOADABLE_TYPES))}")
+        spec = dataclasses.replace(spec, offload_text_encoder=True)
     capped = not (text in uncapped or name in uncapped or (not uncapped and spec.type == "flux-bf16"))
-    return Backend(label=text, spec=spec, cast=cast or None, capped=capped)
+    cast = variant if variant in ("bf16", "fp32") else None
+    return Backend(label=text, spec=spec, cast=cast, capped=capped)
 
 
 def _cuda(device: str) -> bool:
@@ -316,10 +339,13 @@ def run_bench(
                               max_sequence_length=max_sequence_length, device=device)
                 try:
                     _dynamo_counters(clear=True)
+                    graphs0, compile0 = compile_counters()
                     start = time.perf_counter()
                     run_phases(model.pipe, steps=warmup_steps, **common)
                     warm_seconds = time.perf_counter() - start
+                    graphs1, compile1 = compile_counters()
                     timed = run_phases(model.pipe, steps=steps, **common)
+                    graphs2, _ = compile_counters()
                 except Exception as exc:  # noqa: BLE001 - an OOM under the cap is a result, recorded per row
                     row["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
                     log(f"[{backend.label}] {size}: FAILED {row['error']}")
@@ -340,6 +366,10 @@ def run_bench(
                     compile_seconds_estimate=round(
                         max(0.0, warm_seconds - (per_image - denoise) - warmup_steps * denoise / steps), 2
                     ),
+                    # measured by torch._dynamo: what the warm-up compiled, and that the timed call compiled nothing
+                    compile={"warmup_new_graphs": graphs1 - graphs0,
+                             "warmup_compile_seconds": round(compile1 - compile0, 2),
+                             "timed_new_graphs": graphs2 - graphs1},
                     finite=bool(__import__("numpy").isfinite(timed["latents"]).all()),
                     dynamo=_dynamo_counters(),
                 )
@@ -451,11 +481,19 @@ def _gib(value: int | None) -> str:
     return "" if value is None else f"{value / GIB:.2f}"
 
 
+def _compile_text(row: dict[str, Any]) -> str:
+    """Measured compile seconds (graphs) where torch._dynamo counted them, else the older estimate ('est.')."""
+    measured = row.get("compile")
+    if measured:
+        return f"{measured['warmup_compile_seconds']:.1f} s, {measured['warmup_new_graphs']} graphs"
+    return f"est. {row['compile_seconds_estimate']:.1f}"
+
+
 def results_table(results: dict[str, Any]) -> str:
     """A markdown table: one line per backend and size."""
     lines = [
         "| backend | size | s/step | s/image | x vs baseline | peak alloc GiB | peak reserved GiB | load s | "
-        "warm-up s (compile est.) | latent rel. err | PSNR dB | note |",
+        "warm-up s (compile) | latent rel. err | PSNR dB | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     backends = {b["label"]: b for b in results["backends"]}
@@ -477,7 +515,7 @@ def results_table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {row['backend']} | {row['size']} | {row['seconds_per_step']:.3f} | {row['seconds_per_image']:.2f} | "
             f"{row.get('speedup_vs_baseline', '')} | {_gib(peak_alloc)} | {_gib(row.get('peak_reserved_bytes'))} | "
-            f"{b.get('load_seconds', '')} | {row['warmup']['seconds']:.1f} ({row['compile_seconds_estimate']:.1f}) | "
+            f"{b.get('load_seconds', '')} | {row['warmup']['seconds']:.1f} ({_compile_text(row)}) | "
             f"{row.get('latent_rel_error', '')} | {psnr_text} | {', '.join(note)} |"
         )
     for b in results["backends"]:
@@ -555,7 +593,7 @@ def write_results(results: dict[str, Any], json_path: str | Path, chart_path: st
 def add_bench_parser(sub) -> None:
     bench = sub.add_parser("bench", help="benchmark backends x sizes: s/step, s/image, peak memory, fidelity")
     bench.add_argument("--backend", action="append", help=f"model name or loader type, repeatable (default: "
-                       f"{', '.join(DEFAULT_BACKENDS)}); NAME@bf16 casts after load")
+                       f"{', '.join(DEFAULT_BACKENDS)}); NAME@VARIANT changes one option: {', '.join(VARIANTS)}")
     bench.add_argument("--size", action="append", help="WIDTHxHEIGHT, repeatable (default 1024x1024)")
     bench.add_argument("--steps", type=int, default=28)
     bench.add_argument("--seed", type=int, default=0)

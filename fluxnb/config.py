@@ -39,6 +39,8 @@ class ModelSpec:
     requires_auth: bool
     params: ModelParams
     description: str
+    compile: bool = False  # torch.compile the transformer's repeated blocks (types in loading.COMPILABLE_TYPES)
+    offload_text_encoder: bool = False  # T5 lives on the CPU, on the GPU only while it encodes (OFFLOADABLE_TYPES)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,11 @@ _MODEL_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "params": ((dict,), "a mapping"),
     "description": ((str,), "a string"),
 }
+# Optional entry keys (false when absent), checked against what the entry's type supports.
+_OPTIONAL_MODEL_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "compile": ((bool,), "true or false"),
+    "offload_text_encoder": ((bool,), "true or false"),
+}
 _PARAM_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "default_steps": ((int,), "an integer"),
     "max_steps": ((int,), "an integer"),
@@ -92,15 +99,20 @@ def _is_type(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def _check_keys(
-    mapping: dict, schema: dict[str, tuple[tuple[type, ...], str]], where: str, problems: list[str]
+    mapping: dict, schema: dict[str, tuple[tuple[type, ...], str]], where: str, problems: list[str],
+    optional: dict[str, tuple[tuple[type, ...], str]] | None = None,
 ) -> None:
+    optional = optional or {}
     for key in mapping:
-        if key not in schema:
-            problems.append(f"{where}.{key}: unknown key. Allowed keys: {', '.join(schema)}")
+        if key not in schema and key not in optional:
+            problems.append(f"{where}.{key}: unknown key. Allowed keys: {', '.join([*schema, *optional])}")
     for key, (types, human) in schema.items():
         if key not in mapping:
             problems.append(f"{where}.{key}: missing (must be {human})")
         elif not _is_type(mapping[key], types):
+            problems.append(f"{where}.{key}: must be {human}, got {mapping[key]!r}")
+    for key, (types, human) in optional.items():
+        if key in mapping and not _is_type(mapping[key], types):
             problems.append(f"{where}.{key}: must be {human}, got {mapping[key]!r}")
 
 
@@ -151,7 +163,7 @@ def _model_params(raw: dict, where: str, problems: list[str]) -> ModelParams | N
 
 def parse_config(data: Any, path: str = "model_config.yaml") -> ModelConfig:
     """Validate an already-parsed YAML document; every problem is collected before raising."""
-    from .loading import LOADERS  # the registry defines which `type` values exist
+    from .loading import COMPILABLE_TYPES, LOADERS, OFFLOADABLE_TYPES  # the registry defines the types
 
     problems: list[str] = []
     if not isinstance(data, dict):
@@ -171,13 +183,17 @@ def parse_config(data: Any, path: str = "model_config.yaml") -> ModelConfig:
             problems.append(f"{where}: must be a mapping, got {raw!r}")
             continue
         before = len(problems)
-        _check_keys(raw, _MODEL_KEYS, where, problems)
+        _check_keys(raw, _MODEL_KEYS, where, problems, _OPTIONAL_MODEL_KEYS)
         params = None
         if isinstance(raw.get("params"), dict):
             params = _model_params(raw["params"], f"{where}.params", problems)
         mtype = raw.get("type")
         if isinstance(mtype, str) and mtype not in LOADERS:
             problems.append(f"{where}.type: unknown type {mtype!r}. Allowed: {', '.join(LOADERS)}")
+        for key, supported in (("compile", COMPILABLE_TYPES), ("offload_text_encoder", OFFLOADABLE_TYPES)):
+            if raw.get(key) is True and isinstance(mtype, str) and mtype in LOADERS and mtype not in supported:
+                problems.append(f"{where}.{key}: type {mtype!r} does not support it (types that do: "
+                                f"{', '.join(sorted(supported))}). Fix: remove the key or set it to false")
         if len(problems) == before and params is not None:
             models[str(name)] = ModelSpec(
                 name=str(name),
@@ -186,6 +202,8 @@ def parse_config(data: Any, path: str = "model_config.yaml") -> ModelConfig:
                 requires_auth=raw["requires_auth"],
                 params=params,
                 description=raw["description"],
+                compile=raw.get("compile", False),
+                offload_text_encoder=raw.get("offload_text_encoder", False),
             )
     runtime = data.get("runtime")
     if not isinstance(runtime, dict):

@@ -104,6 +104,20 @@ def free_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def compile_counters() -> tuple[int, float]:
+    """torch.compile's graphs compiled so far in this process, and the seconds spent compiling them.
+
+    The difference around one image says whether that image paid a compile (first image of a compiled model at a
+    new size) or reused compiled code. Read from torch._dynamo's own counters; (0, 0.0) where they do not exist.
+    """
+    try:
+        from torch._dynamo.utils import compilation_time_metrics, counters
+    except ImportError:
+        return 0, 0.0
+    seconds = sum(compilation_time_metrics.get("_compile.compile_inner", []))
+    return int(counters["stats"]["unique_graphs"]), float(seconds)
+
+
 def out_of_memory_advice(request: GenerationRequest, model: LoadedModel) -> str:
     """The figures of an out-of-memory failure and the ways out, instead of a raw traceback."""
     import torch
@@ -239,6 +253,7 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
     import torch
 
     reset_peak_memory(model.device)
+    graphs_before, compile_before = compile_counters()
     start = time.perf_counter()
     try:
         output = pipe(
@@ -265,6 +280,7 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
             run.record(status="failed", error=f"{type(exc).__name__}: {exc}", diagnosis=_diagnosis_ids(exc))
         raise
     seconds = time.perf_counter() - start
+    graphs_after, compile_after = compile_counters()
     batch.in_a_row = 0
     image = output.images[0]
     metadata = {
@@ -272,6 +288,10 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
         "seconds": round(seconds, 3),
         "seconds_per_step": round(seconds / request.steps, 4),
         "peak_memory": peak_memory(model.device),
+        # graphs torch.compile built during this image and the seconds that took (included in "seconds"):
+        # non-zero for the first image of a compiled model at each size, zero once the compiled code is reused
+        "compile": {"new_graphs": graphs_after - graphs_before,
+                    "seconds": round(max(0.0, compile_after - compile_before), 3)},
         "sanity": check_image(image).to_dict(),  # NaN/black/flat/mosaic warnings (fluxnb.sanity)
     }
     result = GeneratedImage(image=image, metadata=metadata)

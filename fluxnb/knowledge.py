@@ -34,6 +34,7 @@ RULE_PACKAGES = (
     "optimum-quanto",
     "huggingface-hub",
     "accelerate",
+    "triton",
 )
 GPU_KEYS = {"cuda", "min_capability", "max_capability", "torch_cuda", "driver"}
 PAIR_CHECKS = ("torch-torchvision",)

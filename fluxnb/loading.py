@@ -197,6 +197,22 @@ def load_flux_bnb(spec: ModelSpec, ctx: LoadContext):
     return pipe
 
 
+def load_flux_bnb_threshold0(spec: ModelSpec, ctx: LoadContext):
+    """The bnb 8-bit checkpoint with LLM.int8's outlier decomposition off (threshold 0): every matmul int8.
+
+    The checkpoint carries llm_int8_threshold=6.0; bitsandbytes reads the threshold from each layer's state at
+    call time, so setting it to 0 after loading switches off the mixed fp16 part of each matmul (issue 6).
+    """
+    from bitsandbytes.nn import Linear8bitLt
+
+    pipe = load_flux_bnb(spec, ctx)
+    layers = [m for c in (pipe.transformer, pipe.text_encoder_2) for m in c.modules() if isinstance(m, Linear8bitLt)]
+    for layer in layers:
+        layer.state.threshold = 0.0
+    ctx.notes.append(f"LLM.int8 outlier threshold set to 0 on {len(layers)} 8-bit layers (no fp16 outlier matmuls)")
+    return pipe
+
+
 def load_flux_bf16(spec: ModelSpec, ctx: LoadContext):
     """Full-precision FLUX.1-dev (bf16): on the GPU if it fits, else model or sequential CPU offload."""
     import torch
@@ -236,6 +252,7 @@ def load_flux_tiny(spec: ModelSpec, ctx: LoadContext):
 LOADERS: dict[str, Callable[[ModelSpec, LoadContext], object]] = {
     "flux-bnb-8bit": load_flux_bnb,
     "flux-bnb-4bit": load_flux_bnb,
+    "flux-bnb-8bit-threshold0": load_flux_bnb_threshold0,
     "flux-bf16": load_flux_bf16,
     "flux-tiny": load_flux_tiny,
 }
@@ -243,6 +260,7 @@ LOADERS: dict[str, Callable[[ModelSpec, LoadContext], object]] = {
 # What each type promises: component -> accepted formats (prefix of ComponentFootprint.format).
 EXPECTED_FORMATS: dict[str, dict[str, tuple[str, ...]]] = {
     "flux-bnb-8bit": {"transformer": ("int8",), "text_encoder_2": ("int8",)},
+    "flux-bnb-8bit-threshold0": {"transformer": ("int8",), "text_encoder_2": ("int8",)},
     "flux-bnb-4bit": {"transformer": ("nf4",), "text_encoder_2": ("nf4", "int8")},
 }
 
@@ -308,11 +326,15 @@ def load_model(
     device: str | None = None,
     config: ModelConfig | None = None,
     progress: bool = True,
+    reuse: bool = False,
 ) -> LoadedModel:
     """Load a model entry by name (or 'auto'), verify it, and return it with its report.
 
     `checkpoint` overrides where the weights come from (a local folder in the hub layout), so the very
     same loader runs on checkpoints built here (tiny, full-size synthetic).
+    `reuse=True` (the notebooks): the same entry, checkpoint and device loaded earlier with reuse=True in this
+    process is returned as it is, compiled blocks included, instead of a second copy on the GPU; asking for
+    another model releases fluxnb's hold on the previous one first.
     """
     import torch
 
@@ -337,6 +359,19 @@ def load_model(
             )
     else:
         token = None
+    key = (spec, source, device)
+    if reuse and key in _SESSION_MODEL:
+        kept = _SESSION_MODEL[key]
+        if REUSED_NOTE not in kept.report.notes:
+            kept.report.notes.append(REUSED_NOTE)
+        return kept
+    if reuse and _SESSION_MODEL:  # another model: let the previous one go before loading this one
+        _SESSION_MODEL.clear()
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     ctx = LoadContext(checkpoint=source, device=device, torch_dtype=dtype, token=token)
     start = time.perf_counter()
@@ -367,7 +402,16 @@ def load_model(
         components=components,
         notes=ctx.notes,
     )
-    return LoadedModel(spec=spec, pipe=pipe, report=report)
+    loaded = LoadedModel(spec=spec, pipe=pipe, report=report)
+    if reuse:
+        _SESSION_MODEL[key] = loaded
+    return loaded
+
+
+# The model kept by load_model(reuse=True): one at a time, so re-running a notebook's load cell costs nothing.
+_SESSION_MODEL: dict[tuple, LoadedModel] = {}
+REUSED_NOTE = ("reused: this model was already loaded in this process (load_model(reuse=True)); its weights and any "
+               "compiled blocks are the same objects, nothing was read again")
 
 
 @dataclass
@@ -414,7 +458,7 @@ def derive_img2img(pipe) -> tuple[object, str | None]:
 
 # --- torchao quantize-at-load backends (issue 6) -------------------------------------------------------------
 # Quantized at load from the bf16 checkpoint (never a pre-quantized torchao checkpoint: KNOWN_ISSUES row 4);
-# regional torch.compile of each transformer block is opt-in (FLUXNB_COMPILE=1, see load_flux_torchao).
+# regional torch.compile of the transformer blocks where the entry says `compile: true` (see compile_wanted).
 # T5 is quantized int8 weight-only in every variant (it runs once per prompt; weight-only keeps its error small).
 TORCHAO_BACKENDS: dict[str, dict] = {
     "flux-torchao-int8wo": {
@@ -443,8 +487,9 @@ def check_torchao_capability(model_type: str, capability: tuple[int, int], gpu: 
     if tuple(capability) < need:
         raise ModelUnavailableError(
             f"{model_type} ({TORCHAO_BACKENDS[model_type]['what']}) needs a GPU of compute capability "
-            f"{need[0]}.{need[1]} or newer; {gpu} is {capability[0]}.{capability[1]}. "
-            "Fix: use flux-dev-torchao-int8 (int8 weight-only, compute capability 7.5+) or flux-dev-bnb-8bit."
+            f"{need[0]}.{need[1]} or newer; {gpu} is {capability[0]}.{capability[1]}. Fix: on this GPU use "
+            + ("flux-dev-torchao-int8dq (int8 dynamic, compiled, 8.0+), " if tuple(capability) >= (8, 0) else "")
+            + "flux-dev-torchao-int8 (int8 weight-only, 7.5+) or flux-dev-bnb-8bit."
         )
 
 
@@ -477,7 +522,7 @@ def _require_torchao(spec: ModelSpec) -> None:
 # float8 dynamic-activation matmuls go straight to torch._int_mm / _scaled_mm, which need M > 16 ("self.size(0)
 # needs to be greater than 16, but got 1", seen on an H100): those layers (AdaLN modulation, time/text embedders,
 # 0.3% of the FLOPs) get int8 weight-only instead.
-_ONE_ROW_LAYERS = (r"re:(.*\.)?(norm1|norm1_context|norm|norm_out)\.linear", r"re:time_text_embed\..*")
+_ONE_ROW_LAYERS = (r"re:(.*\.)?(norm1|norm1_context|norm|norm_out)\.linear", r"re:time_text_embed\..*\.linear_[12]")
 
 
 def _torchao_config(model_type: str):
@@ -496,12 +541,25 @@ def _torchao_config(model_type: str):
     return tq.FqnToConfig({**{pattern: weight_only for pattern in _ONE_ROW_LAYERS}, "_default": main})
 
 
+def compile_blocks(transformer, model_type: str) -> int:
+    """diffusers' regional compilation (each repeated FLUX block, not the whole model); returns how many blocks.
+
+    Identical blocks share one compiled graph, so the compile cost is that of the two block types, not of 57 blocks.
+    """
+    if model_type == "flux-torchao-int8dq":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.force_fuse_int_mm_with_mul = True  # fuse the int8 matmul with its rescale
+    transformer.compile_repeated_blocks()
+    return sum(type(m).__name__ in transformer._repeated_blocks for m in transformer.modules())
+
+
 def load_flux_torchao(spec: ModelSpec, ctx: LoadContext):
     """bf16 checkpoint quantized at load with torchao (transformer: the type's config; T5: int8 weight-only).
 
-    With FLUXNB_COMPILE=1 the transformer's blocks are compiled regionally (each block, not the whole model); the
-    LoadedModel keeps the compiled transformer, so only its first generation (and the first at each new image
-    size) pays the compile. Off by default: that first compile did not finish in 6 minutes on an H100 (results/).
+    Entries with `compile: true` get regional torch.compile of the transformer's blocks (compile_blocks); the
+    LoadedModel keeps the compiled transformer, so only its first generation at each image size pays the compile.
+    `offload_text_encoder: true` keeps T5 on the CPU except while it encodes.
     """
     import torch
 
@@ -528,29 +586,83 @@ def load_flux_torchao(spec: ModelSpec, ctx: LoadContext):
         )
     pipe = _from_pretrained(ctx, transformer=transformer, text_encoder_2=text_encoder_2)
     pipe.to("cuda")
-    if os.environ.get("FLUXNB_COMPILE", "0") != "1":
-        ctx.notes.append(
-            "transformer blocks run eager (set FLUXNB_COMPILE=1 to torch.compile each block; on an H100 with torch "
-            "2.11 + torchao 0.17 the first int8 weight-only generation had not finished compiling after 6 minutes)"
-        )
+    if spec.offload_text_encoder:
+        offload_text_encoder(pipe)
+        ctx.notes.append("T5 is kept on the CPU and moved to the GPU only to encode a prompt (offload_text_encoder): "
+                         "a lower peak while denoising and decoding, for a copy of T5 to the GPU per image")
+    wanted, why = compile_wanted(spec)
+    if why:
+        ctx.notes.append(why)
+    if not wanted:
         return pipe
     try:
         import triton  # noqa: F401  (torch.compile's GPU code generator)
     except ImportError:
         ctx.notes.append("triton is not installed: torch.compile skipped, running eager (slower); `pip install triton`")
         return pipe
-    if spec.type == "flux-torchao-int8dq":
-        import torch._inductor.config as inductor_config
-
-        inductor_config.force_fuse_int_mm_with_mul = True  # fuse the int8 matmul with its rescale
-    pipe.transformer.compile_repeated_blocks()  # diffusers' regional compilation: each FLUX block, not the model
-    n = sum(type(m).__name__ in pipe.transformer._repeated_blocks for m in pipe.transformer.modules())
+    n = compile_blocks(pipe.transformer, spec.type)
     ctx.notes.append(
-        f"FLUXNB_COMPILE=1: {n} transformer blocks wrapped in torch.compile; the first generation compiles them "
-        "(measured: more than 6 minutes on an H100 for int8 weight-only; once per image size), later generations "
-        "with this loaded model reuse the compiled code"
+        f"{n} transformer blocks wrapped in torch.compile (regional: one compiled graph per block type). The first "
+        "generation at each image size compiles them (H100, full size: about 8-10 s, results/README.md); later "
+        "generations with this loaded model reuse the compiled code. Each image's metadata says whether it paid "
+        "the compile."
     )
     return pipe
+
+
+# Types whose blocks fluxnb compiles (entry key `compile`). Not int8 weight-only: its compiled blocks ran 250x slower
+# than eager on an H100 (results/run6/probe.jsonl), so it stays eager.
+COMPILABLE_TYPES = frozenset({"flux-torchao-int8dq", "flux-torchao-fp8dq"})
+OFFLOADABLE_TYPES = frozenset(TORCHAO_BACKENDS)
+# Compiled int8 dynamic calls torch._int_mm, which needs more than 16 rows ("self.size(0) needs to be greater than
+# 16", seen on an H100 with a 64x64 image = 16 tokens): requests for such an entry need at least this many tokens.
+MIN_ROWS_COMPILED = {"flux-torchao-int8dq": 17}  # entry key `offload_text_encoder` (torchao's T5 moves cleanly)
+
+
+def compile_wanted(spec: ModelSpec) -> tuple[bool, str | None]:
+    """Whether to compile this entry's transformer blocks, and a note why not (or about the override).
+
+    The entry's `compile` key decides; FLUXNB_COMPILE=0 forces eager (debugging, or a machine without a compiler)
+    and FLUXNB_COMPILE=1 compiles any type that supports it.
+    """
+    env = os.environ.get("FLUXNB_COMPILE", "")
+    if spec.type not in COMPILABLE_TYPES:
+        if env == "1":
+            return False, (f"FLUXNB_COMPILE=1 ignored for {spec.type}: its compiled blocks were much slower than eager "
+                           f"(results/README.md); compiled types: {', '.join(sorted(COMPILABLE_TYPES))}")
+        return False, None
+    if env == "0":
+        return False, "FLUXNB_COMPILE=0: transformer blocks run eager (several times slower per step for this type)"
+    if env == "1" or spec.compile:
+        return True, None
+    return False, "transformer blocks run eager (the entry sets no `compile: true`); FLUXNB_COMPILE=1 compiles them"
+
+
+def offload_text_encoder(pipe) -> None:
+    """T5 on the CPU, on the GPU only while it encodes: the denoising and decoding peaks drop by T5's size.
+
+    A hook on T5 brings it (and its inputs) to the GPU when it runs; the transformer's first forward sends it back.
+    The moves leave inference mode: torchao's tensors cannot be moved inside it (NotImplementedError, on an H100).
+    """
+    import torch
+
+    t5, device = pipe.text_encoder_2, pipe.transformer.device
+
+    def move(target: torch.device) -> None:
+        if next(t5.parameters()).device.type != target.type:
+            with torch.inference_mode(False):
+                t5.to(target)
+            if target.type == "cpu":
+                torch.cuda.empty_cache()
+
+    def to_gpu(module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        move(device)  # and its inputs: diffusers sends them to T5's device of the moment, the CPU
+        return (tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args),
+                {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+
+    move(torch.device("cpu"))
+    t5.register_forward_pre_hook(to_gpu, with_kwargs=True)
+    pipe.transformer.register_forward_pre_hook(lambda module, args: move(torch.device("cpu")))
 
 
 LOADERS.update({model_type: load_flux_torchao for model_type in TORCHAO_BACKENDS})

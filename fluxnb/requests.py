@@ -143,6 +143,24 @@ def request_from_dict(spec: ModelSpec, data: dict[str, Any]) -> GenerationReques
     return make_request(spec, prompt=data.pop("prompts"), **data)
 
 
+def _check_compiled_minimum(spec: ModelSpec, width: int, height: int, max_sequence_length: int) -> None:
+    """Compiled int8 dynamic matmuls (torch._int_mm) need more than 16 rows: image tokens and T5 tokens."""
+    from .loading import MIN_ROWS_COMPILED, compile_wanted
+
+    need = MIN_ROWS_COMPILED.get(spec.type)
+    if need is None or not compile_wanted(spec)[0]:
+        return
+    tokens = (width // 16) * (height // 16)
+    if tokens < need:
+        raise RequestError("width", f"{width}x{height} gives {tokens} image tokens (one per 16x16 pixels); compiled "
+                           f"{spec.name} needs at least {need} (its int8 matmuls need more than 16 rows). Fix: at "
+                           f"least {need * 256} pixels (e.g. 80x64), or another model.")
+    if max_sequence_length < need:
+        raise RequestError("max_sequence_length", f"{max_sequence_length} T5 tokens is below the {need} that "
+                           f"compiled {spec.name} needs (its int8 matmuls need more than 16 rows). Fix: use at "
+                           f"least {need}, or leave it unset ({spec.params.max_tokens}).")
+
+
 def make_request(
     spec: ModelSpec,
     *,
@@ -199,6 +217,7 @@ def make_request(
         params.max_tokens,
         f"Fix: use at most {params.max_tokens} T5 tokens.",
     )
+    _check_compiled_minimum(spec, width, height, max_sequence_length)
     if mode == TEXT_TO_IMAGE:
         if init_image is not None or strength is not None:
             which = "init_image" if init_image is not None else "strength"

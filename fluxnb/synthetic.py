@@ -34,7 +34,7 @@ SYNTHETIC_SEED = 20251122
 BUILD_MARKER = "fluxnb_synthetic.json"
 KINDS = ("bf16", "bnb-8bit", "bnb-nf4")
 # Which synthetic kind each loader type reads: pre-quantized types read their own, the rest the bf16 one.
-KIND_FOR_TYPE = {"flux-bnb-8bit": "bnb-8bit", "flux-bnb-4bit": "bnb-nf4"}
+KIND_FOR_TYPE = {"flux-bnb-8bit": "bnb-8bit", "flux-bnb-8bit-threshold0": "bnb-8bit", "flux-bnb-4bit": "bnb-nf4"}
 
 # FLUX.1-dev's real dimensions (black-forest-labs/FLUX.1-dev config files).
 FLUX_DEV_TRANSFORMER = dict(

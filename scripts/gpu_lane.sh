@@ -5,6 +5,7 @@
 #   scripts/gpu_lane.sh                                  # everything, results under outputs/gpu-lane-<time>/
 #   GPU_LANE_STAGES="tests" scripts/gpu_lane.sh          # only the tests
 #   BENCH_ARGS="--backend flux-dev --backend flux-dev-bnb-8bit" scripts/gpu_lane.sh
+#   GPU_LANE_STAGES="probe" PROBE_ARGS="--timeout 120" scripts/gpu_lane.sh   # compile probe (scripts/compile_probe.py)
 #
 # Needs a CUDA GPU with ~80 GB for the uncapped bf16 reference (set BENCH_ARGS without flux-dev on a 24 GB card)
 # and ~55 GB of free disk (or RAM in /dev/shm) for the synthetic checkpoints. On the device machine the wheels
@@ -19,7 +20,7 @@ PY=${PYTHON:-python3}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-0}
 LANE_DEADLINE=${LANE_DEADLINE:-0}  # seconds after start by which the bench must stop (0: none); partial JSON is kept
 LANE_START=$SECONDS
-DEFAULT_BENCH="--backend flux-dev --backend flux-dev-bnb-8bit --backend flux-dev-bnb-4bit --backend flux-dev-torchao-int8 --backend flux-torchao-int8dq --cleanup-quantized"
+DEFAULT_BENCH="--backend flux-dev --backend flux-dev-bnb-8bit --backend flux-dev-torchao-int8dq --backend flux-dev-torchao-fp8 --backend flux-dev-torchao-int8 --backend flux-bnb-8bit-threshold0 --backend flux-dev-bnb-4bit"
 BENCH_ARGS=${BENCH_ARGS:-$DEFAULT_BENCH}
 
 if [ -d .whl ] && [ "${GPU_LANE_INSTALL:-1}" = 1 ]; then
@@ -63,6 +64,11 @@ fi
 if [[ " $STAGES " == *" tests "* ]]; then
     echo "== pytest -m gpu ($(date -u +%FT%TZ))"
     $PY -m pytest -m gpu tests -q -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" || status=1
+fi
+
+if [[ " $STAGES " == *" probe "* ]]; then
+    echo "== compile probe ${PROBE_ARGS:-} ($(date -u +%FT%TZ))"
+    $PY scripts/compile_probe.py ${PROBE_ARGS:-} | tee "$OUT/probe.jsonl" || status=1
 fi
 
 if [[ " $STAGES " == *" bench "* ]]; then

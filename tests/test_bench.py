@@ -28,6 +28,36 @@ def test_parse_size_and_backend(config):
         parse_backend("flux-nope", config)
 
 
+def test_backend_variants_change_one_option(config):
+    assert config.get("flux-dev-torchao-int8dq").compile
+    eager = parse_backend("flux-dev-torchao-int8dq@eager", config)
+    assert eager.spec.compile is False and eager.label == "flux-dev-torchao-int8dq@eager" and eager.cast is None
+    offloaded = parse_backend("flux-dev-torchao-int8dq@offload-t5", config)
+    assert offloaded.spec.offload_text_encoder and offloaded.spec.compile
+    with pytest.raises(RequestError, match="the suffix after @ must be one of bf16 .*offload-t5"):
+        parse_backend("flux-dev@fast", config)
+    with pytest.raises(RequestError, match="type flux-bnb-8bit is not compiled by fluxnb"):
+        parse_backend("flux-dev-bnb-8bit@compiled", config)
+    with pytest.raises(RequestError, match="flux-bnb-8bit cannot offload its text encoder"):
+        parse_backend("flux-dev-bnb-8bit@offload-t5", config)
+
+
+def test_compile_follows_the_entry_and_the_override(config, monkeypatch):
+    from fluxnb.loading import compile_wanted
+
+    fast, weight_only = config.get("flux-dev-torchao-int8dq"), config.get("flux-dev-torchao-int8")
+    monkeypatch.delenv("FLUXNB_COMPILE", raising=False)
+    assert compile_wanted(fast) == (True, None)
+    assert compile_wanted(weight_only) == (False, None)
+    monkeypatch.setenv("FLUXNB_COMPILE", "0")
+    wanted, why = compile_wanted(fast)
+    assert not wanted and why.startswith("FLUXNB_COMPILE=0")
+    monkeypatch.setenv("FLUXNB_COMPILE", "1")
+    wanted, why = compile_wanted(weight_only)  # int8 weight-only compiled was far slower: never compiled
+    assert not wanted and "ignored for flux-torchao-int8wo" in why
+    assert compile_wanted(dataclasses.replace(fast, compile=False)) == (True, None)
+
+
 def test_fidelity_metrics():
     import numpy as np
 
@@ -79,8 +109,11 @@ def test_torchao_backend_refusals(config, monkeypatch):
     from fluxnb import loading
 
     spec = dataclasses.replace(config.get("flux-dev"), name="t", type="flux-torchao-fp8dq")
-    with pytest.raises(ModelUnavailableError, match="compute capability 8.9"):
+    with pytest.raises(ModelUnavailableError, match="compute capability 8.9") as info:
         loading.check_torchao_capability("flux-torchao-fp8dq", (8, 6), "NVIDIA A10G")
+    assert "Fix: on this GPU use flux-dev-torchao-int8dq (int8 dynamic, compiled, 8.0+)" in str(info.value)
+    with pytest.raises(ModelUnavailableError, match="T4 is 7.5. Fix: on this GPU use flux-dev-torchao-int8 "):
+        loading.check_torchao_capability("flux-torchao-int8dq", (7, 5), "T4")
     loading.check_torchao_capability("flux-torchao-fp8dq", (8, 9))  # an L4 is allowed
     loading.check_torchao_capability("flux-torchao-int8wo", (7, 5))
     # torchao missing: the message names the extra to install

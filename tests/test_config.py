@@ -92,3 +92,23 @@ def test_unknown_model_name_lists_the_allowed_names(config):
     message = str(info.value)
     assert message.startswith("parameter `model`: 'flux-dev-8bit' is not defined")
     assert "auto, flux-dev-bnb-8bit, flux-dev-bnb-4bit, flux-dev, flux-tiny" in message
+
+
+def test_optional_compile_and_offload_keys_are_checked_against_the_type(raw):
+    assert load_config().get("flux-dev-torchao-int8dq").compile is True
+    assert load_config().get("flux-dev-bnb-8bit").compile is False  # absent: false
+    bad = copy.deepcopy(raw)
+    bad["models"]["flux-dev-bnb-8bit"]["compile"] = True
+    bad["models"]["flux-dev-torchao-int8"]["compile"] = True  # weight-only: measured slower compiled
+    bad["models"]["flux-dev-torchao-int8dq"]["offload_text_encoder"] = "yes"
+    bad["models"]["flux-dev"]["compiled"] = True
+    with pytest.raises(fluxnb.ConfigError) as info:
+        parse_config(bad)
+    text = str(info.value)
+    assert ("models.flux-dev-bnb-8bit.compile: type 'flux-bnb-8bit' does not support it (types that do: "
+            "flux-torchao-fp8dq, flux-torchao-int8dq). Fix: remove the key or set it to false") in text
+    assert "models.flux-dev-torchao-int8.compile: type 'flux-torchao-int8wo' does not support it" in text
+    assert "models.flux-dev-torchao-int8dq.offload_text_encoder: must be true or false, got 'yes'" in text
+    assert "models.flux-dev.compiled: unknown key. Allowed keys: id, type, requires_auth, params, description, " \
+           "compile, offload_text_encoder" in text
+    assert len(info.value.problems) == 4

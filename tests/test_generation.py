@@ -92,3 +92,35 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monk
         atomic_write_bytes(target, b'{"ok": 2}')
     assert json.loads(target.read_text()) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == [MANIFEST]  # no temporary file left behind
+
+
+def test_compiled_blocks_compile_once_and_the_metadata_says_which_image_paid(tiny_spec):
+    """Regional torch.compile on the CPU (the tiny model, real inductor): the first image compiles, the next reuses.
+
+    The same accounting runs on the GPU lane with the shipped compiled entry (tests/test_gpu.py)."""
+    import torch
+
+    from fluxnb.display import timing_summary
+    from fluxnb.loading import compile_blocks
+
+    model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
+    if not hasattr(model.pipe.transformer, "compile_repeated_blocks"):
+        pytest.skip("diffusers < 0.35 has no regional compilation (the guide lane); compiled entries need >= 0.36")
+    torch._dynamo.reset()
+    try:
+        blocks = model.pipe.transformer.transformer_blocks, model.pipe.transformer.single_transformer_blocks
+        assert compile_blocks(model.pipe.transformer, tiny_spec.type) == sum(len(b) for b in blocks)
+        first, second = fluxnb.generate(model, fluxnb.make_request(tiny_spec, prompt="a cat", steps=2, num_images=2),
+                                        progress=False)
+    finally:
+        torch._dynamo.reset()
+    assert first.metadata["compile"]["new_graphs"] > 0
+    assert 0 < first.metadata["compile"]["seconds"] <= first.metadata["seconds"]
+    assert second.metadata["compile"] == {"new_graphs": 0, "seconds": 0.0}
+    summary = timing_summary([first, second]).splitlines()
+    assert "of torch.compile (first image at this size)" in summary[0] and "torch.compile" not in summary[1]
+
+
+def test_eager_images_record_no_compile(tiny_model, tiny_spec):
+    (image,) = fluxnb.generate(tiny_model, fluxnb.make_request(tiny_spec, prompt="a cat", steps=1), progress=False)
+    assert image.metadata["compile"] == {"new_graphs": 0, "seconds": 0.0}

@@ -145,3 +145,67 @@ def test_synthetic_builder_at_scaled_size_on_gpu(tmp_path):
     assert (path / BUILD_MARKER).is_file()
     model = fluxnb.load_model(fluxnb.load_config().get("flux-dev-bnb-8bit"), checkpoint=path, progress=False)
     assert model.report.component("text_encoder_2").format.startswith("int8")
+
+
+def _tiny_entry(config, name: str, **changes):
+    """A model_config entry pointed at the tiny checkpoint (no gated download: requires_auth off)."""
+    return dataclasses.replace(config.get(name), requires_auth=False, **changes)
+
+
+def test_compiled_entry_compiles_once_then_reuses(tiny_checkpoint, config, monkeypatch):
+    """flux-dev-torchao-int8dq (compile: true): the first image at a size pays torch.compile, the next ones and a
+    re-run of the load cell (reuse=True) reuse the compiled blocks; the metadata says which image paid."""
+    pytest.importorskip("torchao")
+    import fluxnb
+
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("int8 dynamic needs compute capability 8.0")
+    monkeypatch.delenv("FLUXNB_COMPILE", raising=False)
+    spec = _tiny_entry(config, "flux-dev-torchao-int8dq")
+    assert spec.compile
+    torch._dynamo.reset()
+    model = fluxnb.load_model(spec, checkpoint=tiny_checkpoint, progress=False, reuse=True)
+    assert any("torch.compile" in note for note in model.report.notes), model.report.notes
+    request = fluxnb.make_request(spec, prompt="a cat", steps=2, width=128, height=128, num_images=2)
+    first, second = fluxnb.generate(model, request, progress=False)
+    assert first.metadata["compile"]["new_graphs"] > 0 and first.metadata["compile"]["seconds"] > 0
+    assert second.metadata["compile"] == {"new_graphs": 0, "seconds": 0.0}
+    again = fluxnb.load_model(spec, checkpoint=tiny_checkpoint, progress=False, reuse=True)
+    assert again is model and fluxnb.loading.REUSED_NOTE in again.report.notes
+    (third,) = fluxnb.generate(again, fluxnb.make_request(spec, prompt="a dog", steps=2, width=128, height=128),
+                               progress=False)
+    assert third.metadata["compile"]["new_graphs"] == 0
+    fluxnb.loading._SESSION_MODEL.clear()
+
+
+def test_offloaded_text_encoder_gives_the_same_image_from_the_cpu(tiny_checkpoint, config):
+    """offload_text_encoder: T5 sits on the CPU between prompts, and the image is the same as with T5 on the GPU."""
+    pytest.importorskip("torchao")
+    import fluxnb
+
+    resident = fluxnb.load_model(_tiny_entry(config, "flux-dev-torchao-int8"), checkpoint=tiny_checkpoint,
+                                 progress=False)
+    expected = _generate(resident.pipe, output_type="latent").images
+    del resident
+    offloaded = fluxnb.load_model(_tiny_entry(config, "flux-dev-torchao-int8", offload_text_encoder=True),
+                                  checkpoint=tiny_checkpoint, progress=False)
+    assert any("T5 is kept on the CPU" in note for note in offloaded.report.notes)
+    with torch.inference_mode():  # as the benchmark runs it: torchao tensors cannot move inside inference mode
+        latents = _generate(offloaded.pipe, output_type="latent").images
+    assert next(offloaded.pipe.text_encoder_2.parameters()).device.type == "cpu"
+    assert torch.equal(latents, expected)
+
+
+def test_bnb_threshold_zero_loader(tiny_checkpoint, config, tmp_path):
+    """flux-bnb-8bit-threshold0: the pre-quantized 8-bit checkpoint with LLM.int8's outlier threshold 0."""
+    from bitsandbytes.nn import Linear8bitLt
+
+    import fluxnb
+    from fluxnb.synthetic import quantize_checkpoint
+
+    quantize_checkpoint(tiny_checkpoint, tmp_path / "q", "bnb-8bit")
+    spec = dataclasses.replace(config.get("flux-dev-bnb-8bit"), type="flux-bnb-8bit-threshold0")
+    model = fluxnb.load_model(spec, checkpoint=tmp_path / "q", progress=False)
+    layers = [m for m in model.pipe.transformer.modules() if isinstance(m, Linear8bitLt)]
+    assert layers and all(layer.state.threshold == 0.0 for layer in layers)
+    assert torch.isfinite(_generate(model.pipe, output_type="latent").images.float()).all()

@@ -44,6 +44,9 @@ STABLE_IDS = [
     "transformers5-checkpoint-on-4x",
     "bnb-8bit-prequantized",  # added by the troubleshooting replay (GUIDE attempt 6: the working setup)
     "cuda-out-of-memory",  # batches record failed images with it (tests/test_faults.py)
+    "torchao-extra-missing",  # issue 6: the fast entries need the torchao extra and triton
+    "compile-needs-triton",
+    "compiled-int8-small-input",
 ]
 TRANSFORMERS_5 = Version(package_version("transformers")) >= Version("5")
 
@@ -280,3 +283,17 @@ def test_a_mismatched_torchvision_breaks_importing_flux_and_is_diagnosed(tmp_pat
     assert "Could not import module 'CLIPImageProcessor'" in out.stderr
     assert fluxnb.diagnose(out.stderr)[0].entry.id == "torchvision-mismatch"
     assert "torchvision-mismatch" in ids(evaluate({"torch": package_version("torch"), "torchvision": "0.21.0"}))
+
+
+def test_fast_entries_need_torchao_and_triton_on_a_gpu():
+    """The doctor's rules for the compiled torchao entries (issue 6): missing extras are named on a GPU machine."""
+    from fluxnb.knowledge import GpuFacts
+
+    kb = load_knowledge()
+    gpu = GpuFacts(cuda=True, capability="8.9")
+    bare = {f.entry.id: f.relevance for f in evaluate({"diffusers": "0.42.1"}, gpu, "flux-torchao-int8dq", kb)}
+    assert bare["torchao-extra-missing"] == "blocks" and bare["compile-needs-triton"] == "affects"
+    ready = {"diffusers": "0.42.1", "torchao": "0.17.0", "triton": "3.6.0"}
+    found = ids(evaluate(ready, gpu, "flux-torchao-int8dq", kb))
+    assert "torchao-extra-missing" not in found and "compile-needs-triton" not in found
+    assert "compile" not in kb.model_types["flux-torchao-int8wo"].uses  # int8 weight-only stays eager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -129,3 +130,17 @@ def test_auto_on_a_cpu_chooses_the_tiny_model_and_says_why(config):
     assert choice.spec.name == "flux-tiny"
     assert "no CUDA GPU" in choice.reason and "flux-dev-bnb-8bit" in choice.reason
     assert fluxnb.resolve_model("flux-dev", config).reason == "chosen by name"
+
+
+def test_reuse_returns_the_loaded_model_and_lets_it_go_for_another(tiny_spec, config, tiny_cache):
+    """load_model(reuse=True), as the notebooks call it: re-running the load cell neither reloads nor recompiles."""
+    from fluxnb import loading
+
+    first = fluxnb.load_model(tiny_spec, device="cpu", progress=False, reuse=True)
+    again = fluxnb.load_model(tiny_spec, device="cpu", progress=False, reuse=True)
+    assert again is first and loading.REUSED_NOTE in again.report.notes
+    assert fluxnb.load_model(tiny_spec, device="cpu", progress=False) is not first  # without reuse: a fresh load
+    other = dataclasses.replace(tiny_spec, name="flux-tiny-2")
+    second = fluxnb.load_model(other, device="cpu", progress=False, reuse=True)
+    assert second is not first and list(loading._SESSION_MODEL.values()) == [second]
+    loading._SESSION_MODEL.clear()

@@ -211,6 +211,21 @@ def test_bad_width_fails_before_the_model_loads(outputs_dir: Path):
     assert loading == [[]]  # validation stopped the run before any model was loaded
 
 
+def test_fast_backend_is_selected_by_name(outputs_dir: Path, monkeypatch):
+    """model='flux-dev-torchao-int8dq' (issue 6): chosen, validated against its entry, then refused at load on this
+    CPU machine with the reason (the same entry runs on the GPU: results/bench-synthetic.json)."""
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")  # past the gated-model check, to the machine check
+    with pytest.raises(NotebookFailed) as failure:
+        run_notebook("01_text_to_image", {"model": "flux-dev-torchao-int8dq", "steps": 2}, outputs_dir=outputs_dir)
+    error = failure.value
+    assert error.ename == "ModelUnavailableError" and "flux-dev-torchao-int8dq" in error.evalue
+    assert "needs" in error.evalue and "Fix:" in error.evalue
+    manifest = fluxnb.read_manifest(error.executed.parent)
+    assert manifest["model"]["name"] == "flux-dev-torchao-int8dq" and manifest["model"]["reason"] == "chosen by name"
+    assert manifest["parameters"]["width"] == 1024 and manifest["parameters"]["steps"] == 2
+    assert "hf_not_a_real_token" not in error.executed.read_text(encoding="utf-8")
+
+
 def test_misspelt_parameter_is_refused_with_the_allowed_names(outputs_dir: Path):
     with pytest.raises(fluxnb.FluxnbError) as failure:
         run_notebook("01_text_to_image", {"stpes": 3}, outputs_dir=outputs_dir)

@@ -78,3 +78,19 @@ def test_image_to_image_strength(bnb8, tmp_path: Path):
             make_request(bnb8, prompt="x", init_image=picture, strength=strength, mode=IMAGE_TO_IMAGE)
     # diffusers runs steps - int(steps * (1 - strength)) >= 1 steps for any strength > 0
     assert make_request(bnb8, prompt="x", init_image=picture, strength=0.1, steps=4, mode=IMAGE_TO_IMAGE).steps == 4
+
+
+def test_compiled_int8_entry_needs_more_than_16_tokens(config, monkeypatch):
+    """torch._int_mm under compile refuses 16 rows (seen on an H100): refused before loading, with the fix."""
+    monkeypatch.delenv("FLUXNB_COMPILE", raising=False)
+    fast = config.get("flux-dev-torchao-int8dq")
+    with pytest.raises(fluxnb.RequestError) as info:
+        make_request(fast, prompt="a cat", width=64, height=64)
+    assert info.value.parameter == "width"
+    assert "64x64 gives 16 image tokens" in str(info.value) and "at least 4352 pixels (e.g. 80x64)" in str(info.value)
+    with pytest.raises(fluxnb.RequestError, match="16 T5 tokens is below the 17") as info:
+        make_request(fast, prompt="a cat", max_sequence_length=16)
+    assert info.value.parameter == "max_sequence_length"
+    assert make_request(fast, prompt="a cat", width=80, height=64).width == 80
+    monkeypatch.setenv("FLUXNB_COMPILE", "0")  # eager: torchao's own fallback handles small inputs
+    assert make_request(fast, prompt="a cat", width=64, height=64).width == 64
