@@ -603,20 +603,20 @@ def load_flux_torchao(spec: ModelSpec, ctx: LoadContext):
     n = compile_blocks(pipe.transformer, spec.type)
     ctx.notes.append(
         f"{n} transformer blocks wrapped in torch.compile (regional: one compiled graph per block type). The first "
-        "generation at each image size compiles them (H100, full size: about 8-10 s, results/README.md); later "
+        "generation at each image size compiles them (H100, full size: 10-30 s, results/README.md); later "
         "generations with this loaded model reuse the compiled code. Each image's metadata says whether it paid "
         "the compile."
     )
     return pipe
 
 
-# Types whose blocks fluxnb compiles (entry key `compile`). Not int8 weight-only: its compiled blocks ran 250x slower
-# than eager on an H100 (results/run6/probe.jsonl), so it stays eager.
+# Types whose blocks fluxnb compiles (entry key `compile`). Not int8 weight-only: its compiled blocks ran over 300x
+# slower than eager on an H100 (results/run6/probe.jsonl), so it stays eager.
 COMPILABLE_TYPES = frozenset({"flux-torchao-int8dq", "flux-torchao-fp8dq"})
-OFFLOADABLE_TYPES = frozenset(TORCHAO_BACKENDS)
+OFFLOADABLE_TYPES = frozenset(TORCHAO_BACKENDS)  # entry key `offload_text_encoder` (torchao's T5 moves cleanly)
 # Compiled int8 dynamic calls torch._int_mm, which needs more than 16 rows ("self.size(0) needs to be greater than
 # 16", seen on an H100 with a 64x64 image = 16 tokens): requests for such an entry need at least this many tokens.
-MIN_ROWS_COMPILED = {"flux-torchao-int8dq": 17}  # entry key `offload_text_encoder` (torchao's T5 moves cleanly)
+MIN_ROWS_COMPILED = {"flux-torchao-int8dq": 17}
 
 
 def compile_wanted(spec: ModelSpec) -> tuple[bool, str | None]:
