@@ -124,3 +124,18 @@ def test_compiled_blocks_compile_once_and_the_metadata_says_which_image_paid(tin
 def test_eager_images_record_no_compile(tiny_model, tiny_spec):
     (image,) = fluxnb.generate(tiny_model, fluxnb.make_request(tiny_spec, prompt="a cat", steps=1), progress=False)
     assert image.metadata["compile"] == {"new_graphs": 0, "seconds": 0.0}
+
+
+def test_out_of_memory_advice_names_t5_offload_where_the_entry_can_use_it(tiny_model, tiny_spec, config):
+    import dataclasses
+
+    from fluxnb.generation import out_of_memory_advice
+
+    request = fluxnb.make_request(tiny_spec, prompt="a cat", steps=1)
+    fast = dataclasses.replace(tiny_model, spec=config.get("flux-dev-torchao-int8dq"))
+    advice = out_of_memory_advice(request, fast)
+    assert "`offload_text_encoder: true` in the flux-dev-torchao-int8dq entry" in advice
+    assert "Memory was freed" in advice
+    assert "offload_text_encoder" not in out_of_memory_advice(request, tiny_model)
+    offloaded = dataclasses.replace(fast, spec=dataclasses.replace(fast.spec, offload_text_encoder=True))
+    assert "offload_text_encoder" not in out_of_memory_advice(request, offloaded)
