@@ -313,6 +313,9 @@ def _check_models(rows: list[Check], config: ModelConfig, kb: KnowledgeBase, inf
             parts.append(f"{spec.name}: type {spec.type} unknown to the doctor")
         elif needs.needs_cuda and not info["cuda"]:
             parts.append(f"{spec.name}: needs a CUDA GPU ({needs.why_gpu})")
+        elif needs.min_capability and Version(info["capability"]) < Version(needs.min_capability):
+            parts.append(f"{spec.name}: needs compute capability {needs.min_capability}+ (this GPU: "
+                         f"{info['capability']})")
         elif needs.needs_cuda and needs.vram_gib and info["total"] / GIB < needs.vram_gib and not needs.offload_ok:
             parts.append(f"{spec.name}: needs ~{needs.vram_gib:g} GiB of GPU memory")
         else:

@@ -210,3 +210,21 @@ def test_every_loader_type_has_doctor_facts(config):
     for name in config.models:
         report = fluxnb.check_environment(name, config=config)
         assert report.rows, name
+
+
+def test_doctor_on_a_gpu_too_old_for_the_fast_entries(monkeypatch):
+    """A T4 (7.5): the int8 dynamic entry is blocked by its compute capability; the weight-only one would run."""
+    from fluxnb import doctor
+    from fluxnb.knowledge import GpuFacts
+
+    info = {"torch": "2.13.0", "torch_cuda": "13.0", "cuda": True, "driver": "580.159.04", "gpu": "Tesla T4",
+            "capability": "7.5", "free": 15 * 2**30, "total": 15 * 2**30, "count": 1}
+    facts = GpuFacts(cuda=True, capability="7.5", torch_cuda="13.0", driver="580.159.04")
+    monkeypatch.setattr(doctor, "_gpu_facts", lambda: (facts, info))
+    report = doctor.check_environment("flux-dev-torchao-int8dq")
+    gpu = next(row for row in report.rows if row.check == "GPU")
+    assert gpu.status == doctor.FAIL and "compute capability below 8.0" in gpu.found
+    models = next(row for row in report.rows if row.check == "models on this machine").found
+    assert "flux-dev-torchao-int8dq: needs compute capability 8.0+ (this GPU: 7.5)" in models
+    assert "flux-dev-torchao-fp8: needs compute capability 8.9+ (this GPU: 7.5)" in models
+    assert "flux-dev-torchao-int8: needs ~19 GiB of GPU memory" in models  # 7.5 is enough, 15 GiB is not
