@@ -11,7 +11,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-from .generation import GeneratedImage, peak_memory_bytes
+from .generation import GeneratedImage, compile_seconds, peak_memory_bytes
 
 TINY_MODEL_TYPE = "flux-tiny"
 
@@ -46,7 +46,7 @@ def caption(metadata: dict[str, Any], width: int = 32) -> str:
     lines = textwrap.wrap(prompt, width=width) or [""]
     facts = [f"seed {metadata['seed']}"] if "seed" in metadata else []
     if "seconds" in metadata:
-        compiled = (metadata.get("compile") or {}).get("seconds", 0)
+        compiled = compile_seconds(metadata)
         facts.append(f"{metadata['seconds']:.2f} s" + (f" (compile {compiled:.1f} s)" if compiled else ""))
     if metadata.get("strength") is not None:
         facts.append(f"strength {metadata['strength']}")
@@ -111,7 +111,7 @@ def plot_timings(images: Sequence[GeneratedImage]):
     positions = range(len(images))
     bars = ax_time.bar(positions, seconds, color="tab:blue")
     ax_time.bar_label(bars, fmt="%.2f")
-    compiled = [(m.get("compile") or {}).get("seconds", 0) for m in metadata]
+    compiled = [compile_seconds(m) for m in metadata]
     if any(compiled):  # the first image of a compiled model at a size pays torch.compile once
         ax_time.bar(positions, compiled, color="tab:red", label="of which torch.compile (first call)")
         ax_time.legend(fontsize=8)
@@ -145,7 +145,7 @@ def timing_summary(images: Sequence[GeneratedImage]) -> str:
         memory = peak_memory_bytes(m)
         unit, scale = _memory_unit([memory])
         where = item.path or "(not saved)"
-        compiled = (m.get("compile") or {}).get("seconds", 0)
+        compiled = compile_seconds(m)
         lines.append(f"{where}: seed {m['seed']}, {m['seconds']:.2f} s ({m['seconds_per_step']:.3f} s/step), "
                      f"peak memory {memory / scale:.2f} {unit}"
                      + (f"; includes {compiled:.1f} s of torch.compile (first image at this size)" if compiled else ""))

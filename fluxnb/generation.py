@@ -95,6 +95,11 @@ def peak_memory_bytes(metadata: dict[str, Any]) -> int:
     return memory.get("peak_allocated_bytes", memory.get("peak_rss_bytes", 0))
 
 
+def compile_seconds(metadata: dict[str, Any]) -> float:
+    """Seconds of torch.compile this image paid (0 for images from before the `compile` record, or eager models)."""
+    return (metadata.get("compile") or {}).get("seconds", 0.0)
+
+
 def free_memory(device: str) -> None:
     """Drop what a failed call left behind, so that the kernel can go on (gc, then the CUDA cache)."""
     import torch

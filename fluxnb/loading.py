@@ -366,12 +366,11 @@ def load_model(
             kept.report.notes.append(REUSED_NOTE)
         return kept
     if reuse and _SESSION_MODEL:  # another model: let the previous one go before loading this one
-        _SESSION_MODEL.clear()
-        import gc
+        from .generation import free_memory  # generation imports this module: imported here
 
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        previous_device = next(iter(_SESSION_MODEL.values())).device
+        _SESSION_MODEL.clear()
+        free_memory(previous_device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     ctx = LoadContext(checkpoint=source, device=device, torch_dtype=dtype, token=token)
     start = time.perf_counter()
