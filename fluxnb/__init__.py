@@ -10,7 +10,7 @@ from .errors import ConfigError, FluxnbError, LoadError, ModelUnavailableError, 
 from .generation import GeneratedImage, generate
 from .loading import LoadedModel, LoadReport, load_model
 from .outputs import RunFolder, read_manifest, read_png_metadata
-from .requests import IMAGE_TO_IMAGE, SAMPLE_INIT_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
+from .params import IMAGE_TO_IMAGE, SAMPLE_INIT_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
 from .sanity import SanityReport, check_image
 from .selection import ModelChoice, resolve_model
 

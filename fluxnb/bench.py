@@ -23,15 +23,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import SIZE_MULTIPLE, ModelConfig, ModelSpec, load_config
+from .config import SIZE_MULTIPLE, ModelConfig, ModelSpec
 from .doctor import nvidia_driver_version
 from .errors import RequestError
 from .generation import compile_counters, free_memory, peak_memory, reset_peak_memory
@@ -585,70 +583,3 @@ def write_results(results: dict[str, Any], json_path: str | Path, chart_path: st
     if chart_path is not None:
         plot_results(results, chart_path)
     return json_path
-
-
-# ----------------------------------------------------------------------------------------------------- CLI
-
-
-def add_bench_parser(sub) -> None:
-    bench = sub.add_parser("bench", help="benchmark backends x sizes: s/step, s/image, peak memory, fidelity")
-    bench.add_argument("--backend", action="append", help=f"model name or loader type, repeatable (default: "
-                       f"{', '.join(DEFAULT_BACKENDS)}); NAME@VARIANT changes one option: {', '.join(VARIANTS)}")
-    bench.add_argument("--size", action="append", help="WIDTHxHEIGHT, repeatable (default 1024x1024)")
-    bench.add_argument("--steps", type=int, default=28)
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--prompt", default=DEFAULT_PROMPT)
-    bench.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed first call (default 2)")
-    bench.add_argument("--cap-gb", type=float, default=22.0,
-                       help="GPU memory cap in GB (1e9 bytes) for capped backends; 0 for none (default 22)")
-    bench.add_argument("--uncapped", action="append", default=[],
-                       help="backend run without the cap (default: those of type flux-bf16)")
-    bench.add_argument("--reference", help="backend the fidelity is measured against (default: the bf16 one)")
-    bench.add_argument("--baseline", help="backend the speed ratios are computed against (default: bnb 8-bit)")
-    bench.add_argument("--synthetic", action="store_true",
-                       help="full-size random weights with FLUX.1-dev's dimensions (built locally on first use)")
-    bench.add_argument("--synthetic-root", help="where synthetic checkpoints live (default FLUXNB_SYNTHETIC)")
-    bench.add_argument("--cleanup-quantized", action="store_true",
-                       help="delete each quantized synthetic checkpoint after its backend ran (saves disk)")
-    bench.add_argument("--device", help="cuda or cpu (default: cuda when available)")
-    bench.add_argument("--output", help="JSON path (default: outputs/bench-<time>/bench.json)")
-    bench.add_argument("--chart", help="PNG path (default: beside the JSON)")
-    bench.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
-    bench.set_defaults(func=_cmd_bench)
-
-
-def _cmd_bench(args) -> int:
-    from .outputs import new_run_dir
-
-    config = load_config(args.config)
-    uncapped = tuple(args.uncapped)
-    backends = [parse_backend(b, config, uncapped) for b in (args.backend or DEFAULT_BACKENDS)]
-    sizes = tuple(parse_size(s) for s in args.size) if args.size else DEFAULT_SIZES
-    if args.steps < 1 or args.warmup_steps < 1:
-        raise RequestError("steps", "--steps and --warmup-steps must be at least 1")
-    json_path = Path(args.output) if args.output else new_run_dir("bench") / "bench.json"
-    chart_path = Path(args.chart) if args.chart else json_path.with_suffix(".png")
-    results = run_bench(
-        backends,
-        sizes,
-        steps=args.steps,
-        seed=args.seed,
-        prompt=args.prompt,
-        warmup_steps=args.warmup_steps,
-        cap_bytes=int(args.cap_gb * 1e9) if args.cap_gb else None,
-        synthetic=args.synthetic,
-        synthetic_root=args.synthetic_root,
-        cleanup_quantized=args.cleanup_quantized,
-        reference=args.reference,
-        baseline=args.baseline,
-        device=args.device,
-        command="fluxnb bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"]
-        else None,
-        log=lambda line: print(line, flush=True),
-        on_backend_done=lambda partial: write_results(partial, json_path),
-    )
-    write_results(results, json_path, chart_path)
-    print(results_table(results))
-    print(f"results: {json_path}\nchart: {chart_path}")
-    failed = [r for r in results["rows"] if "error" in r] + [b for b in results["backends"] if "error" in b]
-    return 1 if failed else 0

@@ -40,7 +40,7 @@ from .knowledge import (
     supported_line,
     torch_torchvision_mismatch,
 )
-from .selection import is_cached, offline_mode
+from .hub import hf_cache_dir, hf_token, is_cached, offline_mode
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 GIB = 2**30
@@ -196,12 +196,6 @@ def torchvision_import_check(timeout: float = 120) -> tuple[bool, str]:
         return True, out.stdout.strip()
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
     return False, lines[-1] if lines else f"exit status {out.returncode}"
-
-
-def hf_cache_dir() -> Path:
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
 
 
 def _existing_parent(path: Path) -> Path:
@@ -405,15 +399,13 @@ def _check_disk_and_hub(rows: list[Check], spec: ModelSpec, needs: ModelTypeNeed
         rows.append(Check("disk / HF cache", OK,
                           f"{free:.1f} GiB free in {cache}; {spec.id} downloads ~{needs.download_gib:g} GiB"))
     if offline and not cached:
-        rows.append(Check("hub access", FAIL, f"HF_HUB_OFFLINE is set and {spec.id} is not cached",
+        rows.append(Check("hub access", FAIL, f"offline mode is on (HF_HUB_OFFLINE) and {spec.id} is not cached",
                           "unset HF_HUB_OFFLINE to download once, or copy the model into the cache"))
     else:
-        mode = "offline mode (HF_HUB_OFFLINE set)" if offline else "online mode"
+        mode = "offline mode (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE set)" if offline else "online mode"
         rows.append(Check("hub access", OK, f"{mode}; {spec.id} {'is' if cached else 'is not yet'} cached"))
     if spec.requires_auth:
-        from huggingface_hub import get_token
-
-        has = get_token() is not None  # presence only: the token itself is never shown
+        has = hf_token() is not None  # presence only: the token itself is never shown
         rows.append(Check("HF token", OK if has else FAIL,
                           f"{spec.id} is gated; a token is {'present' if has else 'missing'}",
                           "" if has else "accept the license on the model page, then `huggingface-cli login` or set "
@@ -544,7 +536,7 @@ def quantization_rows(report) -> list[Check]:
 
 def verification_request(spec, prompt: str = "a photo of a cat sitting on a red chair in the sun"):
     """One small image: at most 4 steps and 512x512, so the check takes seconds on a GPU."""
-    from .requests import make_request
+    from .params import make_request
 
     width, height = (min(v, 512) for v in spec.params.default_size)
     return make_request(spec, prompt=prompt, seed=0, steps=min(spec.params.default_steps, 4), width=width,

@@ -1,14 +1,48 @@
 """The project's own exceptions: each names what was wrong, what is allowed and how to fix it.
 
-Notebooks and the CLI let these propagate: a cell fails, `fluxnb` exits non-zero, and the message is
-written so that it is the only thing a user needs to read.
+Every error fluxnb raises on purpose is a `FluxnbError(message, fix=..., ref=...)`: the CLI, the notebooks and the
+widget form all show it with `render_error` as one block (the message, the fix, the knowledge-base entry to read),
+without the library's stack. In a notebook, IPython calls `_render_traceback_` and shows that block instead of the
+traceback; papermill still records the exception's name and message.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 
 class FluxnbError(Exception):
-    """Base class: every error fluxnb raises on purpose."""
+    """Base class: every error fluxnb raises on purpose.
+
+    Args:
+        message: what went wrong, naming the parameter or file.
+        fix: what to do about it (shown on its own line); None where the message already says it.
+        ref: the id of an entry of fluxnb/knowledge.yaml that explains the cause (`fluxnb diagnose` shows it).
+    """
+
+    def __init__(self, message: str, *, fix: str | None = None, ref: str | None = None):
+        self.message = message
+        self.fix = fix
+        self.ref = ref
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.fix:
+            text += f"\nFix: {self.fix}"
+        if self.ref:
+            text += f"\n(knowledge base: {self.ref}; `fluxnb diagnose` explains it)"
+        return text
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython's hook: a notebook cell that raises this shows the block, not 30 lines of library stack."""
+        return render_error(self).splitlines()
+
+
+def render_error(exc: FluxnbError) -> str:
+    """The one way a project error is shown: `error: message`, then the fix and the knowledge-base reference."""
+    return f"error: {exc}"
 
 
 class ConfigError(FluxnbError):
@@ -21,12 +55,17 @@ class ConfigError(FluxnbError):
         super().__init__(f"{path} is not a valid fluxnb model config ({len(problems)} problem(s)):\n{lines}")
 
 
+class KnowledgeError(FluxnbError):
+    """knowledge.yaml (or replay.yaml) is malformed; lists every problem."""
+
+
 class RequestError(FluxnbError, ValueError):
     """A generation parameter is out of range for the chosen model; raised before any model loads."""
 
-    def __init__(self, parameter: str, message: str):
+    def __init__(self, parameter: str, message: str, *, fix: str | None = None):
         self.parameter = parameter
-        super().__init__(f"parameter `{parameter}`: {message}")
+        super().__init__(f"parameter `{parameter}`: {message}", fix=fix)
+
 
 
 class ModelUnavailableError(FluxnbError):
@@ -39,3 +78,48 @@ class LoadError(FluxnbError):
 
 class QuantizationError(LoadError):
     """A component that must be quantized was loaded in full precision (quantization silently not applied)."""
+
+
+class OutputWriteError(FluxnbError):
+    """A file of the run could not be written (disk full, read-only folder...); finished files are kept."""
+
+    def __init__(self, path: Path, exc: OSError):
+        self.path = path
+        reason = exc.strerror or str(exc)
+        super().__init__(
+            f"cannot write {path}: {reason} (errno {exc.errno}). Finished images and the manifest written "
+            "before it are kept.",
+            fix="free disk space or choose a writable output folder (--output-dir or FLUXNB_OUTPUTS), then resume "
+            "the run.",
+        )
+
+
+class GenerationFailed(FluxnbError):
+    """Some images of a batch failed (recorded in the manifest); the others were generated and kept."""
+
+    def __init__(self, failures: list[dict[str, Any]], results: list[Any], total: int):
+        self.failures = failures
+        self.results = results
+        first = failures[0]
+        super().__init__(
+            f"{len(failures)} of {total} image(s) failed; {len(results)} generated and kept. "
+            f"First failure (image {first['index']}, seed {first['seed']}): {first['error']}"
+            + (f"\n{first['advice']}" if first.get("advice") else ""),
+            fix="rerun with resume to retry only the missing images (fluxnb generate --resume RUN_DIR, "
+            "fluxnb run NOTEBOOK --resume RUN_DIR).",
+        )
+
+
+class ModelUnusable(FluxnbError):
+    """The model keeps failing (or failed in a way that leaves it unusable): the batch stopped cleanly."""
+
+
+class NotebookFailed(FluxnbError):
+    """The notebook raised; carries the notebook's own exception name and message."""
+
+    def __init__(self, notebook: Path, executed: Path, ename: str, evalue: str, cell: int | None):
+        self.executed = executed
+        self.ename = ename
+        self.evalue = evalue
+        where = f" in cell {cell}" if cell is not None else ""
+        super().__init__(f"{notebook.name} failed{where}: {ename}: {evalue}\n(executed notebook kept at {executed})")

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .environment import device_info, package_versions
-from .errors import FluxnbError
+from .errors import GenerationFailed, ModelUnusable
 from .loading import LoadedModel
 from .outputs import RunFolder
-from .requests import IMAGE_TO_IMAGE, GenerationRequest
+from .params import IMAGE_TO_IMAGE, GenerationRequest
 from .sanity import check_image
 
 # Parameters that identify an image: generate() skips an item whose identity is already in the run folder.
@@ -34,26 +34,6 @@ class GeneratedImage:
     image: Any  # PIL.Image.Image
     metadata: dict[str, Any]
     path: str | None = None
-
-
-class GenerationFailed(FluxnbError):
-    """Some images of a batch failed (recorded in the manifest); the others were generated and kept."""
-
-    def __init__(self, failures: list[dict[str, Any]], results: list[GeneratedImage], total: int):
-        self.failures = failures
-        self.results = results
-        first = failures[0]
-        super().__init__(
-            f"{len(failures)} of {total} image(s) failed; {len(results)} generated and kept. "
-            f"First failure (image {first['index']}, seed {first['seed']}): {first['error']}"
-            + (f"\n{first['advice']}" if first.get("advice") else "")
-            + "\nRerun with resume to retry only the missing images (fluxnb generate --resume RUN_DIR, "
-            "fluxnb run NOTEBOOK --resume RUN_DIR)."
-        )
-
-
-class ModelUnusable(FluxnbError):
-    """The model keeps failing (or failed in a way that leaves it unusable): the batch stopped cleanly."""
 
 
 def identity(metadata: dict[str, Any]) -> tuple:

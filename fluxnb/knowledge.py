@@ -19,7 +19,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .errors import FluxnbError
+from .errors import FluxnbError, KnowledgeError
 
 KNOWLEDGE_FILE = "knowledge.yaml"
 SEVERITIES = ("blocking", "degraded", "info")
@@ -39,10 +39,6 @@ RULE_PACKAGES = (
 GPU_KEYS = {"cuda", "min_capability", "max_capability", "torch_cuda", "driver"}
 PAIR_CHECKS = ("torch-torchvision",)
 TORCHVISION_MINOR_OFFSET = 15  # torch 2.N pairs with torchvision 0.(N+15): 2.8 <-> 0.23, 2.13 <-> 0.28
-
-
-class KnowledgeError(FluxnbError):
-    """knowledge.yaml is malformed; lists every problem."""
 
 
 @dataclass(frozen=True)

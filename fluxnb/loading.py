@@ -21,7 +21,8 @@ from pathlib import Path
 from .config import ModelConfig, ModelSpec, load_config
 from .errors import LoadError, ModelUnavailableError, QuantizationError
 from .footprint import ComponentFootprint, pipeline_footprint
-from .selection import is_cached, offline_mode, resolve_model
+from .hub import find_corrupt_weights, hf_token, is_cached, offline_mode
+from .selection import resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def _from_pretrained(ctx: LoadContext, **kwargs):
 
     if not Path(ctx.checkpoint).is_dir() and offline_mode() and not is_cached(ctx.checkpoint):
         raise ModelUnavailableError(
-            f"{ctx.checkpoint} is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE=1), so "
+            f"{ctx.checkpoint} is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), so "
             f"nothing can be downloaded. Fix: pre-download it where there is network (`huggingface-cli download "
             f"{ctx.checkpoint}`, with HF_HOME pointing at the same cache), or unset HF_HUB_OFFLINE; "
             "model='flux-tiny' runs offline."
@@ -291,34 +292,6 @@ def verify_quantization(model_type: str, components: list[ComponentFootprint]) -
         )
 
 
-def find_corrupt_weights(source: str) -> tuple[Path, str] | None:
-    """The first .safetensors file of a local folder or cached hub snapshot that cannot be opened, and why."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import HFValidationError, LocalEntryNotFoundError
-    from safetensors import SafetensorError, safe_open
-
-    folder = Path(source)
-    if not folder.is_dir():
-        try:
-            folder = Path(snapshot_download(source, local_files_only=True))
-        except (LocalEntryNotFoundError, HFValidationError):  # not cached, or not a repo id: nothing to inspect
-            return None
-    for file in sorted(folder.rglob("*.safetensors")):
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                handle.keys()
-        except (SafetensorError, OSError) as exc:
-            return file, str(exc)
-    return None
-
-
-def _hf_token() -> str | None:
-    """The token from HF_TOKEN or the saved `huggingface_hub` login; never a parameter, never logged."""
-    from huggingface_hub import get_token
-
-    return get_token()
-
-
 def load_model(
     model: str | ModelSpec = "auto",
     *,
@@ -350,7 +323,7 @@ def load_model(
     else:
         source, weights = spec.id, "hub checkpoint"
     if spec.requires_auth and checkpoint is None:
-        token = _hf_token()
+        token = hf_token()
         if token is None:
             raise ModelUnavailableError(
                 f"model {spec.name!r} ({spec.id}) is gated: it needs a Hugging Face token with access. "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PROJECT_ROOT
-from .errors import FluxnbError
+from .errors import FluxnbError, OutputWriteError
 
 MANIFEST = "manifest.json"
 PNG_METADATA_KEY = "fluxnb"
@@ -69,19 +69,6 @@ def new_run_dir(job: str, base: str | Path | None = None) -> Path:
         except OSError as exc:
             raise FluxnbError(f"cannot create a run folder in {base}: {exc}. Fix: choose a writable folder.") from None
     raise FluxnbError(f"could not find a free run folder name under {base}")
-
-
-class OutputWriteError(FluxnbError):
-    """A file of the run could not be written (disk full, read-only folder...); finished files are kept."""
-
-    def __init__(self, path: Path, exc: OSError):
-        self.path = path
-        reason = exc.strerror or str(exc)
-        super().__init__(
-            f"cannot write {path}: {reason} (errno {exc.errno}). Finished images and the manifest written "
-            "before it are kept. Fix: free disk space or choose a writable output folder (--output-dir or "
-            "FLUXNB_OUTPUTS), then resume the run."
-        )
 
 
 class RunFolder:

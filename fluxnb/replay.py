@@ -14,11 +14,9 @@ why and how to install what is missing. Every result is labelled LIVE ("live her
 
 from __future__ import annotations
 
-import argparse
 import html
 import importlib.util
 import logging
-import sys
 import tempfile
 import time
 import warnings
@@ -857,27 +855,3 @@ def results_record(results: list[AttemptResult]) -> dict[str, Any]:
 
     return {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": device_info(),
             "versions": package_versions(), "attempts": [r.to_dict() for r in results]}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fluxnb.replay", description=__doc__.splitlines()[0])
-    parser.add_argument("--attempts", default="1,2,3,4,5,6", help="comma-separated attempt numbers")
-    parser.add_argument("--json", help="write the results here (JSON)")
-    parser.add_argument("--workdir", help="scratch folder for the tiny checkpoints made by the attempts")
-    parser.add_argument("--recorded", action="store_true", help="show the guide's recordings only (no live runs)")
-    args = parser.parse_args(argv)
-    numbers = [int(n) for n in args.attempts.split(",") if n.strip()]
-    ctx = None if args.recorded else ReplayContext.create(args.workdir)
-    results = run_all(ctx, live=not args.recorded, numbers=numbers)
-    for result in results:
-        print(result, end="\n\n")
-    print(summary(results))
-    if args.json:
-        from .outputs import atomic_write_json
-
-        atomic_write_json(Path(args.json), results_record(results))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

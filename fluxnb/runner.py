@@ -15,23 +15,12 @@ from typing import Any
 import yaml
 
 from .config import PROJECT_ROOT
-from .errors import FluxnbError
+from .errors import FluxnbError, NotebookFailed
 from .outputs import MANIFEST, atomic_write_json, new_run_dir, read_manifest
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 # Parameters the runner sets itself: where to write, "no widgets" (they would hang headless), resuming.
 RUNNER_PARAMETERS = ("output_dir", "interactive", "resume")
-
-
-class NotebookFailed(FluxnbError):
-    """The notebook raised; carries the notebook's own exception name and message."""
-
-    def __init__(self, notebook: Path, executed: Path, ename: str, evalue: str, cell: int | None):
-        self.executed = executed
-        self.ename = ename
-        self.evalue = evalue
-        where = f" in cell {cell}" if cell is not None else ""
-        super().__init__(f"{notebook.name} failed{where}: {ename}: {evalue}\n(executed notebook kept at {executed})")
 
 
 def find_notebook(name: str | os.PathLike) -> Path:

@@ -7,10 +7,10 @@ carry that reason, so a picture of noise is never mistaken for a broken FLUX.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from .config import ModelConfig, ModelSpec, load_config
+from .hub import hub_reachable, is_cached
 
 AUTO = "auto"
 
@@ -23,29 +23,6 @@ class ModelChoice:
 
     def __str__(self) -> str:
         return f"model: {self.spec.name} ({self.spec.id}) - {self.reason}"
-
-
-def offline_mode() -> bool:
-    """HF_HUB_OFFLINE is set: nothing will be downloaded."""
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def is_cached(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
-
-
-def _hub_reachable(repo_id: str) -> tuple[bool, str]:
-    from huggingface_hub import model_info
-
-    if offline_mode():
-        return False, "HF_HUB_OFFLINE is set"
-    try:
-        model_info(repo_id, timeout=5)
-    except Exception as exc:  # any network/HTTP failure means "cannot download now"; the reason is reported
-        return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-    return True, ""
 
 
 def resolve_model(name: str = AUTO, config: ModelConfig | None = None) -> ModelChoice:
@@ -66,7 +43,7 @@ def resolve_model(name: str = AUTO, config: ModelConfig | None = None) -> ModelC
         )
     if is_cached(primary.id):
         return ModelChoice(primary, name, f"auto: CUDA GPU found and {primary.id} is cached")
-    reachable, why = _hub_reachable(primary.id)
+    reachable, why = hub_reachable(primary.id)
     if reachable:
         return ModelChoice(primary, name, f"auto: CUDA GPU found and {primary.id} is reachable on the hub")
     return ModelChoice(

@@ -20,7 +20,7 @@ from .errors import FluxnbError
 from .generation import GeneratedImage, generate
 from .loading import LoadedModel
 from .outputs import RunFolder
-from .requests import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
+from .params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
 
 MAX_IMAGES_IN_UI = 8
 

@@ -63,7 +63,7 @@ fi
 
 if [[ " $STAGES " == *" tests "* ]]; then
     echo "== pytest -m gpu ($(date -u +%FT%TZ))"
-    $PY -m pytest -m gpu tests -q -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" || status=1
+    $PY -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider --junitxml="$OUT/gpu-tests.xml" || status=1
 fi
 
 if [[ " $STAGES " == *" probe "* ]]; then

@@ -2,7 +2,7 @@
 
 diffusers refuses quantized *loading* without a GPU (KNOWN_ISSUES row 9), but bitsandbytes' layers run on a
 CPU, so the verification code can be tested on real bnb modules here; the loading path itself is proven by
-the GPU lane (tests/test_gpu.py).
+the GPU lane (tests/gpu/test_gpu.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+_FOLDER_MARKERS = {"notebooks": "notebook", "gpu": "gpu", "faults": "faults"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests are organised by kind: a test under tests/notebooks is a `notebook` test, and so on."""
+    for item in items:
+        folder = Path(item.fspath).parent.name
+        if folder in _FOLDER_MARKERS:
+            item.add_marker(_FOLDER_MARKERS[folder])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """FLUXNB_CACHE for the whole session (also inherited by papermill kernels started by the tests)."""

@@ -12,7 +12,7 @@ from PIL import Image
 import fluxnb
 from fluxnb.config import DEFAULT_CONFIG_PATH, parse_config
 from fluxnb.outputs import RunFolder
-from fluxnb.requests import IMAGE_TO_IMAGE, make_request
+from fluxnb.params import IMAGE_TO_IMAGE, make_request
 from fluxnb.runner import parse_cli_value
 
 RAW = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))

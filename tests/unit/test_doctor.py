@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,13 +98,23 @@ def test_gated_model_token_presence_only(hf_home, monkeypatch):
 
 
 def test_offline_and_not_cached_blocks_a_hub_model(hf_home, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets at import
     report = fluxnb.check_environment("flux-dev-bnb-4bit")
     hub = report.row("hub access")
-    assert hub.status == FAIL and "HF_HUB_OFFLINE is set" in hub.found and "not cached" in hub.found
+    assert hub.status == FAIL and "offline mode is on (HF_HUB_OFFLINE)" in hub.found and "not cached" in hub.found
     assert str(hf_home / "hub") in report.row("disk / HF cache").found
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     assert fluxnb.check_environment("flux-dev-bnb-4bit").row("hub access").status == OK
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_offline_mode_is_the_hubs_own_flag(variable: str):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    code = "from fluxnb.hub import offline_mode; print(offline_mode())"
+    for value, expected in (("1", "True"), ("", "False")):
+        done = subprocess.run([sys.executable, "-c", code], env={**env, variable: value}, capture_output=True,
+                              text=True, check=True)
+        assert done.stdout.strip() == expected, (variable, value, done.stderr)
 
 
 def test_a_cached_model_is_seen_as_cached(hf_home):

@@ -22,7 +22,8 @@ from packaging.version import Version
 import fluxnb
 from fluxnb.config import PROJECT_ROOT
 from fluxnb.environment import package_version
-from fluxnb.knowledge import KnowledgeError, evaluate, load_knowledge, parse_knowledge, parse_versions, supported_line
+from fluxnb.errors import KnowledgeError
+from fluxnb.knowledge import evaluate, load_knowledge, parse_knowledge, parse_versions, supported_line
 
 STABLE_IDS = [
     "torchvision-mismatch",
@@ -43,7 +44,7 @@ STABLE_IDS = [
     "torch-cuda-driver-too-old",
     "transformers5-checkpoint-on-4x",
     "bnb-8bit-prequantized",  # added by the troubleshooting replay (GUIDE attempt 6: the working setup)
-    "cuda-out-of-memory",  # batches record failed images with it (tests/test_faults.py)
+    "cuda-out-of-memory",  # batches record failed images with it (tests/faults/test_faults.py)
     "torchao-extra-missing",  # issue 6: the fast entries need the torchao extra and triton
     "compile-needs-triton",
     "compiled-int8-small-input",

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import fluxnb
-from fluxnb.generation import GenerationFailed, ModelUnusable
+from fluxnb.errors import GenerationFailed, ModelUnusable
 from fluxnb.outputs import MANIFEST, RunFolder
 from fluxnb.tiny import ensure_tiny_checkpoint
 
@@ -216,7 +216,7 @@ def test_truncated_safetensors_names_the_file(tiny_spec, tmp_path: Path):
 
 
 def test_offline_and_not_cached(config, monkeypatch, tmp_path: Path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(fluxnb.ModelUnavailableError) as info:  # device="cuda" gets past the GPU check here

@@ -10,7 +10,7 @@ import pytest
 
 import fluxnb
 from fluxnb.outputs import MANIFEST, RunFolder, atomic_write_bytes, new_run_dir
-from fluxnb.requests import IMAGE_TO_IMAGE
+from fluxnb.params import IMAGE_TO_IMAGE
 
 
 def _pixels(result) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monk
 def test_compiled_blocks_compile_once_and_the_metadata_says_which_image_paid(tiny_spec):
     """Regional torch.compile on the CPU (the tiny model, real inductor): the first image compiles, the next reuses.
 
-    The same accounting runs on the GPU lane with the shipped compiled entry (tests/test_gpu.py)."""
+    The same accounting runs on the GPU lane with the shipped compiled entry (tests/gpu/test_gpu.py)."""
     import torch
 
     from fluxnb.display import timing_summary

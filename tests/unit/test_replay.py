@@ -24,7 +24,7 @@ from fluxnb.runner import run_notebook
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
 HAS_QUANTO = importlib.util.find_spec("optimum") is not None and importlib.util.find_spec("optimum.quanto") is not None
 DIFFUSERS = Version(package_version("diffusers"))
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "replay"
+RESULTS = Path(__file__).resolve().parents[2] / "results" / "replay"
 GUIDE_CUDA0 = "cuda:0 not supported. Supported strategies are: balanced"
 OFFLOAD_REFUSAL = "You are attempting to perform cpu/disk offload with a pre-quantized torchao model"
 

@@ -8,7 +8,8 @@ import pytest
 
 import fluxnb
 from fluxnb.doctor import read_verdict
-from fluxnb.runner import NOTEBOOKS_DIR, NotebookFailed, run_notebook
+from fluxnb.errors import NotebookFailed
+from fluxnb.runner import NOTEBOOKS_DIR, run_notebook
 
 NOTEBOOK = NOTEBOOKS_DIR / "00_setup_verification.ipynb"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fluxnb
-from fluxnb.generation import GenerationFailed
+from fluxnb.errors import GenerationFailed
 from fluxnb.outputs import RunFolder
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import fluxnb
-from fluxnb.requests import IMAGE_TO_IMAGE, make_request
+from fluxnb.params import IMAGE_TO_IMAGE, make_request
 
 
 @pytest.fixture(scope="module")

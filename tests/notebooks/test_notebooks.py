@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 import fluxnb
+from fluxnb.errors import NotebookFailed
 from fluxnb.generation import peak_memory_bytes
-from fluxnb.runner import NOTEBOOKS_DIR, NotebookFailed, run_notebook
+from fluxnb.runner import NOTEBOOKS_DIR, run_notebook
 
 COMMITTED = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 GENERATION_PARAMETERS = {"model", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",

@@ -1,6 +1,6 @@
 """`fluxnb bench` plumbing on the CPU: two real backends of the tiny FLUX (fp32 reference, bf16 cast), JSON,
 chart, ratios and fidelity computed within one run; plus the torchao backends' refusals and the synthetic
-builder's code path at a scaled size. The GPU figures come from scripts/gpu_lane.sh (tests/test_gpu.py)."""
+builder's code path at a scaled size. The GPU figures come from scripts/gpu_lane.sh (tests/gpu/test_gpu.py)."""
 
 from __future__ import annotations
 

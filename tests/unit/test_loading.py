@@ -14,7 +14,7 @@ from fluxnb.footprint import component_footprint, pipeline_footprint
 from fluxnb.loading import derive_img2img, verify_quantization
 from fluxnb.tiny import build_tiny_pipeline, ensure_tiny_checkpoint
 
-from .bnb_convert import convert_linears
+from ..bnb_convert import convert_linears
 
 
 def test_tiny_load_report(tiny_model):

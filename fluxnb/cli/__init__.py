@@ -1,0 +1,42 @@
+"""The `fluxnb` command: run notebooks headlessly, or generate without Jupyter.
+
+One module per subcommand (run, generate, doctor, diagnose, bench, replay), each with `add_parser(sub)` and
+`run(args)`. Errors fluxnb raises on purpose are printed as one block by `render_error` (exit 2 for bad input,
+1 when a run failed); anything else keeps its traceback, because that is a bug to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import FluxnbError, RequestError, render_error
+from . import bench, diagnose, doctor, generate, replay, run
+
+SUBCOMMANDS = (run, generate, doctor, diagnose, bench, replay)
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fluxnb", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in SUBCOMMANDS:
+        module.add_parser(sub).set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RequestError as exc:
+        print(f"fluxnb: {render_error(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FluxnbError as exc:
+        print(f"fluxnb: {render_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("fluxnb: interrupted; finished images and the manifest are kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
