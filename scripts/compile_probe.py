@@ -1,4 +1,4 @@
-"""Issue 6 probe: what regional torch.compile costs and gains per backend, on a FLUX transformer with FLUX.1-dev's
+"""Compile probe: what regional torch.compile costs and gains per backend, on a FLUX transformer with FLUX.1-dev's
 widths but few blocks (random weights), at 1024x1024 token counts (4096 image + 512 text).
 
 Each variant runs in its own process under a time limit, so one slow compile cannot eat the others' time. Prints one
@@ -26,7 +26,8 @@ def run_one(variant: str, double: int, single: int) -> dict:
     import torch._dynamo as dynamo
     from diffusers import FluxTransformer2DModel
 
-    from fluxnb.loading import _torchao_config, compile_blocks
+    from fluxnb.backends import REGISTRY
+    from fluxnb.backends.torchao import compile_blocks, transformer_config
     from fluxnb.synthetic import _variance_preserving_init, scaled_dims
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -40,10 +41,10 @@ def run_one(variant: str, double: int, single: int) -> dict:
     if backend != "bf16":
         from torchao.quantization import quantize_
 
-        config = _torchao_config(TYPES[backend])
+        config = transformer_config(REGISTRY[TYPES[backend]])
         quantize_(model, config, **({"filter_fn": None} if type(config).__name__ == "FqnToConfig" else {}))
     if mode == "compiled":
-        compile_blocks(model, TYPES.get(backend, "flux-bf16"))
+        compile_blocks(model, REGISTRY[TYPES.get(backend, "flux-bf16")])
     g = torch.Generator(device="cpu").manual_seed(0)
     cfg = model.config
 
