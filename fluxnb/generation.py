@@ -16,14 +16,19 @@ from typing import Any
 from .environment import device_info, package_versions
 from .errors import GenerationFailed, ModelUnusable
 from .loading import LoadedModel
+from .lora import apply_loras, records, set_scales
 from .memory import free_memory, peak_memory, reset_peak_memory
 from .outputs import RunFolder
 from .params import IMAGE_TO_IMAGE, GenerationRequest
 from .sanity import check_image
+from .sweeps import lora_axis
 
 # Parameters that identify an image: generate() skips an item whose identity is already in the run folder.
 IDENTITY_KEYS = ("mode", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
                  "max_sequence_length", "strength", "init_image")
+# LoRA adapters (file sha256 and scale each), fused or not, sweep coordinates: absent from images without them (and
+# from images made before they existed), which therefore keep their identity.
+EXPLORATION_KEYS = ("loras", "lora_fused", "sweep")
 # After this many items fail in a row, the model is taken as unusable and the batch stops.
 MAX_CONSECUTIVE_FAILURES = 3
 
@@ -36,7 +41,8 @@ class GeneratedImage:
 
 
 def identity(metadata: dict[str, Any]) -> tuple:
-    return tuple(str(metadata.get(key)) for key in IDENTITY_KEYS)
+    return (tuple(str(metadata.get(key)) for key in IDENTITY_KEYS)
+            + tuple(str(metadata.get(key) or None) for key in EXPLORATION_KEYS))
 
 
 def peak_memory_bytes(metadata: dict[str, Any]) -> int:
@@ -151,6 +157,8 @@ def generate(
         extra = {"image": _load_init_image(request), "strength": request.strength}
     if callback_on_step_end is not None:
         extra["callback_on_step_end"] = callback_on_step_end
+    # before any image: an adapter that does not fit the model fails here, with nothing generated (fluxnb.lora)
+    lora_record = apply_loras(model, request.loras, request.fuse_loras)
     common = {
         "mode": request.mode,
         "negative_prompt": request.negative_prompt,
@@ -174,15 +182,21 @@ def generate(
         "versions": package_versions(),
         "device": device_info(),
     }
+    if request.loras:
+        common.update(loras=records(request.loras), lora_fused=lora_record["fused"])
+    names = [choice.name for choice in request.loras]
     done = _already_done(run) if run is not None else {}
     batch = _Batch()
-    items = request.items()
+    items = request.points()
     try:
-        for index, prompt, seed in items:
-            item = {"index": index, "prompt": prompt, "seed": seed, **common}
+        for point in items:
+            item = {"index": point["index"], "prompt": point["prompt"], "seed": point["seed"], **common}
+            scales = _apply_point(item, point["sweep"], request, names)
             if identity(item) in done:
                 batch.results.append(_reload(run, done[identity(item)]))
                 continue
+            if scales:
+                set_scales(model, scales)
             result = _generate_one(model, request, run, pipe, extra, item, batch)
             if result is not None and on_image is not None:
                 on_image(result)
@@ -197,6 +211,26 @@ def generate(
     return batch.results
 
 
+def _apply_point(item: dict[str, Any], coordinates: dict[str, Any], request: GenerationRequest,
+                 names: list[str]) -> dict[str, float]:
+    """A sweep point's values written into the item (its metadata); returns the LoRA scales it sets."""
+    if not coordinates:
+        return {}
+    item["sweep"] = dict(coordinates)
+    scales: dict[str, float] = {}
+    for axis, value in coordinates.items():
+        name = lora_axis(axis, names)
+        if name is None:
+            item[axis] = value
+        else:
+            scales[name] = value
+    if request.loras:
+        full = {choice.name: choice.scale for choice in request.loras}
+        scales = {**full, **scales}
+        item["loras"] = records(request.loras, scales)
+    return scales
+
+
 def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder | None, pipe, extra: dict,
                   item: dict[str, Any], batch: _Batch) -> GeneratedImage | None:
     """One image: generated, checked, saved; or recorded as failed (out of memory) and None returned."""
@@ -208,13 +242,13 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
     try:
         output = pipe(
             prompt=item["prompt"],
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            width=request.width,
-            height=request.height,
+            num_inference_steps=item["steps"],
+            guidance_scale=item["guidance_scale"],
+            width=item["width"],
+            height=item["height"],
             max_sequence_length=request.max_sequence_length,
             generator=torch.Generator(device="cpu").manual_seed(item["seed"]),
-            **extra,
+            **{**extra, **({"strength": item["strength"]} if "strength" in extra else {})},
         )
         if model.device == "cuda":
             torch.cuda.synchronize()
@@ -236,7 +270,7 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
     metadata = {
         **item,
         "seconds": round(seconds, 3),
-        "seconds_per_step": round(seconds / request.steps, 4),
+        "seconds_per_step": round(seconds / item["steps"], 4),
         "peak_memory": peak_memory(model.device),
         # graphs torch.compile built during this image and the seconds that took (included in "seconds"):
         # non-zero for the first image of a compiled model at each size, zero once the compiled code is reused

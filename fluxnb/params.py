@@ -6,14 +6,17 @@ clear error before minutes are spent loading 17 GB of weights).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends import compile_wanted, get_backend
+from . import sweeps
+from .backends import REGISTRY, compile_wanted, get_backend
 from .config import PROJECT_ROOT, SIZE_MULTIPLE, ModelSpec
 from .errors import RequestError
+from .lora_files import HOTSWAP_RANK, LoraChoice, check_loras, check_scale
 
 SAMPLE_INIT_IMAGE = PROJECT_ROOT / "notebooks" / "assets" / "init_image.png"  # image-to-image default
 TEXT_TO_IMAGE = "text-to-image"
@@ -36,6 +39,14 @@ class GenerationRequest:
     max_sequence_length: int
     init_image: str | None = None
     strength: float | None = None
+    loras: tuple[LoraChoice, ...] = ()  # LoRA adapters (fluxnb.lora_files), applied by fluxnb.lora
+    fuse_loras: bool = False
+    sweep: sweeps.Sweep = ()  # ((axis, values), ...): see fluxnb.sweeps
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every image of the request with its sweep coordinates (fluxnb.sweeps.expand); without a sweep, the
+        same images in the same order as items()."""
+        return sweeps.expand(self.prompts, self.seed, self.num_images, self.sweep)
 
     def items(self) -> list[tuple[int, str, int]]:
         """(index, prompt, seed) of every image: image k of each prompt uses seed + k, so any one image
@@ -49,6 +60,8 @@ class GenerationRequest:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["prompts"] = list(self.prompts)
+        data["loras"] = [choice.to_dict() for choice in self.loras]
+        data["sweep"] = sweeps.to_dict(self.sweep)
         return data
 
 
@@ -176,8 +189,15 @@ def make_request(
     init_image: str | Path | None = None,
     strength: float | None = None,
     mode: str = TEXT_TO_IMAGE,
+    loras: Any = None,
+    fuse_loras: bool = False,
+    sweep: Any = None,
 ) -> GenerationRequest:
-    """Validate parameters against `spec.params`; None means the model's default."""
+    """Validate parameters against `spec.params`; None means the model's default.
+
+    loras: LoRA adapters, [{path, scale, name}] or ["PATH[:SCALE]"] (fluxnb.lora_files); fuse_loras: fuse them into
+    the weights (faster steps, where the backend allows); sweep: {axis: [values]} (fluxnb.sweeps).
+    """
     params = spec.params
     if mode not in (TEXT_TO_IMAGE, IMAGE_TO_IMAGE):
         raise RequestError("mode", f"must be {TEXT_TO_IMAGE!r} or {IMAGE_TO_IMAGE!r}, got {mode!r}.")
@@ -223,8 +243,9 @@ def make_request(
             which = "init_image" if init_image is not None else "strength"
             raise RequestError(which, "only applies to image-to-image. Fix: leave it unset, or use "
                                "notebooks/02_image_to_image.ipynb (fluxnb generate --init-image).")
-        return GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width,
-                                 height, num_images, max_sequence_length)
+        return _explore(spec, GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance),
+                                                width, height, num_images, max_sequence_length), loras, fuse_loras,
+                        sweep)
     if not params.supports_i2i:
         raise RequestError("init_image", f"model {spec.name!r} does not support image-to-image "
                            "(supports_i2i: false). Fix: choose a model with supports_i2i: true.")
@@ -235,5 +256,61 @@ def make_request(
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise RequestError("strength", f"must be a number in (0, 1], got {strength!r}. Fix: 0.3 keeps the "
                            "picture close to init_image, 0.9 changes most of it.")
-    return GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width, height,
-                             num_images, max_sequence_length, init_image, float(strength))
+    return _explore(spec, GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width,
+                                            height, num_images, max_sequence_length, init_image, float(strength)),
+                    loras, fuse_loras, sweep)
+
+
+def _check_lora_backend(spec: ModelSpec, choices: tuple[LoraChoice, ...], fuse: bool) -> None:
+    """Refuse, before loading, a combination of adapters and backend that cannot work (the record's `lora`)."""
+    backend = get_backend(spec.type)
+    mode, _, reason = backend.lora.partition(":")
+    able = ", ".join(sorted(t for t, b in REGISTRY.items() if b.lora_mode == "yes"))
+    if mode == "no":
+        raise RequestError("loras", f"model {spec.name!r} ({spec.type}) cannot apply LoRA adapters: {reason.strip()}.",
+                           fix=f"use a model of type {able}, or leave loras unset.")
+    if fuse and mode != "yes":
+        raise RequestError("fuse_loras", f"model {spec.name!r} ({spec.type}) runs adapters {mode} only: "
+                           f"{reason.strip()}.", fix=f"set fuse_loras=False (adapters then run beside the weights, a "
+                           f"little slower per step), or fuse on a model of type {able}.")
+    if mode == "hotswap" and len(choices) > 1:
+        raise RequestError("loras", f"model {spec.name!r} ({spec.type}) holds one adapter at a time "
+                           f"({reason.strip()}); the request has {len(choices)}.",
+                           fix=f"apply one adapter, or use a model of type {able} for several at once.")
+    if mode == "hotswap" and choices and choices[0].rank > HOTSWAP_RANK:
+        raise RequestError("loras", f"LoRA file {choices[0].file!r} has rank {choices[0].rank}; model {spec.name!r} "
+                           f"pads adapters to rank {HOTSWAP_RANK} so that swapping them never recompiles.",
+                           fix=f"use an adapter of rank <= {HOTSWAP_RANK}, or a model of type {able}.")
+
+
+def _explore(spec: ModelSpec, request: GenerationRequest, loras: Any, fuse_loras: Any, sweep: Any
+             ) -> GenerationRequest:
+    """The exploration parameters of a checked request: LoRA adapters, fuse, sweep (each sweep value is checked
+    by make_request itself, like the plain parameter)."""
+    choices = check_loras(loras)
+    if not isinstance(fuse_loras, bool):
+        raise RequestError("fuse_loras", f"must be True or False, got {fuse_loras!r}.")
+    fuse = fuse_loras and bool(choices)
+    if choices:
+        _check_lora_backend(spec, choices, fuse)
+    if sweep in (None, {}, [], ()):
+        return dataclasses.replace(request, loras=choices, fuse_loras=fuse)
+    names = [choice.name for choice in choices]
+    base = dict(prompt=list(request.prompts), negative_prompt=request.negative_prompt, seed=request.seed,
+                steps=request.steps, guidance_scale=request.guidance_scale, width=request.width,
+                height=request.height, num_images=request.num_images, max_sequence_length=request.max_sequence_length,
+                init_image=request.init_image, strength=request.strength, mode=request.mode)
+
+    def validate(axis: str, value: Any) -> Any:
+        if sweeps.lora_axis(axis, names) is not None:
+            return check_scale(f"sweep axis {axis!r}", value)
+        return getattr(make_request(spec, **{**base, axis: value}), axis)
+
+    allowed = tuple(a for a in sweeps.AXES if a != "strength" or request.mode == IMAGE_TO_IMAGE)
+    if not choices:
+        allowed = tuple(a for a in allowed if a != "lora_scale")
+    checked = sweeps.check_sweep(sweep, validate, names, allowed)
+    if fuse and any(sweeps.lora_axis(axis, names) for axis, _ in checked):
+        raise RequestError("sweep", "a LoRA scale cannot be swept with fuse_loras=True: fusing bakes one scale into "
+                           "the weights.", fix="set fuse_loras=False for the sweep.")
+    return dataclasses.replace(request, loras=choices, fuse_loras=fuse, sweep=checked)

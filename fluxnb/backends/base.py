@@ -74,6 +74,9 @@ class Backend:
         reference: full precision, the fidelity reference of the bench.
         baseline: the guide's verified configuration, the speed baseline of the bench.
         options: family-specific settings (e.g. the torchao config name).
+        lora: how LoRA adapters apply (fluxnb/lora.py): "yes" (loaded through PEFT, `fuse` allowed), "unfused: why"
+            (PEFT layers beside the weights, no fuse), "hotswap: why" (one adapter slot swapped in place: compiled
+            blocks never recompile when the adapter or its scale changes), or "no: why" (refused before loading).
     """
 
     type: str
@@ -97,6 +100,12 @@ class Backend:
     reference: bool = False
     baseline: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+    lora: str = "no: LoRA support is not checked for this type yet"
+
+    @property
+    def lora_mode(self) -> str:
+        """"yes", "unfused", "hotswap" or "no" (the `lora` field without its reason)."""
+        return self.lora.split(":", 1)[0].strip()
 
     @property
     def capability_text(self) -> str | None:

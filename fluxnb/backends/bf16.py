@@ -50,5 +50,6 @@ BACKENDS = (
         offload_ok=True,
         uses=("core", "img2img", "offload"),
         reference=True,
+        lora="yes",
     ),
 )

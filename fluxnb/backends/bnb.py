@@ -30,6 +30,9 @@ def load_threshold0(spec, ctx: LoadContext, backend: Backend):
     return pipe
 
 
+# PEFT wraps bitsandbytes' Linear8bitLt / Linear4bit; fusing dequantizes, adds and re-quantizes (rounding: the fused
+# image differs slightly from the unfused one).
+LORA = "yes"
 _INT8 = {"transformer": ("int8",), "text_encoder_2": ("int8",)}
 
 BACKENDS = (
@@ -46,6 +49,7 @@ BACKENDS = (
         vram_gib=21,
         uses=("core", "bnb", "bnb-8bit", "img2img"),
         baseline=True,
+        lora=LORA,
     ),
     Backend(
         type="flux-bnb-8bit-threshold0",
@@ -60,6 +64,7 @@ BACKENDS = (
         download_gib=17.5,
         vram_gib=21,
         uses=("core", "bnb", "bnb-8bit", "img2img"),
+        lora=LORA,
     ),
     Backend(
         type="flux-bnb-4bit",
@@ -73,5 +78,6 @@ BACKENDS = (
         download_gib=10,
         vram_gib=13,
         uses=("core", "bnb", "bnb-4bit", "img2img"),
+        lora=LORA,
     ),
 )

@@ -24,5 +24,6 @@ BACKENDS = (
         offload_ok=True,
         uses=("core", "img2img"),
         embedded=True,
+        lora="yes",
     ),
 )

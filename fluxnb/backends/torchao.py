@@ -167,6 +167,15 @@ def load_torchao(spec, ctx: LoadContext, backend: Backend):
     return pipe
 
 
+# PEFT puts its LoRA layers beside torchao's quantized weights (TorchaoLoraLinear); fusing would need the
+# re-quantization function, which PEFT takes only from a transformers quantizer, not diffusers' (peft/tuners/lora/
+# torchao.py): so adapters run unfused.
+LORA_EAGER = ("unfused: PEFT runs adapters beside torchao's quantized weights; fusing them in needs a "
+              "re-quantization that diffusers' loading does not give PEFT")
+# Compiled blocks would recompile on every change of adapter or scale: diffusers' hotswap keeps one adapter slot
+# (padded to a fixed rank, scales as tensors) and swaps weights in place.
+LORA_COMPILED = ("hotswap: compiled blocks would recompile on every change of adapter or scale; diffusers' LoRA "
+                 "hotswap swaps one adapter's weights in place (one adapter at a time, unfused)")
 _COMMON = dict(family="torchao", expected_formats=_EXPECTED, extra="torchao", offloadable_text_encoder=True,
                download_gib=34, vram_gib=19, options={})
 BACKENDS = (
@@ -177,6 +186,7 @@ BACKENDS = (
         why_gpu="quantized at load from the 33 GB bf16 weights with torchao int8 weight-only kernels (CUDA)",
         min_capability=(7, 5),
         uses=("core", "torchao", "img2img"),
+        lora=LORA_EAGER,
         **{**_COMMON, "options": {"config": "Int8WeightOnlyConfig"}},
     ),
     Backend(
@@ -190,6 +200,7 @@ BACKENDS = (
         # H100 with a 64x64 image = 16 tokens): knowledge id compiled-int8-small-input
         min_rows_compiled=17,
         uses=("core", "torchao", "compile", "img2img"),
+        lora=LORA_COMPILED,
         **{**_COMMON, "options": {"config": "Int8DynamicActivationInt8WeightConfig", "fuse_int_mm": True}},
     ),
     Backend(
@@ -201,6 +212,7 @@ BACKENDS = (
         min_capability=(8, 9),
         compilable=True,
         uses=("core", "torchao", "compile", "img2img"),
+        lora=LORA_COMPILED,
         **{**_COMMON, "options": {"config": "Float8DynamicActivationFloat8WeightConfig"}},
     ),
 )
