@@ -134,11 +134,21 @@ def read_keys(file: Path, where: str) -> dict[str, list[int]]:
         with safe_open(str(file), framework="pt") as handle:
             return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except (SafetensorError, OSError) as exc:
-        truncated = "not fully covered" in str(exc) or "incomplete" in str(exc)
+        truncated = "not fully covered" in str(exc) or "incomplete" in str(exc) or _header_cut(file)
         problem = ("is truncated (the file is shorter than its header says: an interrupted download or copy)"
                    if truncated else f"cannot be read as safetensors ({exc})")
         raise _fail(where, problem, "download or copy the file again, and check its size against the source.") \
             from None
+
+
+def _header_cut(file: Path) -> bool:
+    """The file ends inside its own JSON header (the first 8 bytes give the header's length)."""
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+    if len(head) < 8:
+        return True
+    length = int.from_bytes(head, "little")
+    return length < 100 * 2**20 and file.stat().st_size < 8 + length
 
 
 def classify(keys: dict[str, list[int]], where: str) -> tuple[str, int]:

@@ -14,6 +14,8 @@ from ..loading import load_model
 from ..outputs import RunFolder
 from ..params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request, read_prompts_file, request_from_dict
 from ..selection import resolve_model
+from ..sweep_grid import save_sweep_grid
+from ..sweeps import parse_cli
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -33,6 +35,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--max-sequence-length", type=int)
     parser.add_argument("--init-image", help="image-to-image: the starting picture")
     parser.add_argument("--strength", type=float, help="image-to-image: how much to change it, in (0, 1]")
+    parser.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                        help="a LoRA adapter (.safetensors file or hub id), scale 1 unless given; repeatable")
+    parser.add_argument("--fuse-loras", action="store_true",
+                        help="fuse the adapters into the weights (faster steps; where the model type allows)")
+    parser.add_argument("--sweep", action="append", metavar="NAME=V1,V2,...",
+                        help="sweep a parameter (guidance_scale, steps, strength, width, height, lora_scale, "
+                        "lora:NAME); at most two, repeatable; a labelled grid goes into the run folder")
     parser.add_argument("--output-dir", help="base folder for run folders (default: outputs/)")
     parser.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
     return parser
@@ -59,6 +68,9 @@ def new_request(args: argparse.Namespace, spec):
         init_image=args.init_image,
         strength=args.strength,
         mode=IMAGE_TO_IMAGE if args.init_image else TEXT_TO_IMAGE,
+        loras=args.lora,
+        fuse_loras=args.fuse_loras,
+        sweep=parse_cli(args.sweep),
     )
 
 
@@ -85,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(choice.spec, config=config, progress=interactive)
         print(model.report, flush=True)
         run_folder.record(load_report=model.report.to_dict())
-        generate(model, request, run_folder, progress=interactive, model_reason=choice.reason,
+        images = generate(model, request, run_folder, progress=interactive, model_reason=choice.reason,
                  on_image=lambda image: print(f"{image.path}  ({image.metadata['seconds']:.1f} s, "
                                               f"seed {image.metadata['seed']})", flush=True))
     except BaseException as exc:
@@ -94,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             run_folder.record(status=status, error=f"{type(exc).__name__}: {exc}")
         print(f"run folder: {run_folder.path}", file=sys.stderr)
         raise
+    if request.sweep:
+        print(f"sweep grid: {save_sweep_grid(request, images, run_folder.path)}", flush=True)
     run_folder.finish()
     print(f"run folder: {run_folder.path}")
     return 0
