@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import RequestError
@@ -42,16 +43,23 @@ def state_of(model: LoadedModel) -> AdapterState:
 
 
 def _load(pipe, choice: LoraChoice, adapter_name: str, **kwargs: Any) -> None:
-    """load_lora_weights, with its errors (shape or rank mismatch, unknown keys) named by file and fixed."""
+    """load_lora_weights, with its errors (shape or rank mismatch, unknown keys) named by file and fixed.
+
+    The folder and weight_name are passed separately: diffusers 0.34 in offline mode insists on a weight_name.
+    """
+    file = Path(local_path(choice))
     try:
-        pipe.load_lora_weights(local_path(choice), adapter_name=adapter_name, **kwargs)
+        pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=adapter_name, **kwargs)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
         if adapter_name in (getattr(pipe.transformer, "peft_config", None) or {}) and not kwargs.get("hotswap"):
             pipe.delete_adapters(adapter_name)  # a half-loaded adapter must not stay active
         first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
-        raise RequestError("loras", f"LoRA file {choice.file!r} does not fit this model's layers: {first}",
-                           fix="the adapter was trained for another model or size (rank/shape mismatch): use a LoRA "
-                           "trained for FLUX.1-dev.") from None
+        if "size mismatch" in str(exc) or "shape" in str(exc):
+            raise RequestError("loras", f"LoRA file {choice.file!r} does not fit this model's layers: {first}",
+                               fix="the adapter was trained for another model or size (rank/shape mismatch): use "
+                               "a LoRA trained for FLUX.1-dev.") from None
+        raise RequestError("loras", f"LoRA file {choice.file!r} could not be applied to this model: {first}",
+                           fix="check that it is a FLUX.1-dev LoRA; `fluxnb diagnose` explains known errors.") from None
 
 
 def _scale_in_place(pipe, scale: float) -> None:
