@@ -83,6 +83,14 @@ class GenerateForm:
         )
         controls: list[Any] = [self.prompt, self.steps, self.guidance_scale, self.seed, self.width, self.height,
                                self.num_images]
+        # LoRA: one of the adapters the notebook's request loaded (or none), at a scale of the slider
+        adapters = list(initial.loras) if initial else []
+        self.lora = w.Dropdown(options=[("none", None), *[(f"{a.name} ({a.file})", a) for a in adapters]],
+                               value=adapters[0] if adapters else None, description="LoRA", style=label)
+        self.lora_scale = w.FloatSlider(value=adapters[0].scale if adapters else 1.0, min=-1.0, max=2.0, step=0.05,
+                                        description="LoRA scale", style=label, layout=layout)
+        if adapters:
+            controls += [self.lora, self.lora_scale]
         self.init_image = None
         self.strength = None
         if mode == IMAGE_TO_IMAGE:
@@ -127,6 +135,8 @@ class GenerateForm:
             height=self.height.value,
             num_images=self.num_images.value,
             mode=self.mode,
+            loras=[{"path": self.lora.value.path, "name": self.lora.value.name, "scale": self.lora_scale.value}]
+            if self.lora.value is not None else None,
             **extra,
         )
 

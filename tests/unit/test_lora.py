@@ -224,3 +224,21 @@ def test_compiled_model_swaps_adapter_and_scale_without_recompiling(tiny_spec, a
     assert state_of(model).loaded == {SLOT: check_loras([str(adapters["b"])])[0].sha256}
     assert not np.array_equal(first, swapped) and not np.array_equal(swapped, rescaled)
     assert not np.array_equal(off, rescaled)
+
+
+def test_widget_form_chooses_among_the_loaded_adapters_with_a_scale_slider(model, adapters):
+    from fluxnb.widgets import GenerateForm
+
+    initial = fluxnb.make_request(model.spec, prompt="a red fox", loras=[f"{adapters['a']}:0.8", str(adapters["b"])],
+                                  **SMALL)
+    form = GenerateForm(model, RunFolder.create("form"), initial=initial)
+    assert [label for label, _ in form.lora.options] == ["none", "style_a (style_a.safetensors)",
+                                                        "style_b (style_b.safetensors)"]
+    assert form.lora.value.name == "style_a" and form.lora_scale.value == 0.8
+    form.lora.value = initial.loras[1]
+    form.lora_scale.value = 0.5
+    (image,) = form.generate()
+    assert [(r["name"], r["scale"]) for r in image.metadata["loras"]] == [("style_b", 0.5)]
+    form.lora.value = None
+    (plain,) = form.generate()
+    assert "loras" not in plain.metadata and np.array_equal(np.asarray(plain.image), pixels(model))
