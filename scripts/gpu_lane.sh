@@ -25,7 +25,7 @@ BENCH_ARGS=${BENCH_ARGS:-$DEFAULT_BENCH}
 
 if [ -d .whl ] && [ "${GPU_LANE_INSTALL:-1}" = 1 ]; then
     wheels=()
-    for pkg in diffusers-0.42.1 bitsandbytes-0.50.2 torchao-0.17.0 huggingface_hub-1.33.0 safetensors-0.8.0; do
+    for pkg in diffusers-0.42.1 bitsandbytes-0.50.2 torchao-0.17.0 huggingface_hub-1.33.0 safetensors-0.8.0 peft-0.21.2; do
         for w in .whl/$pkg-*.whl; do [ -f "$w" ] && wheels+=("$w"); done
     done
     if [ ${#wheels[@]} -gt 0 ]; then
