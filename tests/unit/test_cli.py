@@ -93,4 +93,5 @@ def test_run_says_first_which_model_runs_and_where_the_run_is(outputs_dir: Path)
     assert any(line.startswith("model: flux-tiny (fluxnb/flux-tiny) - auto: no CUDA GPU") for line in lines)
     run_dir = Path(lines[-1].removeprefix("run folder: "))
     assert run_dir.parent == outputs_dir
-    assert {p.suffix for p in run_dir.iterdir()} == {".png", ".json", ".ipynb"}
+    assert {p.suffix for p in run_dir.iterdir() if p.is_file()} == {".png", ".json", ".ipynb"}
+    assert [p.name for p in run_dir.iterdir() if p.is_dir()] == ["sweep"]  # section 8's lesson: its own run folder
