@@ -29,12 +29,12 @@ from .config import ModelConfig, ModelSpec, load_config
 from .environment import package_version
 from .hub import hf_cache_dir, hf_token, is_cached, offline_mode
 from .knowledge import (
-    RULE_PACKAGES,
     Finding,
     GpuFacts,
     KnowledgeBase,
     ModelTypeNeeds,
     evaluate,
+    installed_versions,
     load_knowledge,
     parse_versions,
     split_gpu_facts,
@@ -173,16 +173,6 @@ def nvidia_driver_version() -> str | None:
 def torch_index_for_driver(driver: str) -> str | None:
     major = Version(driver).major
     return next((tag for floor, tag in TORCH_INDEX_FOR_DRIVER if major >= floor), None)
-
-
-def installed_versions() -> dict[str, str]:
-    """Installed versions of the packages the rules name (canonical names; missing ones left out)."""
-    out = {}
-    for name in RULE_PACKAGES:
-        version = package_version(name)
-        if version:
-            out[canonicalize_name(name)] = version
-    return out
 
 
 def torchvision_import_check(timeout: float = 120) -> tuple[bool, str]:
