@@ -71,16 +71,17 @@ def transformer_config(backend: Backend):
     return tq.FqnToConfig({**{pattern: weight_only_config() for pattern in ONE_ROW_LAYERS}, "_default": main})
 
 
-def compile_blocks(transformer, backend: Backend) -> int:
+def compile_blocks(transformer, backend: Backend, **compile_options) -> int:
     """diffusers' regional compilation (each repeated FLUX block, not the whole model); returns how many blocks.
 
     Identical blocks share one compiled graph, so the compile cost is that of the two block types, not of 57 blocks.
+    `compile_options` go to torch.compile (e.g. mode="max-autotune-no-cudagraphs").
     """
     if backend.options.get("fuse_int_mm"):
         import torch._inductor.config as inductor_config
 
         inductor_config.force_fuse_int_mm_with_mul = True  # fuse the int8 matmul with its rescale
-    transformer.compile_repeated_blocks()
+    transformer.compile_repeated_blocks(**compile_options)
     return sum(type(m).__name__ in transformer._repeated_blocks for m in transformer.modules())
 
 
