@@ -97,7 +97,8 @@ def run_one(variant: str, double: int, single: int, outliers: tuple[float, int] 
     elif backend != "bf16":
         from torchao.quantization import quantize_
 
-        quantize_(model, transformer_config(REGISTRY[TYPES[backend]]))
+        config = transformer_config(REGISTRY[TYPES[backend]])
+        quantize_(model, config, **({"filter_fn": None} if type(config).__name__ == "FqnToConfig" else {}))
     compile_mode = COMPILE_MODES[tuning]
     if how == "regional":  # the loader's way, with the record's flags (fused int8 rescale)
         compile_blocks(model, REGISTRY[TYPES.get(backend, "flux-bf16")], mode=compile_mode)
