@@ -19,23 +19,11 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from .environment import RULE_PACKAGES  # the packages the rules may name: one list, in environment.py
 from .errors import FluxnbError, KnowledgeError
 
 KNOWLEDGE_FILE = "knowledge.yaml"
 SEVERITIES = ("blocking", "degraded", "info")
-# Packages whose versions the rules may name (canonical names, as packaging.utils.canonicalize_name gives).
-RULE_PACKAGES = (
-    "diffusers",
-    "transformers",
-    "torch",
-    "torchvision",
-    "torchao",
-    "bitsandbytes",
-    "optimum-quanto",
-    "huggingface-hub",
-    "accelerate",
-    "triton",
-)
 GPU_KEYS = {"cuda", "min_capability", "max_capability", "torch_cuda", "driver"}
 PAIR_CHECKS = ("torch-torchvision",)
 TORCHVISION_MINOR_OFFSET = 15  # torch 2.N pairs with torchvision 0.(N+15): 2.8 <-> 0.23, 2.13 <-> 0.28

@@ -23,18 +23,10 @@ from .errors import LoadError, ModelUnavailableError, QuantizationError
 from .footprint import ComponentFootprint, pipeline_footprint
 from .hub import find_corrupt_weights, hf_token, is_cached, offline_mode
 from .selection import resolve_model
+from .units import GIB, human_bytes
 
 logger = logging.getLogger(__name__)
 
-GIB = 2**30
-
-
-def human_bytes(n: int) -> str:
-    """1.23 GiB / 45.6 MiB / 789 KiB: tiny and full-size models in one table."""
-    for unit, size in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
 # Load-time log text that means weights were not loaded from the checkpoint (they are random).
 _UNLOADED_WEIGHT_PATTERNS = ("newly initialized", "were not used when initializing", "missing keys")
 

@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import PROJECT_ROOT, SIZE_MULTIPLE, ModelSpec
+from .config import PROJECT_ROOT, ModelSpec
 from .errors import RequestError
+from .units import SIZE_MULTIPLE, is_image_side
 
 SAMPLE_INIT_IMAGE = PROJECT_ROOT / "notebooks" / "assets" / "init_image.png"  # image-to-image default
 TEXT_TO_IMAGE = "text-to-image"
@@ -64,7 +65,7 @@ def _int(name: str, value: Any, low: int, high: int, fix: str) -> int:
 
 def _size(name: str, value: Any, maximum: int) -> int:
     value = _int(name, value, SIZE_MULTIPLE, maximum, f"Fix: use a multiple of {SIZE_MULTIPLE} up to {maximum}.")
-    if value % SIZE_MULTIPLE:
+    if not is_image_side(value):
         lower = value - value % SIZE_MULTIPLE
         raise RequestError(
             name,

@@ -234,8 +234,9 @@ def test_the_autoimageprocessor_trap_is_rediagnosed_as_torchvision():
 
 
 def test_the_attempts_prose_is_data_read_from_replay_yaml():
-    import yaml
     from importlib import resources
+
+    import yaml
 
     data = yaml.safe_load(resources.files("fluxnb").joinpath("replay.yaml").read_text(encoding="utf-8"))
     assert [a["title"] for a in data["attempts"]] == [a.title for a in replay.ATTEMPTS]
@@ -244,8 +245,9 @@ def test_the_attempts_prose_is_data_read_from_replay_yaml():
 
 
 def test_a_broken_replay_yaml_lists_every_problem_at_once(tmp_path: Path):
-    import yaml
     from importlib import resources
+
+    import yaml
 
     from fluxnb.errors import KnowledgeError
 
