@@ -1,7 +1,7 @@
 """Generation requests, validated against the chosen model's params before any model is loaded.
 
-Each error names the parameter, what is allowed for this model, and the fix (DESIGN.md: bad input gets a
-clear error before minutes are spent loading 17 GB of weights).
+Each error names the parameter, what is allowed for this model, and the fix: bad input gets a clear error
+before minutes are spent loading 17 GB of weights.
 """
 
 from __future__ import annotations

@@ -104,7 +104,8 @@ def synthetic_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def synthetic_dir(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None) -> Path:
-    """Folder of one kind, keyed by the library lines that write it (KNOWN_ISSUES row 16) and by size."""
+    """Folder of one kind, keyed by size and by the library lines that write it (knowledge entry
+    transformers5-checkpoint-on-4x)."""
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic checkpoint kind {kind!r}; allowed: {', '.join(KINDS)}")
     size = "full" if dims is None or dims == FULL_DIMS else "scaled"

@@ -1,4 +1,4 @@
-"""Issue 6 probe: what regional torch.compile costs and gains per backend, on a FLUX transformer with FLUX.1-dev's
+"""Compile probe: what regional torch.compile costs and gains per backend, on a FLUX transformer with FLUX.1-dev's
 widths but few blocks (random weights), at 1024x1024 token counts (4096 image + 512 text).
 
 Each variant runs in its own process under a time limit, so one slow compile cannot eat the others' time. Prints one
