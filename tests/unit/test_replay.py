@@ -207,6 +207,10 @@ def test_notebook_03_runs_headless_and_records_every_attempt(outputs_dir):
     assert not [o for o in outputs if o.output_type == "error"]
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert html.count("live / recorded") == 1 and "Attempt 6" in html
+    # no widgets here, so no `interactive` parameter: the runner injects only what the notebook declares
+    injected = [c.source for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "output_dir" in injected[0] and "interactive" not in injected[0]
+    assert "interactive" not in executed.metadata["papermill"]["parameters"]
 
 
 # -- the GPU evidence kept in the repo ---------------------------------------------------------------------------
