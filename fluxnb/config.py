@@ -15,10 +15,10 @@ import yaml
 
 from .backends import REGISTRY, types_where
 from .errors import ConfigError, RequestError
+from .units import SIZE_MULTIPLE, is_image_side
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "model_config.yaml"
-SIZE_MULTIPLE = 16  # FLUX: VAE downsamples by 8, the transformer packs 2x2 latent patches.
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def _check_size(value: Any, where: str, problems: list[str]) -> tuple[int, int] 
         return None
     width, height = value
     for axis, v in (("width", width), ("height", height)):
-        if v <= 0 or v % SIZE_MULTIPLE:
+        if not is_image_side(v):
             problems.append(f"{where}: {axis} {v} must be a positive multiple of {SIZE_MULTIPLE}")
     return (width, height)
 

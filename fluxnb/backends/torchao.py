@@ -7,6 +7,8 @@ its error small. torchao's current (version 2) configs: Int8Tensor / Float8Tenso
 
 from __future__ import annotations
 
+import warnings
+
 from packaging.version import Version
 
 from ..environment import package_version
@@ -23,6 +25,13 @@ _EXPECTED = {"transformer": _FORMATS, "text_encoder_2": _FORMATS}
 # needs to be greater than 16, but got 1", seen on an H100): those layers (AdaLN modulation, time/text embedders,
 # 0.3% of the FLOPs) get int8 weight-only instead.
 ONE_ROW_LAYERS = (r"re:(.*\.)?(norm1|norm1_context|norm|norm_out)\.linear", r"re:time_text_embed\..*\.linear_[12]")
+# Every other Linear of the FLUX transformer, named (torchao deprecates the "_default" catch-all).
+MAIN_LAYERS = (
+    r"re:(.*\.)?attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)",
+    r"re:(.*\.)?(ff|ff_context)\.net\.(0\.proj|2)",
+    r"re:(.*\.)?(proj_mlp|proj_out)",
+    r"re:(x_embedder|context_embedder)",
+)
 
 
 def require_torchao(spec) -> None:
@@ -67,20 +76,24 @@ def transformer_config(backend: Backend):
     if name == "Float8DynamicActivationFloat8WeightConfig":
         main = tq.Float8DynamicActivationFloat8WeightConfig(granularity=tq.PerRow(), set_inductor_config=False)
     else:
-        main = tq.Int8DynamicActivationInt8WeightConfig(version=2, set_inductor_config=False)
-    return tq.FqnToConfig({**{pattern: weight_only_config() for pattern in ONE_ROW_LAYERS}, "_default": main})
+        with warnings.catch_warnings():  # torchao 0.17's version-2 config builds a PlainLayout it never uses
+            warnings.filterwarnings("ignore", message="Deprecation: PlainLayout", category=UserWarning)
+            main = tq.Int8DynamicActivationInt8WeightConfig(version=2, set_inductor_config=False)
+    return tq.FqnToConfig({**{pattern: weight_only_config() for pattern in ONE_ROW_LAYERS},
+                           **{pattern: main for pattern in MAIN_LAYERS}})
 
 
-def compile_blocks(transformer, backend: Backend) -> int:
+def compile_blocks(transformer, backend: Backend, **compile_options) -> int:
     """diffusers' regional compilation (each repeated FLUX block, not the whole model); returns how many blocks.
 
     Identical blocks share one compiled graph, so the compile cost is that of the two block types, not of 57 blocks.
+    `compile_options` go to torch.compile (e.g. mode="max-autotune-no-cudagraphs").
     """
     if backend.options.get("fuse_int_mm"):
         import torch._inductor.config as inductor_config
 
         inductor_config.force_fuse_int_mm_with_mul = True  # fuse the int8 matmul with its rescale
-    transformer.compile_repeated_blocks()
+    transformer.compile_repeated_blocks(**compile_options)
     return sum(type(m).__name__ in transformer._repeated_blocks for m in transformer.modules())
 
 
