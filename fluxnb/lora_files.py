@@ -24,14 +24,16 @@ PARAMETER = "loras"
 # later adapters swap in without recompiling; FLUX LoRAs are commonly rank 4-128.
 HOTSWAP_RANK = 128
 MIN_PEFT = "0.15.0"  # hotswap_adapter_from_state_dict / prepare_model_for_compiled_hotswap
-FLUX_HINTS = ("transformer_blocks", "single_transformer_blocks", "double_blocks", "single_blocks", "x_embedder",
-              "context_embedder", "proj_out", "img_attn", "txt_attn")
-# Key names of Stable Diffusion 1.x/2.x/XL LoRAs (UNet down/mid/up blocks, Kohya's lora_te text encoder, SGM's
-# input/output blocks): such a file loads into no FLUX module.
-SD_PATTERN = re.compile(r"(down_blocks|up_blocks|mid_block|lora_unet_input_blocks|lora_unet_output_blocks|"
-                        r"lora_unet_middle_block|lora_te1?_text_model|lora_te2_|unet\.)")
+# FLUX transformer blocks as the diffusers, Kohya and BFL/ComfyUI layouts name them.
+FLUX_HINTS = ("transformer_blocks", "double_blocks", "single_blocks")
+# Stable Diffusion 1.x/2.x/XL LoRAs: UNet down/mid/up blocks (their attentions hold "transformer_blocks" too), SGM's
+# input/output/middle blocks, diffusers' `unet.` prefix, SDXL's second text encoder (lora_te2_; FLUX files use te1 for
+# CLIP and te3 for T5). FLUX's transformer has none of these, so one such key marks the file as SD.
+SD_PATTERN = re.compile(r"(down_blocks|up_blocks|mid_block|input_blocks|output_blocks|middle_block|^unet\.|"
+                        r"lora_te2_)")
 LORA_PATTERN = re.compile(r"(lora_A|lora_B|lora_down|lora_up|lora\.down|lora\.up)")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+\.safetensors)?$")
+# owner/name, or owner/name/path/in/repo.safetensors (a two-part path ending in .safetensors is a local file)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/(?![\w.-]+\.safetensors$)[\w.-]+(/[\w./-]+\.safetensors)?$")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class LoraChoice:
         scale: its weight (0 = off; 1 = as trained).
         file: the file's name (no folder), for metadata.
         sha256: the file's SHA-256, so that an image names exactly which adapter made it.
-        layout: "diffusers" or "kohya" (converted by diffusers on load).
+        layout: "diffusers", "kohya" or "bfl" (ComfyUI/BFL names); the last two are converted by diffusers on load.
         rank: the largest LoRA rank in the file (compiled models pad adapters to a fixed rank).
     """
 
@@ -113,8 +115,9 @@ def resolve_file(source: str) -> tuple[Path, str]:
         except RequestError:
             raise
         except Exception as exc:  # offline, not found, gated: all mean "no file"; the reason is shown
-            raise _fail(f"LoRA {source!r}", f"is not a local file, and the hub could not provide it "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
+            raise _fail(f"LoRA file {source!r}", "does not exist here (relative paths are taken from the working "
+                        f"directory), and as a hub id the hub could not provide it ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})",
                         "give the path of a local .safetensors file, or download it first where there is network "
                         "(`huggingface-cli download OWNER/NAME`).") from None
     raise _fail(f"LoRA file {source!r}", "does not exist",
@@ -160,14 +163,18 @@ def classify(keys: dict[str, list[int]], where: str) -> tuple[str, int]:
                     f"or lora_down/lora_up; first names: {sample})",
                     "give a LoRA .safetensors file; a full model checkpoint belongs in model_config.yaml.")
     sd_keys = [k for k in lora_keys if SD_PATTERN.search(k)]
-    if sd_keys and not any(h in k for k in lora_keys for h in FLUX_HINTS):
+    if sd_keys:
         raise _fail(where, f"is a LoRA for Stable Diffusion (1.x/2.x/XL), not for FLUX: its layers are UNet "
                     f"blocks ({sd_keys[0]})", "use a LoRA trained for FLUX.1-dev.")
     if not any(h in k for k in lora_keys for h in FLUX_HINTS):
         raise _fail(where, f"is a LoRA for another model: none of its layers is a FLUX transformer block "
                     f"(e.g. {lora_keys[0]})", "use a LoRA trained for FLUX.1-dev.")
-    layout = "kohya" if any(k.startswith(("lora_unet_", "lora_te")) or "lora_down" in k for k in lora_keys) \
-        else "diffusers"
+    if any(k.startswith(("lora_unet_", "lora_te")) or "lora_down" in k for k in lora_keys):
+        layout = "kohya"
+    elif any("double_blocks" in k or "single_blocks" in k for k in lora_keys):
+        layout = "bfl"  # ComfyUI / BFL module names (diffusion_model.double_blocks...), converted by diffusers
+    else:
+        layout = "diffusers"
     ranks = [shape[0] for k, shape in keys.items() if re.search(r"(lora_A|lora_down|lora\.down)", k) and shape]
     return layout, max(ranks, default=0)
 
@@ -195,8 +202,14 @@ def _one(item: Any, position: int) -> dict[str, Any]:
     """A dict {path, scale, name} from a dict or a "PATH[:SCALE]" string."""
     if isinstance(item, (str, Path)):
         text = str(item)
-        path, _, scale = text.rpartition(":") if re.search(r":[-+.\d]+$", text) else (text, "", "")
-        return {"path": path, "scale": float(scale) if scale else 1.0}
+        path, sep, tail = text.rpartition(":")
+        if not sep or not path or "/" in tail or tail.endswith(".safetensors"):
+            return {"path": text, "scale": 1.0}
+        try:
+            return {"path": path, "scale": float(tail)}
+        except ValueError:
+            raise _fail(f"LoRA file {path!r}", f"scale must be a finite number, got {tail!r}",
+                        "write PATH:SCALE with a number, e.g. style.safetensors:0.8.") from None
     if isinstance(item, dict):
         unknown = set(item) - {"path", "scale", "name", "file", "sha256", "layout", "rank"}
         if unknown or "path" not in item:

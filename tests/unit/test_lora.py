@@ -120,7 +120,14 @@ BAD = {
         "lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight": [4, 8],
         "lora_unet_down_blocks_1_attentions_0_proj_in.lora_up.weight": [8, 4]}), "Stable Diffusion"),
     "sd_unet_prefix": (lambda d, a: _write(d / "sd15.safetensors", {
-        "unet.up_blocks.1.attentions.0.to_q.lora_A.weight": [4, 8]}), "Stable Diffusion"),
+        "unet.up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": [4, 8],
+        "unet.up_blocks.1.attentions.0.proj_out.lora_A.weight": [4, 8]}), "Stable Diffusion"),
+    "sd_kohya_transformer_blocks": (lambda d, a: _write(d / "sd_kohya.safetensors", {
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight": [4, 8],
+        "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": [4, 8]}), "Stable Diffusion"),
+    "other_model": (lambda d, a: _write(d / "llm.safetensors", {
+        "base_model.model.layers.0.self_attn.q_proj.lora_A.weight": [4, 8]}), "is a LoRA for another model"),
+    "hub_offline": (lambda d, a: Path("someone/flux-style/style.safetensors"), "the hub could not provide it"),
     "truncated_header": (lambda d, a: _copy(d / "cut.safetensors", a["a"].read_bytes()[:300]), "truncated"),
     "truncated_data": (lambda d, a: _copy(d / "half.safetensors", a["a"].read_bytes()[:-100]), "truncated"),
 }
@@ -135,6 +142,13 @@ def test_bad_adapter_files_are_refused_before_loading_with_the_file_and_the_fix(
     message = str(caught.value)
     assert message.startswith("parameter `loras`: LoRA file") and file.name in message
     assert words in message and "\nFix: " in message
+
+
+def test_cli_style_path_scale_with_a_word_for_the_scale(adapters, tiny_spec):
+    with pytest.raises(RequestError, match=r"style_a.safetensors.*scale must be a finite number, got 'strong'"):
+        fluxnb.make_request(tiny_spec, prompt="a fox", loras=[f"{adapters['a']}:strong"])
+    (choice,) = fluxnb.make_request(tiny_spec, prompt="a fox", loras=[f"{adapters['a']}:-0.5"]).loras
+    assert choice.scale == -0.5 and choice.layout == "diffusers"
 
 
 @pytest.mark.parametrize("scale", ["strong", float("nan"), float("inf"), None, True])
