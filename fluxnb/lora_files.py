@@ -18,6 +18,7 @@ from typing import Any
 
 from .environment import package_version
 from .errors import RequestError
+from .hub import hf_cache_dir, hf_token
 
 PARAMETER = "loras"
 # Compiled models pad every adapter to this rank once (diffusers' enable_lora_hotswap default target_rank), so that
@@ -99,8 +100,6 @@ def resolve_file(source: str) -> tuple[Path, str]:
                     "give the path of the one .safetensors file to load.")
     if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
         from huggingface_hub import hf_hub_download, list_repo_files
-
-        from .hub import hf_cache_dir, hf_token
 
         repo, _, weight = source.partition("/")[2].partition("/")
         repo = source.split("/")[0] + "/" + repo

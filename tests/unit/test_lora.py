@@ -256,3 +256,13 @@ def test_widget_form_chooses_among_the_loaded_adapters_with_a_scale_slider(model
     form.lora.value = None
     (plain,) = form.generate()
     assert "loras" not in plain.metadata and np.array_equal(np.asarray(plain.image), pixels(model))
+
+
+def test_without_peft_the_message_says_what_to_install(adapters, tiny_spec, monkeypatch):
+    import fluxnb.lora_files as lora_files
+
+    monkeypatch.setattr(lora_files, "package_version", lambda name: None if name == "peft" else "1")
+    with pytest.raises(RequestError, match=r"through PEFT, which is not installed") as caught:
+        fluxnb.make_request(tiny_spec, prompt="a fox", loras=[str(adapters["a"])])
+    assert "pip install 'peft>=" in str(caught.value)
+    assert fluxnb.make_request(tiny_spec, prompt="a fox").loras == ()  # no adapters: peft is not needed
