@@ -55,8 +55,11 @@ def build_lora(transformer, path: str | Path, rank: int = 4, seed: int = 0, magn
     return path
 
 
-def to_kohya(source: str | Path, target: str | Path) -> Path:
-    """The same adapter in Kohya's FLUX layout (lora_unet_..., lora_down/lora_up, .alpha = rank: scale 1)."""
+def to_kohya(source: str | Path, target: str | Path, prefix: str = "lora_unet_") -> Path:
+    """The same adapter in Kohya's FLUX layout (lora_unet_..., lora_down/lora_up, .alpha = rank: scale 1).
+
+    prefix="diffusion_model." writes ComfyUI's variant of the same names.
+    """
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -71,6 +74,7 @@ def to_kohya(source: str | Path, target: str | Path) -> Path:
                 break
         if name is None:
             raise ValueError(f"{module} has no one-to-one Kohya name")
+        name = prefix + name.removeprefix("lora_unet_")
         if kind == "A.weight":
             out[f"{name}.lora_down.weight"] = tensor
             out[f"{name}.alpha"] = torch.tensor(float(tensor.shape[0]))

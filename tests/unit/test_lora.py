@@ -33,7 +33,8 @@ def adapters(model, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("loras")
     a = build_lora(model.pipe.transformer, folder / "style_a.safetensors", rank=4, seed=1)
     b = build_lora(model.pipe.transformer, folder / "style_b.safetensors", rank=4, seed=2)
-    return {"a": a, "b": b, "a_kohya": to_kohya(a, folder / "style_a_kohya.safetensors")}
+    return {"a": a, "b": b, "a_kohya": to_kohya(a, folder / "style_a_kohya.safetensors"),
+            "a_comfyui": to_kohya(a, folder / "style_a_comfyui.safetensors", prefix="diffusion_model.")}
 
 
 def pixels(model: LoadedModel, run: RunFolder | None = None, **kwargs) -> np.ndarray:
@@ -51,10 +52,11 @@ def test_lora_changes_the_output_scale_0_is_no_lora_and_unload_restores_it(model
     assert not any("lora" in type(m).__module__ for m in model.pipe.transformer.modules())
 
 
-def test_kohya_layout_converts_and_gives_the_same_image(model, adapters):
-    (choice,) = check_loras([str(adapters["a_kohya"])])
+@pytest.mark.parametrize("layout", ["a_kohya", "a_comfyui"])
+def test_kohya_and_comfyui_layouts_convert_and_give_the_same_image(model, adapters, layout):
+    (choice,) = check_loras([str(adapters[layout])])
     assert (choice.layout, choice.rank) == ("kohya", 4)
-    assert np.array_equal(pixels(model, loras=[str(adapters["a_kohya"])]), pixels(model, loras=[str(adapters["a"])]))
+    assert np.array_equal(pixels(model, loras=[str(adapters[layout])]), pixels(model, loras=[str(adapters["a"])]))
 
 
 def test_same_adapters_load_once_a_new_scale_only_sets_it(model, adapters, monkeypatch):
