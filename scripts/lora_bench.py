@@ -34,7 +34,7 @@ from fluxnb.environment import device_info, package_versions  # noqa: E402
 from fluxnb.generation import peak_memory_bytes  # noqa: E402
 from fluxnb.lora import apply_loras  # noqa: E402
 from fluxnb.memory import free_memory  # noqa: E402
-from fluxnb.synthetic import KIND_FOR_TYPE, ensure_synthetic_checkpoint  # noqa: E402
+from fluxnb.synthetic import ensure_synthetic_checkpoint  # noqa: E402
 from fluxnb.synthetic_lora import build_lora  # noqa: E402
 
 DEFAULT_MODELS = ("flux-dev-bnb-8bit", "flux-dev-torchao-int8dq")
@@ -68,7 +68,8 @@ def bench_one(name: str, args, adapters: list[Path], log) -> dict:
     config = fluxnb.load_config()
     spec = dataclasses.replace(config.get(name), requires_auth=False)
     backend = get_backend(spec.type)
-    kind = None if backend.embedded else KIND_FOR_TYPE.get(spec.type, "bf16")  # flux-tiny: a CPU smoke run
+    # the record's synthetic checkpoint; quantize-at-load types (torchao) start from the bf16 one; flux-tiny: CPU smoke
+    kind = None if backend.embedded else (backend.synthetic_kind or "bf16")
     checkpoint = None if kind is None else ensure_synthetic_checkpoint(kind, args.synthetic_root, log=log)
     result: dict = {"model": name, "type": spec.type, "lora_mode": backend.lora, "checkpoint_kind": kind}
     torch._dynamo.reset()
