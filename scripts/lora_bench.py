@@ -13,6 +13,7 @@ card, the library versions and every figure (default results/lora-bench-syntheti
 
 Usage (GPU): python scripts/lora_bench.py [--model flux-dev-bnb-8bit --model flux-dev-torchao-int8dq]
              [--size 1024x1024] [--steps 28] [--images 2] [--rank 16] [--out FILE] [--synthetic-root DIR]
+             [--lora-dir DIR]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fluxnb.environment import device_info, package_versions  # noqa: E402
 from fluxnb.generation import peak_memory_bytes  # noqa: E402
 from fluxnb.lora import apply_loras  # noqa: E402
 from fluxnb.memory import free_memory  # noqa: E402
+from fluxnb.outputs import default_outputs_dir  # noqa: E402
 from fluxnb.synthetic import ensure_synthetic_checkpoint  # noqa: E402
 from fluxnb.synthetic_lora import build_lora  # noqa: E402
 
@@ -115,8 +117,9 @@ def main() -> int:
     parser.add_argument("--synthetic-root", default=None, help="where the synthetic checkpoints are built/kept")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results"
                         / "lora-bench-synthetic.json")
+    parser.add_argument("--lora-dir", type=Path, default=default_outputs_dir() / "lora-bench-adapters",
+                        help="where the synthetic adapters are written (default outputs/: never committed)")
     args = parser.parse_args()
-    args.lora_dir = args.out.parent / "lora-bench-adapters"
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
