@@ -6,6 +6,7 @@ their metadata, and the executed notebook kept in the run folder.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -183,7 +184,8 @@ def test_image_to_image_notebook_records_the_run(i2i_run: Path):
     for entry in entries:
         assert (entry["mode"], entry["steps"], entry["strength"]) == (fluxnb.IMAGE_TO_IMAGE, 4, 0.5)
         assert entry["init_image"] == str(fluxnb.SAMPLE_INIT_IMAGE)
-        assert entry["file"].endswith(f"i2i-seed{entry['seed']}.png")
+        assert entry["file"] == fluxnb.outputs.image_file_name(entry)  # named by its request item
+        assert re.fullmatch(rf"\d{{4}}-i2i-seed{entry['seed']}-[0-9a-f]{{8}}\.png", entry["file"])
     check_images(i2i_run, manifest, (80, 64))
     cells = check_executed_notebook(i2i_run, "02_image_to_image")
     printed = "".join(stdout_of(outputs) for _, outputs in cells)
