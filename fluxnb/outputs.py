@@ -204,6 +204,20 @@ def _release_quietly(lock: RunLock) -> None:
     lock.release()
 
 
+def check_run_folder(path: str | Path) -> Path:
+    """`path` as a run folder to resume, or an InputError saying what it is instead (a file, nothing...)."""
+    path = Path(path)
+    fix = "give the folder printed as `run folder: ...` by the run to resume"
+    problem = describe_path(path)
+    if problem and problem != "is a directory, not a file":
+        raise InputError(f"run folder {path} {problem}.", fix=fix)
+    if not path.is_dir():
+        raise InputError(f"{path} is a file, not a run folder.", fix=fix)
+    if not (path / MANIFEST).exists():
+        raise InputError(f"{path} is not a run folder ({MANIFEST} is missing).", fix=fix)
+    return path
+
+
 class RunFolder:
     """One run: its folder and manifest. Images are added one by one, each saved as soon as it exists.
 
@@ -277,15 +291,7 @@ class RunFolder:
         (truncated) or not fluxnb's is moved to set-aside/ and said so in the manifest; an unlisted complete PNG
         whose own metadata gives its file name (a crash came between the PNG and the manifest line) is adopted.
         """
-        path = Path(path)
-        fix = "give the folder printed as `run folder: ...` by the run to resume"
-        problem = describe_path(path)
-        if problem and problem != "is a directory, not a file":
-            raise InputError(f"run folder {path} {problem}.", fix=fix)
-        if not path.is_dir():
-            raise InputError(f"{path} is a file, not a run folder.", fix=fix)
-        if not (path / MANIFEST).exists():
-            raise InputError(f"{path} is not a run folder ({MANIFEST} is missing).", fix=fix)
+        path = check_run_folder(path)
         run = cls.__new__(cls)
         run.path = path
         run._take_lock()  # before reading: another writer may be about to change it

@@ -19,7 +19,15 @@ from typing import Any
 
 from .config import PROJECT_ROOT
 from .errors import InputError, NotebookFailed, OutputWriteError, RequestError
-from .outputs import LOCK_TOKEN_ENV, MANIFEST, RunLock, atomic_write_json, new_run_dir, read_manifest
+from .outputs import (
+    LOCK_TOKEN_ENV,
+    MANIFEST,
+    RunLock,
+    atomic_write_json,
+    check_run_folder,
+    new_run_dir,
+    read_manifest,
+)
 from .params import IMAGE_TO_IMAGE, SAMPLE_INIT_IMAGE, TEXT_TO_IMAGE, make_request
 from .selection import resolve_model
 from .userfiles import load_yaml, parse_yaml
@@ -185,12 +193,7 @@ def resume_notebook(
     is kept as NAME.attempt-N.ipynb.
     """
     path = find_notebook(notebook)
-    run_dir = Path(run_dir)
-    fix = "give the folder printed as `run folder: ...` by the run to resume"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"{run_dir} is a file, not a run folder.", fix=fix)
-    if not (run_dir / MANIFEST).is_file():
-        raise InputError(f"{run_dir} is not a run folder ({MANIFEST} is missing).", fix=fix)
+    run_dir = check_run_folder(run_dir)
     if "resume" not in notebook_parameters(path):
         raise InputError(f"{path.name} has no `resume` parameter, so it cannot resume a run; run it anew instead.")
     parameters = dict(parameters or {})

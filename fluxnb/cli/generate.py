@@ -11,7 +11,7 @@ from ..display import model_banner
 from ..errors import InputError, RequestError
 from ..generation import generate
 from ..loading import load_model
-from ..outputs import RunFolder, read_manifest
+from ..outputs import RunFolder, check_run_folder, read_manifest
 from ..params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request, read_prompts_file, request_from_dict
 from ..selection import resolve_model
 
@@ -77,7 +77,7 @@ def check_resumable(args: argparse.Namespace) -> None:
                            "it, so it is refused.",
                            fix=f"fluxnb generate --resume {args.resume} (nothing else), or start a new run without "
                            "--resume for the new request")
-    manifest = read_manifest(args.resume)
+    manifest = read_manifest(check_run_folder(args.resume))
     job = manifest.get("job")
     if job != "generate":
         raise InputError(f"{args.resume} was made by `fluxnb run {job}`, not by fluxnb generate; a resume "

@@ -18,7 +18,7 @@ import psutil
 from PIL import Image
 
 import fluxnb
-from fluxnb.outputs import LOCK_FILE, MANIFEST, SET_ASIDE, image_file_name
+from fluxnb.outputs import LOCK_FILE, SET_ASIDE, image_file_name
 
 BATCH = ["--steps", "20", "--width", "192", "--height", "192", "--num-images", "4", "--seed", "100"]
 PROMPTS = ("a red fox in the snow", "a lighthouse")
@@ -163,7 +163,8 @@ def test_truncated_png_is_set_aside_said_and_made_again(tiny_model, outputs_dir:
         assert done.returncode == 0, done.stderr
         assert "Traceback" not in done.stderr
         said.append(done.stderr)
-    assert f"fluxnb: set aside {victim} -> {SET_ASIDE}/{victim.name}: listed in the manifest but is truncated" in said[0]
+    told = f"fluxnb: set aside {victim} -> {SET_ASIDE}/{victim.name}: listed in the manifest but is truncated"
+    assert told in said[0]
     assert "set aside" not in said[1]
     manifest = consistent(run_dir)
     (note,) = manifest["set_aside"]
