@@ -285,3 +285,32 @@ def test_bad_notebook_parameter_is_refused_before_any_run_folder(outputs_dir: Pa
         assert "fluxnb: error: parameter `width`: must be between 16 and 512 for this model, got 1000" in done.stderr
         assert "Traceback" not in done.stderr
     assert not outputs_dir.exists() or not any(outputs_dir.iterdir())
+
+
+def test_disk_full_at_the_start_of_a_notebook_run(outputs_dir: Path):
+    """papermill cannot write the executed notebook: one message naming it, and no half-written .ipynb left."""
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, 8_000))
+
+    process = cli("run", "01_text_to_image", "-p", "steps", "1", preexec_fn=limit_file_size)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 1, stderr
+    (run_dir,) = outputs_dir.iterdir()
+    assert f"fluxnb: error: cannot write {run_dir / '01_text_to_image.ipynb'}: File too large" in stderr
+    assert "Fix: free disk space" in stderr and "Traceback" not in stderr
+    assert not list(run_dir.glob("*.ipynb"))
+
+
+def test_following_the_corrupt_weights_fix_works(tiny_spec, tmp_path: Path, monkeypatch):
+    """The message's own fix, run as given, leads to a model that loads (the tiny checkpoint is rebuilt)."""
+    monkeypatch.setenv("FLUXNB_CACHE", str(tmp_path / "cache"))
+    folder = ensure_tiny_checkpoint()
+    weights = next((folder / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(fluxnb.LoadError) as info:
+        fluxnb.load_model(tiny_spec, device="cpu", progress=False)
+    (command,) = re.findall(r"`(rm -rf [^`]+)`", str(info.value))
+    subprocess.run(command, shell=True, check=True)
+    model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
+    assert model.spec.name == "flux-tiny" and weights.is_file()
