@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .knowledge import Entry, KnowledgeBase, alternative_matches, load_knowledge
+from .knowledge import Entry, KnowledgeBase, alternative_matches, installed_versions, load_knowledge
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,6 @@ def diagnose(
     """
     kb = kb or load_knowledge()
     if versions is None:
-        from .doctor import installed_versions
-
         versions = installed_versions()
     text = error_text(error)
     found = []

@@ -11,15 +11,14 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from .backends import get_backend
 from .generation import GeneratedImage, compile_seconds, peak_memory_bytes
-
-TINY_MODEL_TYPE = "flux-tiny"
 
 
 def model_banner(choice) -> str:
     """The first lines of a run: which model runs and why; plainly, when the pictures will be noise."""
     lines = []
-    if choice.spec.type == TINY_MODEL_TYPE:
+    if get_backend(choice.spec.type).embedded:
         lines += [
             f"NOTE: this run uses {choice.spec.name}, the embedded tiny FLUX with RANDOM WEIGHTS:",
             "      its pictures are noise. It proves the workflow end to end (validation, loading,",

@@ -27,20 +27,20 @@ from packaging.version import Version
 
 from .config import ModelConfig, ModelSpec, load_config
 from .environment import package_version
+from .hub import hf_cache_dir, hf_token, is_cached, offline_mode
 from .knowledge import (
-    RULE_PACKAGES,
     Finding,
     GpuFacts,
     KnowledgeBase,
     ModelTypeNeeds,
     evaluate,
+    installed_versions,
     load_knowledge,
     parse_versions,
     split_gpu_facts,
     supported_line,
     torch_torchvision_mismatch,
 )
-from .hub import hf_cache_dir, hf_token, is_cached, offline_mode
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 GIB = 2**30
@@ -173,16 +173,6 @@ def nvidia_driver_version() -> str | None:
 def torch_index_for_driver(driver: str) -> str | None:
     major = Version(driver).major
     return next((tag for floor, tag in TORCH_INDEX_FOR_DRIVER if major >= floor), None)
-
-
-def installed_versions() -> dict[str, str]:
-    """Installed versions of the packages the rules name (canonical names; missing ones left out)."""
-    out = {}
-    for name in RULE_PACKAGES:
-        version = package_version(name)
-        if version:
-            out[canonicalize_name(name)] = version
-    return out
 
 
 def torchvision_import_check(timeout: float = 120) -> tuple[bool, str]:
@@ -517,9 +507,11 @@ def memory_figure(components):
 
 def quantization_rows(report) -> list[Check]:
     """Per component: the weight format found vs what the model type promises (EXPECTED_FORMATS)."""
-    from .loading import EXPECTED_FORMATS, human_bytes
+    from .backends import get_backend
+    from .footprint import human_bytes
+    from .loading import quantization_problem
 
-    expected = EXPECTED_FORMATS.get(report.type, {})
+    expected = get_backend(report.type).expected_formats
     rows = []
     for c in report.components:
         want = expected.get(c.name)
@@ -527,10 +519,11 @@ def quantization_rows(report) -> list[Check]:
                 f"{c.linear_layers} plain Linear layers"
         if want is None:
             rows.append(Check(c.name, OK, found + " (not quantized by this model type)"))
-        else:
-            good = c.format.startswith(want) and c.quantized_layers >= c.linear_layers
-            rows.append(Check(c.name, OK if good else FAIL, found + f"; promised {' or '.join(want)}",
-                              "" if good else "the checkpoint is not the pre-quantized one, or bitsandbytes failed"))
+            continue
+        problem = quantization_problem(c, want)
+        rows.append(Check(c.name, FAIL if problem else OK, found + f"; promised {' or '.join(want)}",
+                          f"{problem}: the checkpoint is not the one model_config.yaml names, or the quantization "
+                          "library failed" if problem else ""))
     return rows
 
 

@@ -20,6 +20,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from .environment import package_version
 from .errors import InputError, KnowledgeError
 
 KNOWLEDGE_FILE = "knowledge.yaml"
@@ -298,6 +299,16 @@ def load_knowledge(path: str | Path | None = None) -> KnowledgeBase:
 
 # Keys a version set may carry besides packages: facts about a (hypothetical) GPU machine.
 GPU_FACT_KEYS = ("driver", "torch-cuda", "capability")
+
+
+def installed_versions() -> dict[str, str]:
+    """Installed versions of the packages the rules name (canonical names; missing ones left out)."""
+    out = {}
+    for name in RULE_PACKAGES:
+        version = package_version(name)
+        if version:
+            out[canonicalize_name(name)] = version
+    return out
 
 
 def parse_versions(text: str | dict[str, str] | None) -> dict[str, str]:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .backends import compile_wanted, get_backend
 from .config import PROJECT_ROOT, SIZE_MULTIPLE, ModelSpec
 from .errors import InputError, RequestError
 from .userfiles import describe_path, parse_yaml, read_text_file
@@ -202,10 +203,9 @@ def request_from_dict(spec: ModelSpec, data: dict[str, Any]) -> GenerationReques
 
 def _check_compiled_minimum(spec: ModelSpec, width: int, height: int, max_sequence_length: int) -> None:
     """Compiled int8 dynamic matmuls (torch._int_mm) need more than 16 rows: image tokens and T5 tokens."""
-    from .loading import MIN_ROWS_COMPILED, compile_wanted
-
-    need = MIN_ROWS_COMPILED.get(spec.type)
-    if need is None or not compile_wanted(spec)[0]:
+    backend = get_backend(spec.type)
+    need = backend.min_rows_compiled
+    if not need or not compile_wanted(spec, backend)[0]:
         return
     tokens = (width // 16) * (height // 16)
     if tokens < need:

@@ -178,7 +178,7 @@ def test_the_supported_lines_are_not_blocked(line, config):
 
 
 def test_the_installed_versions_are_a_supported_line():
-    from fluxnb.doctor import installed_versions
+    from fluxnb.knowledge import installed_versions
 
     versions = installed_versions()
     assert supported_line(versions) in ("default", "guide")
