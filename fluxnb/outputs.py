@@ -167,7 +167,7 @@ class RunLock:
         token = secrets.token_hex(16)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "token": token,
                   "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                  "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:200]}
+                  "command": _command_line()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
         cls._held[key] = (fd, 1, token)
@@ -185,6 +185,13 @@ class RunLock:
             return
         del RunLock._held[self.key]
         os.close(fd)  # the lock file stays: unlinking it would let two writers lock two different files
+
+
+def _command_line() -> str:
+    """What the holder is, for the refusal message: `fluxnb generate --resume ...`, or the program's name."""
+    program = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+    name = "fluxnb" if "fluxnb" in program else os.path.basename(program)
+    return " ".join([name, *sys.argv[1:]])[:200]
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
