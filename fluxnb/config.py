@@ -14,11 +14,11 @@ from typing import Any
 
 from .backends import REGISTRY, types_where
 from .errors import ConfigError, InputError, RequestError
+from .units import SIZE_MULTIPLE, is_image_side
 from .userfiles import load_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "model_config.yaml"
-SIZE_MULTIPLE = 16  # FLUX: VAE downsamples by 8, the transformer packs 2x2 latent patches.
 # FLUX.1 was trained for 0.1 to 2 megapixels; 2048 per side is the most anyone runs (4 MP: 16,384 image tokens),
 # and beyond it the attention alone needs more memory than any single GPU has.
 MAX_SIDE = 2048
@@ -146,7 +146,7 @@ def _check_size(value: Any, where: str, problems: list[str]) -> tuple[int, int] 
         return None
     width, height = value
     for axis, v in (("width", width), ("height", height)):
-        if v <= 0 or v % SIZE_MULTIPLE:
+        if not is_image_side(v):
             problems.append(f"{where}: {axis} {v} must be a positive multiple of {SIZE_MULTIPLE}")
         elif v > MAX_SIDE:
             problems.append(f"{where}: {axis} {v} is above {MAX_SIDE} (FLUX.1 is made for 0.1 to 2 megapixels; "

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .knowledge import Entry, KnowledgeBase, alternative_matches, installed_versions, load_knowledge
+from .environment import installed_versions
+from .knowledge import Entry, KnowledgeBase, alternative_matches, load_knowledge
 
 
 @dataclass(frozen=True)

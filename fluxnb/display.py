@@ -13,6 +13,7 @@ from typing import Any
 
 from .backends import get_backend
 from .generation import GeneratedImage, compile_seconds, peak_memory_bytes
+from .units import byte_unit
 
 
 def model_banner(choice) -> str:
@@ -96,13 +97,6 @@ def show_grid(
     return fig
 
 
-def _memory_unit(values: Sequence[int]) -> tuple[str, float]:
-    top = max(values, default=0)
-    if top >= 2**30:
-        return "GiB", 2**30
-    return "MiB", 2**20
-
-
 def plot_timings(images: Sequence[GeneratedImage]):
     """Two bar charts: seconds per image and peak memory per image (GPU allocated, or CPU peak RSS)."""
     import matplotlib.pyplot as plt
@@ -115,7 +109,7 @@ def plot_timings(images: Sequence[GeneratedImage]):
     labels = [f"#{m['index']}\nseed {m['seed']}" for m in metadata]
     seconds = [m["seconds"] for m in metadata]
     memory = [peak_memory_bytes(m) for m in metadata]
-    unit, scale = _memory_unit(memory)
+    unit, scale = byte_unit(max(memory, default=0), smallest="MiB")
     kind = metadata[0]["peak_memory"].get("kind", "")
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(min(24.0, max(8.0, 1.2 * len(images) + 4)), 3.5))
     positions = range(len(images))
@@ -153,7 +147,7 @@ def timing_summary(images: Sequence[GeneratedImage]) -> str:
     for item in images:
         m = item.metadata
         memory = peak_memory_bytes(m)
-        unit, scale = _memory_unit([memory])
+        unit, scale = byte_unit(memory, smallest="MiB")
         where = item.path or "(not saved)"
         compiled = compile_seconds(m)
         lines.append(f"{where}: seed {m['seed']}, {m['seconds']:.2f} s ({m['seconds_per_step']:.3f} s/step), "

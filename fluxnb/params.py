@@ -1,7 +1,7 @@
 """Generation requests, validated against the chosen model's params before any model is loaded.
 
-Each error names the parameter, what is allowed for this model, and the fix (DESIGN.md: bad input gets a
-clear error before minutes are spent loading 17 GB of weights).
+Each error names the parameter, what is allowed for this model, and the fix: bad input gets a clear error
+before minutes are spent loading 17 GB of weights.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .backends import compile_wanted, get_backend
-from .config import PROJECT_ROOT, SIZE_MULTIPLE, ModelSpec
+from .config import PROJECT_ROOT, ModelSpec
 from .errors import InputError, RequestError
+from .units import SIZE_MULTIPLE, is_image_side
 from .userfiles import describe_path, parse_yaml, read_text_file
 
 SAMPLE_INIT_IMAGE = PROJECT_ROOT / "notebooks" / "assets" / "init_image.png"  # image-to-image default
@@ -68,7 +69,7 @@ def _int(name: str, value: Any, low: int, high: int, fix: str) -> int:
 
 def _size(name: str, value: Any, maximum: int) -> int:
     value = _int(name, value, SIZE_MULTIPLE, maximum, f"Fix: use a multiple of {SIZE_MULTIPLE} up to {maximum}.")
-    if value % SIZE_MULTIPLE:
+    if not is_image_side(value):
         lower = value - value % SIZE_MULTIPLE
         raise RequestError(
             name,
@@ -218,6 +219,62 @@ def _check_compiled_minimum(spec: ModelSpec, width: int, height: int, max_sequen
                            f"least {need}, or leave it unset ({spec.params.max_tokens}).")
 
 
+def _negative_prompt(spec: ModelSpec, negative_prompt: Any) -> str | None:
+    """The negative prompt, refused for models that do not use one (FLUX.1-dev)."""
+    if negative_prompt in (None, ""):
+        return None
+    if not spec.params.use_negative_prompt:
+        raise RequestError(
+            "negative_prompt",
+            f"model {spec.name!r} does not use a negative prompt (FLUX.1-dev is guidance-distilled: "
+            "it has no unconditional branch to steer away from). Fix: set negative_prompt=None and "
+            "describe what you want in the prompt instead.",
+        )
+    if not isinstance(negative_prompt, str):
+        raise RequestError("negative_prompt", f"must be a string or None, got {negative_prompt!r}.")
+    return negative_prompt
+
+
+def _guidance(spec: ModelSpec, guidance_scale: Any) -> float:
+    """The guidance scale (the model's default for None): a number > 0."""
+    guidance = spec.params.guidance_scale if guidance_scale is None else guidance_scale
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 < guidance < math.inf:
+        raise RequestError("guidance_scale", f"must be a finite number > 0, got {guidance!r}. "
+                           f"Fix: FLUX.1-dev works best near {spec.params.guidance_scale}.")
+    return float(guidance)
+
+
+def _sizes(spec: ModelSpec, width: Any, height: Any) -> tuple[int, int]:
+    """Width and height (the model's defaults for None): multiples of 16 up to the model's maximum."""
+    default_w, default_h = spec.params.default_size
+    max_w, max_h = spec.params.max_size
+    return (_size("width", default_w if width is None else width, max_w),
+            _size("height", default_h if height is None else height, max_h))
+
+
+def _text_only(init_image: Any, strength: Any) -> None:
+    """Text-to-image takes no init_image or strength."""
+    if init_image is not None or strength is not None:
+        which = "init_image" if init_image is not None else "strength"
+        raise RequestError(which, "only applies to image-to-image. Fix: leave it unset, or use "
+                           "notebooks/02_image_to_image.ipynb (fluxnb generate --init-image).")
+
+
+def _image_to_image(spec: ModelSpec, init_image: Any, strength: Any) -> tuple[str, float]:
+    """Image-to-image's init_image (a readable PNG or JPEG) and strength in (0, 1] (0.6 for None)."""
+    if not spec.params.supports_i2i:
+        raise RequestError("init_image", f"model {spec.name!r} does not support image-to-image "
+                           "(supports_i2i: false). Fix: choose a model with supports_i2i: true.")
+    if init_image is None:
+        raise RequestError("init_image", "is required for image-to-image. Fix: give the path of a PNG or JPEG.")
+    path = check_image_file("init_image", init_image)
+    strength = 0.6 if strength is None else strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise RequestError("strength", f"must be a number in (0, 1], got {strength!r}. Fix: 0.3 keeps the "
+                           "picture close to init_image, 0.9 changes most of it.")
+    return path, float(strength)
+
+
 def make_request(
     spec: ModelSpec,
     *,
@@ -239,58 +296,23 @@ def make_request(
     if mode not in (TEXT_TO_IMAGE, IMAGE_TO_IMAGE):
         raise RequestError("mode", f"must be {TEXT_TO_IMAGE!r} or {IMAGE_TO_IMAGE!r}, got {mode!r}.")
     prompts = _prompts(prompt)
-    if negative_prompt not in (None, ""):
-        if not params.use_negative_prompt:
-            raise RequestError(
-                "negative_prompt",
-                f"model {spec.name!r} does not use a negative prompt (FLUX.1-dev is guidance-distilled: "
-                "it has no unconditional branch to steer away from). Fix: set negative_prompt=None and "
-                "describe what you want in the prompt instead.",
-            )
-        if not isinstance(negative_prompt, str):
-            raise RequestError("negative_prompt", f"must be a string or None, got {negative_prompt!r}.")
+    negative = _negative_prompt(spec, negative_prompt)
     seed = _int("seed", seed, 0, MAX_SEED, "Fix: use a non-negative integer such as 0 or 42.")
-    steps = _int(
-        "steps",
-        params.default_steps if steps is None else steps,
-        1,
-        params.max_steps,
-        f"Fix: use 1..{params.max_steps} (default {params.default_steps}).",
-    )
-    guidance = params.guidance_scale if guidance_scale is None else guidance_scale
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 < guidance < math.inf:
-        raise RequestError("guidance_scale", f"must be a finite number > 0, got {guidance!r}. "
-                           f"Fix: FLUX.1-dev works best near {params.guidance_scale}.")
-    default_w, default_h = params.default_size
-    max_w, max_h = params.max_size
-    width = _size("width", default_w if width is None else width, max_w)
-    height = _size("height", default_h if height is None else height, max_h)
+    steps = _int("steps", params.default_steps if steps is None else steps, 1, params.max_steps,
+                 f"Fix: use 1..{params.max_steps} (default {params.default_steps}).")
+    guidance = _guidance(spec, guidance_scale)
+    width, height = _sizes(spec, width, height)
     num_images = _int("num_images", num_images, 1, MAX_IMAGES_PER_PROMPT,
                       f"Fix: ask for 1..{MAX_IMAGES_PER_PROMPT} images per prompt.")
     max_sequence_length = _int(
-        "max_sequence_length",
-        params.max_tokens if max_sequence_length is None else max_sequence_length,
-        1,
-        params.max_tokens,
-        f"Fix: use at most {params.max_tokens} T5 tokens.",
+        "max_sequence_length", params.max_tokens if max_sequence_length is None else max_sequence_length, 1,
+        params.max_tokens, f"Fix: use at most {params.max_tokens} T5 tokens.",
     )
     _check_compiled_minimum(spec, width, height, max_sequence_length)
     if mode == TEXT_TO_IMAGE:
-        if init_image is not None or strength is not None:
-            which = "init_image" if init_image is not None else "strength"
-            raise RequestError(which, "only applies to image-to-image. Fix: leave it unset, or use "
-                               "notebooks/02_image_to_image.ipynb (fluxnb generate --init-image).")
-        return GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width,
-                                 height, num_images, max_sequence_length)
-    if not params.supports_i2i:
-        raise RequestError("init_image", f"model {spec.name!r} does not support image-to-image "
-                           "(supports_i2i: false). Fix: choose a model with supports_i2i: true.")
-    if init_image is None:
-        raise RequestError("init_image", "is required for image-to-image. Fix: give the path of a PNG or JPEG.")
-    init_image = check_image_file("init_image", init_image)
-    strength = 0.6 if strength is None else strength
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-        raise RequestError("strength", f"must be a number in (0, 1], got {strength!r}. Fix: 0.3 keeps the "
-                           "picture close to init_image, 0.9 changes most of it.")
-    return GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width, height,
-                             num_images, max_sequence_length, init_image, float(strength))
+        _text_only(init_image, strength)
+        return GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
+                                 max_sequence_length)
+    path, strength_value = _image_to_image(spec, init_image, strength)
+    return GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
+                             max_sequence_length, path, strength_value)

@@ -172,7 +172,8 @@ def run_notebook(
         except OSError as exc:
             raise OutputWriteError(run_dir / RUN_RECORD, exc) from None
         parameters.update(output_dir=str(run_dir))
-        parameters.setdefault("interactive", False)
+        if "interactive" in notebook_parameters(path):  # a notebook without widgets or progress bars has none
+            parameters.setdefault("interactive", False)
         _execute(path, run_dir, parameters, kernel_name, lock)
     finally:
         lock.release()
@@ -212,7 +213,9 @@ def resume_notebook(
             executed.rename(kept)
         merged = {k: v for k, v in stored.items() if k not in RUNNER_PARAMETERS}
         check_parameter_names(path, merged)
-        merged.update(output_dir=str(run_dir), interactive=False, resume=True)
+        merged.update(output_dir=str(run_dir), resume=True)
+        if "interactive" in notebook_parameters(path):
+            merged["interactive"] = False
         _execute(path, run_dir, merged, kernel_name, lock)
     finally:
         lock.release()

@@ -33,8 +33,6 @@ from .tiny import assemble_flux_pipeline, atomic_build, build_tokenizers, cache_
 SYNTHETIC_SEED = 20251122
 BUILD_MARKER = "fluxnb_synthetic.json"
 KINDS = ("bf16", "bnb-8bit", "bnb-nf4")
-# Which synthetic kind each loader type reads: pre-quantized types read their own, the rest the bf16 one.
-KIND_FOR_TYPE = {"flux-bnb-8bit": "bnb-8bit", "flux-bnb-8bit-threshold0": "bnb-8bit", "flux-bnb-4bit": "bnb-nf4"}
 
 # FLUX.1-dev's real dimensions (black-forest-labs/FLUX.1-dev config files).
 FLUX_DEV_TRANSFORMER = dict(
@@ -104,7 +102,8 @@ def synthetic_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def synthetic_dir(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None) -> Path:
-    """Folder of one kind, keyed by the library lines that write it (KNOWN_ISSUES row 16) and by size."""
+    """Folder of one kind, keyed by size and by the library lines that write it (knowledge entry
+    transformers5-checkpoint-on-4x)."""
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic checkpoint kind {kind!r}; allowed: {', '.join(KINDS)}")
     size = "full" if dims is None or dims == FULL_DIMS else "scaled"

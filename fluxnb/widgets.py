@@ -14,13 +14,13 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from .config import SIZE_MULTIPLE
 from .display import figure_png, show_grid, timing_summary
 from .errors import FluxnbError
 from .generation import GeneratedImage, generate
 from .loading import LoadedModel
 from .outputs import RunFolder
 from .params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
+from .units import SIZE_MULTIPLE
 
 MAX_IMAGES_IN_UI = 8
 
