@@ -6,11 +6,27 @@ The notebooks call these functions; the tests call the same ones.
 from .config import ModelConfig, ModelSpec, load_config
 from .diagnosis import Diagnosis, diagnose, explain_errors
 from .doctor import DoctorReport, check_environment
-from .errors import ConfigError, FluxnbError, LoadError, ModelUnavailableError, QuantizationError, RequestError
+from .errors import (
+    ConfigError,
+    FluxnbError,
+    InputError,
+    LoadError,
+    ModelUnavailableError,
+    QuantizationError,
+    RequestError,
+    RunFolderBusy,
+)
 from .generation import GeneratedImage, generate
 from .loading import LoadedModel, LoadReport, load_model
 from .outputs import RunFolder, read_manifest, read_png_metadata
-from .params import IMAGE_TO_IMAGE, SAMPLE_INIT_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
+from .params import (
+    IMAGE_TO_IMAGE,
+    SAMPLE_INIT_IMAGE,
+    TEXT_TO_IMAGE,
+    GenerationRequest,
+    load_image_file,
+    make_request,
+)
 from .sanity import SanityReport, check_image
 from .selection import ModelChoice, resolve_model
 
@@ -27,6 +43,7 @@ __all__ = [
     "GeneratedImage",
     "GenerationRequest",
     "IMAGE_TO_IMAGE",
+    "InputError",
     "LoadError",
     "LoadReport",
     "LoadedModel",
@@ -37,12 +54,14 @@ __all__ = [
     "QuantizationError",
     "RequestError",
     "RunFolder",
+    "RunFolderBusy",
     "SAMPLE_INIT_IMAGE",
     "TEXT_TO_IMAGE",
     "SanityReport",
     "check_image",
     "generate",
     "load_config",
+    "load_image_file",
     "load_model",
     "make_request",
     "read_manifest",

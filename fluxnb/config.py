@@ -7,18 +7,23 @@ a KeyError deep inside a loader.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .backends import REGISTRY, types_where
-from .errors import ConfigError, RequestError
+from .errors import ConfigError, InputError, RequestError
 from .units import SIZE_MULTIPLE, is_image_side
+from .userfiles import load_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "model_config.yaml"
+# FLUX.1 was trained for 0.1 to 2 megapixels; 2048 per side is the most anyone runs (4 MP: 16,384 image tokens),
+# and beyond it the attention alone needs more memory than any single GPU has.
+MAX_SIDE = 2048
+# The flow-matching scheduler has 1000 training timesteps: more steps than that only repeat them.
+MAX_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,9 @@ def _check_size(value: Any, where: str, problems: list[str]) -> tuple[int, int] 
     for axis, v in (("width", width), ("height", height)):
         if not is_image_side(v):
             problems.append(f"{where}: {axis} {v} must be a positive multiple of {SIZE_MULTIPLE}")
+        elif v > MAX_SIDE:
+            problems.append(f"{where}: {axis} {v} is above {MAX_SIDE} (FLUX.1 is made for 0.1 to 2 megapixels; "
+                            f"{MAX_SIDE}x{MAX_SIDE} already needs more memory than one GPU has)")
     return (width, height)
 
 
@@ -152,15 +160,16 @@ def _model_params(raw: dict, where: str, problems: list[str]) -> ModelParams | N
     default_size = _check_size(raw.get("default_size"), f"{where}.default_size", problems)
     max_size = _check_size(raw.get("max_size"), f"{where}.max_size", problems)
     steps, max_steps = raw.get("default_steps"), raw.get("max_steps")
-    if _is_type(max_steps, (int,)) and max_steps < 1:
-        problems.append(f"{where}.max_steps: must be at least 1, got {max_steps}")
+    if _is_type(max_steps, (int,)) and not 1 <= max_steps <= MAX_STEPS:
+        problems.append(f"{where}.max_steps: must be between 1 and {MAX_STEPS} (the flow-matching scheduler has "
+                        f"{MAX_STEPS} training timesteps; more steps only repeat them), got {max_steps}")
     if _is_type(steps, (int,)) and _is_type(max_steps, (int,)) and not 1 <= steps <= max_steps:
         problems.append(f"{where}.default_steps: {steps} must be between 1 and max_steps ({max_steps})")
     if default_size and max_size and (default_size[0] > max_size[0] or default_size[1] > max_size[1]):
         problems.append(f"{where}.default_size: {list(default_size)} is above max_size {list(max_size)}")
     guidance = raw.get("guidance_scale")
-    if _is_type(guidance, (int, float)) and guidance <= 0:
-        problems.append(f"{where}.guidance_scale: must be > 0, got {guidance}")
+    if _is_type(guidance, (int, float)) and not 0 < guidance < math.inf:
+        problems.append(f"{where}.guidance_scale: must be a finite number > 0, got {guidance}")
     tokens = raw.get("max_tokens")
     if _is_type(tokens, (int,)) and not 1 <= tokens <= 512:
         problems.append(f"{where}.max_tokens: must be between 1 and 512 (T5 limit in FLUX), got {tokens}")
@@ -240,17 +249,10 @@ def parse_config(data: Any, path: str = "model_config.yaml") -> ModelConfig:
 
 
 def load_config(path: str | Path | None = None) -> ModelConfig:
-    """Read and validate model_config.yaml (the project's by default)."""
+    """Read and validate model_config.yaml (the project's by default), with the limits of fluxnb.userfiles."""
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found. Fix: pass the path of an existing model_config.yaml"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(str(path), [f"YAML syntax error at {where}: {reason}. Fix: correct the YAML there"]) from None
+        data = load_yaml(path, "model config", fix="pass the path of a UTF-8 model_config.yaml")
+    except InputError as exc:
+        raise ConfigError(str(path), [exc.message + (f" Fix: {exc.fix}" if exc.fix else "")]) from None
     return parse_config(data, str(path))

@@ -53,20 +53,29 @@ def caption(metadata: dict[str, Any], width: int = 32) -> str:
     return "\n".join([*lines, ", ".join(facts)])
 
 
+MAX_GRID_IMAGES = 16  # a grid of a long batch shows its first images; every image stays in the run folder
+
+
 def show_grid(
     images: Sequence[Any],
     titles: Sequence[str] | None = None,
     columns: int = 4,
     cell_inches: float = 3.0,
+    limit: int = MAX_GRID_IMAGES,
 ):
-    """A grid of GeneratedImage (captioned with prompt, seed, seconds) or PIL images; returns the Figure."""
+    """A grid of GeneratedImage (captioned with prompt, seed, seconds) or PIL images; returns the Figure.
+
+    At most `limit` images are drawn (the pixels of a saved image are read from its PNG only here), so that the
+    figure of a 1000-image batch costs what a 16-image one does; the title says how many were left out.
+    """
     import matplotlib.pyplot as plt
 
-    items = [_image_and_metadata(item) for item in images]
-    if not items:
+    if not images:
         raise ValueError("show_grid needs at least one image")
-    if titles is not None and len(titles) != len(items):
-        raise ValueError(f"got {len(titles)} titles for {len(items)} images")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"got {len(titles)} titles for {len(images)} images")
+    total = len(images)
+    items = [_image_and_metadata(item) for item in list(images)[:limit]]
     if columns < 1:
         raise ValueError(f"columns must be at least 1, got {columns}")
     columns = min(columns, len(items))
@@ -81,6 +90,8 @@ def show_grid(
         ax.imshow(image)
         ax.set_title(titles[i] if titles is not None else caption(metadata), fontsize=9)
         ax.axis("off")
+    if total > len(items):
+        fig.suptitle(f"the first {len(items)} of {total} images (all {total} are in the run folder)", fontsize=10)
     fig.tight_layout()
     plt.close(fig)  # shown once, by whoever displays the returned figure
     return fig
@@ -100,7 +111,7 @@ def plot_timings(images: Sequence[GeneratedImage]):
     memory = [peak_memory_bytes(m) for m in metadata]
     unit, scale = byte_unit(max(memory, default=0), smallest="MiB")
     kind = metadata[0]["peak_memory"].get("kind", "")
-    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(max(8.0, 1.2 * len(images) + 4), 3.5))
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(min(24.0, max(8.0, 1.2 * len(images) + 4)), 3.5))
     positions = range(len(images))
     bars = ax_time.bar(positions, seconds, color="tab:blue")
     ax_time.bar_label(bars, fmt="%.2f")

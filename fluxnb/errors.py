@@ -45,7 +45,11 @@ def render_error(exc: FluxnbError) -> str:
     return f"error: {exc}"
 
 
-class ConfigError(FluxnbError):
+class InputError(FluxnbError):
+    """The user's input (a file, a folder, an option value) cannot be used as given: the CLI exits 2."""
+
+
+class ConfigError(InputError):
     """model_config.yaml (or another config file) is unreadable or invalid; lists every problem."""
 
     def __init__(self, path: str, problems: list[str]):
@@ -59,7 +63,7 @@ class KnowledgeError(FluxnbError):
     """knowledge.yaml (or replay.yaml) is malformed; lists every problem."""
 
 
-class RequestError(FluxnbError, ValueError):
+class RequestError(InputError, ValueError):
     """A generation parameter is out of range for the chosen model; raised before any model loads."""
 
     def __init__(self, parameter: str, message: str, *, fix: str | None = None):
@@ -67,6 +71,8 @@ class RequestError(FluxnbError, ValueError):
         super().__init__(f"parameter `{parameter}`: {message}", fix=fix)
 
 
+class RunFolderBusy(InputError):
+    """Another process (named by pid and host) is writing this run folder: a run folder has one writer at a time."""
 
 class ModelUnavailableError(FluxnbError):
     """The chosen model cannot run on this machine (no GPU, no hub access, no token...)."""

@@ -8,6 +8,8 @@ resumed batch skips every image its run folder already holds.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,31 +20,39 @@ from .errors import GenerationFailed, ModelUnusable
 from .loading import LoadedModel
 from .lora import apply_loras, records, set_scales
 from .memory import free_memory, peak_memory, reset_peak_memory
-from .outputs import RunFolder
-from .params import IMAGE_TO_IMAGE, GenerationRequest
+from .outputs import IDENTITY_KEYS, RunFolder, identity
+from .params import IMAGE_TO_IMAGE, GenerationRequest, load_image_file
 from .sanity import check_image
 from .sweeps import lora_axis
 
-# Parameters that identify an image: generate() skips an item whose identity is already in the run folder.
-IDENTITY_KEYS = ("mode", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
-                 "max_sequence_length", "strength", "init_image")
-# LoRA adapters (file sha256 and scale each), fused or not, sweep coordinates: absent from images without them (and
-# from images made before they existed), which therefore keep their identity.
-EXPLORATION_KEYS = ("loras", "lora_fused", "sweep")
+__all__ = ["IDENTITY_KEYS", "GeneratedImage", "generate", "identity"]  # generate() skips items already held
 # After this many items fail in a row, the model is taken as unusable and the batch stops.
 MAX_CONSECUTIVE_FAILURES = 3
 
 
-@dataclass
 class GeneratedImage:
-    image: Any  # PIL.Image.Image
-    metadata: dict[str, Any]
-    path: str | None = None
+    """One image of a batch: its metadata and the PNG it was saved to; the pixels are read from that file when
+    asked for (`.image`), so a batch of any length holds paths and metadata, not decoded images. Only an image
+    made without a run folder (nowhere to read it back from) keeps its pixels."""
 
+    def __init__(self, image: Any = None, metadata: dict[str, Any] | None = None, path: str | None = None):
+        self._pixels = image if path is None else None
+        self.metadata = metadata or {}
+        self.path = path
 
-def identity(metadata: dict[str, Any]) -> tuple:
-    return (tuple(str(metadata.get(key)) for key in IDENTITY_KEYS)
-            + tuple(str(metadata.get(key) or None) for key in EXPLORATION_KEYS))
+    @property
+    def image(self):
+        """The PIL image (loaded from the PNG on each access when the image was saved)."""
+        if self._pixels is not None or self.path is None:
+            return self._pixels
+        from PIL import Image
+
+        with Image.open(self.path) as image:
+            image.load()
+            return image
+
+    def __repr__(self) -> str:
+        return f"GeneratedImage(path={self.path!r}, seed={self.metadata.get('seed')!r})"
 
 
 def peak_memory_bytes(metadata: dict[str, Any]) -> int:
@@ -104,8 +114,7 @@ def _diagnosis_ids(exc: BaseException) -> list[str]:
 def _load_init_image(request: GenerationRequest):
     from PIL import Image
 
-    with Image.open(request.init_image) as image:
-        return image.convert("RGB").resize((request.width, request.height), Image.LANCZOS)
+    return load_image_file("init_image", request.init_image).resize((request.width, request.height), Image.LANCZOS)
 
 
 def _already_done(run: RunFolder) -> dict[tuple, dict[str, Any]]:
@@ -113,12 +122,36 @@ def _already_done(run: RunFolder) -> dict[tuple, dict[str, Any]]:
 
 
 def _reload(run: RunFolder, entry: dict[str, Any]) -> GeneratedImage:
-    from PIL import Image
+    """A finished image of the run folder: its path and metadata (the pixels stay in the file)."""
+    return GeneratedImage(metadata={k: v for k, v in entry.items() if k != "file"}, path=str(run.path / entry["file"]))
 
-    path = run.path / entry["file"]
-    with Image.open(path) as image:
-        image.load()
-        return GeneratedImage(image=image, metadata={k: v for k, v in entry.items() if k != "file"}, path=str(path))
+
+def _drop_truncation_echo(record: logging.LogRecord) -> bool:
+    """diffusers echoes the whole cut-off part of a long prompt on every image (100 KB for a 100,000-character
+    prompt), and transformers warns of the token count; truncation_notes() says it once, with the counts."""
+    return not str(record.msg).startswith(("The following part of your input was truncated",
+                                           "Token indices sequence length is longer than"))
+
+
+def truncation_notes(pipe, request: GenerationRequest) -> list[str]:
+    """One line per prompt that the text encoders cut: CLIP reads 77 tokens, T5 `max_sequence_length`."""
+    notes = []
+    encoders = [("CLIP", getattr(pipe, "tokenizer", None), None),
+                ("T5", getattr(pipe, "tokenizer_2", None), request.max_sequence_length)]
+    for number, prompt in enumerate(request.prompts, 1):
+        cut = []
+        for name, tokenizer, limit in encoders:
+            if tokenizer is None:
+                continue
+            limit = limit or tokenizer.model_max_length
+            count = len(tokenizer.encode(prompt, add_special_tokens=True, truncation=False, verbose=False))
+            if count > limit:
+                cut.append(f"{name} reads its first {limit} of {count} tokens")
+        if cut:
+            notes.append(f"note: prompt {number} ({len(prompt):,} characters) is longer than the text encoders read: "
+                         f"{'; '.join(cut)}; the rest is ignored (T5's limit is the model's max_tokens, "
+                         "max_sequence_length).")
+    return notes
 
 
 @dataclass
@@ -188,6 +221,11 @@ def generate(
     done = _already_done(run) if run is not None else {}
     batch = _Batch()
     items = request.points()
+    for note in truncation_notes(pipe, request):
+        print(note, file=sys.stderr, flush=True)
+    echoing = [logging.getLogger(type(pipe).__module__), logging.getLogger("transformers.tokenization_utils_base")]
+    for logger in echoing:
+        logger.addFilter(_drop_truncation_echo)
     try:
         for point in items:
             item = {"index": point["index"], "prompt": point["prompt"], "seed": point["seed"], **common}
@@ -204,6 +242,9 @@ def generate(
         if run is not None:
             run.record(status="interrupted", error="KeyboardInterrupt: stopped by the user")
         raise
+    finally:
+        for logger in echoing:
+            logger.removeFilter(_drop_truncation_echo)
     if batch.failures:
         if run is not None:
             run.record(status="incomplete")
@@ -278,10 +319,10 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
                     "seconds": round(max(0.0, compile_after - compile_before), 3)},
         "sanity": check_image(image).to_dict(),  # NaN/black/flat/mosaic warnings (fluxnb.sanity)
     }
-    result = GeneratedImage(image=image, metadata=metadata)
     if run is not None:
-        kind = "i2i" if request.mode == IMAGE_TO_IMAGE else "t2i"
-        result.path = str(run.save_image(image, metadata, stem=f"{kind}-seed{item['seed']}"))
+        result = GeneratedImage(metadata=metadata, path=str(run.save_image(image, metadata)))
+    else:
+        result = GeneratedImage(image=image, metadata=metadata)
     batch.results.append(result)
     return result
 

@@ -7,6 +7,7 @@ and GPU facts, installed or hypothetical: `evaluate({"diffusers": "0.35.1", "tra
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,7 +22,7 @@ from packaging.version import InvalidVersion, Version
 
 from .backends import REGISTRY
 from .environment import RULE_PACKAGES  # the packages the rules may name: one list, in environment.py
-from .errors import FluxnbError, KnowledgeError
+from .errors import InputError, KnowledgeError
 
 KNOWLEDGE_FILE = "knowledge.yaml"
 SEVERITIES = ("blocking", "degraded", "info")
@@ -188,7 +189,7 @@ def _check_entry_keys(raw: dict, where: str, seen: set[str], problems: list[str]
 
 
 def _symptoms(raw: dict, where: str, problems: list[str]) -> list[re.Pattern]:
-    """The entry's symptom regexes, compiled."""
+    """The entry's symptom regexes, compiled; each must bound its repeats, so that a search stays linear."""
     symptoms = []
     if not isinstance(raw.get("symptoms"), list) or not raw.get("symptoms"):
         problems.append(f"{where}.symptoms: must be a non-empty list of regexes")
@@ -197,6 +198,10 @@ def _symptoms(raw: dict, where: str, problems: list[str]) -> list[re.Pattern]:
             symptoms.append(re.compile(text))
         except (re.error, TypeError) as exc:
             problems.append(f"{where}.symptoms: {text!r} is not a valid regex ({exc})")
+            continue
+        if _UNBOUNDED.search(re.sub(r"\\.", "", text)):
+            problems.append(f"{where}.symptoms: {text!r} repeats without bound (*, + or {{n,}}), which makes a "
+                            "search of a long log line slow (quadratic); use a bounded repeat such as {0,400}")
     return symptoms
 
 
@@ -256,6 +261,10 @@ def parse_knowledge(data: Any, origin: str = KNOWLEDGE_FILE) -> KnowledgeBase:
     return KnowledgeBase(tuple(entries), lines, guide_ranges, dict(paths))
 
 
+# An unescaped *, + or {n,}: symptom patterns must bound every repeat, so that searching a log stays linear.
+_UNBOUNDED = re.compile(r"[*+]|\{\d*,\}")
+
+
 @lru_cache(maxsize=4)
 def load_knowledge(path: str | Path | None = None) -> KnowledgeBase:
     """The package's knowledge.yaml (or another file), parsed and validated."""
@@ -278,13 +287,33 @@ def parse_versions(text: str | dict[str, str] | None) -> dict[str, str]:
     """'diffusers=0.35.1,transformers=4.57.0' (or a dict) -> {canonical name: version}; bad input names itself.
 
     Besides packages it takes GPU facts: driver=550.54.15, torch-cuda=13.0, capability=8.9 (or capability=none
-    for a machine without a CUDA GPU).
+    for a machine without a CUDA GPU). In text, every part must be NAME=VERSION (or NAME==VERSION) with NAME one
+    of the packages the rules know or a GPU fact: a range (diffusers>=0.35), an empty name or a misspelt package
+    would otherwise be evaluated as if the set were fine.
     """
     if text is None:
         return {}
-    items = text.items() if isinstance(text, dict) else (
-        part.split("=", 1) if "=" in part else (part, "") for part in str(text).split(",") if part.strip()
-    )
+    known = (*RULE_PACKAGES, *GPU_FACT_KEYS)
+    fix = ("give NAME=VERSION pairs separated by commas, e.g. diffusers=0.35.1,transformers=4.57.0; NAME is one of "
+           + ", ".join(known))
+    if isinstance(text, dict):
+        items = list(text.items())
+    else:
+        parts = [part.strip() for part in str(text).split(",")]
+        if not any(parts):
+            raise InputError("--versions is empty.", fix=fix)
+        items = []
+        for part in parts:
+            match = _VERSION_PAIR.fullmatch(part)
+            if not match:
+                raise InputError(f"--versions: {part[:80]!r} is not NAME=VERSION.", fix=fix)
+            name = canonicalize_name(match["name"])
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise InputError(f"--versions: {match['name'][:80]!r} is not a package the knowledge base knows"
+                                 f"{hint}.", fix=fix)
+            items.append((name, match["version"]))
     out = {}
     for name, version in items:
         name = canonicalize_name(str(name).strip().rstrip("="))
@@ -293,12 +322,17 @@ def parse_versions(text: str | dict[str, str] | None) -> dict[str, str]:
             out[name] = "none"
             continue
         try:
+            if len(version) > 64:
+                raise InvalidVersion(version)
             Version(version)
-        except InvalidVersion:
-            raise FluxnbError(f"--versions: {name}={version!r} is not a valid version. Fix: give pkg=version pairs "
-                              "separated by commas, e.g. diffusers=0.35.1,transformers=4.57.0") from None
+        except (InvalidVersion, ValueError):
+            raise InputError(f"--versions: {name}={version[:40]!r}{'...' if len(version) > 40 else ''} is not a "
+                             "valid version.", fix=fix) from None
         out[name] = version
     return out
+
+
+_VERSION_PAIR = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,100})==?(?P<version>[^=<>!~,\s]{1,200})")
 
 
 def split_gpu_facts(versions: dict[str, str]) -> tuple[dict[str, str], GpuFacts | None]:

@@ -13,6 +13,7 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from .backends import Backend, LoadContext, check_device, get_backend
 from .config import ModelConfig, ModelSpec, load_config
@@ -171,11 +172,22 @@ def _run_loader(spec: ModelSpec, backend: Backend, ctx: LoadContext, progress: b
             corrupt = find_corrupt_weights(ctx.checkpoint)
             if corrupt is None:
                 raise
-            raise LoadError(
-                f"{corrupt[0]} is truncated or corrupted ({corrupt[1]}).",
-                fix=f"delete that file (or the whole model folder) and download it again (`huggingface-cli download "
-                f"{spec.id}`); a checkpoint built by fluxnb is rebuilt on the next load once its folder is deleted.",
-            ) from exc
+            raise LoadError(f"{corrupt[0]} is truncated or corrupted ({corrupt[1]}).",
+                            fix=corrupt_weights_fix(spec, ctx.checkpoint)) from exc
+
+
+def corrupt_weights_fix(spec: ModelSpec, source: str) -> str:
+    """A fix that works for damaged weights: the whole folder goes (deleting one file of a hub snapshot or of a
+    built checkpoint leaves a folder that looks complete and fails with a bare OSError), then it comes back."""
+    if Path(source).is_dir():
+        return (f"delete the whole checkpoint folder: `rm -rf {source}`; a checkpoint built by fluxnb (the tiny "
+                "model) is rebuilt on the next load, a folder of your own must be copied again")
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.file_download import repo_folder_name
+
+    folder = Path(HF_HUB_CACHE) / repo_folder_name(repo_id=spec.id, repo_type="model")
+    return f"delete the model's cache folder and download it again: `rm -rf {folder}`, then " \
+           f"`huggingface-cli download {spec.id}`"
 
 
 def load_model(

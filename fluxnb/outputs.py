@@ -1,24 +1,75 @@
 """Run folders: every run writes into a new folder; files are written atomically; nothing is overwritten.
 
 A run folder holds the PNGs (metadata in a PNG text chunk), `manifest.json` (rewritten after every image,
-so a crash keeps what was finished) and, for notebook runs, the executed notebook.
+so a crash keeps what was finished) and, for notebook runs, the executed notebook. Its promises:
+- one writer: a process writes a run folder only while it holds the OS lock on `.fluxnb-writer.lock` in it
+  (fcntl.flock: the kernel releases it when the process dies, so a SIGKILLed run never blocks a resume);
+  a second writer is refused with the holder's pid and host (RunFolderBusy);
+- each item once: an image's file name follows from its request item (index, mode, seed and a digest of the
+  parameters that make its pixels), so the same item always lands on the same name; a resume adopts a complete
+  PNG whose own metadata names that file, and sets aside (never deletes) files it cannot account for.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import re
+import secrets
+import socket
+import sys
 import tempfile
+import time
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .config import PROJECT_ROOT
-from .errors import FluxnbError, OutputWriteError
+from .errors import FluxnbError, InputError, OutputWriteError, RunFolderBusy
+from .userfiles import decode_utf8, describe_path
 
 MANIFEST = "manifest.json"
 PNG_METADATA_KEY = "fluxnb"
+LOCK_FILE = ".fluxnb-writer.lock"
+# A process started by the lock's holder to write for it (the Jupyter kernel of `fluxnb run`) finds the holder's
+# token in this variable and writes under the holder's lock instead of being refused.
+LOCK_TOKEN_ENV = "FLUXNB_RUN_LOCK_TOKEN"
+SET_ASIDE = "set-aside"  # files a resume could not account for are moved here, never deleted
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+# The parameters that make an image's pixels: two items with the same values are the same image.
+IDENTITY_KEYS = ("mode", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
+                 "max_sequence_length", "strength", "init_image")
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
+
+
+# LoRA adapters (file sha256 and scale each), fused or not, sweep coordinates: absent from images without them (and
+# from images made before they existed), which therefore keep their identity.
+EXPLORATION_KEYS = ("loras", "lora_fused", "sweep")
+
+
+def identity(metadata: dict[str, Any]) -> tuple:
+    """What makes an image's pixels (its IDENTITY_KEYS and EXPLORATION_KEYS values), comparable across runs and
+    processes."""
+    return (tuple(str(metadata.get(key)) for key in IDENTITY_KEYS)
+            + tuple(str(metadata.get(key) or None) for key in EXPLORATION_KEYS))
+
+
+def image_file_name(metadata: dict[str, Any]) -> str:
+    """The one file name of a request item: `INDEX-t2i|i2i-seedSEED-DIGEST.png`, whatever is on disk already.
+
+    The digest (of the identity) tells apart items of different requests written into one run folder (the
+    notebooks' widget forms); the same item always gets the same name, so a resume can find an image whose
+    manifest line a crash prevented.
+    """
+    kind = "i2i" if metadata.get("mode") == "image-to-image" else "t2i"
+    digest = hashlib.sha256(json.dumps(identity(metadata), ensure_ascii=False).encode("utf-8")).hexdigest()[:8]
+    index = metadata.get("index")
+    index = index if isinstance(index, int) and index >= 0 else 0
+    return f"{index:04d}-{kind}-seed{metadata.get('seed')}-{digest}.png"
 
 
 def default_outputs_dir() -> Path:
@@ -71,12 +122,126 @@ def new_run_dir(job: str, base: str | Path | None = None) -> Path:
     raise FluxnbError(f"could not find a free run folder name under {base}")
 
 
+
+class RunLock:
+    """The OS lock that makes a process the one writer of a run folder, held until released or the process ends.
+
+    fcntl.flock on `<run>/.fluxnb-writer.lock`, which then holds the holder's pid, host and a token. Within one
+    process the lock is shared (a notebook may reopen its own run folder); a child started with the holder's
+    token in FLUXNB_RUN_LOCK_TOKEN writes under the holder's lock (`fluxnb run`: the CLI holds it, its kernel writes).
+    """
+
+    _held: dict[str, tuple[int, int, str]] = {}  # real path -> (fd, users in this process, token)
+
+    def __init__(self, key: str, token: str | None):
+        self.key = key
+        self.token = token  # None: written under a parent's lock
+        self._released = False
+
+    @classmethod
+    def acquire(cls, folder: str | Path) -> RunLock:
+        folder = Path(folder)
+        key = os.path.realpath(folder)
+        if key in cls._held:
+            fd, users, token = cls._held[key]
+            cls._held[key] = (fd, users + 1, token)
+            return cls(key, token)
+        lock_path = folder / LOCK_FILE
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            read_only = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+            raise InputError(
+                f"cannot write the run folder {folder}: {exc.strerror or exc}"
+                + (" (the folder is read-only)" if read_only else ""),
+                fix="make the folder writable (chmod u+w), or copy it to a writable place and resume the copy",
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if holder.get("token") and holder.get("token") == os.environ.get(LOCK_TOKEN_ENV):
+                return cls(key, None)
+            who = (f"process {holder.get('pid', '?')} on host {holder.get('host', '?')}"
+                   + (f" ({holder['command']}, since {holder.get('since', '?')})" if holder.get("command") else ""))
+            raise RunFolderBusy(
+                f"run folder {folder} is being written by {who}; a run folder has one writer at a time, so this "
+                "second one is refused (it would make the same images again).",
+                fix=f"wait for that process to finish (or stop it: kill {holder.get('pid', 'PID')}), then resume "
+                "again if images are missing",
+            ) from None
+        token = secrets.token_hex(16)
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "token": token,
+                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "command": _command_line()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        cls._held[key] = (fd, 1, token)
+        return cls(key, token)
+
+    def release(self) -> None:
+        """Let go (the last user in this process closes the file, which releases the OS lock)."""
+        if self._released or self.token is None:
+            self._released = True
+            return
+        self._released = True
+        fd, users, token = RunLock._held[self.key]
+        if users > 1:
+            RunLock._held[self.key] = (fd, users - 1, token)
+            return
+        del RunLock._held[self.key]
+        os.close(fd)  # the lock file stays: unlinking it would let two writers lock two different files
+
+
+def _command_line() -> str:
+    """What the holder is, for the refusal message: `fluxnb generate --resume ...`, or the program's name."""
+    program = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+    name = "fluxnb" if "fluxnb" in program else os.path.basename(program)
+    return " ".join([name, *sys.argv[1:]])[:200]
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    """The holder's record; it writes it right after locking, so an empty file is retried briefly."""
+    for _ in range(20):
+        try:
+            data = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "null")
+        except (ValueError, OSError):
+            data = None
+        if isinstance(data, dict):
+            return data
+        time.sleep(0.05)
+    return {}
+
+
+def _release_quietly(lock: RunLock) -> None:
+    lock.release()
+
+
+def check_run_folder(path: str | Path) -> Path:
+    """`path` as a run folder to resume, or an InputError saying what it is instead (a file, nothing...)."""
+    path = Path(path)
+    fix = "give the folder printed as `run folder: ...` by the run to resume"
+    problem = describe_path(path)
+    if problem and problem != "is a directory, not a file":
+        raise InputError(f"run folder {path} {problem}.", fix=fix)
+    if not path.is_dir():
+        raise InputError(f"{path} is a file, not a run folder.", fix=fix)
+    if not (path / MANIFEST).exists():
+        raise InputError(f"{path} is not a run folder ({MANIFEST} is missing).", fix=fix)
+    return path
+
+
 class RunFolder:
-    """One run: its folder and manifest. Images are added one by one, each saved as soon as it exists."""
+    """One run: its folder and manifest. Images are added one by one, each saved as soon as it exists.
+
+    The RunFolder holds the folder's writer lock (RunLock) from create/open until close() or the process ends.
+    """
 
     def __init__(self, path: Path, job: str):
         self.path = Path(path)
         self.job = job
+        self._take_lock()
         self.manifest: dict[str, Any] = {
             "job": job,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -88,6 +253,20 @@ class RunFolder:
             "failures": [],
         }
         self._save_manifest()
+
+    def _take_lock(self) -> None:
+        self._lock = RunLock.acquire(self.path)
+        self._finalizer = weakref.finalize(self, _release_quietly, self._lock)
+
+    def close(self) -> None:
+        """Release the writer lock now (also done when the object is collected or the process ends)."""
+        self._finalizer()
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
 
     @classmethod
     def create(
@@ -120,24 +299,74 @@ class RunFolder:
 
     @classmethod
     def open(cls, path: str | Path) -> RunFolder:
-        """Reopen an existing run folder to resume it; images on disk are taken from its manifest."""
-        path = Path(path)
-        try:
-            manifest = read_manifest(path)
-        except FileNotFoundError:
-            raise FluxnbError(f"{path} is not a run folder ({MANIFEST} is missing). Fix: give the folder printed "
-                              "as `run folder: ...` by the run to resume.") from None
-        except json.JSONDecodeError as exc:
-            raise FluxnbError(f"{path / MANIFEST} is not valid JSON ({exc}); it was not written by fluxnb.") from None
+        """Reopen an existing run folder to resume it (as its one writer) and account for every file in it.
+
+        Listed images whose file is gone are dropped (made again); a listed or unlisted PNG that is incomplete
+        (truncated) or not fluxnb's is moved to set-aside/ and said so in the manifest; an unlisted complete PNG
+        whose own metadata gives its file name (a crash came between the PNG and the manifest line) is adopted.
+        """
+        path = check_run_folder(path)
         run = cls.__new__(cls)
-        run.path, run.job, run.manifest = path, manifest.get("job", path.name), manifest
+        run.path = path
+        run._take_lock()  # before reading: another writer may be about to change it
+        manifest = read_manifest(path)
+        run.job, run.manifest = manifest.get("job", path.name), manifest
         manifest.setdefault("failures", [])
-        # keep only images whose file really exists (a kill between the PNG and the manifest write loses nothing:
-        # the PNG is written first, and an image without its manifest line is generated again)
-        manifest["images"] = [entry for entry in manifest.get("images", []) if (path / entry["file"]).is_file()]
+        run._account_for_files()
         manifest.update(status="running", resumed=manifest.get("resumed", 0) + 1)
         run._save_manifest()
         return run
+
+    def _account_for_files(self) -> None:
+        """Make the manifest list exactly the complete images on disk (see open())."""
+        kept, notes = [], self.manifest.setdefault("set_aside", [])
+        before = len(notes)
+        for entry in self.manifest["images"]:
+            file = self.path / entry["file"]
+            if not file.is_file():
+                continue  # gone: the item is made again
+            why = png_problem(file)
+            if why:
+                notes.append(self._set_aside(file, f"listed in the manifest but {why}; the image is made again"))
+                continue
+            kept.append(entry)
+        listed = {entry["file"] for entry in kept}
+        for file in sorted(self.path.glob("*.png")):
+            if file.name in listed:
+                continue
+            why = png_problem(file)
+            metadata = None
+            if not why:
+                try:
+                    metadata = read_png_metadata(file)
+                except (FluxnbError, ValueError):
+                    why = "carries no fluxnb metadata"
+            if isinstance(metadata, dict) and image_file_name(metadata) == file.name:
+                kept.append({"file": file.name, **metadata})  # written, but the crash came before its manifest line
+                listed.add(file.name)
+                continue
+            why = why or "its metadata does not match its file name"
+            notes.append(self._set_aside(file, f"not listed in the manifest and {why}"))
+        for temp in sorted(self.path.glob(".*.tmp")):  # an atomic write a crash interrupted (never renamed)
+            notes.append(self._set_aside(temp, "an unfinished temporary file of a write a crash interrupted"))
+        kept.sort(key=lambda entry: entry.get("index") if isinstance(entry.get("index"), int) else 0)
+        self.manifest["images"] = kept
+        for note in notes[before:]:  # said where a person (terminal, notebook cell) sees it
+            print(f"fluxnb: set aside {self.path / note['file']} -> {note['moved_to']}: {note['why']}",
+                  file=sys.stderr, flush=True)
+
+    def _set_aside(self, file: Path, why: str) -> dict[str, str]:
+        """Move a file the run cannot use to set-aside/ (never delete a user's file); return the manifest note."""
+        aside = self.path / SET_ASIDE
+        aside.mkdir(exist_ok=True)
+        target = aside / file.name.lstrip(".")
+        n = 1
+        while target.exists():
+            n += 1
+            target = aside / f"{file.stem.lstrip('.')}.{n}{file.suffix}"
+        os.replace(file, target)
+        return {"file": file.name, "moved_to": f"{SET_ASIDE}/{target.name}", "why": why,
+                "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     def _save_manifest(self) -> None:
         try:
@@ -150,8 +379,13 @@ class RunFolder:
         self.manifest.update(fields)
         self._save_manifest()
 
-    def save_image(self, image, metadata: dict[str, Any], stem: str) -> Path:
-        """Write one PNG (running number + stem, never overwriting) with its metadata; list it in the manifest."""
+    def listed(self, metadata: dict[str, Any]) -> dict[str, Any] | None:
+        """The manifest entry of this item (same identity), or None."""
+        wanted = identity(metadata)
+        return next((entry for entry in self.manifest["images"] if identity(entry) == wanted), None)
+
+    def save_image(self, image, metadata: dict[str, Any]) -> Path:
+        """Write one PNG (named by image_file_name, never overwriting) with its metadata; list it in the manifest."""
         import io
 
         from PIL.PngImagePlugin import PngInfo
@@ -160,9 +394,10 @@ class RunFolder:
         info.add_itxt(PNG_METADATA_KEY, json.dumps(metadata, ensure_ascii=False, default=str))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=info)
-        number = len(self.manifest["images"])
-        while (target := self.path / f"{number:04d}-{stem}.png").exists():  # e.g. a PNG whose manifest line a kill
-            number += 1  # prevented: kept, never overwritten
+        target = self.path / image_file_name(metadata)
+        if target.exists():  # not ours to overwrite (a file placed there by hand): kept beside, said so
+            self.manifest.setdefault("set_aside", []).append(
+                self._set_aside(target, "was in the way of an image of this run (not listed in the manifest)"))
         try:
             atomic_write_bytes(target, buffer.getvalue())
         except OSError as exc:
@@ -182,6 +417,23 @@ class RunFolder:
         self.record(status=status, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
+def png_problem(path: Path) -> str | None:
+    """Why `path` is not a complete PNG ("is truncated", ...), or None. Reads its chunks, not its pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            handle.seek(max(0, size - len(_PNG_END)))
+            if handle.read() != _PNG_END:
+                return "is truncated (it does not end with the PNG end chunk)"
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"is not a readable PNG ({str(exc)[:120]})"
+    return None
+
+
 def read_png_metadata(path: str | Path) -> dict[str, Any]:
     """The fluxnb metadata stored in a PNG written by RunFolder.save_image."""
     from PIL import Image
@@ -194,4 +446,41 @@ def read_png_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / MANIFEST).read_text(encoding="utf-8"))
+    """A run folder's manifest, checked enough to resume from: a JSON object whose images each name their file."""
+    path = Path(run_dir) / MANIFEST
+    fix = ("restore manifest.json from a backup, or start a new run (the PNGs keep their own metadata: "
+           "fluxnb.read_png_metadata)")
+    problem = describe_path(path)
+    if problem:
+        raise InputError(f"{path} {problem}; {Path(run_dir)} is not a resumable run folder.", fix=fix)
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise InputError(f"{path} is larger than {MAX_MANIFEST_BYTES:,} bytes; it was not written by fluxnb.", fix=fix)
+    text = decode_utf8(path.read_bytes(), str(path), fix)
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); it was not written by fluxnb, or was damaged.",
+                         fix=fix) from None
+    problems = _manifest_problems(manifest)
+    if problems:
+        raise InputError(f"{path} is not a fluxnb manifest: {'; '.join(problems[:3])}.", fix=fix)
+    return manifest
+
+
+def _manifest_problems(manifest: Any) -> list[str]:
+    if not isinstance(manifest, dict):
+        return [f"the top level is a JSON {type(manifest).__name__}, not an object"]
+    images = manifest.get("images", [])
+    if not isinstance(images, list):
+        return [f"`images` is a JSON {type(images).__name__}, not a list"]
+    problems = []
+    for i, entry in enumerate(images):
+        if not isinstance(entry, dict):
+            problems.append(f"images[{i}] is a JSON {type(entry).__name__}, not an object")
+        elif not isinstance(entry.get("file"), str):
+            problems.append(f"images[{i}] has no \"file\" name")
+        elif Path(entry["file"]).name != entry["file"] or entry["file"].startswith("."):
+            problems.append(f"images[{i}].file {entry['file'][:80]!r} is not a plain file name in the run folder")
+    if not isinstance(manifest.get("failures", []), list):
+        problems.append("`failures` is not a list")
+    return problems

@@ -15,15 +15,18 @@ from typing import Any
 from . import sweeps
 from .backends import REGISTRY, compile_wanted, get_backend
 from .config import PROJECT_ROOT, ModelSpec
-from .errors import RequestError
+from .errors import InputError, RequestError
 from .lora_files import HOTSWAP_RANK, LoraChoice, check_loras, check_scale
 from .units import SIZE_MULTIPLE, is_image_side
+from .userfiles import describe_path, parse_yaml, read_text_file
 
 SAMPLE_INIT_IMAGE = PROJECT_ROOT / "notebooks" / "assets" / "init_image.png"  # image-to-image default
 TEXT_TO_IMAGE = "text-to-image"
 IMAGE_TO_IMAGE = "image-to-image"
 MAX_IMAGES_PER_PROMPT = 64
 MAX_SEED = 2**63 - 1
+MAX_PROMPTS = 1000  # per request: a longer batch belongs in several runs (each run folder stays manageable)
+MAX_INIT_IMAGE_PIXELS = 64_000_000  # an init image is resized to width x height; larger files are refused unread
 
 
 @dataclass(frozen=True)
@@ -92,12 +95,16 @@ def _size(name: str, value: Any, maximum: int) -> int:
 def _prompts(value: Any) -> tuple[str, ...]:
     prompts = [value] if isinstance(value, str) else value
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise RequestError("prompt", f"must be a non-empty string or a list of them, got {value!r}. "
+        raise RequestError("prompt", f"must be a non-empty string or a list of them, got {str(value)[:100]!r}. "
                            "Fix: describe the picture, e.g. prompt='a red fox in the snow'.")
+    if len(prompts) > MAX_PROMPTS:
+        raise RequestError("prompt", f"{len(prompts):,} prompts in one request; the limit is {MAX_PROMPTS:,}. "
+                           "Fix: split the batch into several runs.")
     for i, p in enumerate(prompts):
         where = "" if isinstance(value, str) else f" (item {i})"
         if not isinstance(p, str):
-            raise RequestError("prompt", f"must be text{where}, got {p!r}. Fix: quote it, e.g. prompt='{p}'.")
+            shown = repr(p)[:80]
+            raise RequestError("prompt", f"must be text{where}, got {shown}. Fix: quote it, e.g. prompt='...'.")
         if not p.strip():
             raise RequestError("prompt", f"is empty{where}: FLUX needs a description to generate from. "
                                "Fix: describe the picture, e.g. prompt='a red fox in the snow'.")
@@ -109,46 +116,96 @@ def _prompts(value: Any) -> tuple[str, ...]:
     return tuple(prompts)
 
 
-def check_image_file(name: str, path: Any) -> str:
-    """An existing file that PIL can read as an image; its path as a string."""
+def _open_image(name: str, file: Path):
+    """PIL's lazy open (header only), with its decompression-bomb guard turned into a clear refusal."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
-    if not isinstance(path, (str, Path)) or not str(path).strip():
-        raise RequestError(name, f"must be the path of an image file, got {path!r}.")
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise RequestError(name, f"file {str(file)!r} does not exist. Fix: give the path of a PNG or JPEG "
-                           "(relative paths are taken from the working directory).")
+    fix = "Fix: give a PNG or JPEG file."
     try:
-        with Image.open(file) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(file)
+    except Image.DecompressionBombError as exc:
+        raise RequestError(name, f"file {str(file)!r} is too large to decode safely ({exc}). Fix: downscale it "
+                           "(it is resized to width x height anyway).") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise RequestError(name, f"file {str(file)!r} is not an image that can be read ({exc}). {fix}") from None
+    width, height = image.size
+    if width * height > MAX_INIT_IMAGE_PIXELS:
+        image.close()
+        raise RequestError(name, f"file {str(file)!r} is {width}x{height} pixels ({width * height / 1e6:.0f} "
+                           f"megapixels); the limit is {MAX_INIT_IMAGE_PIXELS / 1e6:.0f} megapixels. Fix: downscale "
+                           "it (it is resized to width x height anyway).")
+    return image
+
+
+def check_image_file(name: str, path: Any) -> str:
+    """An existing regular file that PIL can read as an image of sane size; its path as a string."""
+    if not isinstance(path, (str, Path)) or not str(path).strip():
+        raise RequestError(name, f"must be the path of an image file, got {str(path)[:100]!r}.")
+    file = Path(path).expanduser()
+    problem = describe_path(file)
+    if problem:
+        raise RequestError(name, f"{str(file)!r} {problem}. Fix: give the path of a PNG or JPEG file "
+                           "(relative paths are taken from the working directory).")
+    with _open_image(name, file) as image:
+        try:
             image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise RequestError(name, f"file {str(file)!r} is not an image that can be read ({exc}). "
-                           "Fix: give a PNG or JPEG file.") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise RequestError(name, f"file {str(file)!r} is not an image that can be read ({exc}). "
+                               "Fix: give a PNG or JPEG file.") from None
     return str(file)
+
+
+def load_image_file(name: str, path: str | Path):
+    """The picture an init image shows, as 8-bit RGB: EXIF orientation applied (a phone photo stands upright)
+    and 16-bit data scaled to 8 bits (a plain convert("RGB") would clip nearly every pixel to white)."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    file = Path(check_image_file(name, path))
+    with _open_image(name, file) as image:
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise RequestError(name, f"file {str(file)!r} cannot be decoded ({exc}). Fix: give a PNG or JPEG "
+                               "file.") from None
+        upright = ImageOps.exif_transpose(image)
+        if upright.mode.startswith("I") or upright.mode == "F":
+            values = np.asarray(upright, dtype=np.float64)
+            top = 65535.0 if upright.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+            if upright.mode == "F":
+                top = 1.0 if values.max(initial=0) <= 1.0 else values.max()
+            eight = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
+            upright = Image.fromarray(eight, mode="L")
+        return upright.convert("RGB")
 
 
 def read_prompts_file(path: str | Path) -> list[str]:
     """Prompts for a batch: a YAML list (.yaml/.yml) or a text file with one prompt per line (# comments)."""
-    import yaml
-
     file = Path(path)
+    fix = "give a UTF-8 text file, one prompt per line, or a YAML list (.yaml)"
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RequestError("prompts", f"cannot read {file}: {exc}. Fix: give a UTF-8 text file, one prompt "
-                           "per line, or a YAML list.") from None
-    if file.suffix.lower() in (".yaml", ".yml"):
-        try:
-            prompts = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise RequestError("prompts", f"{file} is not valid YAML: {exc}") from None
-        if not isinstance(prompts, list):
-            raise RequestError("prompts", f"{file} must hold a YAML list of prompts, got {type(prompts).__name__}")
-        return prompts
-    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        text = read_text_file(file, "prompts file", fix=fix)
+        if file.suffix.lower() in (".yaml", ".yml"):
+            prompts = parse_yaml(text, f"prompts file {file}", fix=fix)
+            if not isinstance(prompts, list):
+                raise RequestError("prompts", f"{file} must hold a YAML list of prompts, got "
+                                   f"{type(prompts).__name__}. Fix: one `- prompt` per line.")
+        else:
+            prompts = [line.strip() for line in text.splitlines()
+                       if line.strip() and not line.lstrip().startswith("#")]
+    except RequestError:
+        raise
+    except InputError as exc:
+        raise RequestError("prompts", exc.message, fix=exc.fix) from None
     if not prompts:
         raise RequestError("prompts", f"{file} holds no prompt. Fix: one prompt per line.")
+    if len(prompts) > MAX_PROMPTS:
+        raise RequestError("prompts", f"{file} holds {len(prompts):,} prompts; the limit is {MAX_PROMPTS:,} per run. "
+                           "Fix: split the batch into several files and runs.")
     return prompts
 
 
@@ -195,7 +252,7 @@ def _guidance(spec: ModelSpec, guidance_scale: Any) -> float:
     """The guidance scale (the model's default for None): a number > 0."""
     guidance = spec.params.guidance_scale if guidance_scale is None else guidance_scale
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 < guidance < math.inf:
-        raise RequestError("guidance_scale", f"must be a number > 0, got {guidance!r}. "
+        raise RequestError("guidance_scale", f"must be a finite number > 0, got {guidance!r}. "
                            f"Fix: FLUX.1-dev works best near {spec.params.guidance_scale}.")
     return float(guidance)
 

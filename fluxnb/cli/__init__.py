@@ -1,8 +1,8 @@
 """The `fluxnb` command: run notebooks headlessly, or generate without Jupyter.
 
 One module per subcommand (run, generate, doctor, diagnose, bench, replay), each with `add_parser(sub)` and
-`run(args)`. Errors fluxnb raises on purpose are printed as one block by `render_error` (exit 2 for bad input,
-1 when a run failed); anything else keeps its traceback, because that is a bug to report.
+`run(args)`. Errors fluxnb raises on purpose are printed as one block by `render_error` (exit 2 for bad input:
+InputError and its subclasses; 1 when a run failed); anything else keeps its traceback, because that is a bug to report.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import FluxnbError, RequestError, render_error
+from ..errors import FluxnbError, InputError, render_error
 from . import bench, diagnose, doctor, generate, replay, run
 
 SUBCOMMANDS = (run, generate, doctor, diagnose, bench, replay)
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except RequestError as exc:
+    except InputError as exc:  # bad parameters, files, folders: the user can fix them
         print(f"fluxnb: {render_error(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FluxnbError as exc:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
-from pathlib import Path
+from typing import BinaryIO, TextIO
 
 from ..diagnosis import diagnose, format_diagnoses
 from ..errors import RequestError
+from ..userfiles import describe_path
+
+# Tracebacks end a log: the last TAIL_BYTES are searched. A stream (stdin, a device) is read to its end, keeping
+# only that tail in memory, but never past MAX_STREAM_BYTES (/dev/zero has no end).
+TAIL_BYTES = 4 * 1024 * 1024
+MAX_STREAM_BYTES = 256 * 1024 * 1024
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -19,15 +27,44 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
+def read_tail(handle: BinaryIO | TextIO, regular_size: int | None) -> tuple[bytes, str | None]:
+    """The last TAIL_BYTES of a file or stream, and a note when that is not all of it."""
+    if regular_size is not None:
+        if regular_size > TAIL_BYTES:
+            handle.seek(regular_size - TAIL_BYTES)
+        data = handle.read(TAIL_BYTES)
+        note = f"the input is {regular_size:,} bytes: its last {TAIL_BYTES:,} were searched" \
+            if regular_size > TAIL_BYTES else None
+        return data, note
+    tail, total = b"", 0
+    while chunk := handle.read(1024 * 1024):
+        if isinstance(chunk, str):  # a text stream (stdin replaced by a test or an embedding program)
+            chunk = chunk.encode("utf-8", errors="replace")
+        total += len(chunk)
+        tail = (tail + chunk)[-TAIL_BYTES:]
+        if total >= MAX_STREAM_BYTES:
+            return tail, (f"stopped reading after {MAX_STREAM_BYTES:,} bytes (the input does not end); the last "
+                          f"{TAIL_BYTES:,} read were searched")
+    note = f"the input was {total:,} bytes: its last {TAIL_BYTES:,} were searched" if total > TAIL_BYTES else None
+    return tail, note
+
+
 def run(args: argparse.Namespace) -> int:
+    fix = "give a readable file, or pipe the traceback into `fluxnb diagnose`"
     if args.file in (None, "-"):
-        text = sys.stdin.read()
+        data, note = read_tail(getattr(sys.stdin, "buffer", sys.stdin), None)
     else:
+        problem = describe_path(args.file)
+        if problem and not problem.startswith(("is a device", "is a pipe")):  # streams are read, bounded
+            raise RequestError("FILE", f"{args.file} {problem}.", fix=fix)
         try:
-            text = Path(args.file).read_text(encoding="utf-8", errors="replace")
+            with open(args.file, "rb") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                data, note = read_tail(handle, os.fstat(handle.fileno()).st_size if stat.S_ISREG(mode) else None)
         except OSError as exc:
-            raise RequestError("FILE", f"cannot read {args.file}: {exc}",
-                               fix="give a readable file, or pipe the traceback into `fluxnb diagnose`") from None
-    diagnoses = diagnose(text)
+            raise RequestError("FILE", f"cannot read {args.file}: {exc.strerror or exc}.", fix=fix) from None
+    if note:
+        print(f"fluxnb diagnose: {note}", file=sys.stderr)
+    diagnoses = diagnose(data.decode("utf-8", errors="replace"))
     print(json.dumps([d.to_dict() for d in diagnoses], indent=2) if args.json else format_diagnoses(diagnoses))
     return 0 if diagnoses else 1

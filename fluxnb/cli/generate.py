@@ -8,10 +8,10 @@ from pathlib import Path
 
 from ..config import load_config
 from ..display import model_banner
-from ..errors import FluxnbError, RequestError
+from ..errors import InputError, RequestError
 from ..generation import generate
 from ..loading import load_model
-from ..outputs import RunFolder
+from ..outputs import RunFolder, check_run_folder, read_manifest
 from ..params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request, read_prompts_file, request_from_dict
 from ..selection import resolve_model
 from ..sweep_grid import save_sweep_grid
@@ -26,12 +26,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="RUN_DIR", help="finish a killed/interrupted/failed run with its own "
                         "parameters: keeps every finished image, makes only the missing ones")
     parser.add_argument("--negative-prompt")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="seed of the first image of each prompt (default 0)")
     parser.add_argument("--steps", type=int)
     parser.add_argument("--guidance-scale", type=float)
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
-    parser.add_argument("--num-images", type=int, default=1, help="images per prompt (seeds seed, seed+1, ...)")
+    parser.add_argument("--num-images", type=int, help="images per prompt (seeds seed, seed+1, ...; default 1)")
     parser.add_argument("--max-sequence-length", type=int)
     parser.add_argument("--init-image", help="image-to-image: the starting picture")
     parser.add_argument("--strength", type=float, help="image-to-image: how much to change it, in (0, 1]")
@@ -58,12 +58,12 @@ def new_request(args: argparse.Namespace, spec):
         spec,
         prompt=prompts,
         negative_prompt=args.negative_prompt,
-        seed=args.seed,
+        seed=0 if args.seed is None else args.seed,
         steps=args.steps,
         guidance_scale=args.guidance_scale,
         width=args.width,
         height=args.height,
-        num_images=args.num_images,
+        num_images=1 if args.num_images is None else args.num_images,
         max_sequence_length=args.max_sequence_length,
         init_image=args.init_image,
         strength=args.strength,
@@ -74,14 +74,38 @@ def new_request(args: argparse.Namespace, spec):
     )
 
 
+# Options that describe a request: a resume takes the run's own request, so giving one of them is refused.
+REQUEST_OPTIONS = ("model", "prompt", "prompts", "negative_prompt", "seed", "steps", "guidance_scale", "width",
+                   "height", "num_images", "max_sequence_length", "init_image", "strength", "output_dir")
+
+
+def check_resumable(args: argparse.Namespace) -> None:
+    """--resume finishes the original request exactly: no new request options; a folder made by generate."""
+    given = [name for name in REQUEST_OPTIONS
+             if getattr(args, name) is not None and not (name == "model" and args.model == "auto")]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise RequestError(given[0], f"--resume finishes the run's original request exactly; {options} would change "
+                           "it, so it is refused.",
+                           fix=f"fluxnb generate --resume {args.resume} (nothing else), or start a new run without "
+                           "--resume for the new request")
+    manifest = read_manifest(check_run_folder(args.resume))
+    job = manifest.get("job")
+    if job != "generate":
+        raise InputError(f"{args.resume} was made by `fluxnb run {job}`, not by fluxnb generate; a resume "
+                         "finishes the run that made the folder.", fix=f"fluxnb run {job} --resume {args.resume}")
+    if not isinstance(manifest.get("model"), dict) or not isinstance(manifest.get("parameters"), dict):
+        raise InputError(f"{args.resume} holds no generate parameters to resume (its manifest has no model or "
+                         "parameters: the run stopped before it recorded them).",
+                         fix="start a new run with the same options")
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.resume:  # the parameters are the run's own, from its manifest
+        check_resumable(args)
         run_folder = RunFolder.open(args.resume)
-        stored_model, stored = run_folder.manifest.get("model"), run_folder.manifest.get("parameters")
-        if not stored_model or not stored:
-            raise FluxnbError(f"{run_folder.path} holds no generate parameters to resume (not made by fluxnb "
-                              "generate)", fix="resume a folder printed by `fluxnb generate`, or start a new run.")
+        stored_model, stored = run_folder.manifest["model"], run_folder.manifest["parameters"]
         choice = resolve_model(stored_model["name"], config)
         request = request_from_dict(choice.spec, stored)
         print(f"resuming {run_folder.path}: {len(run_folder.manifest['images'])} image(s) already done", flush=True)

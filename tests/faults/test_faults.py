@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -185,7 +186,8 @@ def test_disk_full_while_saving_names_the_file(tiny_model, outputs_dir: Path):
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 1
     run_dir = next(outputs_dir.iterdir())
-    assert f"fluxnb: error: cannot write {run_dir / '0000-t2i-seed0.png'}: File too large" in stderr
+    (name,) = re.findall(r"cannot write .*/(0000-t2i-seed0-[0-9a-f]{8}\.png): File too large", stderr)
+    assert f"fluxnb: error: cannot write {run_dir / name}: File too large" in stderr
     assert "Fix: free disk space or choose a writable output folder" in stderr
     assert "Traceback" not in stderr
     manifest = consistent(run_dir)
@@ -212,7 +214,7 @@ def test_truncated_safetensors_names_the_file(tiny_spec, tmp_path: Path):
         fluxnb.load_model(tiny_spec, checkpoint=copy, device="cpu", progress=False)
     message = str(info.value)
     assert message.startswith(f"{weights} is truncated or corrupted (")
-    assert "delete that file (or the whole model folder) and download it again" in message
+    assert f"Fix: delete the whole checkpoint folder: `rm -rf {copy}`" in message
 
 
 def test_offline_and_not_cached(config, monkeypatch, tmp_path: Path):
@@ -229,12 +231,12 @@ def test_offline_and_not_cached(config, monkeypatch, tmp_path: Path):
 def test_resume_of_something_that_is_not_a_run(tmp_path: Path):
     done = subprocess.run([sys.executable, "-m", "fluxnb.cli", "generate", "--resume", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert f"{tmp_path} is not a run folder ({MANIFEST} is missing)" in done.stderr
-    (tmp_path / MANIFEST).write_text(json.dumps({"images": []}), encoding="utf-8")
+    (tmp_path / MANIFEST).write_text(json.dumps({"job": "generate", "images": []}), encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "fluxnb.cli", "generate", "--resume", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "holds no generate parameters to resume" in done.stderr
+    assert done.returncode == 2 and "holds no generate parameters to resume" in done.stderr
     assert os.path.exists(tmp_path / MANIFEST)
 
 
@@ -273,10 +275,42 @@ def test_notebook_batch_killed_then_resumed(tiny_model, outputs_dir: Path, tmp_p
         assert (run_dir / name).read_bytes() == data
 
 
-def test_bad_notebook_parameter_reaches_the_terminal(outputs_dir: Path):
-    done = subprocess.run([sys.executable, "-m", "fluxnb.cli", "run", "01_text_to_image", "-p", "width", "1000"],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 1
-    assert "fluxnb: error: 01_text_to_image.ipynb failed in cell" in done.stderr
-    assert "RequestError: parameter `width`: must be between 16 and 512 for this model, got 1000" in done.stderr
-    assert "executed notebook kept at" in done.stderr
+def test_bad_notebook_parameter_is_refused_before_any_run_folder(outputs_dir: Path):
+    """A bad -p value is checked against the model before the run folder (and the kernel) exist: exit 2, nothing
+    left behind, however many times it is tried."""
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "fluxnb.cli", "run", "01_text_to_image", "-p", "width", "1000"],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2, done.stderr
+        assert "fluxnb: error: parameter `width`: must be between 16 and 512 for this model, got 1000" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not outputs_dir.exists() or not any(outputs_dir.iterdir())
+
+
+def test_disk_full_at_the_start_of_a_notebook_run(outputs_dir: Path):
+    """papermill cannot write the executed notebook: one message naming it, and no half-written .ipynb left."""
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8_000, 8_000))
+
+    process = cli("run", "01_text_to_image", "-p", "steps", "1", preexec_fn=limit_file_size)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 1, stderr
+    (run_dir,) = outputs_dir.iterdir()
+    assert f"fluxnb: error: cannot write {run_dir / '01_text_to_image.ipynb'}: File too large" in stderr
+    assert "Fix: free disk space" in stderr and "Traceback" not in stderr
+    assert not list(run_dir.glob("*.ipynb"))
+
+
+def test_following_the_corrupt_weights_fix_works(tiny_spec, tmp_path: Path, monkeypatch):
+    """The message's own fix, run as given, leads to a model that loads (the tiny checkpoint is rebuilt)."""
+    monkeypatch.setenv("FLUXNB_CACHE", str(tmp_path / "cache"))
+    folder = ensure_tiny_checkpoint()
+    weights = next((folder / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(fluxnb.LoadError) as info:
+        fluxnb.load_model(tiny_spec, device="cpu", progress=False)
+    (command,) = re.findall(r"`(rm -rf [^`]+)`", str(info.value))
+    subprocess.run(command, shell=True, check=True)
+    model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
+    assert model.spec.name == "flux-tiny" and weights.is_file()

@@ -6,6 +6,7 @@ their metadata, and the executed notebook kept in the run folder.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -183,7 +184,8 @@ def test_image_to_image_notebook_records_the_run(i2i_run: Path):
     for entry in entries:
         assert (entry["mode"], entry["steps"], entry["strength"]) == (fluxnb.IMAGE_TO_IMAGE, 4, 0.5)
         assert entry["init_image"] == str(fluxnb.SAMPLE_INIT_IMAGE)
-        assert entry["file"].endswith(f"i2i-seed{entry['seed']}.png")
+        assert entry["file"] == fluxnb.outputs.image_file_name(entry)  # named by its request item
+        assert re.fullmatch(rf"\d{{4}}-i2i-seed{entry['seed']}-[0-9a-f]{{8}}\.png", entry["file"])
     check_images(i2i_run, manifest, (80, 64))
     cells = check_executed_notebook(i2i_run, "02_image_to_image")
     printed = "".join(stdout_of(outputs) for _, outputs in cells)
@@ -195,21 +197,28 @@ def test_image_to_image_notebook_records_the_run(i2i_run: Path):
 
 
 def test_bad_width_fails_before_the_model_loads(outputs_dir: Path):
-    with pytest.raises(NotebookFailed) as failure:
+    """Checked before the run folder and the kernel exist (the notebook checks again, for people in JupyterLab)."""
+    with pytest.raises(fluxnb.RequestError) as failure:
         run_notebook("01_text_to_image", {"width": 1000, "steps": 2}, outputs_dir=outputs_dir)
-    error = failure.value
-    assert error.ename == "RequestError"
-    assert "parameter `width`" in error.evalue and "between 16 and 512" in error.evalue and "Fix:" in error.evalue
-    assert "01_text_to_image.ipynb failed" in str(error) and "parameter `width`" in str(error)
-    run_dir = error.executed.parent
-    assert run_dir.parent == outputs_dir and error.executed.is_file()
-    manifest = fluxnb.read_manifest(run_dir)
-    assert manifest["status"] == "failed" and "parameter `width`" in manifest["error"]
-    assert manifest["images"] == [] and not manifest.get("load_report")
-    assert list(run_dir.glob("*.png")) == []
-    cells = code_outputs(error.executed)
+    message = str(failure.value)
+    assert message.startswith("parameter `width`: must be between 16 and 512") and "Fix:" in message
+    assert not outputs_dir.exists() or not any(outputs_dir.iterdir())
+
+
+def test_bad_width_inside_the_notebook_fails_before_the_model_loads(outputs_dir: Path):
+    """The notebook's own check (what a person in JupyterLab meets): executed with papermill directly."""
+    executed = outputs_dir / "executed.ipynb"
+    outputs_dir.mkdir(parents=True, exist_ok=True)
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        papermill.execute_notebook(str(NOTEBOOKS_DIR / "01_text_to_image.ipynb"), str(executed),
+                                   parameters={"width": 1000, "steps": 2, "interactive": False,
+                                               "output_dir": str(outputs_dir / "run")}, progress_bar=False)
+    assert failure.value.ename == "RequestError"
+    assert "parameter `width`" in failure.value.evalue and "between 16 and 512" in failure.value.evalue
+    cells = code_outputs(executed)
     loading = [outputs for cell, outputs in cells if "load_model(" in cell.source]
     assert loading == [[]]  # validation stopped the run before any model was loaded
+    assert not (outputs_dir / "run").exists()  # nor was a run folder made
 
 
 def test_fast_backend_is_selected_by_name(outputs_dir: Path, monkeypatch):
@@ -238,14 +247,11 @@ def test_misspelt_parameter_is_refused_with_the_allowed_names(outputs_dir: Path)
 
 
 def test_missing_init_image_names_the_parameter(outputs_dir: Path):
-    with pytest.raises(NotebookFailed) as failure:
+    with pytest.raises(fluxnb.RequestError) as failure:
         run_notebook("02_image_to_image", {"init_image": "no-such-picture.png"}, outputs_dir=outputs_dir)
-    error = failure.value
-    assert error.ename == "RequestError"
-    assert "parameter `init_image`" in error.evalue and "no-such-picture.png" in error.evalue
-    assert "does not exist" in error.evalue
-    assert fluxnb.read_manifest(error.executed.parent)["status"] == "failed"
-
+    message = str(failure.value)
+    assert message.startswith("parameter `init_image`: 'no-such-picture.png' does not exist")
+    assert not outputs_dir.exists() or not any(outputs_dir.iterdir())
 
 
 def test_interactive_run_then_resume_after_a_kill(outputs_dir: Path):

@@ -39,7 +39,7 @@ def test_generate_writes_a_run_folder(outputs_dir: Path):
         (["--steps", "0"], "parameter `steps`: must be between 1 and 50"),
         (["--model", "flux-dev-bnb-8bit", "--negative-prompt", "blurry"], "parameter `negative_prompt`"),
         (["--model", "flux-schnell"], "parameter `model`: 'flux-schnell' is not defined"),
-        (["--init-image", "no/such/file.png"], "parameter `init_image`: file 'no/such/file.png' does not exist"),
+        (["--init-image", "no/such/file.png"], "parameter `init_image`: 'no/such/file.png' does not exist"),
     ],
 )
 def test_generate_bad_input_exits_2_with_the_message(args, message, outputs_dir: Path):
@@ -64,16 +64,16 @@ def test_broken_model_config_is_reported_with_the_line(tmp_path: Path):
     config = tmp_path / "model_config.yaml"
     config.write_text("models:\n  flux-tiny: {id: x\n", encoding="utf-8")
     done = fluxnb_cli("generate", "--prompt", "a fox", "--config", str(config))
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert f"fluxnb: error: {config} is not a valid fluxnb model config" in done.stderr
     assert "YAML syntax error at line 3" in done.stderr
 
 
 def test_run_refuses_unknown_parameter_names_and_files():
     done = fluxnb_cli("run", "no_such_notebook")
-    assert done.returncode == 1 and "notebook 'no_such_notebook' not found" in done.stderr
+    assert done.returncode == 2 and "notebook 'no_such_notebook' not found" in done.stderr
     done = fluxnb_cli("run", "01_text_to_image", "-f", "missing.yaml")
-    assert done.returncode == 1 and "parameters file missing.yaml not found" in done.stderr
+    assert done.returncode == 2 and "parameters file missing.yaml does not exist" in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -93,5 +93,5 @@ def test_run_says_first_which_model_runs_and_where_the_run_is(outputs_dir: Path)
     assert any(line.startswith("model: flux-tiny (fluxnb/flux-tiny) - auto: no CUDA GPU") for line in lines)
     run_dir = Path(lines[-1].removeprefix("run folder: "))
     assert run_dir.parent == outputs_dir
-    assert {p.suffix for p in run_dir.iterdir() if p.is_file()} == {".png", ".json", ".ipynb"}
+    assert {p.suffix for p in run_dir.iterdir() if p.is_file()} == {".png", ".json", ".ipynb", ".lock"}
     assert [p.name for p in run_dir.iterdir() if p.is_dir()] == ["sweep"]  # section 8's lesson: its own run folder

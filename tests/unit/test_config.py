@@ -82,7 +82,7 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path):
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path):
-    with pytest.raises(fluxnb.ConfigError, match="file not found"):
+    with pytest.raises(fluxnb.ConfigError, match="nope.yaml does not exist"):
         load_config(tmp_path / "nope.yaml")
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import fluxnb
 from fluxnb.outputs import MANIFEST, RunFolder, atomic_write_bytes, new_run_dir
@@ -140,3 +142,40 @@ def test_out_of_memory_advice_names_t5_offload_where_the_entry_can_use_it(tiny_m
     assert "offload_text_encoder" not in out_of_memory_advice(request, tiny_model)
     offloaded = dataclasses.replace(fast, spec=dataclasses.replace(fast.spec, offload_text_encoder=True))
     assert "offload_text_encoder" not in out_of_memory_advice(request, offloaded)
+
+
+def test_a_batch_keeps_paths_and_metadata_and_a_resume_reads_no_pixels(tiny_model, tiny_spec, monkeypatch):
+    request = fluxnb.make_request(tiny_spec, prompt=["a fox", "a cat"], num_images=2, steps=1, width=64, height=64)
+    run = RunFolder.create("lazy")
+    made = fluxnb.generate(tiny_model, request, run, progress=False)
+    assert all(image._pixels is None and Path(image.path).is_file() for image in made)
+    assert [Path(image.path).name for image in made] == [entry["file"] for entry in run.manifest["images"]]
+    reopened = RunFolder.open(run.path)  # checks each PNG's chunks (complete? fluxnb's?), decodes no pixels
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    again = fluxnb.generate(tiny_model, request, reopened, progress=False)
+    assert [image.path for image in again] == [image.path for image in made]
+    assert opened == []  # the resume listed the finished images without opening any
+    assert np.array_equal(np.asarray(again[0].image), np.asarray(real_open(made[0].path).convert("RGB")))
+    assert len(opened) == 1  # pixels are read when asked for, from the PNG
+
+
+def test_a_long_prompt_is_said_once_with_the_token_counts(tiny_model, tiny_spec, capfd):
+    prompt = "a red fox in the snow " * 4600  # about 100,000 characters
+    request = fluxnb.make_request(tiny_spec, prompt=prompt, steps=1, width=64, height=64, num_images=2)
+    fluxnb.generate(tiny_model, request, progress=False)
+    err = capfd.readouterr().err
+    (note,) = [line for line in err.splitlines() if line.startswith("note: prompt 1")]
+    assert re.search(r"CLIP reads its first 77 of \d{5,} tokens; T5 reads its first \d+ of \d{5,} tokens", note)
+    assert "truncated because" not in err and len(err) < 2000
+
+
+def test_grid_of_a_long_batch_draws_a_bounded_number_of_images(tiny_model, tiny_spec):
+    from fluxnb.display import MAX_GRID_IMAGES, show_grid
+
+    request = fluxnb.make_request(tiny_spec, prompt="a fox", steps=1, width=32, height=32, num_images=20)
+    images = fluxnb.generate(tiny_model, request, RunFolder.create("grid"), progress=False)
+    figure = show_grid(images)
+    assert len(figure.axes) == MAX_GRID_IMAGES
+    assert figure._suptitle.get_text() == f"the first {MAX_GRID_IMAGES} of 20 images (all 20 are in the run folder)"

@@ -36,7 +36,9 @@ def test_items_give_each_image_its_own_seed(bnb8):
         ({"steps": 51}, "steps", "must be between 1 and 50"),
         ({"steps": 2.5}, "steps", "must be a whole number"),
         ({"negative_prompt": "blurry"}, "negative_prompt", "does not use a negative prompt"),
-        ({"guidance_scale": 0}, "guidance_scale", "must be a number > 0"),
+        ({"guidance_scale": 0}, "guidance_scale", "must be a finite number > 0"),
+            ({"guidance_scale": float("nan")}, "guidance_scale", "must be a finite number > 0"),
+            ({"guidance_scale": float("inf")}, "guidance_scale", "must be a finite number > 0"),
         ({"max_sequence_length": 513}, "max_sequence_length", "between 1 and 512"),
         ({"seed": -1}, "seed", "non-negative integer"),
         ({"num_images": 0}, "num_images", "1..64"),
@@ -56,7 +58,7 @@ def test_bad_parameters_are_named(bnb8, kwargs, parameter, text):
 
 
 def test_image_to_image_checks_the_file(bnb8, tmp_path: Path):
-    with pytest.raises(fluxnb.RequestError, match="`init_image`: file '.*missing.png' does not exist"):
+    with pytest.raises(fluxnb.RequestError, match="`init_image`: '.*missing.png' does not exist"):
         make_request(bnb8, prompt="x", init_image=tmp_path / "missing.png", mode=IMAGE_TO_IMAGE)
     not_image = tmp_path / "notes.png"
     not_image.write_text("this is text, not a PNG", encoding="utf-8")

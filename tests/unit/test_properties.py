@@ -98,7 +98,7 @@ def test_unicode_prompts_round_trip_into_png_and_manifest(tmp_path_factory, prom
     spec = fluxnb.load_config().get("flux-tiny")
     request = make_request(spec, prompt=prompt)
     run = RunFolder.create("unicode", base=tmp_path_factory.mktemp("out"))
-    path = run.save_image(Image.new("RGB", (8, 8)), {"index": 0, "prompt": request.prompts[0]}, stem="t2i-seed0")
+    path = run.save_image(Image.new("RGB", (8, 8)), {"index": 0, "prompt": request.prompts[0]})
     assert fluxnb.read_png_metadata(path)["prompt"] == prompt
     assert fluxnb.read_manifest(run.path)["images"][0]["prompt"] == prompt
 
@@ -106,7 +106,7 @@ def test_unicode_prompts_round_trip_into_png_and_manifest(tmp_path_factory, prom
 def test_korean_prompt_round_trip(tmp_path):
     prompt = "안개 낀 아침, 눈 덮인 숲 속의 붉은 여우 — 수채화"
     run = RunFolder.create("korean", base=tmp_path)
-    path = run.save_image(Image.new("RGB", (8, 8)), {"index": 0, "prompt": prompt}, stem="t2i-seed0")
+    path = run.save_image(Image.new("RGB", (8, 8)), {"index": 0, "prompt": prompt})
     assert fluxnb.read_png_metadata(path)["prompt"] == prompt
     assert prompt in (run.path / "manifest.json").read_text(encoding="utf-8")
 
