@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .compile_cache import record_warm
 from .environment import device_info, package_versions
 from .errors import GenerationFailed, ModelUnusable
 from .loading import LoadedModel
@@ -171,6 +172,9 @@ def generate(
         },
         "backend": {c.name: c.format for c in model.report.components},
         "offload": model.report.offload,
+        # speed options: compile mode, the persistent compile cache (warm before the load?), the cached mode
+        "speed": {"compile_mode": model.report.compile_mode, "compile_cache": model.report.compile_cache,
+                  "cache": model.report.cache},
         "versions": package_versions(),
         "device": device_info(),
     }
@@ -244,6 +248,9 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
                     "seconds": round(max(0.0, compile_after - compile_before), 3)},
         "sanity": check_image(image).to_dict(),  # NaN/black/flat/mosaic warnings (fluxnb.sanity)
     }
+    if metadata["compile"]["new_graphs"] and model.report.compile_cache:  # the doctor reports this size as warm
+        record_warm(model.report.compile_cache["path"], model.spec.name, model.report.compile_mode, request.width,
+                    request.height)
     result = GeneratedImage(image=image, metadata=metadata)
     if run is not None:
         kind = "i2i" if request.mode == IMAGE_TO_IMAGE else "t2i"

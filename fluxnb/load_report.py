@@ -20,6 +20,10 @@ class LoadReport:
         load_seconds: wall time of the load, verification included.
         components: per-component footprint (class, format, device, bytes, quantized/plain layer counts).
         notes: what the load did that a user should know (compile, offload, fallbacks, reuse).
+        compile_mode: torch.compile's mode for the compiled blocks (None: default mode, or not compiled).
+        compile_cache: where the persistent compile cache is and whether it was warm before the load
+            (fluxnb.compile_cache.CompileCacheState.to_dict()); None when nothing is compiled.
+        cache: the cached mode's setting (fluxnb.step_cache.CacheSetting.to_dict()); None when off.
     """
 
     model: str
@@ -32,6 +36,9 @@ class LoadReport:
     load_seconds: float
     components: list[ComponentFootprint]
     notes: list[str] = field(default_factory=list)
+    compile_mode: str | None = None
+    compile_cache: dict | None = None
+    cache: dict | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -53,6 +60,9 @@ class LoadReport:
             "total_bytes": self.total_bytes,
             "components": [c.to_dict() for c in self.components],
             "notes": list(self.notes),
+            "compile_mode": self.compile_mode,
+            "compile_cache": self.compile_cache,
+            "cache": self.cache,
         }
 
     def __str__(self) -> str:

@@ -63,6 +63,7 @@ class Backend:
         min_capability: lowest CUDA compute capability its kernels run on, e.g. (8, 9) for float8; None: any.
         extra: the pip extra it needs beyond the base install (`pip install -e ".[torchao]"`), or None.
         compilable: entries may set `compile: true` (regional torch.compile of the transformer blocks).
+        compile_modes: the torch.compile modes an entry may name in `compile_mode:` (besides the default one).
         offloadable_text_encoder: entries may set `offload_text_encoder: true` (T5 on the CPU between prompts).
         min_rows_compiled: when compiled, requests need more image+text tokens than this (kernel limits); 0: none.
         synthetic_kind: which full-size synthetic checkpoint the bench builds for it (fluxnb.synthetic.KINDS);
@@ -86,6 +87,7 @@ class Backend:
     min_capability: tuple[int, int] | None = None
     extra: str | None = None
     compilable: bool = False
+    compile_modes: tuple[str, ...] = ()
     offloadable_text_encoder: bool = False
     min_rows_compiled: int = 0
     synthetic_kind: str | None = None
