@@ -187,7 +187,8 @@ def clear(root: str | Path | None = None, key: str | None = None) -> list[str]:
     return removed
 
 
-WARM_INDEX = "fluxnb_warm.json"  # which model entries and sizes have compiled into a folder (inductor's keys are opaque)
+# which model entries and sizes have compiled into a folder (inductor's own keys are opaque hashes)
+WARM_INDEX = "fluxnb_warm.json"
 
 
 def record_warm(path: str | Path, model: str, compile_mode: str | None, width: int, height: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..footprint import GIB, pipeline_footprint
-from .base import Backend, LoadContext, compile_wanted, from_pretrained
+from .base import Backend, LoadContext, compile_if_wanted, from_pretrained
 
 ACTIVATION_MARGIN = 3 * GIB  # activations at 1024x1024 plus the CUDA context
 
@@ -32,22 +32,9 @@ def load_bf16(spec, ctx: LoadContext, backend: Backend):
             f"the transformer alone ({footprint.get('transformer', 0) / GIB:.1f} GiB) exceeds free GPU memory "
             f"({free / GIB:.1f} GiB): sequential CPU offload streams layers to the GPU (much slower)"
         )
-    _maybe_compile(pipe, spec, backend, ctx)
+    if ctx.offload == "none":  # compiled bf16 vs eager bf16: the noise floor of the bench's fidelity figures
+        compile_if_wanted(pipe, spec, backend, ctx)
     return pipe
-
-
-def _maybe_compile(pipe, spec, backend: Backend, ctx: LoadContext) -> None:
-    """Regional compile of the bf16 blocks (the bench's noise floor: compiled bf16 vs eager bf16), GPU-resident only."""
-    wanted, why = compile_wanted(spec, backend)
-    if why and spec.compile:
-        ctx.notes.append(why)
-    if not wanted:
-        return
-    if ctx.offload != "none":
-        ctx.notes.append("compile skipped: the bf16 model is CPU-offloaded on this GPU")
-        return
-    pipe.transformer.compile_repeated_blocks()
-    ctx.notes.append("transformer blocks wrapped in torch.compile (regional); the first image at each size compiles")
 
 
 BACKENDS = (

@@ -13,7 +13,7 @@ def main() -> None:
     import fluxnb
     from fluxnb import compile_cache
 
-    state = compile_cache.activate()
+    state = compile_cache.activate(key=sys.argv[1])  # a test's own key: the session cache stays untouched
     model = fluxnb.load_model("flux-tiny", device="cpu", progress=False)
     model.pipe.set_progress_bar_config(disable=True)
     transformer = model.pipe.transformer

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,37 +19,35 @@ from fluxnb.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _child(cache: Path) -> dict:
-    env = {**os.environ, "FLUXNB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+def _child(key: str) -> dict:
+    """A fresh process (the session's tiny checkpoint, the compile cache folder of `key`)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for name in (compile_cache.ENV_INDUCTOR, compile_cache.ENV_TRITON, "FLUXNB_COMPILE_CACHE_SET"):
         env.pop(name, None)
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "unit" / "compile_child.py")], env=env,
+    out = subprocess.run([sys.executable, str(ROOT / "tests" / "unit" / "compile_child.py"), key], env=env,
                          capture_output=True, text=True, timeout=900, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_second_process_finds_the_cache_warm_and_hits_it(tmp_path, capsys):
-    first = _child(tmp_path)
+    key = f"test-{uuid.uuid4().hex[:8]}"
+    first = _child(key)
     assert first["state"]["managed"] and not first["state"]["warm"]
     assert first["misses"] > 0 and first["hits"] == 0
-    assert Path(first["state"]["path"]).parent == tmp_path / "compile"
-    second = _child(tmp_path)
+    assert Path(first["state"]["path"]) == compile_cache.compile_root() / key
+    second = _child(key)
     assert second["state"]["path"] == first["state"]["path"]
     assert second["state"]["warm"] and second["state"]["entries"] > 0
-    assert second["hits"] == first["misses"] and second["misses"] == 0
+    assert second["hits"] == first["misses"] and second["misses"] == 0  # every compiled graph read back
 
-    os.environ["FLUXNB_CACHE"] = str(tmp_path)
-    try:
-        listing = compile_cache.describe()
-        assert listing["warm_here"] and listing["folders"][0]["entries"] == second["state"]["entries"]
-        assert main(["cache"]) == 0
-        assert "(warm)" in capsys.readouterr().out
-        assert main(["cache", "--clear"]) == 0
-        assert first["state"]["path"] in capsys.readouterr().out
-        assert not Path(first["state"]["path"]).exists()
-        assert compile_cache.describe()["folders"] == []
-    finally:
-        del os.environ["FLUXNB_CACHE"]
+    folder = next(f for f in compile_cache.describe()["folders"] if f["key"] == key)
+    assert folder["entries"] == second["state"]["entries"] and folder["bytes"] > 0
+    assert main(["cache", "--key", key]) == 0
+    assert f"{key}: " in capsys.readouterr().out
+    assert main(["cache", "--clear", "--key", key]) == 0
+    assert first["state"]["path"] in capsys.readouterr().out
+    assert not Path(first["state"]["path"]).exists()
+    assert key not in {f["key"] for f in compile_cache.describe()["folders"]}
 
 
 def test_key_names_torch_triton_and_gpu():
