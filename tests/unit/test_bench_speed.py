@@ -115,7 +115,8 @@ def test_recommendation_needs_fidelity_within_2x_on_every_weight_set_and_5x():
             _row("flux-dev-torchao-int8dq", 2.5, 0.011), _row("flux-dev-torchao-fp8", 2.7, 0.017),
             _row("flux-dev-torchao-fp8@cache=taylorseer@2", 1.9, 0.019),
             _row("flux-dev", 5.0, 0.0, "outliers"), _row("flux-dev-bnb-8bit", 14.0, 0.011, "outliers"),
-            _row("flux-dev-torchao-int8dq", 2.5, 0.046, "outliers"), _row("flux-dev-torchao-fp8", 2.7, 0.017, "outliers"),
+            _row("flux-dev-torchao-int8dq", 2.5, 0.046, "outliers"),
+            _row("flux-dev-torchao-fp8", 2.7, 0.017, "outliers"),
             _row("flux-dev-torchao-fp8@cache=taylorseer@2", 1.9, 0.021, "outliers")]
     summary = summarize(_results(rows), recommended="flux-dev-torchao-fp8")
     size = summary["sizes"]["1024x1024"]
