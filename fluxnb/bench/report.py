@@ -47,7 +47,8 @@ def _noise_floor(rows: list[dict], reference: str, reference_type: str | None, t
     """Compiled bf16 vs eager bf16: the difference of two runs of the same weights, the floor of the metrics."""
     return [f"noise floor ({r['backend']} vs {reference}, {_weights(r)} weights, {r['size']}): latent rel. err "
             f"{r.get('latent_rel_error')}, PSNR {r.get('psnr_db')} dB"
-            for r in rows if r["backend"] != reference and reference_type and types.get(r["backend"]) == reference_type]
+            for r in rows if r["backend"] != reference and r["backend"].endswith("@compiled") and reference_type
+            and types.get(r["backend"]) == reference_type]
 
 
 def summarize(results: dict[str, Any], goal_speedup: float = GOAL_SPEEDUP, *,
