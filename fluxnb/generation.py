@@ -21,10 +21,11 @@ from .memory import free_memory, peak_memory, reset_peak_memory
 from .outputs import RunFolder
 from .params import IMAGE_TO_IMAGE, GenerationRequest
 from .sanity import check_image
+from .step_cache import effective, parse_cache, switched
 
 # Parameters that identify an image: generate() skips an item whose identity is already in the run folder.
 IDENTITY_KEYS = ("mode", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
-                 "max_sequence_length", "strength", "init_image")
+                 "max_sequence_length", "strength", "init_image", "cache")
 # After this many items fail in a row, the model is taken as unusable and the batch stops.
 MAX_CONSECUTIVE_FAILURES = 3
 
@@ -147,6 +148,7 @@ def generate(
 
     pipe = model.img2img_pipeline() if request.mode == IMAGE_TO_IMAGE else model.pipe
     pipe.set_progress_bar_config(disable=not progress)
+    cache = effective(request.cache, model.spec.cache)  # the request's cached mode, else the entry's
     extra: dict[str, Any] = {}
     if request.mode == IMAGE_TO_IMAGE:
         extra = {"image": _load_init_image(request), "strength": request.strength}
@@ -162,6 +164,7 @@ def generate(
         "max_sequence_length": request.max_sequence_length,
         "strength": request.strength,
         "init_image": request.init_image,
+        "cache": cache and cache.text,
         "model": {
             "name": model.spec.name,
             "id": model.spec.id,
@@ -174,7 +177,7 @@ def generate(
         "offload": model.report.offload,
         # speed options: compile mode, the persistent compile cache (warm before the load?), the cached mode
         "speed": {"compile_mode": model.report.compile_mode, "compile_cache": model.report.compile_cache,
-                  "cache": model.report.cache},
+                  "cache": cache and cache.to_dict()},
         "versions": package_versions(),
         "device": device_info(),
     }
@@ -208,18 +211,20 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
 
     reset_peak_memory(model.device)
     graphs_before, compile_before = compile_counters()
+    loaded = parse_cache(model.report.cache["setting"]) if model.report.cache else None
     start = time.perf_counter()
     try:
-        output = pipe(
-            prompt=item["prompt"],
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            width=request.width,
-            height=request.height,
-            max_sequence_length=request.max_sequence_length,
-            generator=torch.Generator(device="cpu").manual_seed(item["seed"]),
-            **extra,
-        )
+        with switched(pipe.transformer, parse_cache(item["cache"]), loaded):  # the request's cached mode
+            output = pipe(
+                prompt=item["prompt"],
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance_scale,
+                width=request.width,
+                height=request.height,
+                max_sequence_length=request.max_sequence_length,
+                generator=torch.Generator(device="cpu").manual_seed(item["seed"]),
+                **extra,
+            )
         if model.device == "cuda":
             torch.cuda.synchronize()
     except torch.cuda.OutOfMemoryError as exc:

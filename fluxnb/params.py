@@ -14,6 +14,7 @@ from typing import Any
 from .backends import compile_wanted, get_backend
 from .config import PROJECT_ROOT, ModelSpec
 from .errors import RequestError
+from .step_cache import request_cache
 from .units import SIZE_MULTIPLE, is_image_side
 
 SAMPLE_INIT_IMAGE = PROJECT_ROOT / "notebooks" / "assets" / "init_image.png"  # image-to-image default
@@ -37,6 +38,7 @@ class GenerationRequest:
     max_sequence_length: int
     init_image: str | None = None
     strength: float | None = None
+    cache: str | None = None  # cached mode for this request: None = the entry's, "off", or a setting (step_cache)
 
     def items(self) -> list[tuple[int, str, int]]:
         """(index, prompt, seed) of every image: image k of each prompt uses seed + k, so any one image
@@ -233,6 +235,7 @@ def make_request(
     init_image: str | Path | None = None,
     strength: float | None = None,
     mode: str = TEXT_TO_IMAGE,
+    cache: str | None = None,
 ) -> GenerationRequest:
     """Validate parameters against `spec.params`; None means the model's default."""
     params = spec.params
@@ -252,10 +255,11 @@ def make_request(
         params.max_tokens, f"Fix: use at most {params.max_tokens} T5 tokens.",
     )
     _check_compiled_minimum(spec, width, height, max_sequence_length)
+    cache = request_cache(cache)
     if mode == TEXT_TO_IMAGE:
         _text_only(init_image, strength)
         return GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
-                                 max_sequence_length)
+                                 max_sequence_length, cache=cache)
     path, strength_value = _image_to_image(spec, init_image, strength)
     return GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
-                             max_sequence_length, path, strength_value)
+                             max_sequence_length, path, strength_value, cache=cache)

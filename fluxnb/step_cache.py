@@ -16,6 +16,8 @@ tiny model's compiled blocks: the hooks' step bookkeeping runs outside the compi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .environment import package_version
@@ -130,3 +132,39 @@ def disable(transformer) -> None:
     """Turn any cache hook off."""
     if getattr(transformer, "is_cache_enabled", False):
         transformer.disable_cache()
+
+
+def request_cache(value: str | None) -> str | None:
+    """A request's `cache`: None keeps the model entry's setting, "off" turns it off for the request, else a setting
+    (checked, and refused where this diffusers has no hook for it). Returns the normalized text."""
+    if value is None:
+        return None
+    setting = parse_cache(value)
+    if setting is None:
+        return "off"
+    require_available(setting)
+    return setting.text
+
+
+def effective(request_value: str | None, entry_value: str | None) -> CacheSetting | None:
+    """The setting an image runs with: the request's when it names one ("off" included), else the entry's."""
+    return parse_cache(entry_value if request_value is None else request_value)
+
+
+@contextmanager
+def switched(transformer, wanted: CacheSetting | None, loaded: CacheSetting | None) -> Iterator[None]:
+    """Run with `wanted` on the transformer, then put back the setting the model was loaded with."""
+    if wanted == loaded:
+        yield
+        return
+    if wanted is None:
+        disable(transformer)
+    else:
+        enable(transformer, wanted)
+    try:
+        yield
+    finally:
+        if loaded is None:
+            disable(transformer)
+        else:
+            enable(transformer, loaded)

@@ -33,6 +33,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--max-sequence-length", type=int)
     parser.add_argument("--init-image", help="image-to-image: the starting picture")
     parser.add_argument("--strength", type=float, help="image-to-image: how much to change it, in (0, 1]")
+    parser.add_argument("--cache", help="cached mode for this run: taylorseer@N, first-block@T or off (default: the "
+                        "model entry's `cache:`, off unless set)")
     parser.add_argument("--output-dir", help="base folder for run folders (default: outputs/)")
     parser.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
     return parser
@@ -59,6 +61,7 @@ def new_request(args: argparse.Namespace, spec):
         init_image=args.init_image,
         strength=args.strength,
         mode=IMAGE_TO_IMAGE if args.init_image else TEXT_TO_IMAGE,
+        cache=args.cache,
     )
 
 

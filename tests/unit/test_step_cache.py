@@ -129,3 +129,24 @@ def test_model_config_checks_cache_and_compile_mode(config):
     good = copy.deepcopy(raw)
     good["models"]["flux-tiny"]["cache"] = "first-block@0.08"
     assert parse_config(good).get("flux-tiny").cache == "first-block@0.08"
+
+
+def test_request_cache_overrides_the_entry_for_that_request_only(tiny_spec):
+    assert fluxnb.make_request(tiny_spec, prompt="a cat").cache is None  # the entry's (off for flux-tiny)
+    assert fluxnb.make_request(tiny_spec, prompt="a cat", cache="none").cache == "off"
+    with pytest.raises(RequestError, match="parameter `cache`: 'taylor@2' is not a cache setting"):
+        fluxnb.make_request(tiny_spec, prompt="a cat", cache="taylor@2")
+    if not HOOKS:
+        with pytest.raises(RequestError, match="cannot run here"):
+            fluxnb.make_request(tiny_spec, prompt="a cat", cache="taylorseer@2")
+        return
+    model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
+    cached = fluxnb.make_request(tiny_spec, prompt="a cat", steps=6, width=32, height=32, cache="taylorseer@2")
+    assert fluxnb.params.request_from_dict(tiny_spec, cached.to_dict()) == cached
+    image = fluxnb.generate(model, cached, progress=False)[0]
+    assert image.metadata["cache"] == "taylorseer@2" and image.metadata["speed"]["cache"]["fixed_schedule"]
+    assert not model.pipe.transformer.is_cache_enabled  # back to the entry's setting (off) after the request
+    plain = fluxnb.generate(model, fluxnb.make_request(tiny_spec, prompt="a cat", steps=6, width=32, height=32),
+                            progress=False)[0]
+    assert plain.metadata["cache"] is None and plain.metadata["speed"]["cache"] is None
+    assert list(image.image.getdata()) != list(plain.image.getdata())
