@@ -177,7 +177,7 @@ def generate(
         "offload": model.report.offload,
         # speed options: compile mode, the persistent compile cache (warm before the load?), the cached mode
         "speed": {"compile_mode": model.report.compile_mode, "compile_cache": model.report.compile_cache,
-                  "cache": cache and cache.to_dict()},
+                  "cache": cache and cache.to_dict(), "attention": model.report.attention},
         "versions": package_versions(),
         "device": device_info(),
     }

@@ -24,6 +24,7 @@ class LoadReport:
         compile_cache: where the persistent compile cache is and whether it was warm before the load
             (fluxnb.compile_cache.CompileCacheState.to_dict()); None when nothing is compiled.
         cache: the cached mode's setting (fluxnb.step_cache.CacheSetting.to_dict()); None when off.
+        attention: the attention backend the transformer runs (fluxnb.attention).
     """
 
     model: str
@@ -39,6 +40,7 @@ class LoadReport:
     compile_mode: str | None = None
     compile_cache: dict | None = None
     cache: dict | None = None
+    attention: str | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -63,6 +65,7 @@ class LoadReport:
             "compile_mode": self.compile_mode,
             "compile_cache": self.compile_cache,
             "cache": self.cache,
+            "attention": self.attention,
         }
 
     def __str__(self) -> str:

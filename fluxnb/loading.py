@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import compile_cache, step_cache
+from .attention import attention_backend
 from .backends import Backend, LoadContext, check_device, compile_wanted, get_backend
 from .config import ModelConfig, ModelSpec, load_config
 from .errors import LoadError, ModelUnavailableError, QuantizationError
@@ -243,7 +244,8 @@ def load_model(
                         device=device, offload=ctx.offload, load_seconds=seconds, components=components,
                         notes=ctx.notes, compile_mode=spec.compile_mode if compile_state else None,
                         compile_cache=compile_state.to_dict() if compile_state else None,
-                        cache=cache_setting.to_dict() if cache_setting else None)
+                        cache=cache_setting.to_dict() if cache_setting else None,
+                        attention=attention_backend(pipe.transformer))
     loaded = LoadedModel(spec=spec, pipe=pipe, report=report)
     if reuse:
         _SESSION_MODEL[key] = loaded

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import fluxnb
+import fluxnb.attention
 from fluxnb import step_cache
 from fluxnb.errors import RequestError
 from fluxnb.step_cache import parse_cache
@@ -103,6 +104,7 @@ def test_entry_cache_reaches_the_load_report_and_image_metadata(tiny_spec):
     image = fluxnb.generate(model, request, progress=False)[0]
     assert image.metadata["speed"]["cache"]["setting"] == "taylorseer@2"
     assert image.metadata["speed"]["compile_cache"] is None  # the tiny model is not compiled
+    assert image.metadata["speed"]["attention"] == model.report.attention == fluxnb.attention.SDPA
 
 
 def test_model_config_checks_cache_and_compile_mode(config):
