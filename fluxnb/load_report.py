@@ -71,7 +71,8 @@ class LoadReport:
     def __str__(self) -> str:
         lines = [
             f"{self.model} ({self.model_id}, type {self.type}): {self.weights}",
-            f"loaded in {self.load_seconds:.1f} s on {self.device}, offload: {self.offload}",
+            f"loaded in {self.load_seconds:.1f} s on {self.device}, offload: {self.offload}"
+            + (f", attention: {self.attention}" if self.attention else ""),
         ]
         for c in self.components:
             lines.append(f"  {c.name:<15} {c.cls:<24} {c.format:<22} {c.device:<10} {human_bytes(c.bytes):>11}")

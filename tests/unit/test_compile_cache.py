@@ -83,3 +83,26 @@ def test_activate_points_inductor_and_triton_at_the_keyed_folder(tmp_path, monke
 @pytest.mark.parametrize("folder", ["missing"])
 def test_clear_of_nothing_is_nothing(tmp_path, folder):
     assert compile_cache.clear(tmp_path / folder) == []
+
+
+def test_a_compiled_entry_loads_with_the_cache_and_records_its_warm_size(tiny_spec, monkeypatch):
+    """load_model sets the cache up before compiling; the image's metadata says where it is; the size it compiled
+    is recorded for the doctor."""
+    import dataclasses
+
+    import fluxnb
+
+    for name in (compile_cache.ENV_INDUCTOR, compile_cache.ENV_TRITON, "FLUXNB_COMPILE_CACHE_SET"):
+        monkeypatch.delenv(name, raising=False)
+    spec = dataclasses.replace(tiny_spec, compile=True)
+    model = fluxnb.load_model(spec, device="cpu", progress=False)
+    state = model.report.compile_cache
+    assert state["managed"] and Path(state["path"]) == compile_cache.cache_dir()
+    assert os.environ[compile_cache.ENV_INDUCTOR] == state["path"]
+    assert any("transformer blocks wrapped in torch.compile" in note for note in model.report.notes)
+    request = fluxnb.make_request(spec, prompt="a cat", steps=2, width=32, height=32)
+    image = fluxnb.generate(model, request, progress=False)[0]
+    assert image.metadata["compile"]["new_graphs"] > 0
+    assert image.metadata["speed"]["compile_cache"] == state
+    assert "flux-tiny 32x32" in compile_cache.warm_index(state["path"])
+    assert compile_cache.count_entries(state["path"]) > 0
