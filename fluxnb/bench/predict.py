@@ -105,6 +105,7 @@ def add_predictions(results: dict[str, Any]) -> dict[str, Any] | None:
     for index, guess in raw.items():
         row = results["rows"][index]
         row["predicted_l4"] = {"seconds_per_image": round(guess["seconds_per_image"] * (factor or 1.0), 1),
+                               "uncalibrated_seconds_per_image": round(guess["seconds_per_image"], 1),
                                "calibrated": factor is not None, "efficiency_here": round(guess["efficiency"], 3),
                                "precision": guess["precision"]}
     info = {"label": LABEL, "card": card.name, "l4": L4.__dict__, "calibration_factor": factor and round(factor, 3),

@@ -143,6 +143,9 @@ def test_predicted_l4_is_calibrated_on_the_guides_figure_and_labelled():
     assert rows["flux-dev-torchao-fp8"]["precision"] == "8bit" and rows["flux-dev"]["precision"] == "bf16"
     assert rows["flux-dev-torchao-fp8"]["seconds_per_image"] < rows["flux-dev"]["seconds_per_image"] < GUIDE_L4_SECONDS
     assert info["label"].startswith("predicted (not measured)") and info["calibration_factor"] > 0
+    fp8 = rows["flux-dev-torchao-fp8"]
+    assert fp8["seconds_per_image"] == pytest.approx(fp8["uncalibrated_seconds_per_image"]
+                                                     * info["calibration_factor"], rel=0.02)
     assert add_predictions(_results([_row("flux-dev-bnb-8bit", 77.0, 0.01)], gpu="NVIDIA L4")) is None
     from fluxnb.bench import results_table
 
