@@ -14,6 +14,7 @@ from typing import Any
 
 from .backends import REGISTRY, types_where
 from .errors import ConfigError, InputError, RequestError
+from .step_cache import parse_cache
 from .units import SIZE_MULTIPLE, is_image_side
 from .userfiles import load_yaml
 
@@ -53,6 +54,8 @@ class ModelSpec:
         description: one line for people (doctor, banners).
         compile: torch.compile the transformer's repeated blocks (only types whose record is `compilable`).
         offload_text_encoder: T5 lives on the CPU, on the GPU only while it encodes (records that allow it).
+        compile_mode: torch.compile's `mode` for the compiled blocks (one of the record's `compile_modes`).
+        cache: the cached mode's setting (fluxnb.step_cache: "taylorseer@2", "first-block@0.08"), off when None.
     """
 
     name: str
@@ -63,14 +66,19 @@ class ModelSpec:
     description: str
     compile: bool = False
     offload_text_encoder: bool = False
+    compile_mode: str | None = None
+    cache: str | None = None
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The validated file; `recommended` is the one fast entry README, doctor and bench summary point to."""
+
     models: dict[str, ModelSpec]
     primary_model: str
     fallback_model: str
     path: str
+    recommended: str | None = None
 
     def get(self, name: str) -> ModelSpec:
         """The entry called `name`, or an error that lists the names that exist."""
@@ -96,6 +104,8 @@ _MODEL_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 _OPTIONAL_MODEL_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "compile": ((bool,), "true or false"),
     "offload_text_encoder": ((bool,), "true or false"),
+    "compile_mode": ((str,), "a torch.compile mode the type allows"),
+    "cache": ((str,), "a cache setting such as taylorseer@2 (fluxnb/step_cache.py)"),
 }
 _PARAM_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "default_steps": ((int,), "an integer"),
@@ -110,6 +120,9 @@ _PARAM_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 _RUNTIME_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "primary_model": ((str,), "a model name"),
     "fallback_model": ((str,), "a model name"),
+}
+_OPTIONAL_RUNTIME_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "recommended": ((str,), "a model name (the recommended fast entry)"),
 }
 _TOP_KEYS = {"models", "runtime"}
 
@@ -195,6 +208,24 @@ def _unsupported_options(raw: dict, mtype: Any, where: str, problems: list[str])
         if raw.get(key) is True and not getattr(REGISTRY[mtype], flag):
             problems.append(f"{where}.{key}: type {mtype!r} does not support it (types that do: "
                             f"{', '.join(types_where(flag))}). Fix: remove the key or set it to false")
+    _speed_options(raw, REGISTRY[mtype], where, problems)
+
+
+def _speed_options(raw: dict, backend, where: str, problems: list[str]) -> None:
+    """`compile_mode` (one the record allows, with compile: true) and `cache` (a setting fluxnb.step_cache parses)."""
+    mode = raw.get("compile_mode")
+    if isinstance(mode, str):
+        if mode not in backend.compile_modes:
+            allowed = ", ".join(backend.compile_modes) or "none (the type has no compile modes)"
+            problems.append(f"{where}.compile_mode: {mode!r} is not allowed for type {backend.type!r}; allowed: "
+                            f"{allowed}. Fix: use one of them or remove the key")
+        elif raw.get("compile") is not True:
+            problems.append(f"{where}.compile_mode: set but the entry is not compiled. Fix: add `compile: true`")
+    if isinstance(raw.get("cache"), str):
+        try:
+            parse_cache(raw["cache"])
+        except RequestError as exc:
+            problems.append(f"{where}.cache: {exc}")
 
 
 def _parse_model(name: Any, raw: Any, problems: list[str]) -> ModelSpec | None:
@@ -214,15 +245,16 @@ def _parse_model(name: Any, raw: Any, problems: list[str]) -> ModelSpec | None:
         return None
     return ModelSpec(name=str(name), id=raw["id"], type=mtype, requires_auth=raw["requires_auth"], params=params,
                      description=raw["description"], compile=raw.get("compile", False),
-                     offload_text_encoder=raw.get("offload_text_encoder", False))
+                     offload_text_encoder=raw.get("offload_text_encoder", False),
+                     compile_mode=raw.get("compile_mode"), cache=raw.get("cache"))
 
 
 def _parse_runtime(runtime: Any, model_names: list[str], problems: list[str]) -> None:
     if not isinstance(runtime, dict):
         problems.append("runtime: missing (must be a mapping with primary_model and fallback_model)")
         return
-    _check_keys(runtime, _RUNTIME_KEYS, "runtime", problems)
-    for key in _RUNTIME_KEYS:
+    _check_keys(runtime, _RUNTIME_KEYS, "runtime", problems, _OPTIONAL_RUNTIME_KEYS)
+    for key in [*_RUNTIME_KEYS, *_OPTIONAL_RUNTIME_KEYS]:
         value = runtime.get(key)
         if isinstance(value, str) and value not in model_names:
             problems.append(f"runtime.{key}: {value!r} is not defined under models. Defined: {', '.join(model_names)}")
@@ -245,7 +277,8 @@ def parse_config(data: Any, path: str = "model_config.yaml") -> ModelConfig:
         raise ConfigError(path, problems)
     runtime = data["runtime"]
     return ModelConfig(models=parsed, primary_model=runtime["primary_model"],
-                       fallback_model=runtime["fallback_model"], path=path)
+                       fallback_model=runtime["fallback_model"], path=path,
+                       recommended=runtime.get("recommended"))
 
 
 def load_config(path: str | Path | None = None) -> ModelConfig:

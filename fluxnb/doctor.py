@@ -23,7 +23,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from .backends import Backend, get_backend
+from . import compile_cache
+from .backends import Backend, compile_wanted, get_backend
 from .config import ModelConfig, ModelSpec, load_config
 from .environment import GENERATION_PACKAGES, gpu_facts, installed_versions, package_version
 from .hub import hf_cache_dir, hf_token, is_cached, offline_mode
@@ -365,6 +366,27 @@ def _check_disk_and_hub(rows: list[Check], spec: ModelSpec, needs: Backend) -> N
                           "HF_TOKEN (never as a notebook parameter)"))
 
 
+def _check_compile_cache(rows: list[Check], spec: ModelSpec, needs: Backend, config: ModelConfig) -> None:
+    """Is the persistent compile cache warm for this entry (and at which sizes)? The recommended entry named."""
+    if config.recommended:
+        rows.append(Check("recommended fast model", OK, f"{config.recommended} (model_config.yaml runtime."
+                          "recommended; results/README.md has the figures)"))
+    if not compile_wanted(spec, needs)[0]:
+        rows.append(Check("compile cache", OK, f"{spec.name} runs eager: nothing to compile"))
+        return
+    folder = compile_cache.cache_dir()
+    entries = compile_cache.count_entries(folder)
+    label = compile_cache.warm_label(spec.name, spec.compile_mode, 0, 0).rsplit(" ", 1)[0] + " "
+    sizes = [k.rsplit(" ", 1)[1] for k in compile_cache.warm_index(folder) if k.startswith(label)]
+    if sizes:
+        rows.append(Check("compile cache", OK, f"warm for {spec.name} at {', '.join(sorted(sizes))} in {folder} "
+                          f"({entries} entries): its first image compiles in seconds"))
+    else:
+        rows.append(Check("compile cache", WARN, f"cold for {spec.name} in {folder} ({entries} entries): its first "
+                          "image pays the full compile (tens of seconds), later processes reuse it",
+                          "nothing to fix: generate one image once on this machine (`fluxnb cache` shows it)"))
+
+
 def _add_findings(report: DoctorReport, findings: list[Finding], kb: KnowledgeBase) -> None:
     report.findings = findings
     for f in findings:
@@ -414,6 +436,7 @@ def check_environment(
     _check_versions(report.rows, have, kb, hypothetical=False)
     _check_torchvision(report.rows, have)
     _check_disk_and_hub(report.rows, spec, needs)
+    _check_compile_cache(report.rows, spec, needs, config)
     findings = evaluate(have, gpu, spec.type, kb)
     # The machine checks above already report these with machine detail; keep the entries as findings only.
     covered = {"torchvision-mismatch", "torch-cuda-driver-too-old"}

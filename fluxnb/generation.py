@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .compile_cache import record_warm
 from .environment import device_info, package_versions
 from .errors import GenerationFailed, ModelUnusable
 from .loading import LoadedModel
@@ -23,6 +24,7 @@ from .memory import free_memory, peak_memory, reset_peak_memory
 from .outputs import IDENTITY_KEYS, RunFolder, identity
 from .params import IMAGE_TO_IMAGE, GenerationRequest, load_image_file
 from .sanity import check_image
+from .step_cache import effective, parse_cache, switched
 from .sweeps import lora_axis
 
 __all__ = ["IDENTITY_KEYS", "GeneratedImage", "generate", "identity"]  # generate() skips items already held
@@ -185,6 +187,7 @@ def generate(
 
     pipe = model.img2img_pipeline() if request.mode == IMAGE_TO_IMAGE else model.pipe
     pipe.set_progress_bar_config(disable=not progress)
+    cache = effective(request.cache, model.spec.cache)  # the request's cached mode, else the entry's
     extra: dict[str, Any] = {}
     if request.mode == IMAGE_TO_IMAGE:
         extra = {"image": _load_init_image(request), "strength": request.strength}
@@ -202,6 +205,7 @@ def generate(
         "max_sequence_length": request.max_sequence_length,
         "strength": request.strength,
         "init_image": request.init_image,
+        "cache": cache and cache.text,
         "model": {
             "name": model.spec.name,
             "id": model.spec.id,
@@ -212,6 +216,9 @@ def generate(
         },
         "backend": {c.name: c.format for c in model.report.components},
         "offload": model.report.offload,
+        # speed options: compile mode, the persistent compile cache (warm before the load?), the cached mode
+        "speed": {"compile_mode": model.report.compile_mode, "compile_cache": model.report.compile_cache,
+                  "cache": cache and cache.to_dict(), "attention": model.report.attention},
         "versions": package_versions(),
         "device": device_info(),
     }
@@ -279,18 +286,20 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
 
     reset_peak_memory(model.device)
     graphs_before, compile_before = compile_counters()
+    loaded = parse_cache(model.report.cache["setting"]) if model.report.cache else None
     start = time.perf_counter()
     try:
-        output = pipe(
-            prompt=item["prompt"],
-            num_inference_steps=item["steps"],
-            guidance_scale=item["guidance_scale"],
-            width=item["width"],
-            height=item["height"],
-            max_sequence_length=request.max_sequence_length,
-            generator=torch.Generator(device="cpu").manual_seed(item["seed"]),
-            **{**extra, **({"strength": item["strength"]} if "strength" in extra else {})},
-        )
+        with switched(pipe.transformer, parse_cache(item["cache"]), loaded):  # the request's cached mode
+            output = pipe(
+                prompt=item["prompt"],
+                num_inference_steps=item["steps"],
+                guidance_scale=item["guidance_scale"],
+                width=item["width"],
+                height=item["height"],
+                max_sequence_length=request.max_sequence_length,
+                generator=torch.Generator(device="cpu").manual_seed(item["seed"]),
+                **{**extra, **({"strength": item["strength"]} if "strength" in extra else {})},
+            )
         if model.device == "cuda":
             torch.cuda.synchronize()
     except torch.cuda.OutOfMemoryError as exc:
@@ -319,6 +328,9 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
                     "seconds": round(max(0.0, compile_after - compile_before), 3)},
         "sanity": check_image(image).to_dict(),  # NaN/black/flat/mosaic warnings (fluxnb.sanity)
     }
+    if metadata["compile"]["new_graphs"] and model.report.compile_cache:  # the doctor reports this size as warm
+        record_warm(model.report.compile_cache["path"], model.spec.name, model.report.compile_mode, item["width"],
+                    item["height"])
     if run is not None:
         result = GeneratedImage(metadata=metadata, path=str(run.save_image(image, metadata)))
     else:

@@ -20,6 +20,11 @@ class LoadReport:
         load_seconds: wall time of the load, verification included.
         components: per-component footprint (class, format, device, bytes, quantized/plain layer counts).
         notes: what the load did that a user should know (compile, offload, fallbacks, reuse).
+        compile_mode: torch.compile's mode for the compiled blocks (None: default mode, or not compiled).
+        compile_cache: where the persistent compile cache is and whether it was warm before the load
+            (fluxnb.compile_cache.CompileCacheState.to_dict()); None when nothing is compiled.
+        cache: the cached mode's setting (fluxnb.step_cache.CacheSetting.to_dict()); None when off.
+        attention: the attention backend the transformer runs (fluxnb.attention).
     """
 
     model: str
@@ -32,6 +37,10 @@ class LoadReport:
     load_seconds: float
     components: list[ComponentFootprint]
     notes: list[str] = field(default_factory=list)
+    compile_mode: str | None = None
+    compile_cache: dict | None = None
+    cache: dict | None = None
+    attention: str | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -53,12 +62,17 @@ class LoadReport:
             "total_bytes": self.total_bytes,
             "components": [c.to_dict() for c in self.components],
             "notes": list(self.notes),
+            "compile_mode": self.compile_mode,
+            "compile_cache": self.compile_cache,
+            "cache": self.cache,
+            "attention": self.attention,
         }
 
     def __str__(self) -> str:
         lines = [
             f"{self.model} ({self.model_id}, type {self.type}): {self.weights}",
-            f"loaded in {self.load_seconds:.1f} s on {self.device}, offload: {self.offload}",
+            f"loaded in {self.load_seconds:.1f} s on {self.device}, offload: {self.offload}"
+            + (f", attention: {self.attention}" if self.attention else ""),
         ]
         for c in self.components:
             lines.append(f"  {c.name:<15} {c.cls:<24} {c.format:<22} {c.device:<10} {human_bytes(c.bytes):>11}")

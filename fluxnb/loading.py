@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends import Backend, LoadContext, check_device, get_backend
+from . import compile_cache, step_cache
+from .attention import attention_backend
+from .backends import Backend, LoadContext, check_device, compile_wanted, get_backend
 from .config import ModelConfig, ModelSpec, load_config
 from .errors import LoadError, ModelUnavailableError, QuantizationError
 from .footprint import ComponentFootprint, pipeline_footprint
@@ -241,18 +243,38 @@ def load_model(
         release_session_model()
     ctx = LoadContext(checkpoint=source, device=device, torch_dtype=torch.bfloat16 if device == "cuda" else
                       torch.float32, token=token)
+    cache_setting, compile_state = _speed_setup(spec, backend, ctx)
     start = time.perf_counter()
     pipe = _run_loader(spec, backend, ctx, progress)
+    if cache_setting is not None:
+        step_cache.enable(pipe.transformer, cache_setting)
+        ctx.notes.append(f"cached mode {cache_setting.describe()}: off by default, chosen by the entry's `cache:`")
     seconds = time.perf_counter() - start
     components = pipeline_footprint(pipe)
     verify_quantization(spec.type, components)
     report = LoadReport(model=spec.name, model_id=spec.id, type=spec.type, checkpoint=source, weights=weights,
                         device=device, offload=ctx.offload, load_seconds=seconds, components=components,
-                        notes=ctx.notes)
+                        notes=ctx.notes, compile_mode=spec.compile_mode if compile_state else None,
+                        compile_cache=compile_state.to_dict() if compile_state else None,
+                        cache=cache_setting.to_dict() if cache_setting else None,
+                        attention=attention_backend(pipe.transformer))
     loaded = LoadedModel(spec=spec, pipe=pipe, report=report)
     if reuse:
         _SESSION_MODEL[key] = loaded
     return loaded
+
+
+def _speed_setup(spec: ModelSpec, backend: Backend, ctx: LoadContext):
+    """Before any weights are read: the cached mode's setting (refused where this diffusers lacks the hook) and,
+    for a compiled entry, the persistent compile cache (fluxnb.compile_cache), so compile is paid once per machine."""
+    setting = step_cache.parse_cache(spec.cache, parameter=f"{spec.name}.cache")
+    if setting is not None:
+        step_cache.require_available(setting, parameter=f"{spec.name}.cache")
+    if not compile_wanted(spec, backend)[0]:
+        return setting, None
+    state = compile_cache.activate()
+    ctx.notes.append(state.note())
+    return setting, state
 
 
 # The model kept by load_model(reuse=True): one at a time, so re-running a notebook's load cell costs nothing.

@@ -42,7 +42,7 @@ SET_ASIDE = "set-aside"  # files a resume could not account for are moved here, 
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 # The parameters that make an image's pixels: two items with the same values are the same image.
 IDENTITY_KEYS = ("mode", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
-                 "max_sequence_length", "strength", "init_image")
+                 "max_sequence_length", "strength", "init_image", "cache")
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
 
 

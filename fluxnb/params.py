@@ -17,6 +17,7 @@ from .backends import REGISTRY, compile_wanted, get_backend
 from .config import PROJECT_ROOT, ModelSpec
 from .errors import InputError, RequestError
 from .lora_files import HOTSWAP_RANK, LoraChoice, check_loras, check_scale
+from .step_cache import request_cache
 from .units import SIZE_MULTIPLE, is_image_side
 from .userfiles import describe_path, parse_yaml, read_text_file
 
@@ -46,6 +47,7 @@ class GenerationRequest:
     loras: tuple[LoraChoice, ...] = ()  # LoRA adapters (fluxnb.lora_files), applied by fluxnb.lora
     fuse_loras: bool = False
     sweep: sweeps.Sweep = ()  # ((axis, values), ...): see fluxnb.sweeps
+    cache: str | None = None  # cached mode for this request: None = the entry's, "off", or a setting (step_cache)
 
     def points(self) -> list[dict[str, Any]]:
         """Every image of the request with its sweep coordinates (fluxnb.sweeps.expand); without a sweep, the
@@ -306,6 +308,7 @@ def make_request(
     loras: Any = None,
     fuse_loras: bool = False,
     sweep: Any = None,
+    cache: str | None = None,
 ) -> GenerationRequest:
     """Validate parameters against `spec.params`; None means the model's default.
 
@@ -329,13 +332,16 @@ def make_request(
         params.max_tokens, f"Fix: use at most {params.max_tokens} T5 tokens.",
     )
     _check_compiled_minimum(spec, width, height, max_sequence_length)
+    cache = request_cache(cache)
     if mode == TEXT_TO_IMAGE:
         _text_only(init_image, strength)
-        return _explore(spec, GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height,
-                                                num_images, max_sequence_length), loras, fuse_loras, sweep)
+        request = GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
+                                    max_sequence_length, cache=cache)
+        return _explore(spec, request, loras, fuse_loras, sweep)
     path, strength_value = _image_to_image(spec, init_image, strength)
-    return _explore(spec, GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
-                                            max_sequence_length, path, strength_value), loras, fuse_loras, sweep)
+    request = GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
+                                max_sequence_length, path, strength_value, cache=cache)
+    return _explore(spec, request, loras, fuse_loras, sweep)
 
 
 def _check_lora_backend(spec: ModelSpec, choices: tuple[LoraChoice, ...], fuse: bool) -> None:
@@ -376,7 +382,7 @@ def _explore(spec: ModelSpec, request: GenerationRequest, loras: Any, fuse_loras
     base = dict(prompt=list(request.prompts), negative_prompt=request.negative_prompt, seed=request.seed,
                 steps=request.steps, guidance_scale=request.guidance_scale, width=request.width,
                 height=request.height, num_images=request.num_images, max_sequence_length=request.max_sequence_length,
-                init_image=request.init_image, strength=request.strength, mode=request.mode)
+                init_image=request.init_image, strength=request.strength, mode=request.mode, cache=request.cache)
 
     def validate(axis: str, value: Any) -> Any:
         if sweeps.lora_axis(axis, names) is not None:

@@ -33,6 +33,9 @@ from .tiny import assemble_flux_pipeline, atomic_build, build_tokenizers, cache_
 SYNTHETIC_SEED = 20251122
 BUILD_MARKER = "fluxnb_synthetic.json"
 KINDS = ("bf16", "bnb-8bit", "bnb-nf4")
+# The weight sets: "gaussian" (variance-preserving random init) and "outliers" (the same weights with activation
+# outliers injected by inject_outliers, function-preserving): fidelity figures that do not hinge on Gaussian weights.
+WEIGHT_SETS = ("gaussian", "outliers")
 
 # FLUX.1-dev's real dimensions (black-forest-labs/FLUX.1-dev config files).
 FLUX_DEV_TRANSFORMER = dict(
@@ -101,13 +104,22 @@ def synthetic_root(root: str | os.PathLike | None = None) -> Path:
     return cache_root() / "synthetic"
 
 
-def synthetic_dir(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None) -> Path:
-    """Folder of one kind, keyed by size and by the library lines that write it (knowledge entry
-    transformers5-checkpoint-on-4x)."""
+def check_weight_set(weight_set: str) -> str:
+    if weight_set not in WEIGHT_SETS:
+        raise ValueError(f"unknown synthetic weight set {weight_set!r}; allowed: {', '.join(WEIGHT_SETS)}")
+    return weight_set
+
+
+def synthetic_dir(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None,
+                  weight_set: str = "gaussian") -> Path:
+    """Folder of one kind and weight set, keyed by size and by the library lines that write it (knowledge entry
+    transformers5-checkpoint-on-4x). The Gaussian set keeps the folder names it always had."""
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic checkpoint kind {kind!r}; allowed: {', '.join(KINDS)}")
-    size = "full" if dims is None or dims == FULL_DIMS else "scaled"
-    return synthetic_root(root) / f"flux-dev-synthetic-{size}-{kind}-{library_lines()}"
+    check_weight_set(weight_set)
+    size = "full" if dims is None or dims == FULL_DIMS else "tiny" if dims == TINY_DIMS else "scaled"
+    weights = "" if weight_set == "gaussian" else f"{weight_set}-"
+    return synthetic_root(root) / f"flux-dev-synthetic-{size}-{weights}{kind}-{library_lines()}"
 
 
 def _variance_preserving_init(module) -> None:
@@ -191,8 +203,11 @@ def inject_outliers(transformer, channels: int = OUTLIER_CHANNELS, scale: float 
     return {"outlier_channels": channels, "outlier_scale": scale, "outlier_seed": seed}
 
 
-def build_synthetic_pipeline(device: str = "cuda", dims: dict | None = None, seed: int = SYNTHETIC_SEED):
-    """Construct the pipeline in bf16 directly on `device` (seconds on a GPU; ~34 GB at full size)."""
+def build_synthetic_pipeline(device: str = "cuda", dims: dict | None = None, seed: int = SYNTHETIC_SEED,
+                             weight_set: str = "gaussian"):
+    """Construct the pipeline in bf16 directly on `device` (seconds on a GPU; ~34 GB at full size); the "outliers"
+    weight set is the Gaussian one with inject_outliers' defaults applied to the transformer."""
+    check_weight_set(weight_set)
     import torch
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -241,6 +256,8 @@ def build_synthetic_pipeline(device: str = "cuda", dims: dict | None = None, see
         torch.set_default_dtype(previous)
     for module in (transformer, text_encoder, text_encoder_2, vae):
         module.to(torch.bfloat16).eval().requires_grad_(False)
+    if weight_set == "outliers":
+        inject_outliers(transformer)
     return assemble_flux_pipeline(transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae)
 
 
@@ -309,13 +326,15 @@ def ensure_synthetic_checkpoint(
     device: str | None = None,
     dims: dict | None = None,
     log=print,
+    weight_set: str = "gaussian",
 ) -> Path:
-    """Return the folder of a synthetic checkpoint of `kind`, building it (and the bf16 one it comes from) once."""
+    """Return the folder of a synthetic checkpoint of `kind` and `weight_set`, building it (and the bf16 one it comes
+    from) once."""
     import diffusers
     import torch
     import transformers
 
-    target = synthetic_dir(kind, root, dims)
+    target = synthetic_dir(kind, root, dims, weight_set)
     if (target / BUILD_MARKER).is_file():
         return target
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -327,12 +346,17 @@ def ensure_synthetic_checkpoint(
         "diffusers": diffusers.__version__,
         "torch": torch.__version__,
         "note": "random weights (FLUX.1-dev architecture and dimensions): images are noise",
+        "weight_set": weight_set,
     }
+    if weight_set == "outliers":  # what inject_outliers did (its defaults), for the record
+        info["outliers"] = {"outlier_channels": OUTLIER_CHANNELS, "outlier_scale": OUTLIER_SCALE,
+                            "outlier_seed": SYNTHETIC_SEED, "method": "inject_outliers: AdaLN shift/scale rows x S, "
+                            "consuming linears' input columns / S (function-preserving)"}
     if kind == "bf16":
 
         def build(staging: Path) -> dict:
             start = time.perf_counter()
-            pipe = build_synthetic_pipeline(device=device, dims=dims)
+            pipe = build_synthetic_pipeline(device=device, dims=dims, weight_set=weight_set)
             built = time.perf_counter() - start
             smoke = check_finite(pipe, 128, 128) if dims is None or dims == FULL_DIMS else check_finite(pipe, 64, 64)
             start = time.perf_counter()
@@ -343,9 +367,9 @@ def ensure_synthetic_checkpoint(
                 torch.cuda.empty_cache()
             return {"construct_seconds": round(built, 1), "save_seconds": round(saved, 1), "smoke": smoke}
 
-        log(f"building synthetic bf16 checkpoint into {target} ...")
+        log(f"building synthetic bf16 checkpoint ({weight_set} weights) into {target} ...")
     else:
-        source = ensure_synthetic_checkpoint("bf16", root, device=device, dims=dims, log=log)
+        source = ensure_synthetic_checkpoint("bf16", root, device=device, dims=dims, log=log, weight_set=weight_set)
         info["source"] = str(source)
 
         def build(staging: Path) -> dict:
@@ -358,6 +382,35 @@ def ensure_synthetic_checkpoint(
     return path
 
 
-def remove_synthetic_checkpoint(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None) -> None:
+def remove_synthetic_checkpoint(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None,
+                                weight_set: str = "gaussian") -> None:
     """Delete one kind's folder (disk is scarce: bf16 + 8-bit + NF4 take about 60 GB)."""
-    shutil.rmtree(synthetic_dir(kind, root, dims), ignore_errors=True)
+    shutil.rmtree(synthetic_dir(kind, root, dims, weight_set), ignore_errors=True)
+
+
+def remove_weight_set(weight_set: str, root: str | os.PathLike | None = None, dims: dict | None = None) -> list[str]:
+    """Delete every kind of one weight set (the outlier set after its bench, ~34 GB bf16 + ~17 GB 8-bit)."""
+    removed = []
+    for kind in KINDS:
+        folder = synthetic_dir(kind, root, dims, weight_set)
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
+    return removed
+
+
+# The tiny model's dimensions (fluxnb.tiny.build_tiny_pipeline) for the synthetic builder: the bench's weight sets
+# and the GPU script's logic run on a CPU in seconds with them (FLUXNB_SYNTHETIC_DIMS=tiny).
+TINY_DIMS = {
+    "transformer": dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
+                        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                        axes_dims_rope=[4, 6, 6]),
+    "t5": dict(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+               relative_attention_num_buckets=8, feed_forward_proj="gated-gelu"),
+    "clip": dict(vocab_size=49408, hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu"),
+    "vae": dict(block_out_channels=[8, 8, 16, 16], layers_per_block=1, latent_channels=16, norm_num_groups=4,
+                sample_size=64, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                use_post_quant_conv=False),
+}
+DIMS_BY_NAME = {"full": None, "tiny": TINY_DIMS}

@@ -63,6 +63,7 @@ class Backend:
         min_capability: lowest CUDA compute capability its kernels run on, e.g. (8, 9) for float8; None: any.
         extra: the pip extra it needs beyond the base install (`pip install -e ".[torchao]"`), or None.
         compilable: entries may set `compile: true` (regional torch.compile of the transformer blocks).
+        compile_modes: the torch.compile modes an entry may name in `compile_mode:` (besides the default one).
         offloadable_text_encoder: entries may set `offload_text_encoder: true` (T5 on the CPU between prompts).
         min_rows_compiled: when compiled, requests need more image+text tokens than this (kernel limits); 0: none.
         synthetic_kind: which full-size synthetic checkpoint the bench builds for it (fluxnb.synthetic.KINDS);
@@ -89,6 +90,7 @@ class Backend:
     min_capability: tuple[int, int] | None = None
     extra: str | None = None
     compilable: bool = False
+    compile_modes: tuple[str, ...] = ()
     offloadable_text_encoder: bool = False
     min_rows_compiled: int = 0
     synthetic_kind: str | None = None
@@ -130,6 +132,34 @@ def compile_wanted(spec, backend: Backend) -> tuple[bool, str | None]:
     if env == "1" or spec.compile:
         return True, None
     return False, "transformer blocks run eager (the entry sets no `compile: true`); FLUXNB_COMPILE=1 compiles them"
+
+
+def compile_regionally(transformer, **compile_options) -> int:
+    """torch.compile each repeated FLUX block (regional compilation: identical blocks share one compiled graph, so
+    the first call compiles two block types, not 57 blocks); returns how many blocks. diffusers'
+    `compile_repeated_blocks` where it exists, the same per-block `Module.compile` on diffusers lines without it."""
+    if hasattr(transformer, "compile_repeated_blocks"):
+        transformer.compile_repeated_blocks(**compile_options)
+        return sum(type(m).__name__ in transformer._repeated_blocks for m in transformer.modules())
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    for block in blocks:
+        block.compile(**compile_options)
+    return len(blocks)
+
+
+def compile_if_wanted(pipe, spec, backend: Backend, ctx: LoadContext) -> bool:
+    """Regional compile when the entry (or FLUXNB_COMPILE=1) asks and the record allows; notes say what happened."""
+    wanted, why = compile_wanted(spec, backend)
+    if why and (spec.compile or os.environ.get("FLUXNB_COMPILE")):
+        ctx.notes.append(why)
+    if not wanted:
+        return False
+    options = {"mode": spec.compile_mode} if getattr(spec, "compile_mode", None) else {}
+    n = compile_regionally(pipe.transformer, **options)
+    mode = f", mode {options['mode']}" if options else ""
+    ctx.notes.append(f"{n} transformer blocks wrapped in torch.compile (regional{mode}): the first image at each size "
+                     "compiles them, later images reuse the compiled code")
+    return True
 
 
 @contextmanager

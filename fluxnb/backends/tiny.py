@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from .base import Backend, LoadContext, from_pretrained
+from .base import Backend, LoadContext, compile_if_wanted, from_pretrained
 
 
 def load_tiny(spec, ctx: LoadContext, backend: Backend):
     """Loaded from its locally built folder by the same from_pretrained path as the real models."""
     pipe = from_pretrained(ctx)
     pipe.to(ctx.device)
+    compile_if_wanted(pipe, spec, backend, ctx)  # inductor compiles on the CPU too: the compile paths' CPU tests
     return pipe
 
 
@@ -21,6 +22,7 @@ BACKENDS = (
         load=load_tiny,
         why_gpu="none: built locally, runs on a CPU in seconds (random weights: pictures are noise)",
         needs_cuda=False,
+        compilable=True,
         offload_ok=True,
         uses=("core", "img2img"),
         embedded=True,

@@ -18,6 +18,7 @@ from .base import Backend, LoadContext, compile_wanted, from_pretrained, refuse_
 MIN_DIFFUSERS = "0.36.0"  # TorchAoConfig accepts config objects (knowledge id torchao-no-config-classes)
 MIN_TORCHAO = "0.15.0"  # diffusers >= 0.38 requires it
 _FORMATS = ("AffineQuantizedTensor", "LinearActivationQuantizedTensor", "Int8Tensor", "Float8Tensor")
+AUTOTUNE = "max-autotune-no-cudagraphs"  # autotuned kernels, no CUDA graphs (the H200 probe's variant)
 _EXPECTED = {"transformer": _FORMATS, "text_encoder_2": _FORMATS}
 
 # Linear layers fed by the timestep/guidance embedding see one row (M=1). Under torch.compile torchao's int8 and
@@ -155,9 +156,11 @@ def _maybe_compile(pipe, spec, backend: Backend, ctx: LoadContext) -> None:
     except ImportError:
         ctx.notes.append("triton is not installed: torch.compile skipped, running eager (slower); `pip install triton`")
         return
-    n = compile_blocks(pipe.transformer, backend)
+    options = {"mode": spec.compile_mode} if getattr(spec, "compile_mode", None) else {}
+    n = compile_blocks(pipe.transformer, backend, **options)
     ctx.notes.append(
-        f"{n} transformer blocks wrapped in torch.compile (regional: one compiled graph per block type). The first "
+        f"{n} transformer blocks wrapped in torch.compile (regional: one compiled graph per block type"
+        f"{', mode ' + options['mode'] if options else ''}). The first "
         "generation at each image size compiles them (H100, full size: 10-30 s, results/README.md); later "
         "generations with this loaded model reuse the compiled code. Each image's metadata says whether it paid "
         "the compile."
@@ -212,6 +215,7 @@ BACKENDS = (
         # compiled torch._int_mm needs more than 16 rows ("self.size(0) needs to be greater than 16", seen on an
         # H100 with a 64x64 image = 16 tokens): knowledge id compiled-int8-small-input
         min_rows_compiled=17,
+        compile_modes=(AUTOTUNE,),
         uses=("core", "torchao", "compile", "img2img"),
         lora=LORA_COMPILED,
         **{**_COMMON, "options": {"config": "Int8DynamicActivationInt8WeightConfig", "fuse_int_mm": True}},
@@ -224,6 +228,8 @@ BACKENDS = (
         why_gpu="float8 matmuls (torch._scaled_mm) need compute capability 8.9+ (the L4 is 8.9)",
         min_capability=(8, 9),
         compilable=True,
+        # max-autotune: slower first compile (paid once per machine with the persistent compile cache), faster steps
+        compile_modes=(AUTOTUNE,),
         uses=("core", "torchao", "compile", "img2img"),
         lora=LORA_COMPILED,
         **{**_COMMON, "options": {"config": "Float8DynamicActivationFloat8WeightConfig"}},

@@ -18,20 +18,28 @@ dimensions (fluxnb.synthetic); every output says which weights were used.
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from .. import compile_cache
 from ..backends import REGISTRY, get_backend, types_where
+from ..backends.torchao import AUTOTUNE
 from ..config import ModelConfig, ModelSpec
 from ..environment import device_info, nvidia_driver_version, package_versions
 from ..errors import RequestError
 from ..generation import compile_counters, free_memory, peak_memory, reset_peak_memory
 from ..loading import LoadedModel, load_model
-from ..synthetic import ensure_synthetic_checkpoint, remove_synthetic_checkpoint
+from ..step_cache import parse_cache
+from ..synthetic import WEIGHT_SETS, ensure_synthetic_checkpoint, remove_synthetic_checkpoint, remove_weight_set
 from ..units import GIB, SIZE_MULTIPLE, is_image_side
+from .batch import batch_prompts, run_batch
 from .fidelity import add_comparisons
+from .predict import add_predictions
+from .warm import first_call_in_new_process
 
 DEFAULT_PROMPT = "a photo of a cat sitting on a red chair in the sun"
 DEFAULT_SIZES = ((1024, 1024),)
@@ -68,6 +76,16 @@ class BenchSettings:
     synthetic_root: str | None
     cleanup_quantized: bool
     log: Callable[[str], None]
+    weight_sets: tuple[str, ...] = ("gaussian",)
+    outlier_backends: tuple[str, ...] = ()  # backends run on the non-Gaussian sets (empty: all)
+    synthetic_dims: dict | None = None  # None: FLUX.1-dev's full size; fluxnb.synthetic.TINY_DIMS for CPU checks
+    cleanup_weight_sets: tuple[str, ...] = ()  # weight sets whose checkpoints are deleted once their backends ran
+    warm_compile: bool = False
+    warm_backends: tuple[str, ...] = ()  # the compiled backends whose first call is repeated (empty: all)
+    batch: int = 0
+    batch_backends: tuple[str, ...] = ()  # the backends timed in a batch (empty: all)
+    batch_offload_t5: bool = False
+    config_path: str | None = None
 
     @property
     def cuda(self) -> bool:
@@ -99,6 +117,8 @@ VARIANTS = {
     "eager": "compile: false",
     "compiled": "compile: true",
     "offload-t5": "offload_text_encoder: true",
+    "autotune": f"compile: true, compile_mode: {AUTOTUNE}",
+    "cache=SETTING": "the cached mode, e.g. cache=taylorseer@2 (fluxnb/step_cache.py)",
 }
 
 
@@ -106,7 +126,7 @@ def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()
     """'flux-dev-bnb-8bit', 'flux-torchao-int8dq' (a loader type), 'flux-tiny@bf16' (cast after load), or
     'flux-dev-torchao-int8dq@offload-t5' (the entry with one option changed; see VARIANTS)."""
     name, _, variant = text.partition("@")
-    if variant and variant not in VARIANTS:
+    if variant and variant not in VARIANTS and not variant.startswith("cache="):
         raise RequestError("backend", f"{text!r}: the suffix after @ must be one of "
                                       f"{', '.join(f'{k} ({v})' for k, v in VARIANTS.items())}")
     if name in config.models:
@@ -130,6 +150,13 @@ def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()
             raise RequestError("backend", f"{text!r}: type {spec.type} cannot offload its text encoder; types that "
                                           f"can: {', '.join(types_where('offloadable_text_encoder'))}")
         spec = dataclasses.replace(spec, offload_text_encoder=True)
+    elif variant == "autotune":
+        if AUTOTUNE not in get_backend(spec.type).compile_modes:
+            raise RequestError("backend", f"{text!r}: type {spec.type} has no {AUTOTUNE} mode; types that have: "
+                                          f"{', '.join(t for t, b in REGISTRY.items() if AUTOTUNE in b.compile_modes)}")
+        spec = dataclasses.replace(spec, compile=True, compile_mode=AUTOTUNE)
+    elif variant.startswith("cache="):
+        spec = dataclasses.replace(spec, cache=parse_cache(variant.removeprefix("cache="), parameter="backend").text)
     capped = not (text in uncapped or name in uncapped or (not uncapped and get_backend(spec.type).reference))
     cast = variant if variant in ("bf16", "fp32") else None
     return BenchEntry(label=text, spec=spec, cast=cast, capped=capped)
@@ -347,11 +374,11 @@ def _fill_row(row: dict[str, Any], timed: dict[str, Any], entry: dict[str, Any],
 
 
 def _bench_size(model: LoadedModel, backend: BenchEntry, entry: dict[str, Any], width: int, height: int,
-                s: BenchSettings, results: dict[str, Any], outputs: dict[tuple[str, str], dict]) -> None:
+                s: BenchSettings, results: dict[str, Any], outputs: dict[tuple[str, str, str], dict]) -> dict | None:
     """One backend at one size: its row (or the row's error: an OOM under the cap is a result)."""
     size = f"{width}x{height}"
     row: dict[str, Any] = {"backend": backend.label, "size": size, "width": width, "height": height,
-                           "steps": s.steps, "capped": entry["capped"]}
+                           "steps": s.steps, "capped": entry["capped"], "weights": entry["weights"]}
     results["rows"].append(row)
     try:
         timed = _warm_then_time(model, width, height, s)
@@ -359,15 +386,52 @@ def _bench_size(model: LoadedModel, backend: BenchEntry, entry: dict[str, Any], 
         row["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
         s.log(f"[{backend.label}] {size}: FAILED {row['error']}")
         _free(s.device)
-        return
+        return None
     _fill_row(row, timed, entry, s)
-    outputs[(backend.label, size)] = {"latents": timed["latents"], "image": timed["image"]}
+    state = model.report.compile_cache
+    if state is not None:  # the first call above was cold only if the compile cache held nothing for it
+        row["compile_cache_warm_at_load"] = state["warm"]
+    outputs[(backend.label, size, entry["weights"])] = {"latents": timed["latents"], "image": timed["image"]}
     s.log(f"[{backend.label}] {size}: {row['seconds_per_image']} s/image, {row['seconds_per_step']} s/step, "
           f"peak reserved {(row['peak_reserved_bytes'] or 0) / GIB:.2f} GiB, warm-up {timed['warm_seconds']:.1f} s")
+    return row
+
+
+def _batch_row(model: LoadedModel, backend: BenchEntry, row: dict[str, Any], s: BenchSettings) -> None:
+    """Images per minute for `s.batch` prompts x 1 image at the row's size (T5 offloaded where the type allows)."""
+    offload = s.batch_offload_t5 and get_backend(backend.spec.type).offloadable_text_encoder
+    try:
+        row["batch"] = run_batch(model.pipe, prompts=batch_prompts(s.prompt, s.batch), seed=s.seed,
+                                 width=row["width"], height=row["height"], steps=s.steps,
+                                 guidance_scale=s.guidance_scale, max_sequence_length=s.max_sequence_length,
+                                 device=s.device, offload_t5=offload)
+        s.log(f"[{backend.label}] batch of {s.batch}: {row['batch']['images_per_minute']} images/minute")
+    except Exception as exc:  # noqa: BLE001 - an OOM in the batch is a result too
+        row["batch"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        _free(s.device)
+
+
+def _warm_job(backend: BenchEntry, entry: dict[str, Any], checkpoint, row: dict[str, Any],
+              s: BenchSettings) -> dict[str, Any]:
+    """What the fresh process needs to repeat this backend's first call (fluxnb.bench.warm_child)."""
+    return {"label": backend.label, "config": s.config_path, "checkpoint": str(checkpoint) if checkpoint else None,
+            "device": s.device, "memory_fraction": entry.get("memory_fraction"), "warmup_steps": s.warmup_steps,
+            "uncapped": [] if entry["capped"] else [backend.label],
+            "generation": s.generation(row["width"], row["height"])}
+
+
+def _checkpoint_for(backend: BenchEntry, weight_set: str, s: BenchSettings) -> tuple[Any, str | None]:
+    """The synthetic checkpoint this backend loads (built once per kind and weight set), and its kind."""
+    record = get_backend(backend.spec.type)
+    if not s.synthetic or (record.embedded and s.synthetic_dims is None):
+        return None, None
+    kind = record.synthetic_kind or "bf16"  # quantized at load: from the bf16 checkpoint
+    return ensure_synthetic_checkpoint(kind, s.synthetic_root, dims=s.synthetic_dims, log=s.log,
+                                       weight_set=weight_set), kind
 
 
 def _bench_backend(backend: BenchEntry, s: BenchSettings, results: dict[str, Any],
-                   outputs: dict[tuple[str, str], dict]) -> None:
+                   outputs: dict[tuple[str, str, str], dict], weight_set: str = "gaussian") -> None:
     """One backend at every size; a backend that cannot load (OOM, missing extra) is recorded, not fatal."""
     entry: dict[str, Any] = {
         "label": backend.label,
@@ -375,26 +439,63 @@ def _bench_backend(backend: BenchEntry, s: BenchSettings, results: dict[str, Any
         "type": backend.spec.type,
         "cast": backend.cast,
         "capped": bool(backend.capped and s.cap_bytes and s.cuda),
+        "weights": weight_set,
     }
     results["backends"].append(entry)
-    kind = None
+    kind, warm = None, None
     try:
-        checkpoint = None
-        record = get_backend(backend.spec.type)
-        if s.synthetic and not record.embedded:
-            kind = record.synthetic_kind or "bf16"  # quantized at load: from the bf16 checkpoint
-            checkpoint = ensure_synthetic_checkpoint(kind, s.synthetic_root, log=s.log)
+        checkpoint, kind = _checkpoint_for(backend, weight_set, s)
         model = _load_backend(backend, entry, checkpoint, s)
-        for width, height in s.sizes:
-            _bench_size(model, backend, entry, width, height, s, results, outputs)
+        rows = [_bench_size(model, backend, entry, width, height, s, results, outputs) for width, height in s.sizes]
+        first = rows[0]
+        if first is not None and s.batch and weight_set == "gaussian" and _chosen(backend, s.batch_backends):
+            _batch_row(model, backend, first, s)
+        if (first is not None and s.warm_compile and model.report.compile_cache is not None
+                and _chosen(backend, s.warm_backends)):
+            warm = (first, _warm_job(backend, entry, checkpoint, first, s))
         del model
     except Exception as exc:  # noqa: BLE001 - a backend that cannot load (OOM, missing extra) is a result
         entry["error"] = f"{type(exc).__name__}: {str(exc)[:800]}"
         s.log(f"[{backend.label}] FAILED: {entry['error']}")
     finally:
         _free(s.device)
-        if s.cleanup_quantized and kind and kind != "bf16":
-            remove_synthetic_checkpoint(kind, s.synthetic_root)
+    if warm is not None:  # after this process let go of the model: the new one needs the memory
+        s.log(f"[{backend.label}] first call again in a new process sharing the compile cache ...")
+        warm[0]["warm_first_call"] = first_call_in_new_process(warm[1])
+        s.log(f"[{backend.label}] warm first call: {warm[0]['warm_first_call']}")
+    if s.cleanup_quantized and kind and kind != "bf16":
+        remove_synthetic_checkpoint(kind, s.synthetic_root, s.synthetic_dims, weight_set)
+
+
+def _chosen(backend: BenchEntry, labels: tuple[str, ...]) -> bool:
+    return not labels or backend.label in labels
+
+
+def _fresh_compile_cache(log: Callable[[str], None]) -> str:
+    """A new, empty compile cache folder for this run: the bench's first calls are then truly cold, and the warm
+    figure comes from a new process sharing it (as the user's next kernel shares the persistent one)."""
+    folder = tempfile.mkdtemp(prefix="fluxnb-bench-compile-")
+    os.environ[compile_cache.ENV_INDUCTOR] = folder
+    os.environ[compile_cache.ENV_TRITON] = os.path.join(folder, "triton")
+    os.environ.pop("FLUXNB_COMPILE_CACHE_SET", None)
+    log(f"compile cache for this run (cold at start): {folder}")
+    return folder
+
+
+def _runs(backends: list[BenchEntry], s: BenchSettings) -> list[tuple[str, BenchEntry]]:
+    """(weight set, backend) in run order: every backend on the Gaussian set, the chosen ones on the others."""
+    for weight_set in s.weight_sets:
+        if weight_set not in WEIGHT_SETS:
+            raise RequestError("weights", f"{weight_set!r} is not a weight set; allowed: {', '.join(WEIGHT_SETS)}")
+    labels = [b.label for b in backends]
+    for option, chosen in (("outlier_backend", s.outlier_backends), ("warm_compile_backend", s.warm_backends),
+                           ("batch_backend", s.batch_backends)):
+        unknown = [b for b in chosen if b not in labels]
+        if unknown:
+            raise RequestError(option, f"{unknown} are not among the backends {labels}",
+                               fix="name backends given with --backend")
+    return [(w, b) for w in s.weight_sets for b in backends
+            if w == "gaussian" or not s.outlier_backends or b.label in s.outlier_backends]
 
 
 def run_bench(
@@ -417,8 +518,11 @@ def run_bench(
     command: str | None = None,
     log: Callable[[str], None] = print,
     on_backend_done: Callable[[dict[str, Any]], None] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Run every backend at every size; return the results (JSON-ready). A failing backend is recorded, not fatal."""
+    """Run every backend at every size (and weight set); return the results (JSON-ready). A failing backend is
+    recorded, not fatal. `options` are BenchSettings' optional fields: weight_sets, outlier_backends, synthetic_dims,
+    cleanup_weight_sets, warm_compile, warm_backends, batch, batch_backends, batch_offload_t5, config_path."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -426,14 +530,25 @@ def run_bench(
     s = BenchSettings(device=device, sizes=tuple(sizes), steps=steps, seed=seed, prompt=prompt,
                       guidance_scale=guidance_scale, max_sequence_length=max_sequence_length,
                       warmup_steps=warmup_steps, cap_bytes=cap_bytes, synthetic=synthetic,
-                      synthetic_root=synthetic_root, cleanup_quantized=cleanup_quantized, log=_elapsed_log(log))
+                      synthetic_root=synthetic_root, cleanup_quantized=cleanup_quantized, log=_elapsed_log(log),
+                      **options)
+    runs = _runs(backends, s)
     results = _new_results(s, backends, reference, baseline, command)
-    outputs: dict[tuple[str, str], dict] = {}
-    for backend in backends:
-        _bench_backend(backend, s, results, outputs)
+    results["settings"].update(weight_sets=list(s.weight_sets), batch=s.batch, warm_compile=s.warm_compile)
+    if s.warm_compile:
+        results["settings"]["compile_cache"] = _fresh_compile_cache(s.log)
+    outputs: dict[tuple[str, str, str], dict] = {}
+    for index, (weight_set, backend) in enumerate(runs):
+        _bench_backend(backend, s, results, outputs, weight_set)
+        last_of_set = index + 1 == len(runs) or runs[index + 1][0] != weight_set
+        if last_of_set and weight_set in s.cleanup_weight_sets and s.synthetic:
+            for folder in remove_weight_set(weight_set, s.synthetic_root, s.synthetic_dims):
+                s.log(f"removed {folder}")
         if on_backend_done is not None:  # partial results survive a run that is killed later
             add_comparisons(results, outputs)
+            add_predictions(results)
             on_backend_done(results)
     _set_cap(device, None)
     add_comparisons(results, outputs)
+    add_predictions(results)
     return results

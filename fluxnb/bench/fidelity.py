@@ -24,20 +24,23 @@ def psnr(image, ref) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
-def add_comparisons(results: dict[str, Any], outputs: dict[tuple[str, str], dict]) -> None:
-    """Fidelity against the reference and speed ratios against the baseline, size by size, within this run."""
+def add_comparisons(results: dict[str, Any], outputs: dict[tuple[str, str, str], dict]) -> None:
+    """Fidelity against the reference of the same weight set, and speed ratios against the baseline (of the same
+    weight set where it ran on it, else the Gaussian one: speed does not depend on the weights), size by size.
+    `outputs` is keyed by (backend, size, weight set)."""
     reference, baseline = results["settings"]["reference"], results["settings"]["baseline"]
-    by_key = {(r["backend"], r["size"]): r for r in results["rows"]}
+    by_key = {(r["backend"], r["size"], r.get("weights", "gaussian")): r for r in results["rows"]}
     for row in results["rows"]:
         if "error" in row:
             continue
-        ref = outputs.get((reference, row["size"]))
-        mine = outputs.get((row["backend"], row["size"]))
+        weights = row.get("weights", "gaussian")
+        ref = outputs.get((reference, row["size"], weights))
+        mine = outputs.get((row["backend"], row["size"], weights))
         if ref is not None and mine is not None:
             row["latent_rel_error"] = round(relative_error(mine["latents"], ref["latents"]), 6)
             value = psnr(mine["image"], ref["image"])
             row["psnr_db"] = None if math.isinf(value) else round(value, 3)
-        base = by_key.get((baseline, row["size"]))
+        base = by_key.get((baseline, row["size"], weights)) or by_key.get((baseline, row["size"], "gaussian"))
         if base and "seconds_per_image" in base:
             row["speedup_vs_baseline"] = round(base["seconds_per_image"] / row["seconds_per_image"], 3)
             row["step_speedup_vs_baseline"] = round(base["seconds_per_step"] / row["seconds_per_step"], 3)

@@ -11,9 +11,9 @@ import argparse
 import sys
 
 from ..errors import FluxnbError, InputError, render_error
-from . import bench, diagnose, doctor, generate, replay, run
+from . import bench, cache, diagnose, doctor, generate, replay, run
 
-SUBCOMMANDS = (run, generate, doctor, diagnose, bench, replay)
+SUBCOMMANDS = (run, generate, doctor, diagnose, bench, replay, cache)
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130

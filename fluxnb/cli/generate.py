@@ -42,6 +42,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--sweep", action="append", metavar="NAME=V1,V2,...",
                         help="sweep a parameter (guidance_scale, steps, strength, width, height, lora_scale, "
                         "lora:NAME); at most two, repeatable; a labelled grid goes into the run folder")
+    parser.add_argument("--cache", help="cached mode for this run: taylorseer@N, first-block@T or off (default: the "
+                        "model entry's `cache:`, off unless set)")
     parser.add_argument("--output-dir", help="base folder for run folders (default: outputs/)")
     parser.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
     return parser
@@ -71,6 +73,7 @@ def new_request(args: argparse.Namespace, spec):
         loras=args.lora,
         fuse_loras=args.fuse_loras,
         sweep=parse_cli(args.sweep),
+        cache=args.cache,
     )
 
 

@@ -106,7 +106,8 @@ def test_optional_compile_and_offload_keys_are_checked_against_the_type(raw):
         parse_config(bad)
     text = str(info.value)
     assert ("models.flux-dev-bnb-8bit.compile: type 'flux-bnb-8bit' does not support it (types that do: "
-            "flux-torchao-fp8dq, flux-torchao-int8dq). Fix: remove the key or set it to false") in text
+            "flux-bf16, flux-tiny, flux-torchao-fp8dq, flux-torchao-int8dq). Fix: remove the key or set it to "
+            "false") in text
     assert "models.flux-dev-torchao-int8.compile: type 'flux-torchao-int8wo' does not support it" in text
     assert "models.flux-dev-torchao-int8dq.offload_text_encoder: must be true or false, got 'yes'" in text
     assert "models.flux-dev.compiled: unknown key. Allowed keys: id, type, requires_auth, params, description, " \

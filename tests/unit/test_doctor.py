@@ -234,3 +234,33 @@ def test_driver_version_from_nvml_first_then_nvidia_smi(monkeypatch, tmp_path):
                                  nvmlSystemGetDriverVersion=lambda: b"590.10.01")
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     assert nvidia_driver_version() == "590.10.01"
+
+
+def test_doctor_says_whether_the_compile_cache_is_warm_for_the_entry():
+    import copy
+
+    import yaml
+
+    from fluxnb import compile_cache
+    from fluxnb.config import DEFAULT_CONFIG_PATH, parse_config
+    from fluxnb.doctor import WARN, check_environment
+
+    raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+    eager = check_environment("flux-tiny", config=parse_config(raw))
+    rows = {row.check: row for row in eager.rows}
+    assert rows["compile cache"].found == "flux-tiny runs eager: nothing to compile"
+    assert rows["recommended fast model"].found.startswith("flux-dev-torchao-fp8 (model_config.yaml runtime")
+    compiled = copy.deepcopy(raw)
+    compiled["models"]["flux-tiny"]["compile"] = True
+    config = parse_config(compiled)
+    folder = compile_cache.cache_dir()
+    compile_cache.clear(key=folder.name)
+    cold = {row.check: row for row in check_environment("flux-tiny", config=config).rows}["compile cache"]
+    assert cold.status == WARN and cold.found.startswith(f"cold for flux-tiny in {folder}")
+    folder.mkdir(parents=True)
+    compile_cache.record_warm(folder, "flux-tiny", None, 64, 64)
+    try:
+        warm = {row.check: row for row in check_environment("flux-tiny", config=config).rows}["compile cache"]
+        assert warm.status == OK and warm.found.startswith(f"warm for flux-tiny at 64x64 in {folder}")
+    finally:
+        compile_cache.clear(key=folder.name)

@@ -1,0 +1,114 @@
+"""Predicted L4 seconds per image, from what this bench run measured on its own card: labelled "predicted" wherever
+it is shown, since no L4 is reachable from here.
+
+The model: FLUX.1-dev's denoising is compute-bound (about 74 TFLOP per step at 1024x1024, streaming its weights
+costs far less), so a step takes FLOPs / (efficiency x the card's peak for the precision the backend computes in).
+The efficiency is what the measured card reached (FLOPs / (measured s/step x its peak)); the same efficiency is
+assumed on the L4, with the L4's weight-streaming time as a floor. Text encoding and VAE decoding scale with the
+bf16 peak ratio. Then one calibration: the guide's one L4 figure (bnb 8-bit, 77 s/image at 1024x1024, 28 steps)
+divided by this model's prediction for the same run's bnb 8-bit row; every backend's prediction is multiplied by
+that factor (it carries what the peak ratios miss, e.g. the L4's clocks under its 72 W limit).
+Published peaks (dense, no sparsity): NVIDIA datasheets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# FLUX.1-dev's transformer: hidden 3072, 19 double + 38 single blocks, 512 text tokens (the real model's dims).
+HIDDEN = 3072
+BLOCKS = 57
+TEXT_TOKENS = 512
+PER_TOKEN_MATMUL_PARAMS = 12 * HIDDEN * HIDDEN * BLOCKS  # 6.45 B: each block's linears seen by one token
+TRANSFORMER_PARAMS = 11.9e9
+GUIDE_L4_SECONDS = 77.0  # the guide's measured L4 figure: bnb 8-bit, 1024x1024, 28 steps
+GUIDE_L4_SETTINGS = ("1024x1024", 28)
+
+
+@dataclass(frozen=True)
+class Card:
+    """Published peak rates of a GPU (dense tensor-core TFLOP/s, memory GB/s)."""
+
+    name: str
+    bf16_tflops: float
+    eight_bit_tflops: float  # fp8 / int8, dense
+    bandwidth_gbs: float
+
+
+L4 = Card("NVIDIA L4", 121.0, 242.0, 300.0)
+CARDS = (
+    Card("H100", 989.0, 1979.0, 3350.0),  # SXM figures; a PCIe H100 is slower (the prediction says which card ran)
+    Card("H200", 989.0, 1979.0, 4800.0),
+    L4,
+)
+# What each backend type computes its big matmuls in, and the bytes per transformer weight it streams per step.
+COMPUTE = {
+    "flux-bf16": ("bf16", 2.0), "flux-bnb-8bit": ("bf16", 1.0), "flux-bnb-4bit": ("bf16", 0.5),
+    "flux-torchao-int8wo": ("bf16", 1.0), "flux-torchao-int8dq": ("8bit", 1.0), "flux-torchao-fp8dq": ("8bit", 1.0),
+}
+LABEL = "predicted (not measured): from this run's efficiency on its card, the L4's published peaks, calibrated on " \
+        "the guide's bnb 8-bit L4 figure (77 s/image)"
+
+
+def step_tflop(width: int, height: int) -> float:
+    """TFLOP of one FLUX.1-dev transformer forward at this size (linears plus attention)."""
+    tokens = (width // 16) * (height // 16) + TEXT_TOKENS
+    linears = 2 * PER_TOKEN_MATMUL_PARAMS * tokens
+    attention = 4 * tokens * tokens * HIDDEN * BLOCKS
+    return (linears + attention) / 1e12
+
+
+def card_for(gpu_name: str | None) -> Card | None:
+    """The published figures of the card that ran (None when it is not one we have figures for)."""
+    if not gpu_name:
+        return None
+    return next((c for c in CARDS if c.name.lower().replace("nvidia ", "") in gpu_name.lower()), None)
+
+
+def _peak(card: Card, precision: str) -> float:
+    return card.bf16_tflops if precision == "bf16" else card.eight_bit_tflops
+
+
+def uncalibrated_l4(row: dict[str, Any], model_type: str, card: Card) -> dict[str, Any] | None:
+    """The L4 seconds per image before calibration, and the efficiency it rests on (None for unknown types)."""
+    if model_type not in COMPUTE or "seconds_per_step" not in row:
+        return None
+    precision, weight_bytes = COMPUTE[model_type]
+    tflop = step_tflop(row["width"], row["height"])
+    efficiency = tflop / (row["seconds_per_step"] * _peak(card, precision))
+    compute = tflop / (efficiency * _peak(L4, precision))
+    stream = TRANSFORMER_PARAMS * weight_bytes / (L4.bandwidth_gbs * 1e9)
+    step = max(compute, stream)
+    other = row["seconds_per_image"] - row["seconds_per_step"] * row["steps"]
+    other_l4 = max(0.0, other) * card.bf16_tflops / L4.bf16_tflops
+    return {"seconds_per_image": step * row["steps"] + other_l4, "efficiency": efficiency, "precision": precision}
+
+
+def add_predictions(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Add `predicted_l4_seconds_per_image` to every row it can, and the calibration to the results; None (and
+    nothing added) when the card is not one with published figures here, or the card is an L4 (then it is measured).
+    """
+    card = card_for((results.get("device") or {}).get("gpu"))
+    if card is None or card is L4:
+        return None
+    types = {b["label"]: b["type"] for b in results["backends"]}
+    raw = {}
+    for index, row in enumerate(results["rows"]):
+        if "error" not in row and (guess := uncalibrated_l4(row, types.get(row["backend"], ""), card)):
+            raw[index] = guess
+    baseline = results["settings"]["baseline"]
+    anchor = next((raw[i] for i, r in enumerate(results["rows"]) if i in raw and r["backend"] == baseline
+                   and (r["size"], r["steps"]) == GUIDE_L4_SETTINGS and r.get("weights", "gaussian") == "gaussian"),
+                  None)
+    factor = GUIDE_L4_SECONDS / anchor["seconds_per_image"] if anchor else None
+    for index, guess in raw.items():
+        row = results["rows"][index]
+        row["predicted_l4"] = {"seconds_per_image": round(guess["seconds_per_image"] * (factor or 1.0), 1),
+                               "uncalibrated_seconds_per_image": round(guess["seconds_per_image"], 1),
+                               "calibrated": factor is not None, "efficiency_here": round(guess["efficiency"], 3),
+                               "precision": guess["precision"]}
+    info = {"label": LABEL, "card": card.name, "l4": L4.__dict__, "calibration_factor": factor and round(factor, 3),
+            "anchor": f"{baseline} at {GUIDE_L4_SETTINGS[0]}, {GUIDE_L4_SETTINGS[1]} steps = {GUIDE_L4_SECONDS} s"}
+    results["predicted_l4"] = info
+    return info

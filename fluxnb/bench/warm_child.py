@@ -1,0 +1,43 @@
+"""The child process of fluxnb.bench.warm: load one bench backend and time its first call with the shared compile
+cache. Run as `python -m fluxnb.bench.warm_child 'JOB-JSON'`; prints one JSON line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from ..config import load_config
+from ..generation import compile_counters
+from ..loading import load_model
+from .engine import parse_backend, run_phases
+
+
+def child(job: dict[str, Any]) -> dict[str, Any]:
+    """Load the backend as the bench did and time its first (warm-up length) call with the shared cache."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    config = load_config(job.get("config"))
+    backend = parse_backend(job["label"], config, tuple(job.get("uncapped", ())))
+    if job["device"] == "cuda" and job.get("memory_fraction"):
+        torch.cuda.set_per_process_memory_fraction(job["memory_fraction"])
+    model = load_model(backend.spec, checkpoint=job.get("checkpoint"), device=job["device"], progress=False)
+    if backend.cast:
+        model.pipe.to(torch.bfloat16 if backend.cast == "bf16" else torch.float32)
+    model.pipe.set_progress_bar_config(disable=True)
+    graphs0, compile0 = compile_counters()
+    start = time.perf_counter()
+    run_phases(model.pipe, steps=job["warmup_steps"], **job["generation"])
+    seconds = time.perf_counter() - start
+    graphs1, compile1 = compile_counters()
+    return {"first_call_seconds": round(seconds, 3), "new_graphs": graphs1 - graphs0,
+            "compile_seconds": round(compile1 - compile0, 2),
+            "fxgraph_cache_hits": int(counters["inductor"]["fxgraph_cache_hit"]),
+            "fxgraph_cache_misses": int(counters["inductor"]["fxgraph_cache_miss"]),
+            "compile_cache": model.report.compile_cache}
+
+
+if __name__ == "__main__":
+    print(json.dumps(child(json.loads(sys.argv[1]))), flush=True)

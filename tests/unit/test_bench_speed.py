@@ -1,0 +1,161 @@
+"""The bench's speed-work additions on the CPU: weight sets (Gaussian and outliers) with tiny synthetic checkpoints,
+the cached-mode and autotune variants, images/minute, the warm first call in a new process, the predicted L4 and
+the recommendation rule (within 2x of bnb 8-bit's error on every weight set)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fluxnb.bench import load_results, parse_backend, summarize
+from fluxnb.bench.predict import GUIDE_L4_SECONDS, add_predictions, card_for, step_tflop
+from fluxnb.bench.warm import first_call_in_new_process
+from fluxnb.errors import RequestError
+from fluxnb.synthetic import BUILD_MARKER, TINY_DIMS, synthetic_dir
+
+
+def test_cache_and_autotune_variants(config):
+    cached = parse_backend("flux-dev-torchao-fp8@cache=taylorseer@2", config)
+    assert cached.spec.cache == "taylorseer@2" and cached.spec.compile
+    tuned = parse_backend("flux-dev-torchao-fp8@autotune", config)
+    assert tuned.spec.compile_mode == "max-autotune-no-cudagraphs" and tuned.spec.compile
+    with pytest.raises(RequestError, match="type flux-bnb-8bit has no max-autotune-no-cudagraphs mode"):
+        parse_backend("flux-dev-bnb-8bit@autotune", config)
+    with pytest.raises(RequestError, match="parameter `backend`: 'teacache' is not a cache setting"):
+        parse_backend("flux-dev@cache=teacache", config)
+    assert parse_backend("flux-dev@compiled", config).spec.compile  # bf16 compiled: the noise floor
+
+
+def test_weight_sets_batch_and_cleanup_on_tiny_synthetic_checkpoints(tmp_path, capsys):
+    from fluxnb.cli import main
+
+    out, root = tmp_path / "bench.json", tmp_path / "synthetic"
+    code = main(["bench", "--backend", "flux-tiny", "--backend", "flux-tiny@bf16", "--size", "32x32", "--steps", "2",
+                 "--warmup-steps", "1", "--device", "cpu", "--synthetic", "--synthetic-dims", "tiny",
+                 "--synthetic-root", str(root), "--weights", "gaussian,outliers", "--outlier-backend", "flux-tiny",
+                 "--outlier-backend", "flux-tiny@bf16", "--batch", "2", "--batch-backend", "flux-tiny@bf16",
+                 "--cleanup-outliers", "--output", str(out)])
+    assert code == 0
+    results = load_results(out)
+    rows = {(r["backend"], r["weights"]): r for r in results["rows"]}
+    assert set(rows) == {(b, w) for b in ("flux-tiny", "flux-tiny@bf16") for w in ("gaussian", "outliers")}
+    for weights in ("gaussian", "outliers"):  # each set compared with its own reference
+        assert rows[("flux-tiny", weights)]["latent_rel_error"] == 0.0
+        assert 0 < rows[("flux-tiny@bf16", weights)]["latent_rel_error"] < 0.5
+    batch = rows[("flux-tiny@bf16", "gaussian")]["batch"]
+    assert batch["images"] == 2 and batch["images_per_minute"] > 0 and batch["t5_offloaded"] is False
+    assert "batch" not in rows[("flux-tiny", "gaussian")]
+    gaussian = synthetic_dir("bf16", root, TINY_DIMS)
+    marker = json.loads((gaussian / BUILD_MARKER).read_text())
+    assert marker["weight_set"] == "gaussian" and "outliers" not in marker
+    assert not synthetic_dir("bf16", root, TINY_DIMS, "outliers").exists()  # --cleanup-outliers
+    assert "outliers" in synthetic_dir("bf16", root, TINY_DIMS, "outliers").name
+    printed = capsys.readouterr().out
+    assert "| flux-tiny@bf16 | 32x32 | outliers |" in printed and "weights: synthetic" in printed
+
+
+def test_outlier_set_marker_records_the_injection(tmp_path):
+    from fluxnb.synthetic import OUTLIER_CHANNELS, OUTLIER_SCALE, ensure_synthetic_checkpoint
+
+    path = ensure_synthetic_checkpoint("bf16", tmp_path, device="cpu", dims=TINY_DIMS, log=lambda _: None,
+                                       weight_set="outliers")
+    marker = json.loads((path / BUILD_MARKER).read_text())
+    assert marker["weight_set"] == "outliers"
+    assert marker["outliers"]["outlier_channels"] == OUTLIER_CHANNELS
+    assert marker["outliers"]["outlier_scale"] == OUTLIER_SCALE
+    with pytest.raises(ValueError, match="allowed: gaussian, outliers"):
+        synthetic_dir("bf16", tmp_path, TINY_DIMS, "heavy")
+
+
+def test_bad_bench_options_are_refused():
+    from fluxnb.cli import main
+
+    assert main(["bench", "--weights", "gaussian,heavy", "--synthetic"]) == 2
+    assert main(["bench", "--weights", "outliers"]) == 2  # needs --synthetic
+    assert main(["bench", "--batch", "-1"]) == 2
+
+
+def test_warm_first_call_runs_in_a_new_process(tiny_cache):
+    result = first_call_in_new_process({
+        "label": "flux-tiny", "config": None, "checkpoint": None, "device": "cpu", "memory_fraction": None,
+        "warmup_steps": 1, "uncapped": [],
+        "generation": {"prompt": "a cat", "seed": 0, "width": 32, "height": 32, "guidance_scale": 3.5,
+                       "max_sequence_length": 64, "device": "cpu"}})
+    assert "error" not in result, result
+    assert result["first_call_seconds"] > 0 and result["new_graphs"] == 0 and result["compile_cache"] is None
+    assert result["process_seconds"] >= result["first_call_seconds"]
+    failed = first_call_in_new_process({"label": "flux-nope", "device": "cpu"})
+    assert failed["error"].startswith("exit 1") and "flux-nope" in failed["error"]
+
+
+def _row(backend, seconds, err, weights="gaussian", size="1024x1024", steps=28):
+    width, height = (int(v) for v in size.split("x"))
+    return {"backend": backend, "size": size, "width": width, "height": height, "steps": steps, "weights": weights,
+            "seconds_per_image": seconds, "seconds_per_step": (seconds - 0.3) / steps, "latent_rel_error": err,
+            "psnr_db": 30.0, "fits_cap": True, "capped": True}
+
+
+def _results(rows, gpu="NVIDIA H100 80GB HBM3"):
+    types = {"flux-dev": "flux-bf16", "flux-dev@compiled": "flux-bf16", "flux-dev-bnb-8bit": "flux-bnb-8bit",
+             "flux-dev-torchao-fp8": "flux-torchao-fp8dq", "flux-dev-torchao-int8dq": "flux-torchao-int8dq",
+             "flux-dev-torchao-fp8@cache=taylorseer@2": "flux-torchao-fp8dq"}
+    results = {"weights": "synthetic", "device": {"gpu": gpu}, "rows": rows,
+               "backends": [{"label": k, "type": v} for k, v in types.items()],
+               "settings": {"baseline": "flux-dev-bnb-8bit", "reference": "flux-dev", "cap_bytes": 22e9}}
+    for row in rows:
+        base = next(r for r in rows if r["backend"] == "flux-dev-bnb-8bit" and r["weights"] == "gaussian")
+        row["speedup_vs_baseline"] = round(base["seconds_per_image"] / row["seconds_per_image"], 3)
+    return results
+
+
+def test_recommendation_needs_fidelity_within_2x_on_every_weight_set_and_5x():
+    rows = [_row("flux-dev", 5.0, 0.0), _row("flux-dev@compiled", 4.0, 0.002), _row("flux-dev-bnb-8bit", 14.0, 0.01),
+            _row("flux-dev-torchao-int8dq", 2.5, 0.011), _row("flux-dev-torchao-fp8", 2.7, 0.017),
+            _row("flux-dev-torchao-fp8@cache=taylorseer@2", 1.9, 0.019),
+            _row("flux-dev", 5.0, 0.0, "outliers"), _row("flux-dev-bnb-8bit", 14.0, 0.011, "outliers"),
+            _row("flux-dev-torchao-int8dq", 2.5, 0.046, "outliers"),
+            _row("flux-dev-torchao-fp8", 2.7, 0.017, "outliers"),
+            _row("flux-dev-torchao-fp8@cache=taylorseer@2", 1.9, 0.021, "outliers")]
+    summary = summarize(_results(rows), recommended="flux-dev-torchao-fp8")
+    size = summary["sizes"]["1024x1024"]
+    assert size["best"] == "flux-dev-torchao-fp8"  # int8dq is faster but 4.2x bnb's error on the outlier set
+    assert size["goal_met"] and size["speedup"] == pytest.approx(14.0 / 2.7, rel=1e-3)
+    assert size["cached"] == {"backend": "flux-dev-torchao-fp8@cache=taylorseer@2",
+                              "speedup": pytest.approx(14.0 / 1.9, rel=1e-3), "goal_met": True}
+    text = "\n".join(summary["lines"])
+    assert "noise floor (flux-dev@compiled vs flux-dev, gaussian weights, 1024x1024): latent rel. err 0.002" in text
+    assert "recommended entry flux-dev-torchao-fp8 (model_config.yaml): 2.70 s/image" in text
+    rows[4]["seconds_per_image"] = 3.0  # 4.67x: eligible but short of the goal
+    assert summarize(_results(rows))["sizes"]["1024x1024"]["goal_met"] is False
+
+
+def test_predicted_l4_is_calibrated_on_the_guides_figure_and_labelled():
+    assert step_tflop(1024, 1024) == pytest.approx(74.4, abs=1.0)  # PERFORMANCE.md: ~74 TFLOP per step
+    assert card_for("NVIDIA H100 80GB HBM3").name == "H100" and card_for("NVIDIA L4").name == "NVIDIA L4"
+    assert card_for("Tesla T4") is None
+    results = _results([_row("flux-dev-bnb-8bit", 14.4, 0.01), _row("flux-dev-torchao-fp8", 2.8, 0.017),
+                        _row("flux-dev", 5.2, 0.0)])
+    info = add_predictions(results)
+    rows = {r["backend"]: r["predicted_l4"] for r in results["rows"]}
+    assert rows["flux-dev-bnb-8bit"]["seconds_per_image"] == GUIDE_L4_SECONDS and rows["flux-dev"]["calibrated"]
+    assert rows["flux-dev-torchao-fp8"]["precision"] == "8bit" and rows["flux-dev"]["precision"] == "bf16"
+    assert rows["flux-dev-torchao-fp8"]["seconds_per_image"] < rows["flux-dev"]["seconds_per_image"] < GUIDE_L4_SECONDS
+    assert info["label"].startswith("predicted (not measured)") and info["calibration_factor"] > 0
+    fp8 = rows["flux-dev-torchao-fp8"]
+    assert fp8["seconds_per_image"] == pytest.approx(fp8["uncalibrated_seconds_per_image"]
+                                                     * info["calibration_factor"], rel=0.02)
+    assert add_predictions(_results([_row("flux-dev-bnb-8bit", 77.0, 0.01)], gpu="NVIDIA L4")) is None
+    from fluxnb.bench import results_table
+
+    assert "(predicted)" in results_table({**results, "rows": [{**r, "warmup": {"seconds": 1.0},
+                                                                  "compile_seconds_estimate": 0.0}
+                                                                 for r in results["rows"]]})
+
+
+def test_gpu_script_parses():
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "issue15_gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
