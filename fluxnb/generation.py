@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,6 +169,7 @@ def generate(
     model_reason: str | None = None,
     callback_on_step_end: Callable | None = None,
     on_image: Callable[[GeneratedImage], None] | None = None,
+    only: Collection[int] | None = None,
 ) -> list[GeneratedImage]:
     """Generate every image of `request` with `model`; save each into `run` as soon as it is done.
 
@@ -176,6 +177,7 @@ def generate(
     same parameters give the same pixels): that is how a reopened run (RunFolder.create(..., resume=True)) resumes.
     callback_on_step_end: passed to the diffusers pipeline (progress displays, tests).
     on_image: called with each new image as soon as it is saved (live listings).
+    only: the item indexes to make (a data-parallel rank's shard, fluxnb.dataparallel); None: every item.
     Raises GenerationFailed after the batch when some images failed (the others are kept), ModelUnusable
     when failures repeat, and re-raises KeyboardInterrupt after marking the run "interrupted".
     """
@@ -212,7 +214,7 @@ def generate(
     }
     done = _already_done(run) if run is not None else {}
     batch = _Batch()
-    items = request.items()
+    items = request.items() if only is None else [item for item in request.items() if item[0] in set(only)]
     for note in truncation_notes(pipe, request):
         print(note, file=sys.stderr, flush=True)
     pipeline_logger = logging.getLogger(type(pipe).__module__)

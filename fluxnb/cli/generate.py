@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..config import load_config
+from ..dataparallel import plan_processes, run_data_parallel
 from ..display import model_banner
 from ..errors import InputError, RequestError
 from ..generation import generate
@@ -14,6 +15,7 @@ from ..loading import load_model
 from ..outputs import RunFolder, check_run_folder, read_manifest
 from ..params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request, read_prompts_file, request_from_dict
 from ..selection import resolve_model
+from ..shards import merge_parts
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -35,6 +37,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--strength", type=float, help="image-to-image: how much to change it, in (0, 1]")
     parser.add_argument("--output-dir", help="base folder for run folders (default: outputs/)")
     parser.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
+    parser.add_argument("--checkpoint", help="load the weights from this local folder (hub layout) instead of the "
+                        "entry's id, e.g. a synthetic checkpoint (fluxnb.synthetic)")
+    parser.add_argument("--gpus", metavar="N|all", help="data parallel: one pipeline per GPU of this host, launched "
+                        "through torchrun (with --resume: any N finishes the missing images)")
     return parser
 
 
@@ -64,7 +70,7 @@ def new_request(args: argparse.Namespace, spec):
 
 # Options that describe a request: a resume takes the run's own request, so giving one of them is refused.
 REQUEST_OPTIONS = ("model", "prompt", "prompts", "negative_prompt", "seed", "steps", "guidance_scale", "width",
-                   "height", "num_images", "max_sequence_length", "init_image", "strength", "output_dir")
+                   "height", "num_images", "max_sequence_length", "init_image", "strength", "output_dir", "checkpoint")
 
 
 def check_resumable(args: argparse.Namespace) -> None:
@@ -96,17 +102,22 @@ def run(args: argparse.Namespace) -> int:
         stored_model, stored = run_folder.manifest["model"], run_folder.manifest["parameters"]
         choice = resolve_model(stored_model["name"], config)
         request = request_from_dict(choice.spec, stored)
+        merge_parts(run_folder, delete=True)  # a data-parallel launch's leftover parts
         print(f"resuming {run_folder.path}: {len(run_folder.manifest['images'])} image(s) already done", flush=True)
     else:
         choice = resolve_model(args.model, config)
         request = new_request(args, choice.spec)
         run_folder = RunFolder.create("generate", base=args.output_dir)
-        run_folder.record(model={"name": choice.spec.name, "id": choice.spec.id, "reason": choice.reason},
-                          parameters=request.to_dict())
+        checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
+        run_folder.record(model={"name": choice.spec.name, "id": choice.spec.id, "reason": choice.reason,
+                                 "checkpoint": checkpoint}, parameters=request.to_dict())
     print(model_banner(choice), flush=True)
+    if args.gpus is not None:
+        return run_parallel(args, run_folder, len(request.items()))
     interactive = sys.stderr.isatty()
     try:
-        model = load_model(choice.spec, config=config, progress=interactive)
+        model = load_model(choice.spec, checkpoint=run_folder.manifest["model"].get("checkpoint"), config=config,
+                           progress=interactive)
         print(model.report, flush=True)
         run_folder.record(load_report=model.report.to_dict())
         generate(model, request, run_folder, progress=interactive, model_reason=choice.reason,
@@ -119,5 +130,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"run folder: {run_folder.path}", file=sys.stderr)
         raise
     run_folder.finish()
+    print(f"run folder: {run_folder.path}")
+    return 0
+
+
+def run_parallel(args: argparse.Namespace, run_folder: RunFolder, total: int) -> int:
+    """--gpus: this process owns the run folder; torchrun's ranks make the images (fluxnb.dataparallel)."""
+    import torch
+
+    processes, device, note = plan_processes(args.gpus, torch.cuda.device_count())
+    if note:
+        print(f"note: {note}", flush=True)
+    try:
+        launch = run_data_parallel(run_folder, processes=processes, device=device, total=total, config=args.config)
+    except BaseException:
+        print(f"run folder: {run_folder.path}", file=sys.stderr)
+        raise
+    print(f"{launch['world_size']} rank(s), {launch['pending']} image(s) made in {launch['wall_seconds']:.1f} s")
     print(f"run folder: {run_folder.path}")
     return 0
