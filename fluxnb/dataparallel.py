@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import load_config
+from .contextparallel import MODES as CONTEXT_MODES
+from .contextparallel import check_context_parallel, enable_context_parallel
 from .errors import FluxnbError, GenerationFailed, InputError, RequestError
 from .generation import generate
 from .loading import load_model
@@ -31,6 +33,7 @@ from .shards import RankPart, merge_parts, pending_indexes, shard
 
 MODULE = "fluxnb.dataparallel"
 POLL_SECONDS = 1.0
+DATA = "data"  # the default mode: each rank makes its own shard of the items
 CPU_PROCESSES_FOR_ALL = 2  # `--gpus all` on a host without a GPU: the CPU demonstration (gloo, two processes)
 
 
@@ -82,13 +85,16 @@ def missing_message(run: RunFolder, missing: list[int], processes: int, rc: int)
 
 
 def run_data_parallel(run: RunFolder, *, processes: int, device: str, total: int, config: str | Path | None = None,
-                      log=print) -> dict[str, Any]:
+                      mode: str = DATA, log=print) -> dict[str, Any]:
     """Make the run's missing items with `processes` ranks; the caller holds `run` (its lock) and has recorded the
-    model and parameters. Returns the launch record; raises DataParallelIncomplete when images are missing."""
+    model and parameters. mode: "data" (items sharded over the ranks) or a context-parallel mode (every rank works
+    on every image: fluxnb.contextparallel). Returns the launch record; raises DataParallelIncomplete when images
+    are missing."""
     merge_parts(run, delete=True)  # a killed launch's leftover parts first
     pending = pending_indexes(run.path, run.manifest, total)
     launches = run.manifest.setdefault("parallel", {}).setdefault("launches", [])
-    launch = {"launch": len(launches), "world_size": processes, "device": device, "host": socket.gethostname(),
+    launch = {"launch": len(launches), "mode": mode, "world_size": processes, "device": device,
+              "host": socket.gethostname(),
               "pending": len(pending), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     launches.append(launch)
     run.record(status="running")
@@ -96,7 +102,7 @@ def run_data_parallel(run: RunFolder, *, processes: int, device: str, total: int
         launch.update(returncode=0, wall_seconds=0.0)
         run.finish()
         return launch
-    args = [str(run.path), "--launch", str(launch["launch"]), "--device", device]
+    args = [str(run.path), "--launch", str(launch["launch"]), "--device", device, "--mode", mode]
     if config is not None:
         args += ["--config", str(config)]
     env = {**os.environ, LOCK_TOKEN_ENV: run._lock.token or os.environ.get(LOCK_TOKEN_ENV, ""),
@@ -147,14 +153,17 @@ def map_local_gpu() -> str | None:
     return ids[local_rank]
 
 
-def _placement(device: str, physical: str | None) -> dict[str, Any]:
+def _placement(device: str, physical: str | None, split: bool) -> dict[str, Any]:
+    """Which rank, host and device made an image: copied into its metadata (`parallel`)."""
     import torch
 
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-    return {"rank": rank, "world_size": world, "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
-            "host": socket.gethostname(), "device": "cuda:0" if device == "cuda" else "cpu",
-            "physical_gpu": physical, "device_name": name, "backend": torch.distributed.get_backend()}
+    index = torch.cuda.current_device() if device == "cuda" else None
+    return {"mode": "context" if split else DATA, "rank": rank, "world_size": world,
+            "local_rank": int(os.environ.get("LOCAL_RANK", "0")), "host": socket.gethostname(),
+            "device": f"cuda:{index}" if device == "cuda" else "cpu", "physical_gpu": physical if device == "cuda"
+            else None, "device_name": torch.cuda.get_device_name(index) if device == "cuda" else "cpu",
+            "backend": torch.distributed.get_backend()}
 
 
 def rank_main(argv: list[str] | None = None) -> int:
@@ -164,12 +173,14 @@ def rank_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launch", type=int, required=True)
     parser.add_argument("--device", choices=("cuda", "cpu"), required=True)
     parser.add_argument("--config")
+    parser.add_argument("--mode", choices=(DATA, *CONTEXT_MODES), default=DATA)
     args = parser.parse_args(argv)
-    physical = map_local_gpu() if args.device == "cuda" else None
+    split = args.mode != DATA  # context parallel: every rank sees every GPU and uses cuda:LOCAL_RANK
+    physical = map_local_gpu() if args.device == "cuda" and not split else os.environ.get("LOCAL_RANK", "0")
     import torch
 
     if args.device == "cuda":
-        torch.cuda.set_device(0)
+        torch.cuda.set_device(int(physical) if split else 0)
     torch.distributed.init_process_group(backend="nccl" if args.device == "cuda" else "gloo")
     lock = RunLock.acquire(args.run_dir)  # under the owner's lock (its token), or refused
     if lock.token is not None:  # the lock was free: the owner is gone, so no one would merge this rank's work
@@ -181,8 +192,10 @@ def rank_main(argv: list[str] | None = None) -> int:
     choice = resolve_model(manifest["model"]["name"], config)
     request = request_from_dict(choice.spec, manifest["parameters"])
     pending = pending_indexes(args.run_dir, manifest, len(request.items()))
-    placement = _placement(args.device, physical)
-    mine = shard(pending, placement["world_size"], placement["rank"])
+    placement = _placement(args.device, physical, split)
+    mine = pending if split else shard(pending, placement["world_size"], placement["rank"])
+    # context parallel: rank 0 writes the images, the other ranks compute with it and write nothing
+    writes = not split or placement["rank"] == 0
     part = RankPart(args.run_dir, args.launch, placement["rank"], placement["world_size"], placement,
                     manifest["images"])
     part.record(shard=mine)
@@ -191,9 +204,18 @@ def rank_main(argv: list[str] | None = None) -> int:
         model = load_model(choice.spec, checkpoint=manifest["model"].get("checkpoint"), device=args.device,
                            config=config, progress=False)
         part.record(load_seconds=round(time.perf_counter() - start, 3), load_report=model.report.to_dict())
+        if split:
+            check_context_parallel(args.mode, placement["world_size"], args.device, model.backend,
+                                   bool(model.spec.compile))
+            if model.report.offload != "none":
+                raise RequestError("parallel", f"--parallel {args.mode}: the model is offloaded to the CPU on this "
+                                   "GPU, so no rank holds it whole", fix="a GPU with room for the whole model")
+            placement["context_parallel"] = enable_context_parallel(model.pipe, args.mode, placement["world_size"])
+            part.record(context_parallel=placement["context_parallel"])
         torch.distributed.barrier()  # every rank loaded: generation starts together (throughput without load)
         part.record(generate_started=time.time())
-        generate(model, request, part, progress=False, model_reason=manifest["model"].get("reason"), only=mine,
+        generate(model, request, part if writes else None, progress=False, model_reason=manifest["model"].get("reason"),
+                 only=mine,
                  on_image=lambda image: print(f"rank {placement['rank']}: {image.path}", flush=True))
     except GenerationFailed as exc:
         part.record(status="incomplete", error=str(exc).splitlines()[0], generate_finished=time.time())
