@@ -11,6 +11,7 @@ GPUs, gloo on CPUs), loads the model, and makes its shard of the still-missing i
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from .contextparallel import check_context_parallel, enable_context_parallel
 from .errors import FluxnbError, GenerationFailed, InputError, RequestError
 from .generation import generate
 from .loading import load_model
-from .outputs import LOCK_TOKEN_ENV, RunFolder, RunLock, read_manifest
+from .outputs import LOCK_FILE, LOCK_TOKEN_ENV, RunFolder, RunLock, read_manifest
 from .params import request_from_dict
 from .selection import resolve_model
 from .shards import RankPart, merge_parts, pending_indexes, shard
@@ -153,6 +154,37 @@ def map_local_gpu() -> str | None:
     return ids[local_rank]
 
 
+def owner_alive(run_dir: str | Path) -> bool:
+    """Whether the launching process still holds the run folder's lock. torchrun starts each rank in its own
+    session, so a rank outlives a SIGKILLed owner; it asks this at every denoising step and stops when the owner is
+    gone, so that a later resume is again the only writer. (A shared lock taken for an instant: a resume that
+    tries to lock at that very instant is refused as busy and can simply be run again.)"""
+    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the shared lock if it was taken
+    return False
+
+
+class OwnerGone(FluxnbError):
+    """The launching process died: this rank stops (its finished images are kept for a resume)."""
+
+
+def stop_when_owner_gone(run_dir: str | Path):
+    """A diffusers callback_on_step_end that raises OwnerGone once the owner no longer holds the lock."""
+
+    def check(pipe, step, timestep, callback_kwargs):
+        if not owner_alive(run_dir):
+            raise OwnerGone(f"the process that launched this rank no longer holds {run_dir}; stopping",
+                            fix=f"fluxnb generate --resume {run_dir} --gpus N")
+        return callback_kwargs
+
+    return check
+
+
 def _placement(device: str, physical: str | None, split: bool) -> dict[str, Any]:
     """Which rank, host and device made an image: copied into its metadata (`parallel`)."""
     import torch
@@ -163,7 +195,7 @@ def _placement(device: str, physical: str | None, split: bool) -> dict[str, Any]
             "local_rank": int(os.environ.get("LOCAL_RANK", "0")), "host": socket.gethostname(),
             "device": f"cuda:{index}" if device == "cuda" else "cpu", "physical_gpu": physical if device == "cuda"
             else None, "device_name": torch.cuda.get_device_name(index) if device == "cuda" else "cpu",
-            "backend": torch.distributed.get_backend()}
+            "backend": torch.distributed.get_backend(), "pid": os.getpid()}
 
 
 def rank_main(argv: list[str] | None = None) -> int:
@@ -215,7 +247,7 @@ def rank_main(argv: list[str] | None = None) -> int:
         torch.distributed.barrier()  # every rank loaded: generation starts together (throughput without load)
         part.record(generate_started=time.time())
         generate(model, request, part if writes else None, progress=False, model_reason=manifest["model"].get("reason"),
-                 only=mine,
+                 only=mine, callback_on_step_end=stop_when_owner_gone(args.run_dir),
                  on_image=lambda image: print(f"rank {placement['rank']}: {image.path}", flush=True))
     except GenerationFailed as exc:
         part.record(status="incomplete", error=str(exc).splitlines()[0], generate_finished=time.time())
