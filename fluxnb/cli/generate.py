@@ -17,6 +17,7 @@ from ..generation import generate
 from ..loading import load_model
 from ..outputs import RunFolder, check_run_folder, read_manifest
 from ..params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request, read_prompts_file, request_from_dict
+from ..raybatch import run_on_ray
 from ..selection import resolve_model
 from ..shards import merge_parts
 
@@ -46,6 +47,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "through torchrun (with --resume: any N finishes the missing images)")
     parser.add_argument("--parallel", choices=CONTEXT_MODES, help="with --gpus N: each image on all N GPUs "
                         "(diffusers context parallelism: lower latency per image) instead of one image per GPU")
+    parser.add_argument("--ray", metavar="ADDRESS", help="many hosts: run the batch on a Ray cluster, one actor "
+                        "per GPU (--gpus N actors; `local` starts a cluster on this machine, `auto` joins the one "
+                        "this node belongs to); the run folder must be on storage all hosts share")
     return parser
 
 
@@ -119,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         run_folder.record(model={"name": choice.spec.name, "id": choice.spec.id, "reason": choice.reason,
                                  "checkpoint": checkpoint}, parameters=request.to_dict())
     print(model_banner(choice), flush=True)
+    if args.ray is not None:
+        return run_ray(args, run_folder, len(request.items()))
     if args.gpus is not None:
         return run_parallel(args, run_folder, len(request.items()))
     interactive = sys.stderr.isatty()
@@ -141,9 +147,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_ray(args: argparse.Namespace, run_folder: RunFolder, total: int) -> int:
+    """--ray: this process owns the run folder; Ray actors make the images (fluxnb.raybatch)."""
+    try:
+        launch = run_on_ray(run_folder, address=args.ray, asked=args.gpus, total=total, config=args.config)
+    except BaseException:
+        print(f"run folder: {run_folder.path}", file=sys.stderr)
+        raise
+    print(f"{launch['world_size']} Ray worker(s), {launch['pending']} image(s) made in {launch['wall_seconds']:.1f} s")
+    print(f"run folder: {run_folder.path}")
+    return 0
+
+
 def check_parallel_options(args: argparse.Namespace, spec) -> None:
     """--parallel needs --gpus, and a stack, device and model that context parallelism supports: refused before
     anything loads."""
+    if args.parallel is not None and args.ray is not None:
+        raise RequestError("parallel", "--parallel runs under torchrun on one host; it cannot be combined with --ray.",
+                           fix="--ray ADDRESS for a batch over many hosts, or --gpus N --parallel ulysses on one host")
     if args.parallel is None:
         return
     if args.gpus is None:
