@@ -20,6 +20,7 @@ from ..params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request, read_prompts_f
 from ..raybatch import run_on_ray
 from ..selection import resolve_model
 from ..shards import merge_parts
+from ..tiny import ensure_tiny_checkpoint
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -123,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         run_folder.record(model={"name": choice.spec.name, "id": choice.spec.id, "reason": choice.reason,
                                  "checkpoint": checkpoint}, parameters=request.to_dict())
     print(model_banner(choice), flush=True)
+    if (args.ray is not None or args.gpus is not None) and get_backend(choice.spec.type).embedded:
+        ensure_tiny_checkpoint()  # built once here: N processes building it at the same moment race
     if args.ray is not None:
         return run_ray(args, run_folder, len(request.items()))
     if args.gpus is not None:
