@@ -100,7 +100,8 @@ def connect(address: str, workers: int, device: str) -> Any:
     ray = _ray()
     root = str(Path(__file__).resolve().parent.parent)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    env.update({k: v for k, v in os.environ.items() if k.startswith(("FLUXNB_", "HF_"))})
+    # fluxnb's and the hub's settings travel to the actors; a token never does (give the cluster its own secret)
+    env.update({k: v for k, v in os.environ.items() if k.startswith(("FLUXNB_", "HF_")) and "TOKEN" not in k})
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
     if address == LOCAL:
         kwargs.update(num_cpus=max(workers, 1) if device == "cpu" else None, include_dashboard=False,
