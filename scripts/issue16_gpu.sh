@@ -13,6 +13,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# Given $OUT (the device machine sets it; only a few files come back from there): everything but the JSON, the
+# chart and the table is packed into issue16-details.tgz at the end. ISSUE16_PACK=0/1 overrides.
+PACK=${ISSUE16_PACK:-$([ -n "${OUT:-}" ] && echo 1 || echo 0)}
 OUT=${OUT:-$ROOT/outputs/issue16-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/runs"
 PY=${PYTHON:-python3}
@@ -48,7 +51,10 @@ else
     if [ "${gpus:-0}" -lt 2 ]; then echo "error: this script needs 2+ GPUs (nvidia-smi -L shows ${gpus:-0})"; exit 1; fi
     COUNTS="1 2"; CP_COUNTS="2"
     if [ "$gpus" -ge 4 ]; then COUNTS="1 2 4"; CP_COUNTS="2 4"; fi
-    export FLUXNB_SYNTHETIC=${FLUXNB_SYNTHETIC:-/dev/shm/fluxnb-synthetic}
+    if [ -z "${FLUXNB_SYNTHETIC:-}" ]; then  # ~33 GB: /dev/shm when it has room (fast loads), else /tmp
+        shm=$(df --output=avail -B1G /dev/shm 2>/dev/null | tail -1 | tr -d ' ' || echo 0)
+        if [ "${shm:-0}" -ge 40 ]; then export FLUXNB_SYNTHETIC=/dev/shm/fluxnb-synthetic; else export FLUXNB_SYNTHETIC=/tmp/fluxnb-synthetic; fi
+    fi
     echo "== building the synthetic bf16 checkpoint in $FLUXNB_SYNTHETIC ($(date -u +%FT%TZ))"
     ck=$($PY -c "from fluxnb.synthetic import ensure_synthetic_checkpoint as e; import sys; print(e('bf16', log=lambda m: print(m, file=sys.stderr)))" | tail -1) || exit 1
     CHECKPOINT=(--checkpoint "$ck")
@@ -103,7 +109,7 @@ for n in $CP_COUNTS; do
 done
 mkdir -p "$OUT/runs/cp2"  # so the report says when the Ulysses stage made nothing
 echo "== report ($(date -u +%FT%TZ), $((SECONDS - START)) s)"
-$PY scripts/issue16_report.py "$OUT"
+$PY scripts/issue16_report.py "$OUT" > "$OUT/issue16.txt"
 status=$?
 # The PNGs of the full-size runs are large and noise (random weights): keep the manifests and one image per stage.
 if [ "${ISSUE16_TINY:-0}" != 1 ]; then
@@ -112,4 +118,10 @@ if [ "${ISSUE16_TINY:-0}" != 1 ]; then
         ls "$run"*.png 2>/dev/null | tail -n +2 | xargs -r rm -f
     done
 fi
+if [ "$PACK" = 1 ]; then
+    (cd "$OUT" && tar czf issue16-details.tgz --exclude=issue16.json --exclude=issue16.png --exclude=issue16.txt \
+        --exclude=issue16-details.tgz . && rm -rf runs stage-*.log doctor.txt prompts.yaml)
+fi
+echo "== done ($(date -u +%FT%TZ), $((SECONDS - START)) s): $OUT/issue16.json, issue16.png, issue16.txt"
+cat "$OUT/issue16.txt"
 exit $status

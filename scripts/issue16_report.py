@@ -15,6 +15,7 @@ prints the table last. Definitions:
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -75,7 +76,9 @@ def fidelity(cp_run: Path, cp: dict, ref_run: Path, ref: dict) -> list[dict[str,
         a = np.asarray(Image.open(cp_run / entry["file"]).convert("RGB"), dtype=np.int16)
         b = np.asarray(Image.open(ref_run / match["file"]).convert("RGB"), dtype=np.int16)
         diff = np.abs(a - b)
-        rows.append({"seed": entry["seed"], "psnr_db": round(psnr(a, b), 2), "max_abs_diff": int(diff.max()),
+        value = psnr(a, b)  # inf for identical images: written as null with identical=true (JSON has no inf)
+        rows.append({"seed": entry["seed"], "psnr_db": None if math.isinf(value) else round(value, 2),
+                     "identical": bool(diff.max() == 0), "max_abs_diff": int(diff.max()),
                      "mean_abs_diff": round(float(diff.mean()), 3)})
     return rows
 
@@ -149,7 +152,8 @@ def table(results: dict[str, Any]) -> str:
     lines.append(f"{1:>29} | {one.get('latency_seconds')!s:>7} | {'1.0':>17} | {'-':>18} | -")
     for n, r in results["latency"].items():
         fid = r.get("fidelity_vs_1gpu") or []
-        worst = min((f["psnr_db"] for f in fid), default=None)
+        finite = [f["psnr_db"] for f in fid if f["psnr_db"] is not None]
+        worst = min(finite) if finite else ("identical" if fid else None)
         lines.append(f"{n:>29} | {r.get('latency_seconds')!s:>7} | {r.get('speedup_vs_1gpu')!s:>17} | "
                      f"{worst!s:>18} | {max((f['max_abs_diff'] for f in fid), default='-')}")
     lines += [f"note: {n}" for n in results["notes"]]
