@@ -249,10 +249,11 @@ def rank_main(argv: list[str] | None = None) -> int:
         generate(model, request, part if writes else None, progress=False, model_reason=manifest["model"].get("reason"),
                  only=mine, callback_on_step_end=stop_when_owner_gone(args.run_dir),
                  on_image=lambda image: print(f"rank {placement['rank']}: {image.path}", flush=True))
-    except GenerationFailed as exc:
+    except GenerationFailed as exc:  # out of memory on some items: recorded in the part; exit 0 so that torchrun
+        # does not stop the other ranks, and the owner lists these items as missing, with their errors
         part.record(status="incomplete", error=str(exc).splitlines()[0], generate_finished=time.time())
         torch.distributed.destroy_process_group()
-        return 1
+        return 0
     except BaseException as exc:
         part.record(status="failed", error=f"{type(exc).__name__}: {str(exc)[:500]}", generate_finished=time.time())
         raise

@@ -137,3 +137,17 @@ def test_a_part_whose_png_is_missing_or_truncated_is_not_listed(tmp_path):
     assert pending_indexes(run.path, run.manifest, 3) == [1, 2]
     run.close()
     Path(cut).unlink()
+
+
+def test_doctor_says_which_multi_gpu_modes_a_host_can_use():
+    from fluxnb.doctor import check_environment, multi_gpu_modes
+
+    four = multi_gpu_modes(4, None, ray=True)
+    assert four[0].startswith("data parallel: fluxnb generate --gpus 4")
+    assert "--gpus 4 --parallel ulysses" in four[1] and four[2].startswith("many hosts: fluxnb generate --ray")
+    old = multi_gpu_modes(2, "diffusers 0.34.0 has no context parallelism", ray=False)
+    assert old[1] == "one image on several GPUs: not with this diffusers (diffusers 0.34.0 has no context parallelism)"
+    assert len(old) == 2
+    assert multi_gpu_modes(1, None, ray=False)[0].startswith("one GPU: the multi-GPU modes need 2+ GPUs")
+    row = check_environment("flux-tiny").row("multi-GPU")  # this machine: no GPU
+    assert row.status == "ok" and row.found.startswith("0 GPU(s). Modes: no GPU: the multi-GPU modes need 2+ GPUs")
