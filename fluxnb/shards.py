@@ -110,6 +110,7 @@ def merge_parts(run: RunFolder, *, delete: bool) -> int:
         return 0
     listed = {entry["file"] for entry in run.manifest["images"]}
     added = 0
+    before = json.dumps([run.manifest["failures"], run.manifest.get("parallel", {}).get("ranks")], default=str)
     ranks = run.manifest.setdefault("parallel", {}).setdefault("ranks", [])
     for _file, part in parts:
         for entry in part.get("images", []):
@@ -131,7 +132,9 @@ def merge_parts(run: RunFolder, *, delete: bool) -> int:
     done = {entry.get("index") for entry in run.manifest["images"]}
     run.manifest["failures"] = [f for f in run.manifest["failures"] if f.get("index") not in done]
     run.manifest["images"].sort(key=lambda e: e.get("index") if isinstance(e.get("index"), int) else 0)
-    run.record()  # the manifest is written (atomically) before any part goes
+    after = json.dumps([run.manifest["failures"], run.manifest["parallel"]["ranks"]], default=str)
+    if added or after != before or delete:
+        run.record()  # the manifest is written (atomically) before any part goes
     if delete:
         for file, _part in parts:
             file.unlink(missing_ok=True)
