@@ -119,8 +119,10 @@ if [ "${ISSUE16_TINY:-0}" != 1 ]; then
     done
 fi
 if [ "$PACK" = 1 ]; then
-    (cd "$OUT" && tar czf issue16-details.tgz --exclude=issue16.json --exclude=issue16.png --exclude=issue16.txt \
-        --exclude=issue16-details.tgz . && rm -rf runs stage-*.log doctor.txt prompts.yaml)
+    details=$(mktemp /tmp/issue16-details.XXXXXX.tgz)  # outside $OUT: tar must not read the file it writes
+    tar czf "$details" -C "$OUT" runs $(cd "$OUT" && ls stage-*.log doctor.txt prompts.yaml 2>/dev/null) \
+        && mv "$details" "$OUT/issue16-details.tgz" \
+        && (cd "$OUT" && rm -rf runs stage-*.log doctor.txt prompts.yaml)
 fi
 echo "== done ($(date -u +%FT%TZ), $((SECONDS - START)) s): $OUT/issue16.json, issue16.png, issue16.txt"
 cat "$OUT/issue16.txt"
