@@ -126,8 +126,9 @@ def _reload(run: RunFolder, entry: dict[str, Any]) -> GeneratedImage:
 
 def _drop_truncation_echo(record: logging.LogRecord) -> bool:
     """diffusers echoes the whole cut-off part of a long prompt on every image (100 KB for a 100,000-character
-    prompt); truncation_notes() says it once, with the counts."""
-    return not str(record.msg).startswith("The following part of your input was truncated")
+    prompt), and transformers warns of the token count; truncation_notes() says it once, with the counts."""
+    return not str(record.msg).startswith(("The following part of your input was truncated",
+                                           "Token indices sequence length is longer than"))
 
 
 def truncation_notes(pipe, request: GenerationRequest) -> list[str]:
@@ -217,8 +218,9 @@ def generate(
     items = request.items() if only is None else [item for item in request.items() if item[0] in set(only)]
     for note in truncation_notes(pipe, request):
         print(note, file=sys.stderr, flush=True)
-    pipeline_logger = logging.getLogger(type(pipe).__module__)
-    pipeline_logger.addFilter(_drop_truncation_echo)
+    echoing = [logging.getLogger(type(pipe).__module__), logging.getLogger("transformers.tokenization_utils_base")]
+    for logger in echoing:
+        logger.addFilter(_drop_truncation_echo)
     try:
         for index, prompt, seed in items:
             item = {"index": index, "prompt": prompt, "seed": seed, **common}
@@ -233,7 +235,8 @@ def generate(
             run.record(status="interrupted", error="KeyboardInterrupt: stopped by the user")
         raise
     finally:
-        pipeline_logger.removeFilter(_drop_truncation_echo)
+        for logger in echoing:
+            logger.removeFilter(_drop_truncation_echo)
     if batch.failures:
         if run is not None:
             run.record(status="incomplete")
