@@ -26,6 +26,7 @@ from packaging.version import Version
 from . import compile_cache
 from .backends import Backend, compile_wanted, get_backend
 from .config import ModelConfig, ModelSpec, load_config
+from .contextparallel import context_parallel_available
 from .environment import GENERATION_PACKAGES, gpu_facts, installed_versions, package_version
 from .hub import hf_cache_dir, hf_token, is_cached, offline_mode
 from .knowledge import (
@@ -257,6 +258,34 @@ def _check_gpu(rows: list[Check], info: dict[str, Any], spec: ModelSpec, needs: 
         rows.append(Check("GPU", OK, found))
 
 
+def multi_gpu_modes(count: int, context_parallel_missing: str | None, ray: bool) -> list[str]:
+    """Which of fluxnb's multi-GPU modes this host can use (README "More than one GPU")."""
+    if count < 2:
+        modes = [f"{'one GPU' if count == 1 else 'no GPU'}: the multi-GPU modes need 2+ GPUs (`--gpus N` still runs "
+                 "N CPU processes with gloo where there is no GPU: a demonstration, not a speed-up)"]
+    else:
+        modes = [f"data parallel: fluxnb generate --gpus {count} (one pipeline per GPU, any model type)"]
+        modes.append(f"one image on several GPUs: not with this diffusers ({context_parallel_missing})"
+                     if context_parallel_missing else
+                     f"one image on several GPUs: fluxnb generate --gpus {count} --parallel ulysses (bf16 entries)")
+    if ray:
+        modes.append("many hosts: fluxnb generate --ray ADDRESS (ray is installed)")
+    return modes
+
+
+def _check_multi_gpu(rows: list[Check], info: dict[str, Any]) -> None:
+    gpus = info.get("gpus") or []
+    links = info.get("links")
+    found = f"{len(gpus)} GPU(s)"
+    if gpus:
+        found += ": " + ", ".join(f"{g['index']}: {g['name']} {g['total_memory'] / GIB:.0f} GiB" for g in gpus)
+    if len(gpus) > 1:
+        found += ("; interconnect: " + (f"{links['kind']} (active NVLink links per GPU: {links['nvlink_active_links']})"
+                                        if links else "unknown (install nvidia-ml-py to read it from NVML)"))
+    modes = multi_gpu_modes(len(gpus), context_parallel_available(), package_version("ray") is not None)
+    rows.append(Check("multi-GPU", OK, found + ". Modes: " + "; ".join(modes)))
+
+
 def _check_models(rows: list[Check], config: ModelConfig, info: dict[str, Any]) -> None:
     parts = []
     for spec in config.models.values():
@@ -432,6 +461,7 @@ def check_environment(
     _check_python(report.rows)
     _check_torch(report.rows, info, needs)
     _check_gpu(report.rows, info, spec, needs)
+    _check_multi_gpu(report.rows, info)
     _check_models(report.rows, config, info)
     _check_versions(report.rows, have, kb, hypothetical=False)
     _check_torchvision(report.rows, have)

@@ -125,9 +125,50 @@ def nvidia_driver_version() -> str | None:
     return _driver_from_nvml() or _driver_from_nvidia_smi() or _driver_from_proc()
 
 
+def gpu_links(count: int) -> dict[str, Any] | None:
+    """How the GPUs are connected, from NVML (nvidia-ml-py, optional): per pair the active NVLink links and the
+    topology level (the closest common ancestor: NVML's TOPOLOGY_* names); None without NVML or a driver."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    levels = {getattr(pynvml, name): name.removeprefix("NVML_TOPOLOGY_").lower() for name in dir(pynvml)
+              if name.startswith("NVML_TOPOLOGY_") and isinstance(getattr(pynvml, name), int)}
+    try:
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        nvlinks = []
+        for handle in handles:
+            active = 0
+            for link in range(getattr(pynvml, "NVML_NVLINK_MAX_LINKS", 18)):
+                try:
+                    active += int(pynvml.nvmlDeviceGetNvLinkState(handle, link) == pynvml.NVML_FEATURE_ENABLED)
+                except pynvml.NVMLError:
+                    break
+            nvlinks.append(active)
+        pairs = []
+        for i in range(count):
+            for j in range(i + 1, count):
+                try:
+                    level = levels.get(pynvml.nvmlDeviceGetTopologyCommonAncestor(handles[i], handles[j]), "unknown")
+                except pynvml.NVMLError:
+                    level = "unknown"
+                pairs.append({"gpus": [i, j], "level": level})
+        return {"nvlink_active_links": nvlinks, "pairs": pairs,
+                "kind": "NVLink" if nvlinks and min(nvlinks) > 0 else "PCIe"}
+    except pynvml.NVMLError:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def gpu_facts(*, driver: bool = True) -> dict[str, Any]:
     """The GPU as torch sees it, read now (free memory changes): torch and its CUDA build, whether CUDA works, the
-    NVIDIA driver, and on CUDA the first GPU's name, compute capability, total and free bytes and the GPU count."""
+    NVIDIA driver, and on CUDA the first GPU's name, compute capability, total and free bytes and the GPU count,
+    every GPU's name and memory (`gpus`) and, with NVML, how they are connected (`links`, see gpu_links)."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -136,8 +177,12 @@ def gpu_facts(*, driver: bool = True) -> dict[str, Any]:
     if cuda:
         props = torch.cuda.get_device_properties(0)
         free, total = torch.cuda.mem_get_info(0)
+        count = torch.cuda.device_count()
         facts.update(gpu=props.name, capability=f"{props.major}.{props.minor}", free=free, total=total,
-                     total_memory=props.total_memory, count=torch.cuda.device_count())
+                     total_memory=props.total_memory, count=count,
+                     gpus=[{"index": i, "name": torch.cuda.get_device_properties(i).name,
+                            "total_memory": torch.cuda.get_device_properties(i).total_memory} for i in range(count)],
+                     links=gpu_links(count) if count > 1 else None)
     return facts
 
 

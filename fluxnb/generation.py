@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +174,7 @@ def generate(
     model_reason: str | None = None,
     callback_on_step_end: Callable | None = None,
     on_image: Callable[[GeneratedImage], None] | None = None,
+    only: Collection[int] | None = None,
 ) -> list[GeneratedImage]:
     """Generate every image of `request` with `model`; save each into `run` as soon as it is done.
 
@@ -181,6 +182,7 @@ def generate(
     same parameters give the same pixels): that is how a reopened run (RunFolder.create(..., resume=True)) resumes.
     callback_on_step_end: passed to the diffusers pipeline (progress displays, tests).
     on_image: called with each new image as soon as it is saved (live listings).
+    only: the item indexes to make (a data-parallel rank's shard, fluxnb.dataparallel); None: every item.
     Raises GenerationFailed after the batch when some images failed (the others are kept), ModelUnusable
     when failures repeat, and re-raises KeyboardInterrupt after marking the run "interrupted".
     """
@@ -227,7 +229,7 @@ def generate(
     names = [choice.name for choice in request.loras]
     done = _already_done(run) if run is not None else {}
     batch = _Batch()
-    items = request.points()
+    items = request.points() if only is None else [p for p in request.points() if p["index"] in set(only)]
     for note in truncation_notes(pipe, request):
         print(note, file=sys.stderr, flush=True)
     echoing = [logging.getLogger(type(pipe).__module__), logging.getLogger("transformers.tokenization_utils_base")]

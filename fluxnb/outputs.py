@@ -317,6 +317,12 @@ class RunFolder:
         run._save_manifest()
         return run
 
+    def account_for_files(self) -> None:
+        """Adopt complete unlisted images, set aside what cannot be accounted for, and save the manifest (the
+        data-parallel owner calls it once its ranks have exited: a rank killed between its PNG and its part line)."""
+        self._account_for_files()
+        self._save_manifest()
+
     def _account_for_files(self) -> None:
         """Make the manifest list exactly the complete images on disk (see open())."""
         kept, notes = [], self.manifest.setdefault("set_aside", [])
@@ -384,8 +390,9 @@ class RunFolder:
         wanted = identity(metadata)
         return next((entry for entry in self.manifest["images"] if identity(entry) == wanted), None)
 
-    def save_image(self, image, metadata: dict[str, Any]) -> Path:
-        """Write one PNG (named by image_file_name, never overwriting) with its metadata; list it in the manifest."""
+    @staticmethod
+    def write_png(folder: Path, image, metadata: dict[str, Any]) -> Path:
+        """Write one PNG named by image_file_name, atomically, with its metadata (no manifest line: the caller's)."""
         import io
 
         from PIL.PngImagePlugin import PngInfo
@@ -394,14 +401,20 @@ class RunFolder:
         info.add_itxt(PNG_METADATA_KEY, json.dumps(metadata, ensure_ascii=False, default=str))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG", pnginfo=info)
-        target = self.path / image_file_name(metadata)
-        if target.exists():  # not ours to overwrite (a file placed there by hand): kept beside, said so
-            self.manifest.setdefault("set_aside", []).append(
-                self._set_aside(target, "was in the way of an image of this run (not listed in the manifest)"))
+        target = Path(folder) / image_file_name(metadata)
         try:
             atomic_write_bytes(target, buffer.getvalue())
         except OSError as exc:
             raise OutputWriteError(target, exc) from None
+        return target
+
+    def save_image(self, image, metadata: dict[str, Any]) -> Path:
+        """Write one PNG (named by image_file_name, never overwriting) with its metadata; list it in the manifest."""
+        target = self.path / image_file_name(metadata)
+        if target.exists():  # not ours to overwrite (a file placed there by hand): kept beside, said so
+            self.manifest.setdefault("set_aside", []).append(
+                self._set_aside(target, "was in the way of an image of this run (not listed in the manifest)"))
+        self.write_png(self.path, image, metadata)
         self.manifest["images"].append({"file": target.name, **metadata})
         self.manifest["failures"] = [f for f in self.manifest["failures"] if f.get("index") != metadata.get("index")]
         self._save_manifest()

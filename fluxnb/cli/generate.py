@@ -6,16 +6,23 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..backends import get_backend
 from ..config import load_config
+from ..contextparallel import MODES as CONTEXT_MODES
+from ..contextparallel import check_context_parallel
+from ..dataparallel import DATA, plan_processes, run_data_parallel
 from ..display import model_banner
 from ..errors import InputError, RequestError
 from ..generation import generate
 from ..loading import load_model
 from ..outputs import RunFolder, check_run_folder, read_manifest
 from ..params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request, read_prompts_file, request_from_dict
+from ..raybatch import run_on_ray
 from ..selection import resolve_model
+from ..shards import merge_parts
 from ..sweep_grid import save_sweep_grid
 from ..sweeps import parse_cli
+from ..tiny import ensure_tiny_checkpoint
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -46,6 +53,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "model entry's `cache:`, off unless set)")
     parser.add_argument("--output-dir", help="base folder for run folders (default: outputs/)")
     parser.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
+    parser.add_argument("--checkpoint", help="load the weights from this local folder (hub layout) instead of the "
+                        "entry's id, e.g. a synthetic checkpoint (fluxnb.synthetic)")
+    parser.add_argument("--gpus", metavar="N|all", help="data parallel: one pipeline per GPU of this host, launched "
+                        "through torchrun (with --resume: any N finishes the missing images)")
+    parser.add_argument("--parallel", choices=CONTEXT_MODES, help="with --gpus N: each image on all N GPUs "
+                        "(diffusers context parallelism: lower latency per image) instead of one image per GPU")
+    parser.add_argument("--ray", metavar="ADDRESS", help="many hosts: run the batch on a Ray cluster, one actor "
+                        "per GPU (--gpus N actors; `local` starts a cluster on this machine, `auto` joins the one "
+                        "this node belongs to); the run folder must be on storage all hosts share")
     return parser
 
 
@@ -79,7 +95,7 @@ def new_request(args: argparse.Namespace, spec):
 
 # Options that describe a request: a resume takes the run's own request, so giving one of them is refused.
 REQUEST_OPTIONS = ("model", "prompt", "prompts", "negative_prompt", "seed", "steps", "guidance_scale", "width",
-                   "height", "num_images", "max_sequence_length", "init_image", "strength", "output_dir")
+                   "height", "num_images", "max_sequence_length", "init_image", "strength", "output_dir", "checkpoint")
 
 
 def check_resumable(args: argparse.Namespace) -> None:
@@ -111,17 +127,28 @@ def run(args: argparse.Namespace) -> int:
         stored_model, stored = run_folder.manifest["model"], run_folder.manifest["parameters"]
         choice = resolve_model(stored_model["name"], config)
         request = request_from_dict(choice.spec, stored)
+        check_parallel_options(args, choice.spec)
+        merge_parts(run_folder, delete=True)  # a data-parallel launch's leftover parts
         print(f"resuming {run_folder.path}: {len(run_folder.manifest['images'])} image(s) already done", flush=True)
     else:
         choice = resolve_model(args.model, config)
         request = new_request(args, choice.spec)
+        check_parallel_options(args, choice.spec)
         run_folder = RunFolder.create("generate", base=args.output_dir)
-        run_folder.record(model={"name": choice.spec.name, "id": choice.spec.id, "reason": choice.reason},
-                          parameters=request.to_dict())
+        checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
+        run_folder.record(model={"name": choice.spec.name, "id": choice.spec.id, "reason": choice.reason,
+                                 "checkpoint": checkpoint}, parameters=request.to_dict())
     print(model_banner(choice), flush=True)
+    if (args.ray is not None or args.gpus is not None) and get_backend(choice.spec.type).embedded:
+        ensure_tiny_checkpoint()  # built once here: N processes building it at the same moment race
+    if args.ray is not None:
+        return run_ray(args, run_folder, len(request.points()))
+    if args.gpus is not None:
+        return run_parallel(args, run_folder, len(request.points()))
     interactive = sys.stderr.isatty()
     try:
-        model = load_model(choice.spec, config=config, progress=interactive)
+        model = load_model(choice.spec, checkpoint=run_folder.manifest["model"].get("checkpoint"), config=config,
+                           progress=interactive)
         print(model.report, flush=True)
         run_folder.record(load_report=model.report.to_dict())
         images = generate(model, request, run_folder, progress=interactive, model_reason=choice.reason,
@@ -136,5 +163,52 @@ def run(args: argparse.Namespace) -> int:
     if request.sweep:
         print(f"sweep grid: {save_sweep_grid(request, images, run_folder.path)}", flush=True)
     run_folder.finish()
+    print(f"run folder: {run_folder.path}")
+    return 0
+
+
+def run_ray(args: argparse.Namespace, run_folder: RunFolder, total: int) -> int:
+    """--ray: this process owns the run folder; Ray actors make the images (fluxnb.raybatch)."""
+    try:
+        launch = run_on_ray(run_folder, address=args.ray, asked=args.gpus, total=total, config=args.config)
+    except BaseException:
+        print(f"run folder: {run_folder.path}", file=sys.stderr)
+        raise
+    print(f"{launch['world_size']} Ray worker(s), {launch['pending']} image(s) made in {launch['wall_seconds']:.1f} s")
+    print(f"run folder: {run_folder.path}")
+    return 0
+
+
+def check_parallel_options(args: argparse.Namespace, spec) -> None:
+    """--parallel needs --gpus, and a stack, device and model that context parallelism supports: refused before
+    anything loads."""
+    if args.parallel is not None and args.ray is not None:
+        raise RequestError("parallel", "--parallel runs under torchrun on one host; it cannot be combined with --ray.",
+                           fix="--ray ADDRESS for a batch over many hosts, or --gpus N --parallel ulysses on one host")
+    if args.parallel is None:
+        return
+    if args.gpus is None:
+        raise RequestError("parallel", f"--parallel {args.parallel} splits each image over several GPUs; it needs "
+                           "--gpus.", fix=f"--gpus 2 --parallel {args.parallel}")
+    import torch
+
+    processes, device, _note = plan_processes(args.gpus, torch.cuda.device_count())
+    check_context_parallel(args.parallel, processes, device, get_backend(spec.type), bool(spec.compile))
+
+
+def run_parallel(args: argparse.Namespace, run_folder: RunFolder, total: int) -> int:
+    """--gpus: this process owns the run folder; torchrun's ranks make the images (fluxnb.dataparallel)."""
+    import torch
+
+    processes, device, note = plan_processes(args.gpus, torch.cuda.device_count())
+    if note:
+        print(f"note: {note}", flush=True)
+    try:
+        launch = run_data_parallel(run_folder, processes=processes, device=device, total=total, config=args.config,
+                                   mode=args.parallel or DATA)
+    except BaseException:
+        print(f"run folder: {run_folder.path}", file=sys.stderr)
+        raise
+    print(f"{launch['world_size']} rank(s), {launch['pending']} image(s) made in {launch['wall_seconds']:.1f} s")
     print(f"run folder: {run_folder.path}")
     return 0

@@ -27,6 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's, i.e. this Python)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="re-execute into this run folder with its parameters "
                         "(plus any -p/-f), making only the images it does not hold yet")
+    parser.add_argument("--gpus", metavar="N|all", help="the same as `-p gpus N`: notebooks that declare `gpus` "
+                        "(05_multi_gpu) make their batch with the data-parallel engine (fluxnb generate --gpus)")
     return parser
 
 
@@ -36,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         parameters.update(read_parameters_file(file))
     for name, value in args.param or []:
         parameters[name] = parse_cli_value(value)
+    if args.gpus is not None:
+        parameters["gpus"] = parse_cli_value(args.gpus)
     if args.resume:
         run_dir = resume_notebook(args.notebook, args.resume, parameters, kernel_name=args.kernel)
     else:

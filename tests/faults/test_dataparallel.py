@@ -1,0 +1,119 @@
+"""Data parallel on the CPU with real processes: torchrun, 2 gloo ranks of the tiny model, a real SIGKILL of one
+rank and of the owner, and resumes with another (and the same) number of processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+import fluxnb
+from fluxnb.outputs import image_file_name
+from fluxnb.shards import PARTS_DIR
+
+SLOW = ["--steps", "12", "--width", "64", "--height", "64", "--num-images", "2", "--seed", "7"]
+PROMPTS = ("a red fox", "a lighthouse", "a bowl of ramen")
+
+
+def cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fluxnb.cli", "generate", "--model", "flux-tiny", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def prompt_args() -> list[str]:
+    return [arg for prompt in PROMPTS for arg in ("--prompt", prompt)]
+
+
+def consistent(run_dir: Path) -> dict:
+    """Every listed image is a complete PNG under the name its item gives, listed once; no stray temp files."""
+    manifest = fluxnb.read_manifest(run_dir)
+    listed = sorted(entry["file"] for entry in manifest["images"])
+    assert listed == sorted(p.name for p in run_dir.glob("*.png")) and len(listed) == len(set(listed))
+    assert all(entry["file"] == image_file_name(entry) for entry in manifest["images"])
+    assert not list(run_dir.glob(".*.tmp"))
+    for entry in manifest["images"]:
+        assert fluxnb.read_png_metadata(run_dir / entry["file"])["parallel"] == entry["parallel"]
+    return manifest
+
+
+def wait_for(condition, process: subprocess.Popen, seconds: float = 240):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def rank_part_with_image(outputs_dir: Path, rank: int):
+    """The part of `rank` once it lists an image (its pid is in it), else None."""
+    for part in outputs_dir.glob(f"*-generate/{PARTS_DIR}/*-rank{rank}.json"):
+        try:
+            data = json.loads(part.read_text())
+        except ValueError:
+            continue
+        if data.get("images"):
+            return data
+    return None
+
+
+def test_a_killed_rank_loses_nothing_and_a_resume_with_one_process_finishes_exactly_the_rest(outputs_dir):
+    process = cli(*prompt_args(), *SLOW, "--gpus", "2")
+    victim = wait_for(lambda: rank_part_with_image(outputs_dir, 1), process)
+    os.kill(victim["pid"], signal.SIGKILL)  # rank 1 dies after its first image; torchrun stops rank 0
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, (out, err)
+    assert "note: asked for 2 GPU(s), this host has no CUDA GPU: running 2 CPU process(es) (gloo)" in out
+    run_dir = next(outputs_dir.glob("*-generate"))
+    assert "image(s) of the batch are missing (item indexes" in err
+    assert f"Fix: fluxnb generate --resume {run_dir} --gpus 2" in err
+    manifest = consistent(run_dir)
+    assert manifest["status"] == "incomplete"
+    before = {entry["file"]: (run_dir / entry["file"]).stat().st_ino for entry in manifest["images"]}
+    for entry in manifest["images"]:  # who made what: the item's shard of a 2-process gloo launch on the CPU
+        made_by = entry["parallel"]
+        assert made_by["rank"] == entry["index"] % 2 and made_by["world_size"] == 2
+        assert made_by["backend"] == "gloo" and made_by["device_name"] == "cpu"
+    assert 1 <= len(before) < 6
+    process = subprocess.run([sys.executable, "-m", "fluxnb.cli", "generate", "--resume", str(run_dir), "--gpus",
+                              "1"], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr
+    manifest = consistent(run_dir)
+    assert manifest["status"] == "complete"
+    assert sorted(entry["index"] for entry in manifest["images"]) == list(range(6))
+    assert {f: (run_dir / f).stat().st_ino for f in before} == before  # finished images untouched
+    new = [entry for entry in manifest["images"] if entry["file"] not in before]
+    assert len(new) == 6 - len(before) and all(entry["parallel"]["world_size"] == 1 for entry in new)
+    assert [launch["world_size"] for launch in manifest["parallel"]["launches"]] == [2, 1]
+
+
+def test_killing_the_whole_launch_leaves_parts_that_a_resume_merges_first(outputs_dir):
+    process = cli(*prompt_args(), *SLOW, "--gpus", "2", start_new_session=True)
+    ranks = wait_for(lambda: all(rank_part_with_image(outputs_dir, r) for r in (0, 1))
+                     and [rank_part_with_image(outputs_dir, r)["pid"] for r in (0, 1)], process)
+    os.killpg(process.pid, signal.SIGKILL)  # the owner and torchrun; the ranks live in sessions of their own
+    process.communicate(timeout=60)
+    run_dir = next(outputs_dir.glob("*-generate"))
+    deadline = time.monotonic() + 60  # orphaned ranks see the owner's lock gone at their next step and stop
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in ranks):
+        assert time.monotonic() < deadline, "ranks outlived their owner"
+        time.sleep(0.1)
+    parts = [json.loads(p.read_text()) for p in (run_dir / PARTS_DIR).glob("*.json")]
+    assert parts and all(part["status"] == "failed" and "OwnerGone" in part["error"] for part in parts)
+    process = subprocess.run([sys.executable, "-m", "fluxnb.cli", "generate", "--resume", str(run_dir), "--gpus",
+                              "2"], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr
+    manifest = consistent(run_dir)
+    assert sorted(entry["index"] for entry in manifest["images"]) == list(range(6))
+    assert manifest["status"] == "complete"
+    assert {r["launch"] for r in manifest["parallel"]["ranks"]} == {0, 1}  # the killed launch's parts were merged
+    assert not list((run_dir / PARTS_DIR).glob("*.json"))  # merged, then deleted
+    assert {entry["parallel"]["world_size"] for entry in manifest["images"]} == {2}

@@ -1,0 +1,153 @@
+"""Sharding, process planning, context-parallel refusals and the owner's merge of rank parts (real processes)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from fluxnb.backends import get_backend
+from fluxnb.contextparallel import check_context_parallel, context_parallel_available
+from fluxnb.dataparallel import plan_processes
+from fluxnb.errors import RequestError
+from fluxnb.outputs import RunFolder, image_file_name, read_manifest
+from fluxnb.shards import PARTS_DIR, RankPart, merge_parts, pending_indexes, shard
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.integers(0, 10_000), max_size=300), st.integers(1, 17))
+def test_shards_are_deterministic_disjoint_complete_and_balanced(pending, world):
+    items = list(pending)
+    shards = [shard(items, world, rank) for rank in range(world)]
+    assert shards == [shard(list(reversed(items)), world, rank) for rank in range(world)]  # order of input: none
+    flat = [index for part in shards for index in part]
+    assert sorted(flat) == sorted(items) and len(flat) == len(set(flat))
+    sizes = [len(part) for part in shards]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_shard_refuses_a_rank_outside_the_world():
+    with pytest.raises(ValueError, match="rank 2 is not in a world of 2"):
+        shard([1, 2, 3], 2, 2)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 4), st.integers(0, 1000))
+def test_file_names_and_seeds_do_not_depend_on_the_number_of_ranks(prompts, per_prompt, seed):
+    """An item's name comes from its index, seed and parameters only: every N assigns the same names."""
+    items = [(p * per_prompt + k, f"prompt {p}", seed + k) for p in range(prompts) for k in range(per_prompt)]
+    by_index = {index: image_file_name({"index": index, "prompt": prompt, "seed": s, "steps": 2})
+                for index, prompt, s in items}
+    for world in (1, 2, 3, 5):
+        named = {i: by_index[i] for rank in range(world) for i in shard(list(by_index), world, rank)}
+        assert named == by_index
+
+
+def test_plan_processes_uses_what_the_host_has_and_says_so():
+    assert plan_processes("all", 4) == (4, "cuda", None)
+    assert plan_processes("2", 4) == (2, "cuda", None)
+    n, device, note = plan_processes("8", 2)
+    assert (n, device) == (2, "cuda") and note == "asked for 8 GPUs, this host has 2: using 2"
+    n, device, note = plan_processes("2", 0)
+    assert (n, device) == (2, "cpu") and "no CUDA GPU" in note and "gloo" in note
+    assert plan_processes("all", 0)[:2] == (2, "cpu")
+    with pytest.raises(RequestError, match="--gpus 'two' is not a number of GPUs") as err:
+        plan_processes("two", 2)
+    assert err.value.fix == "--gpus 2, or --gpus all"
+    with pytest.raises(RequestError, match="outside 1..64"):
+        plan_processes("0", 2)
+
+
+def test_context_parallel_refusals_name_the_reason():
+    bf16, bnb = get_backend("flux-bf16"), get_backend("flux-bnb-8bit")
+    missing = context_parallel_available()
+    with pytest.raises(RequestError) as err:
+        check_context_parallel("ulysses", 2, "cpu", bf16, False)
+    if missing:  # the guide's stack (diffusers 0.34): no context parallelism at all
+        assert "has no context parallelism" in str(err.value) and "data parallel" in err.value.fix
+        return
+    assert "needs CUDA GPUs" in str(err.value) and "gloo" in str(err.value)
+    with pytest.raises(RequestError, match="bitsandbytes-quantized models have had bugs on devices other than cuda:0"):
+        check_context_parallel("ulysses", 2, "cuda", bnb, False)
+    with pytest.raises(RequestError, match="compile: true"):
+        check_context_parallel("ring", 2, "cuda", bf16, True)
+    with pytest.raises(RequestError, match="this run has 1 process"):
+        check_context_parallel("ulysses", 1, "cuda", bf16, False)
+    with pytest.raises(RequestError, match="not a context-parallel mode"):
+        check_context_parallel("pipeline", 2, "cuda", bf16, False)
+    check_context_parallel("ulysses", 2, "cuda", bf16, False)  # the supported combination passes
+
+
+def _metadata(index: int) -> dict:
+    return {"index": index, "prompt": f"p{index}", "seed": index, "mode": "text-to-image", "steps": 2}
+
+
+def _rank_writer(run_dir: str, rank: int, world: int, total: int) -> None:
+    """A real rank: writes its shard's PNGs and its part, slowly enough to overlap the owner's merges."""
+    part = RankPart(run_dir, 0, rank, world, {"rank": rank, "world_size": world}, [])
+    for index in shard(list(range(total)), world, rank):
+        part.save_image(Image.new("RGB", (8, 8), (index, rank, 0)), _metadata(index))
+        time.sleep(0.01)
+    part.record(status="complete")
+
+
+def test_owner_merges_concurrent_rank_parts_without_lost_updates(tmp_path):
+    run = RunFolder.create("generate", base=tmp_path)
+    world, total = 4, 40
+    context = multiprocessing.get_context("spawn")
+    ranks = [context.Process(target=_rank_writer, args=(str(run.path), r, world, total)) for r in range(world)]
+    for process in ranks:
+        process.start()
+    merges = 0
+    while any(process.is_alive() for process in ranks):
+        merge_parts(run, delete=False)  # the owner merges while the ranks write
+        assert isinstance(json.loads((run.path / "manifest.json").read_text()), dict)  # always whole
+        merges += 1
+        time.sleep(0.005)
+    assert all(process.exitcode == 0 for process in ranks)
+    merge_parts(run, delete=True)
+    manifest = read_manifest(run.path)
+    files = [entry["file"] for entry in manifest["images"]]
+    assert len(files) == len(set(files)) == total
+    assert sorted(entry["index"] for entry in manifest["images"]) == list(range(total))
+    assert sorted(files) == sorted(p.name for p in run.path.glob("*.png"))
+    assert all(entry["parallel"]["rank"] == entry["index"] % world for entry in manifest["images"])
+    assert not list((run.path / PARTS_DIR).iterdir())  # merged parts are deleted after the manifest holds them
+    assert pending_indexes(run.path, manifest, total + 2) == [total, total + 1]
+    assert merges > 1
+    run.close()
+
+
+def test_a_part_whose_png_is_missing_or_truncated_is_not_listed(tmp_path):
+    run = RunFolder.create("generate", base=tmp_path)
+    part = RankPart(run.path, 0, 0, 1, {"rank": 0, "world_size": 1}, [])
+    kept = part.save_image(Image.new("RGB", (8, 8)), _metadata(0))
+    gone = part.save_image(Image.new("RGB", (8, 8)), _metadata(1))
+    cut = part.save_image(Image.new("RGB", (8, 8)), _metadata(2))
+    gone.unlink()
+    cut.write_bytes(cut.read_bytes()[:40])
+    assert merge_parts(run, delete=True) == 1
+    assert [entry["file"] for entry in run.manifest["images"]] == [kept.name]
+    assert pending_indexes(run.path, run.manifest, 3) == [1, 2]
+    run.close()
+    Path(cut).unlink()
+
+
+def test_doctor_says_which_multi_gpu_modes_a_host_can_use():
+    from fluxnb.doctor import check_environment, multi_gpu_modes
+
+    four = multi_gpu_modes(4, None, ray=True)
+    assert four[0].startswith("data parallel: fluxnb generate --gpus 4")
+    assert "--gpus 4 --parallel ulysses" in four[1] and four[2].startswith("many hosts: fluxnb generate --ray")
+    old = multi_gpu_modes(2, "diffusers 0.34.0 has no context parallelism", ray=False)
+    assert old[1] == "one image on several GPUs: not with this diffusers (diffusers 0.34.0 has no context parallelism)"
+    assert len(old) == 2
+    assert multi_gpu_modes(1, None, ray=False)[0].startswith("one GPU: the multi-GPU modes need 2+ GPUs")
+    row = check_environment("flux-tiny").row("multi-GPU")  # this machine: no GPU
+    assert row.status == "ok" and row.found.startswith("0 GPU(s). Modes: no GPU: the multi-GPU modes need 2+ GPUs")
