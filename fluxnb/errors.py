@@ -64,8 +64,24 @@ class RequestError(FluxnbError, ValueError):
 
     def __init__(self, parameter: str, message: str, *, fix: str | None = None):
         self.parameter = parameter
+        self.problems: list[RequestError] = [self]  # every bad value of the request (see `several`)
         super().__init__(f"parameter `{parameter}`: {message}", fix=fix)
 
+    @classmethod
+    def several(cls, problems: list[RequestError]) -> RequestError:
+        """Every bad value of one request in one error (one line each, as config validation lists its problems),
+        so that a person fixes them all in one go instead of meeting them one run at a time."""
+        if len(problems) == 1:
+            return problems[0]
+        lines = "\n".join("  - " + str(p).replace("\n", "\n    ") for p in problems)
+        error = cls(problems[0].parameter, "")
+        error.problems = list(problems)
+        FluxnbError.__init__(error, f"{len(problems)} parameters are not valid:\n{lines}")
+        return error
+
+    @property
+    def parameters(self) -> list[str]:
+        return [p.parameter for p in self.problems]
 
 
 class ModelUnavailableError(FluxnbError):

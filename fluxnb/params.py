@@ -102,8 +102,9 @@ def check_image_file(name: str, path: Any) -> str:
         raise RequestError(name, f"must be the path of an image file, got {path!r}.")
     file = Path(path).expanduser()
     if not file.is_file():
-        raise RequestError(name, f"file {str(file)!r} does not exist. Fix: give the path of a PNG or JPEG "
-                           "(relative paths are taken from the working directory).")
+        where = "" if file.is_absolute() else f", looked for as {str(file.absolute())!r}: relative paths are read " \
+            f"from the working directory {str(Path.cwd())!r}"
+        raise RequestError(name, f"file {str(file)!r} does not exist{where}. Fix: give the path of a PNG or JPEG.")
     try:
         with Image.open(file) as image:
             image.verify()
@@ -177,23 +178,38 @@ def make_request(
     strength: float | None = None,
     mode: str = TEXT_TO_IMAGE,
 ) -> GenerationRequest:
-    """Validate parameters against `spec.params`; None means the model's default."""
+    """Validate parameters against `spec.params`; None means the model's default.
+
+    Every bad value is reported at once: one RequestError listing each problem (RequestError.several), its
+    `parameter` the first of them and `parameters` all of them.
+    """
     params = spec.params
     if mode not in (TEXT_TO_IMAGE, IMAGE_TO_IMAGE):
         raise RequestError("mode", f"must be {TEXT_TO_IMAGE!r} or {IMAGE_TO_IMAGE!r}, got {mode!r}.")
-    prompts = _prompts(prompt)
+    problems: list[RequestError] = []
+
+    def check(validate, *args):
+        """The validated value, or None with the problem kept for the one error raised at the end."""
+        try:
+            return validate(*args)
+        except RequestError as exc:
+            problems.append(exc)
+            return None
+
+    prompts = check(_prompts, prompt)
     if negative_prompt not in (None, ""):
         if not params.use_negative_prompt:
-            raise RequestError(
+            problems.append(RequestError(
                 "negative_prompt",
                 f"model {spec.name!r} does not use a negative prompt (FLUX.1-dev is guidance-distilled: "
                 "it has no unconditional branch to steer away from). Fix: set negative_prompt=None and "
                 "describe what you want in the prompt instead.",
-            )
-        if not isinstance(negative_prompt, str):
-            raise RequestError("negative_prompt", f"must be a string or None, got {negative_prompt!r}.")
-    seed = _int("seed", seed, 0, MAX_SEED, "Fix: use a non-negative integer such as 0 or 42.")
-    steps = _int(
+            ))
+        elif not isinstance(negative_prompt, str):
+            problems.append(RequestError("negative_prompt", f"must be a string or None, got {negative_prompt!r}."))
+    seed = check(_int, "seed", seed, 0, MAX_SEED, "Fix: use a non-negative integer such as 0 or 42.")
+    steps = check(
+        _int,
         "steps",
         params.default_steps if steps is None else steps,
         1,
@@ -202,38 +218,46 @@ def make_request(
     )
     guidance = params.guidance_scale if guidance_scale is None else guidance_scale
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 < guidance < math.inf:
-        raise RequestError("guidance_scale", f"must be a number > 0, got {guidance!r}. "
-                           f"Fix: FLUX.1-dev works best near {params.guidance_scale}.")
+        problems.append(RequestError("guidance_scale", f"must be a number > 0, got {guidance!r}. "
+                                     f"Fix: FLUX.1-dev works best near {params.guidance_scale}."))
     default_w, default_h = params.default_size
     max_w, max_h = params.max_size
-    width = _size("width", default_w if width is None else width, max_w)
-    height = _size("height", default_h if height is None else height, max_h)
-    num_images = _int("num_images", num_images, 1, MAX_IMAGES_PER_PROMPT,
-                      f"Fix: ask for 1..{MAX_IMAGES_PER_PROMPT} images per prompt.")
-    max_sequence_length = _int(
+    width = check(_size, "width", default_w if width is None else width, max_w)
+    height = check(_size, "height", default_h if height is None else height, max_h)
+    num_images = check(_int, "num_images", num_images, 1, MAX_IMAGES_PER_PROMPT,
+                       f"Fix: ask for 1..{MAX_IMAGES_PER_PROMPT} images per prompt.")
+    max_sequence_length = check(
+        _int,
         "max_sequence_length",
         params.max_tokens if max_sequence_length is None else max_sequence_length,
         1,
         params.max_tokens,
         f"Fix: use at most {params.max_tokens} T5 tokens.",
     )
-    _check_compiled_minimum(spec, width, height, max_sequence_length)
+    if None not in (width, height, max_sequence_length):
+        check(_check_compiled_minimum, spec, width, height, max_sequence_length)
     if mode == TEXT_TO_IMAGE:
         if init_image is not None or strength is not None:
             which = "init_image" if init_image is not None else "strength"
-            raise RequestError(which, "only applies to image-to-image. Fix: leave it unset, or use "
-                               "notebooks/02_image_to_image.ipynb (fluxnb generate --init-image).")
+            problems.append(RequestError(which, "only applies to image-to-image. Fix: leave it unset, or use "
+                                         "notebooks/02_image_to_image.ipynb (fluxnb generate --init-image)."))
+        if problems:
+            raise RequestError.several(problems)
         return GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width,
                                  height, num_images, max_sequence_length)
     if not params.supports_i2i:
-        raise RequestError("init_image", f"model {spec.name!r} does not support image-to-image "
-                           "(supports_i2i: false). Fix: choose a model with supports_i2i: true.")
-    if init_image is None:
-        raise RequestError("init_image", "is required for image-to-image. Fix: give the path of a PNG or JPEG.")
-    init_image = check_image_file("init_image", init_image)
+        problems.append(RequestError("init_image", f"model {spec.name!r} does not support image-to-image "
+                                     "(supports_i2i: false). Fix: choose a model with supports_i2i: true."))
+    elif init_image is None:
+        problems.append(RequestError("init_image", "is required for image-to-image. Fix: give the path of a PNG "
+                                     "or JPEG."))
+    else:
+        init_image = check(check_image_file, "init_image", init_image)
     strength = 0.6 if strength is None else strength
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-        raise RequestError("strength", f"must be a number in (0, 1], got {strength!r}. Fix: 0.3 keeps the "
-                           "picture close to init_image, 0.9 changes most of it.")
+        problems.append(RequestError("strength", f"must be a number in (0, 1], got {strength!r}. Fix: 0.3 keeps "
+                                     "the picture close to init_image, 0.9 changes most of it."))
+    if problems:
+        raise RequestError.several(problems)
     return GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width, height,
                              num_images, max_sequence_length, init_image, float(strength))
