@@ -3,6 +3,7 @@
 The notebooks call these functions; the tests call the same ones.
 """
 
+
 from .config import ModelConfig, ModelSpec, load_config
 from .diagnosis import Diagnosis, diagnose, explain_errors
 from .doctor import DoctorReport, check_environment
@@ -11,6 +12,7 @@ from .generation import GeneratedImage, generate
 from .loading import LoadedModel, LoadReport, load_model
 from .outputs import RunFolder, read_manifest, read_png_metadata
 from .params import IMAGE_TO_IMAGE, SAMPLE_INIT_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
+from .quiet import silence_known_harmless  # importing it filters known-harmless log lines (fluxnb.quiet)
 from .sanity import SanityReport, check_image
 from .selection import ModelChoice, resolve_model
 
@@ -48,4 +50,5 @@ __all__ = [
     "read_manifest",
     "read_png_metadata",
     "resolve_model",
+    "silence_known_harmless",
 ]

@@ -27,6 +27,7 @@ from packaging.version import Version
 
 from .config import ModelConfig, ModelSpec, load_config
 from .environment import package_version
+from .hub import hf_cache_dir, hf_token, is_cached, offline_mode
 from .knowledge import (
     RULE_PACKAGES,
     Finding,
@@ -40,7 +41,6 @@ from .knowledge import (
     supported_line,
     torch_torchvision_mismatch,
 )
-from .hub import hf_cache_dir, hf_token, is_cached, offline_mode
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 GIB = 2**30
