@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
+from .fonts import use_cjk_fallback
 from .generation import GeneratedImage, compile_seconds, peak_memory_bytes
 
 TINY_MODEL_TYPE = "flux-tiny"
@@ -59,8 +60,13 @@ def show_grid(
     columns: int = 4,
     cell_inches: float = 3.0,
 ):
-    """A grid of GeneratedImage (captioned with prompt, seed, seconds) or PIL images; returns the Figure."""
+    """A grid of GeneratedImage (captioned with prompt, seed, seconds) or PIL images; returns the Figure.
+
+    Captions in Korean, Chinese or Japanese render with Noto Sans CJK (fluxnb.fonts).
+    """
     import matplotlib.pyplot as plt
+
+    use_cjk_fallback()
 
     items = [_image_and_metadata(item) for item in images]
     if not items:
