@@ -240,3 +240,25 @@ def test_doctor_on_a_gpu_too_old_for_the_fast_entries(monkeypatch):
     assert "flux-dev-torchao-int8dq: needs compute capability 8.0+ (this GPU: 7.5)" in models
     assert "flux-dev-torchao-fp8: needs compute capability 8.9+ (this GPU: 7.5)" in models
     assert "flux-dev-torchao-int8: needs ~19 GiB of GPU memory" in models  # 7.5 is enough, 15 GiB is not
+
+
+def test_doctor_table_headers_match_its_columns():
+    """Headers left-aligned like the cells; a "fix" column only when some row has a fix to show."""
+    ready = fluxnb.check_environment()._repr_html_()
+    header = ready.split("<tr>")[1]
+    blocked = fluxnb.check_environment("flux-dev-bnb-8bit")._repr_html_()
+    assert header.count("<th") == 3 and ">fix<" not in header  # nothing to fix here: no empty column
+    rows = [row for row in ready.split("<tr>")[2:]]
+    assert rows and all(row.count("<td") == 3 for row in rows)
+    blocked_rows = blocked.split("<tr>")[1:]
+    assert blocked_rows[0].count("<th") == 4 and all(row.count("<td") == 4 for row in blocked_rows[1:])
+    assert "R580" in blocked  # the torch/driver fix is in its column
+    assert all("text-align:left" in th for th in blocked_rows[0].split("</th>")[:-1])
+
+
+def test_memory_figure_names_measured_bars_by_their_real_format(tiny_model):
+    right = memory_figure(tiny_model.report.components).axes[1]
+    labels = [t.get_text() for t in right.get_xticklabels()]
+    formats = {c.name: c.format for c in tiny_model.report.components}
+    assert labels[1] == f"T5\n{formats['text_encoder_2']}"  # not "T5 (8-bit) fp32"
+    assert not any("8-bit" in label for label in labels)
