@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .fonts import use_cjk_fallback
@@ -156,3 +156,22 @@ def timing_summary(images: Sequence[GeneratedImage]) -> str:
                      f"peak memory {memory / scale:.2f} {unit}"
                      + (f"; includes {compiled:.1f} s of torch.compile (first image at this size)" if compiled else ""))
     return "\n".join(lines)
+
+
+def progress_lines(request) -> Callable[[GeneratedImage], None]:
+    """generate()'s `on_image` for notebooks: one printed line per image as soon as it is saved.
+
+    A headless `fluxnb run --progress` streams these lines to the terminal while the notebook runs, so a long batch
+    does not look hung; in JupyterLab they list the files as they appear.
+    """
+    total = len(request.items())
+    done = 0
+
+    def line(image: GeneratedImage) -> None:
+        nonlocal done
+        done += 1
+        m = image.metadata
+        print(f"image {done}/{total} saved: {image.path or '(not saved)'} (seed {m['seed']}, {m['seconds']:.2f} s)",
+              flush=True)
+
+    return line

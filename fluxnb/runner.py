@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -21,6 +23,9 @@ from .outputs import MANIFEST, atomic_write_json, new_run_dir, read_manifest
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 # Parameters the runner sets itself: where to write, "no widgets" (they would hang headless), resuming.
 RUNNER_PARAMETERS = ("output_dir", "interactive", "resume")
+# The kernel every notebook names in its metadata (README: registered by scripts/setup.sh for JupyterLab).
+KERNEL_NAME = "fluxnb"
+KERNEL_DISPLAY_NAME = "Python 3 (fluxnb)"
 
 
 def find_notebook(name: str | os.PathLike) -> Path:
@@ -90,8 +95,12 @@ def run_notebook(
     *,
     outputs_dir: str | os.PathLike | None = None,
     kernel_name: str | None = None,
+    stream: TextIO | None = None,
 ) -> Path:
-    """Execute a notebook headlessly into a new run folder and return that folder."""
+    """Execute a notebook headlessly into a new run folder and return that folder.
+
+    stream: where the notebook's printed lines go as they are printed (per-image progress), e.g. sys.stdout.
+    """
     path = find_notebook(notebook)
     parameters = dict(parameters or {})
     check_parameter_names(path, parameters)
@@ -99,7 +108,7 @@ def run_notebook(
     run_dir = new_run_dir(path.stem, outputs_dir)
     parameters.update(output_dir=str(run_dir))
     parameters.setdefault("interactive", False)
-    _execute(path, run_dir, parameters, kernel_name)
+    _execute(path, run_dir, parameters, kernel_name, stream)
     return run_dir
 
 
@@ -109,6 +118,7 @@ def resume_notebook(
     parameters: dict[str, Any] | None = None,
     *,
     kernel_name: str | None = None,
+    stream: TextIO | None = None,
 ) -> Path:
     """Re-execute a notebook into an existing run folder with the parameters it ran with (plus `parameters`).
 
@@ -138,7 +148,7 @@ def resume_notebook(
     merged = {k: v for k, v in {**previous, **parameters}.items() if k not in RUNNER_PARAMETERS}
     check_parameter_names(path, merged)
     merged.update(output_dir=str(run_dir), interactive=False, resume=True)
-    _execute(path, run_dir, merged, kernel_name)
+    _execute(path, run_dir, merged, kernel_name, stream)
     return run_dir
 
 
@@ -150,21 +160,48 @@ def _refuse_runner_parameters(parameters: dict[str, Any]) -> None:
                               "to resume.")
 
 
-def _execute(path: Path, run_dir: Path, parameters: dict[str, Any], kernel_name: str | None) -> None:
+@contextmanager
+def this_python_kernel():
+    """While inside, the kernel named KERNEL_NAME is this very Python (the one running fluxnb run).
+
+    The notebooks name the project's kernel; a headless run must execute them with the fluxnb it was started from,
+    whatever kernel of that name is registered for JupyterLab (or none). A kernelspec written into a temporary
+    directory put first on JUPYTER_PATH (jupyter_client reads it before the user's and the system's) does that.
+    """
+    from ipykernel.kernelspec import install
+
+    saved = os.environ.get("JUPYTER_PATH")
+    with tempfile.TemporaryDirectory(prefix="fluxnb-kernel-") as prefix:
+        install(kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY_NAME, prefix=prefix)
+        data = str(Path(prefix) / "share" / "jupyter")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([data, *([saved] if saved else [])])
+        try:
+            yield KERNEL_NAME
+        finally:
+            if saved is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = saved
+
+
+def _execute(path: Path, run_dir: Path, parameters: dict[str, Any], kernel_name: str | None,
+             stream: TextIO | None = None) -> None:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     executed = run_dir / path.name
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # inherited by the kernel
     try:
-        papermill.execute_notebook(
-            str(path),
-            str(executed),
-            parameters=parameters,
-            kernel_name=kernel_name,
-            cwd=os.getcwd(),  # relative paths in parameters mean what they mean where the command was typed
-            progress_bar=False,
-        )
+        with this_python_kernel() as own_kernel:
+            papermill.execute_notebook(
+                str(path),
+                str(executed),
+                parameters=parameters,
+                kernel_name=kernel_name or own_kernel,
+                cwd=os.getcwd(),  # relative paths in parameters mean what they mean where the command was typed
+                progress_bar=False,
+                stdout_file=stream,  # the notebook's printed lines, live (fluxnb run --progress)
+            )
     except PapermillExecutionError as exc:
         _mark_failed(run_dir, exc.ename, exc.evalue)
         raise NotebookFailed(path, executed, exc.ename, exc.evalue, exc.exec_count) from None
