@@ -41,8 +41,9 @@ class FluxnbError(Exception):
 
 
 def render_error(exc: FluxnbError) -> str:
-    """The one way a project error is shown: `error: message`, then the fix and the knowledge-base reference."""
-    return f"error: {exc}"
+    """The one way a project error is shown: `error: message`, then the fix and the knowledge-base reference, then
+    any notes attached on the way up (fluxnb.diagnosis.explain_errors adds the matching known issues as one)."""
+    return "\n".join([f"error: {exc}", *getattr(exc, "__notes__", ())])
 
 
 class ConfigError(FluxnbError):

@@ -143,6 +143,9 @@ class GenerateForm:
         self.container = w.VBox([header, *controls, w.HBox([self.button, self.stop_button]),
                                  w.HBox([self.progress, self.status]), self.output])
         self.container.form = self  # reach the form (and its results) from the container the UI functions return
+        for widget, name in ((self.container, "form"), (self.progress, "progress"), (self.status, "status"),
+                             (self.output, "output"), (header, "header")):
+            widget.add_class(f"fluxnb-{name}")  # stable names for the page's CSS and the browser tests
         self._stop_requested = False
         self._thread: threading.Thread | None = None
 
