@@ -237,13 +237,13 @@ class GenerateForm:
         self.results += images
         self.output.outputs = ()
         stopped = self._stop_requested and len(images) < count
-        progress.finish(len(images), stopped)
         if images:
             self._png(figure_png(self._grid(images)))
             self._text(timing_summary(images) + "\n")
         if stopped:
             self._text(f"stopped after {len(images)} of {count} image(s); every finished image is in the run folder "
                        "and its manifest. Press Generate to make the rest (the finished ones are not redone).\n")
+        progress.finish(len(images), stopped)  # "done" once the images are on screen
         return images
 
     def _grid(self, images: list[GeneratedImage]):

@@ -117,3 +117,175 @@ def test_04_benchmark_shows_exactly_one_chart(page, lab, shot):
     shot(page, "chart", charts.first)
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 1
+
+
+# -- the forms of 01 and 02 -------------------------------------------------------------------------------------
+
+
+class Form:
+    """The Generate form of the notebook on the page, driven as a person drives it."""
+
+    def __init__(self, page):
+        self.page = page
+        self.root = page.locator(".fluxnb-form").last
+        self.root.scroll_into_view_if_needed()
+        self.run_dir = Path(self.root.locator(".fluxnb-header code").inner_text().strip())
+        self.status = self.root.locator(".fluxnb-status")
+        self.output = self.root.locator(".fluxnb-output")
+
+    def _labelled(self, kind: str, label: str):
+        return self.root.locator(f".{kind}", has=self.page.locator("label", has_text=re.compile(f"^{label}$")))
+
+    def set_slider(self, label: str, value) -> None:
+        readout = self._labelled("widget-slider", label).locator(".widget-readout")
+        readout.click()
+        self.page.keyboard.press("Control+a")
+        self.page.keyboard.type(str(value))
+        self.page.keyboard.press("Enter")
+        self.page.wait_for_function("([el, v]) => el.textContent.trim() === v",
+                                    arg=[readout.element_handle(), str(value)])
+
+    def set_text(self, label: str, value) -> None:
+        box = self._labelled("widget-text", label).locator("input")
+        box.fill(str(value))
+        box.press("Enter")
+
+    def select(self, label: str, value) -> None:
+        self._labelled("widget-dropdown", label).locator("select").select_option(str(value))
+
+    def set_prompt(self, text: str) -> None:
+        self.root.locator("textarea").fill(text)
+
+    def manifest_files(self) -> list[str]:
+        manifest = json.loads((self.run_dir / "manifest.json").read_text())
+        return [entry["file"] for entry in manifest["images"]]
+
+    def pngs(self) -> list[str]:
+        return sorted(p.name for p in self.run_dir.glob("*.png"))
+
+    def watch_status(self) -> None:
+        """Record every text the progress line shows from now on (a MutationObserver in the page)."""
+        self.page.evaluate("""el => {
+            window.__fluxnbStatus = [];
+            new MutationObserver(() => window.__fluxnbStatus.push(el.textContent))
+                .observe(el, {subtree: true, childList: true, characterData: true});
+        }""", self.status.element_handle())
+
+    def seen_status(self) -> list[str]:
+        return self.page.evaluate("() => window.__fluxnbStatus")
+
+    def click(self, name: str) -> None:
+        self.root.locator("button", has_text=re.compile(f"^\\s*{name}\\s*$")).click()
+
+    def wait_finished(self, timeout: float = 180_000) -> str:
+        self.page.wait_for_function("el => /^(done|stopped):/.test(el.textContent.trim())",
+                                    arg=self.status.element_handle(), timeout=timeout)
+        self.page.wait_for_function("el => !el.querySelector('button').disabled", arg=self.root.element_handle())
+        return self.status.inner_text().strip()
+
+
+def exercise_form(page, lab, shot, name: str) -> Form:
+    check_opened_and_ran(page, lab, shot, name)
+    form = Form(page)
+    assert form.output.inner_text().strip() == ""  # no empty box or message before the first click
+    assert form.root.locator(".fluxnb-progress").is_hidden()
+    shot(page, "form", form.root)
+    before = form.manifest_files()
+    assert before and form.pngs() == sorted(before)  # Run All made the notebook's own image
+
+    # 1. a multi-step generation: the bar moves step by step, new PNGs land in the manifest and are shown
+    form.set_prompt("a lighthouse at dusk\nthe same lighthouse in a storm")
+    form.set_slider("steps", 8)
+    form.select("width", 128)
+    form.select("height", 128)
+    form.watch_status()
+    form.click("Generate")
+    page.wait_for_function("el => /step \\d+\\/8/.test(el.textContent)", arg=form.status.element_handle())
+    shot(page, "generating", form.root)
+    assert form.wait_finished().startswith("done: 2 image(s)")
+    steps = {m.group(1) for text in form.seen_status() for m in [re.search(r"step (\d+)/8", text)] if m}
+    assert len(steps) >= 2, form.seen_status()
+    assert any("elapsed" in text and "left" in text for text in form.seen_status())
+    after = form.manifest_files()
+    new = [f for f in after if f not in before]
+    assert len(new) == 2 and form.pngs() == sorted(after)
+    assert form.output.locator("img").count() == 1  # the grid of the new images
+    for file in new:
+        assert file in form.output.inner_text()
+    shot(page, "generated", form.root)
+
+    # 2. a bad value: its message, and nothing generated
+    form.set_text("seed", -1)
+    form.click("Generate")
+    form.output.get_by_text("parameter `seed`").wait_for()
+    text = form.output.inner_text()
+    assert text.startswith("error: parameter `seed`: must be") and "Nothing was generated" in text
+    assert "Traceback" not in text
+    assert form.manifest_files() == after and form.pngs() == sorted(after)
+    shot(page, "bad-value", form.root)
+    form.set_text("seed", 0)
+
+    # 3. a Korean prompt: its caption renders (Noto Sans CJK), no missing-glyph warning anywhere on the page
+    form.set_prompt(KOREAN)
+    form.set_slider("steps", 2)
+    form.select("width", 64)
+    form.select("height", 64)
+    form.click("Generate")
+    assert form.wait_finished().startswith("done: 1 image(s)")
+    assert form.output.locator("img").count() == 1
+    assert "missing from font" not in page.inner_text("body") and "Glyph" not in page.inner_text("body")
+    shot(page, "korean-caption", form.output)
+    made = form.manifest_files()
+    assert len(made) == len(after) + 1
+
+    # 4. Stop during a batch: it ends after the current image; manifest and files agree
+    form.set_prompt("a fox in the snow")
+    form.set_slider("steps", 20)  # long enough per image (about 2 s at 512x512 on 2 CPU cores) to click Stop in
+    form.select("width", 512)
+    form.select("height", 512)
+    form.set_slider("images/prompt", 4)
+    form.click("Generate")
+    page.wait_for_function("el => /image 1 of 4 .*step \\d+\\/20/.test(el.textContent)",
+                           arg=form.status.element_handle())
+    form.click("Stop")
+    final = form.wait_finished()
+    shot(page, "stopped", form.root)
+    assert final.startswith("stopped:"), final
+    stopped = [f for f in form.manifest_files() if f not in made]
+    assert 1 <= len(stopped) < 4, stopped
+    assert form.pngs() == sorted(form.manifest_files())  # every listed file exists, no file unlisted
+    assert f"stopped after {len(stopped)} of 4 image(s)" in form.output.inner_text()
+    return form
+
+
+def test_01_text_to_image_form(page, lab, shot):
+    form = exercise_form(page, lab, shot, "01_text_to_image")
+    assert form.run_dir.parent == lab.outputs
+
+
+def test_02_image_to_image_form_with_an_upload(page, lab, shot, tmp_path: Path):
+    from PIL import Image
+
+    form = exercise_form(page, lab, shot, "02_image_to_image")
+    picture = tmp_path / "my photo.png"
+    Image.new("RGB", (120, 90), (200, 60, 40)).save(picture)
+    form.root.locator("input[type=file]").set_input_files(str(picture))
+    path_box = form._labelled("widget-text", "init_image").locator("input")
+    page.wait_for_function("el => el.value.endsWith('my_photo.png')", arg=path_box.element_handle())
+    saved = form.run_dir / "inputs" / "my_photo.png"
+    assert saved.read_bytes() == picture.read_bytes()
+    assert "relative paths are read from" in form.root.inner_text()
+    form.set_prompt("a red square, painted")
+    form.set_slider("images/prompt", 1)
+    form.set_slider("steps", 4)
+    form.select("width", 128)
+    form.select("height", 128)
+    form.click("Generate")
+    assert form.wait_finished().startswith("done: 1 image(s)")
+    grid = form.output.locator("img")
+    assert grid.count() == 1
+    box = grid.bounding_box()
+    assert box["width"] > 1.5 * box["height"]  # the starting picture beside the result
+    manifest = json.loads((form.run_dir / "manifest.json").read_text())
+    assert manifest["images"][-1]["init_image"] == str(saved)
+    shot(page, "upload-result", form.root)
