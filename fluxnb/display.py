@@ -50,7 +50,7 @@ def caption(metadata: dict[str, Any], width: int = 32) -> str:
         compiled = compile_seconds(metadata)
         facts.append(f"{metadata['seconds']:.2f} s" + (f" (compile {compiled:.1f} s)" if compiled else ""))
     if metadata.get("strength") is not None:
-        facts.append(f"strength {metadata['strength']}")
+        facts.append(f"strength {metadata['strength']:g}")  # 0.6, not a slider's 0.6000000000000001
     return "\n".join([*lines, ", ".join(facts)])
 
 

@@ -160,13 +160,14 @@ class GenerateForm:
         """The current widget values, validated exactly as the notebooks validate their parameters."""
         extra: dict[str, Any] = {}
         if self.mode == IMAGE_TO_IMAGE:
-            extra = {"init_image": self.init_image.value.strip() or None, "strength": self.strength.value}
+            # sliders step in binary floats (0.05 * 12 = 0.6000000000000001): keep the value a person sees
+            extra = {"init_image": self.init_image.value.strip() or None, "strength": round(self.strength.value, 4)}
         return make_request(
             self.model.spec,
             prompt=self.prompt_value(),
             seed=self.seed.value,
             steps=self.steps.value,
-            guidance_scale=self.guidance_scale.value,
+            guidance_scale=round(self.guidance_scale.value, 4),
             width=self.width.value,
             height=self.height.value,
             num_images=self.num_images.value,
@@ -216,6 +217,7 @@ class GenerateForm:
         try:
             request = self.request()
         except FluxnbError as exc:
+            self.progress.layout.visibility = "hidden"  # the last run's bar would read as this one's
             return self._show_error(exc)
         count = len(request.items())
         self._text(f"generating {count} image(s) with {self.model.spec.name} "

@@ -252,3 +252,7 @@ def test_image_to_image_upload_is_saved_into_the_run_folder_and_shown_beside_the
     assert image.metadata["init_image"] == str(saved)
     (grid,) = output_pngs(form)
     assert grid.width > 1.5 * grid.height  # two panels side by side: the starting picture and the result
+
+
+def test_caption_shows_a_slider_strength_as_a_person_reads_it():
+    assert caption({"prompt": "hills", "seed": 1, "strength": 0.05 * 12}).endswith("seed 1, strength 0.6")
