@@ -11,10 +11,21 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .config import PROJECT_ROOT
 from .fonts import use_cjk_fallback
 from .generation import GeneratedImage, compile_seconds, peak_memory_bytes
 
 TINY_MODEL_TYPE = "flux-tiny"
+
+
+def shown_path(path) -> str:
+    """A file or folder as a person reads it: relative to the project folder when inside it (outputs/...)."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def model_banner(choice) -> str:
@@ -150,7 +161,7 @@ def timing_summary(images: Sequence[GeneratedImage]) -> str:
         m = item.metadata
         memory = peak_memory_bytes(m)
         unit, scale = _memory_unit([memory])
-        where = item.path or "(not saved)"
+        where = shown_path(item.path) if item.path else "(not saved)"
         compiled = compile_seconds(m)
         lines.append(f"{where}: seed {m['seed']}, {m['seconds']:.2f} s ({m['seconds_per_step']:.3f} s/step), "
                      f"peak memory {memory / scale:.2f} {unit}"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SIZE_MULTIPLE
-from .display import caption, figure_png, show_grid, timing_summary
+from .display import caption, figure_png, show_grid, shown_path, timing_summary
 from .errors import FluxnbError, render_error
 from .generation import GeneratedImage, generate
 from .loading import LoadedModel
@@ -116,7 +116,7 @@ class GenerateForm:
             self.upload.observe(lambda _change: self.take_upload(), names="value")
             self.preview = w.Image(format="png", layout=w.Layout(max_width="96px", max_height="96px"))
             self.path_note = w.HTML(f"<small>relative paths are read from <code>{Path.cwd()}</code>; an upload is "
-                                    f"saved into <code>{run.path / UPLOADS_DIR}</code></small>")
+                                    f"saved into <code>{shown_path(run.path / UPLOADS_DIR)}</code></small>")
             self.init_image.observe(lambda _change: self._preview(), names="value")
             self._preview()
             self.strength = w.FloatSlider(
@@ -138,7 +138,7 @@ class GenerateForm:
         self.status = w.HTML("")
         self.output = w.Output(layout=w.Layout(padding="4px"))
         header = w.HTML(
-            f"<b>{model.spec.name}</b> ({model.report.weights}); images go to <code>{run.path}</code>"
+            f"<b>{model.spec.name}</b> ({model.report.weights}); images go to <code>{shown_path(run.path)}</code>"
         )
         self.container = w.VBox([header, *controls, w.HBox([self.button, self.stop_button]),
                                  w.HBox([self.progress, self.status]), self.output])

@@ -74,7 +74,8 @@ class Lab:
 def lab(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("lab")
     root, data, config, runtime = (base / name for name in ("root", "data", "config", "runtime"))
-    outputs = base / "outputs"
+    # run folders under the project's outputs/ (not committed), shown by the forms as outputs/browser/runs-.../...
+    outputs = SCREENSHOTS / f"runs-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     shutil.copytree(NOTEBOOKS_DIR, root / "notebooks")
     # The news toast would cover part of the page in screenshots.
     (config / "labconfig").mkdir(parents=True)
@@ -106,7 +107,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> Iterator[
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start: {(base / 'jupyterlab.log').read_text()[-3000:]}")
+                    log_text = (base / "jupyterlab.log").read_text()[-3000:]
+                    raise RuntimeError(f"JupyterLab did not start: {log_text}") from None
                 time.sleep(0.5)
         specs = running.api("/api/kernelspecs")
         assert KERNEL_NAME in specs["kernelspecs"], specs

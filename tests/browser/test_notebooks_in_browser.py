@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import nbformat
-import pytest
 
+from fluxnb.config import PROJECT_ROOT
 from fluxnb.runner import KERNEL_DISPLAY_NAME
 
 KOREAN = "붉은 여우, 눈 속의 수채화"
@@ -135,7 +135,8 @@ class Form:
         self.page = page
         self.root = page.locator(".fluxnb-form").last
         self.root.scroll_into_view_if_needed()
-        self.run_dir = Path(self.root.locator(".fluxnb-header code").inner_text().strip())
+        shown = Path(self.root.locator(".fluxnb-header code").inner_text().strip())
+        self.run_dir = shown if shown.is_absolute() else PROJECT_ROOT / shown  # outputs/... (display.shown_path)
         self.status = self.root.locator(".fluxnb-status")
         self.output = self.root.locator(".fluxnb-output")
 

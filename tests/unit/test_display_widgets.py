@@ -256,3 +256,10 @@ def test_image_to_image_upload_is_saved_into_the_run_folder_and_shown_beside_the
 
 def test_caption_shows_a_slider_strength_as_a_person_reads_it():
     assert caption({"prompt": "hills", "seed": 1, "strength": 0.05 * 12}).endswith("seed 1, strength 0.6")
+
+
+def test_paths_inside_the_project_are_shown_relative(tmp_path: Path):
+    from fluxnb.display import shown_path
+
+    assert shown_path(PROJECT_ROOT / "outputs" / "run-1" / "0000.png") == "outputs/run-1/0000.png"
+    assert shown_path(tmp_path / "x.png") == str(tmp_path / "x.png")  # elsewhere: as it is
