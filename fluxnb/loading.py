@@ -169,7 +169,8 @@ def _from_pretrained(ctx: LoadContext, **kwargs):
 
     if not Path(ctx.checkpoint).is_dir() and offline_mode() and not is_cached(ctx.checkpoint):
         raise ModelUnavailableError(
-            f"{ctx.checkpoint} is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), so "
+            f"{ctx.checkpoint} is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE or "
+            "TRANSFORMERS_OFFLINE), so "
             f"nothing can be downloaded. Fix: pre-download it where there is network (`huggingface-cli download "
             f"{ctx.checkpoint}`, with HF_HOME pointing at the same cache), or unset HF_HUB_OFFLINE; "
             "model='flux-tiny' runs offline."
