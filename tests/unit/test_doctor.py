@@ -244,16 +244,17 @@ def test_doctor_on_a_gpu_too_old_for_the_fast_entries(monkeypatch):
 
 def test_doctor_table_headers_match_its_columns():
     """Headers left-aligned like the cells; a "fix" column only when some row has a fix to show."""
-    ready = fluxnb.check_environment()._repr_html_()
-    header = ready.split("<tr>")[1]
-    blocked = fluxnb.check_environment("flux-dev-bnb-8bit")._repr_html_()
-    assert header.count("<th") == 3 and ">fix<" not in header  # nothing to fix here: no empty column
-    rows = [row for row in ready.split("<tr>")[2:]]
-    assert rows and all(row.count("<td") == 3 for row in rows)
-    blocked_rows = blocked.split("<tr>")[1:]
-    assert blocked_rows[0].count("<th") == 4 and all(row.count("<td") == 4 for row in blocked_rows[1:])
-    assert "R580" in blocked  # the torch/driver fix is in its column
-    assert all("text-align:left" in th for th in blocked_rows[0].split("</th>")[:-1])
+    import dataclasses
+
+    blocked = fluxnb.check_environment("flux-dev-bnb-8bit")
+    all_ok = dataclasses.replace(blocked, rows=[r for r in blocked.rows if r.status == OK])
+    for report, columns in ((blocked, 4), (all_ok, 3)):
+        rows = report._repr_html_().split("<tr>")[1:]
+        header = rows[0].split("</th>")[:-1]
+        assert len(header) == columns and all("text-align:left" in th for th in header)
+        assert (">fix" in rows[0]) == (columns == 4)  # no empty fix column when nothing needs fixing
+        assert len(rows) == len(report.rows) + 1 and all(row.count("<td") == columns for row in rows[1:])
+    assert "R580" in blocked._repr_html_()  # the torch/driver fix is in its column
 
 
 def test_memory_figure_names_measured_bars_by_their_real_format(tiny_model):
