@@ -1,7 +1,8 @@
 """model_config.yaml: load it, check every key at once, and hand out typed model entries.
 
-The file is the one place where models are declared (DESIGN.md); a typo in it must fail with the key
-path and the fix, not as a KeyError deep inside a loader.
+The file is the one place where models are declared; their `type:` names a record of the backends registry
+(fluxnb/backends/), which says what each type supports. A typo must fail with the key path and the fix, not as
+a KeyError deep inside a loader.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from typing import Any
 
 import yaml
 
+from .backends import REGISTRY, types_where
 from .errors import ConfigError, RequestError
+from .units import SIZE_MULTIPLE, is_image_side
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "model_config.yaml"
-SIZE_MULTIPLE = 16  # FLUX: VAE downsamples by 8, the transformer packs 2x2 latent patches.
 
 
 @dataclass(frozen=True)
 class ModelParams:
+    """An entry's generation limits and defaults (model_config.yaml `params:`), checked by every request."""
+
     default_steps: int
     max_steps: int
     use_negative_prompt: bool
@@ -33,14 +37,27 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """One entry of model_config.yaml.
+
+    Attributes:
+        name: the entry's key (what `model=` takes).
+        id: the hub checkpoint id (the tiny model's is a label: it is built locally).
+        type: the backend type, a key of fluxnb.backends.REGISTRY.
+        requires_auth: gated on the hub: needs a token (HF_TOKEN or the saved login).
+        params: the generation limits and defaults.
+        description: one line for people (doctor, banners).
+        compile: torch.compile the transformer's repeated blocks (only types whose record is `compilable`).
+        offload_text_encoder: T5 lives on the CPU, on the GPU only while it encodes (records that allow it).
+    """
+
     name: str
     id: str
     type: str
     requires_auth: bool
     params: ModelParams
     description: str
-    compile: bool = False  # torch.compile the transformer's repeated blocks (types in loading.COMPILABLE_TYPES)
-    offload_text_encoder: bool = False  # T5 lives on the CPU, on the GPU only while it encodes (OFFLOADABLE_TYPES)
+    compile: bool = False
+    offload_text_encoder: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,7 +141,7 @@ def _check_size(value: Any, where: str, problems: list[str]) -> tuple[int, int] 
         return None
     width, height = value
     for axis, v in (("width", width), ("height", height)):
-        if v <= 0 or v % SIZE_MULTIPLE:
+        if not is_image_side(v):
             problems.append(f"{where}: {axis} {v} must be a positive multiple of {SIZE_MULTIPLE}")
     return (width, height)
 
@@ -161,70 +178,65 @@ def _model_params(raw: dict, where: str, problems: list[str]) -> ModelParams | N
     )
 
 
+def _unsupported_options(raw: dict, mtype: Any, where: str, problems: list[str]) -> None:
+    """Entry options (`compile`, `offload_text_encoder`) the entry's backend record does not allow."""
+    if not isinstance(mtype, str) or mtype not in REGISTRY:
+        return
+    for key, flag in (("compile", "compilable"), ("offload_text_encoder", "offloadable_text_encoder")):
+        if raw.get(key) is True and not getattr(REGISTRY[mtype], flag):
+            problems.append(f"{where}.{key}: type {mtype!r} does not support it (types that do: "
+                            f"{', '.join(types_where(flag))}). Fix: remove the key or set it to false")
+
+
+def _parse_model(name: Any, raw: Any, problems: list[str]) -> ModelSpec | None:
+    """One entry under `models:`; None (with its problems added) when it is invalid."""
+    where = f"models.{name}"
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: must be a mapping, got {raw!r}")
+        return None
+    before = len(problems)
+    _check_keys(raw, _MODEL_KEYS, where, problems, _OPTIONAL_MODEL_KEYS)
+    params = _model_params(raw["params"], f"{where}.params", problems) if isinstance(raw.get("params"), dict) else None
+    mtype = raw.get("type")
+    if isinstance(mtype, str) and mtype not in REGISTRY:
+        problems.append(f"{where}.type: unknown type {mtype!r}. Allowed: {', '.join(REGISTRY)}")
+    _unsupported_options(raw, mtype, where, problems)
+    if len(problems) != before or params is None:
+        return None
+    return ModelSpec(name=str(name), id=raw["id"], type=mtype, requires_auth=raw["requires_auth"], params=params,
+                     description=raw["description"], compile=raw.get("compile", False),
+                     offload_text_encoder=raw.get("offload_text_encoder", False))
+
+
+def _parse_runtime(runtime: Any, model_names: list[str], problems: list[str]) -> None:
+    if not isinstance(runtime, dict):
+        problems.append("runtime: missing (must be a mapping with primary_model and fallback_model)")
+        return
+    _check_keys(runtime, _RUNTIME_KEYS, "runtime", problems)
+    for key in _RUNTIME_KEYS:
+        value = runtime.get(key)
+        if isinstance(value, str) and value not in model_names:
+            problems.append(f"runtime.{key}: {value!r} is not defined under models. Defined: {', '.join(model_names)}")
+
+
 def parse_config(data: Any, path: str = "model_config.yaml") -> ModelConfig:
     """Validate an already-parsed YAML document; every problem is collected before raising."""
-    from .loading import COMPILABLE_TYPES, LOADERS, OFFLOADABLE_TYPES  # the registry defines the types
-
-    problems: list[str] = []
     if not isinstance(data, dict):
         found = type(data).__name__
         raise ConfigError(path, [f"(top level): must be a mapping with keys models and runtime, got {found}"])
-    for key in data:
-        if key not in _TOP_KEYS:
-            problems.append(f"{key}: unknown top-level key. Allowed: {', '.join(sorted(_TOP_KEYS))}")
+    problems = [f"{key}: unknown top-level key. Allowed: {', '.join(sorted(_TOP_KEYS))}"
+                for key in data if key not in _TOP_KEYS]
     raw_models = data.get("models")
-    models: dict[str, ModelSpec] = {}
     if not isinstance(raw_models, dict) or not raw_models:
         problems.append("models: missing or empty (must map model names to entries)")
         raw_models = {}
-    for name, raw in raw_models.items():
-        where = f"models.{name}"
-        if not isinstance(raw, dict):
-            problems.append(f"{where}: must be a mapping, got {raw!r}")
-            continue
-        before = len(problems)
-        _check_keys(raw, _MODEL_KEYS, where, problems, _OPTIONAL_MODEL_KEYS)
-        params = None
-        if isinstance(raw.get("params"), dict):
-            params = _model_params(raw["params"], f"{where}.params", problems)
-        mtype = raw.get("type")
-        if isinstance(mtype, str) and mtype not in LOADERS:
-            problems.append(f"{where}.type: unknown type {mtype!r}. Allowed: {', '.join(LOADERS)}")
-        for key, supported in (("compile", COMPILABLE_TYPES), ("offload_text_encoder", OFFLOADABLE_TYPES)):
-            if raw.get(key) is True and isinstance(mtype, str) and mtype in LOADERS and mtype not in supported:
-                problems.append(f"{where}.{key}: type {mtype!r} does not support it (types that do: "
-                                f"{', '.join(sorted(supported))}). Fix: remove the key or set it to false")
-        if len(problems) == before and params is not None:
-            models[str(name)] = ModelSpec(
-                name=str(name),
-                id=raw["id"],
-                type=mtype,
-                requires_auth=raw["requires_auth"],
-                params=params,
-                description=raw["description"],
-                compile=raw.get("compile", False),
-                offload_text_encoder=raw.get("offload_text_encoder", False),
-            )
-    runtime = data.get("runtime")
-    if not isinstance(runtime, dict):
-        problems.append("runtime: missing (must be a mapping with primary_model and fallback_model)")
-        runtime = {}
-    else:
-        _check_keys(runtime, _RUNTIME_KEYS, "runtime", problems)
-        for key in _RUNTIME_KEYS:
-            value = runtime.get(key)
-            if isinstance(value, str) and value not in raw_models:
-                problems.append(
-                    f"runtime.{key}: {value!r} is not defined under models. Defined: {', '.join(map(str, raw_models))}"
-                )
+    parsed = {str(name): _parse_model(name, raw, problems) for name, raw in raw_models.items()}
+    _parse_runtime(data.get("runtime"), [str(n) for n in raw_models], problems)
     if problems:
         raise ConfigError(path, problems)
-    return ModelConfig(
-        models=models,
-        primary_model=runtime["primary_model"],
-        fallback_model=runtime["fallback_model"],
-        path=path,
-    )
+    runtime = data["runtime"]
+    return ModelConfig(models=parsed, primary_model=runtime["primary_model"],
+                       fallback_model=runtime["fallback_model"], path=path)
 
 
 def load_config(path: str | Path | None = None) -> ModelConfig:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from .environment import installed_versions
 from .knowledge import Entry, KnowledgeBase, alternative_matches, load_knowledge
 
 
@@ -65,8 +66,6 @@ def diagnose(
     """
     kb = kb or load_knowledge()
     if versions is None:
-        from .doctor import installed_versions
-
         versions = installed_versions()
     text = error_text(error)
     found = []

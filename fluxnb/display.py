@@ -9,19 +9,18 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from .backends import get_backend
 from .config import PROJECT_ROOT
 from .fonts import use_cjk_fallback
 from .generation import GeneratedImage, compile_seconds, peak_memory_bytes
-
-TINY_MODEL_TYPE = "flux-tiny"
+from .units import byte_unit
 
 
 def shown_path(path) -> str:
     """A file or folder as a person reads it: relative to the project folder when inside it (outputs/...)."""
-    from pathlib import Path
-
     try:
         return str(Path(path).resolve().relative_to(PROJECT_ROOT))
     except ValueError:
@@ -31,7 +30,7 @@ def shown_path(path) -> str:
 def model_banner(choice) -> str:
     """The first lines of a run: which model runs and why; plainly, when the pictures will be noise."""
     lines = []
-    if choice.spec.type == TINY_MODEL_TYPE:
+    if get_backend(choice.spec.type).embedded:
         lines += [
             f"NOTE: this run uses {choice.spec.name}, the embedded tiny FLUX with RANDOM WEIGHTS:",
             "      its pictures are noise. It proves the workflow end to end (validation, loading,",
@@ -103,13 +102,6 @@ def show_grid(
     return fig
 
 
-def _memory_unit(values: Sequence[int]) -> tuple[str, float]:
-    top = max(values, default=0)
-    if top >= 2**30:
-        return "GiB", 2**30
-    return "MiB", 2**20
-
-
 def plot_timings(images: Sequence[GeneratedImage]):
     """Two bar charts: seconds per image and peak memory per image (GPU allocated, or CPU peak RSS)."""
     import matplotlib.pyplot as plt
@@ -122,7 +114,7 @@ def plot_timings(images: Sequence[GeneratedImage]):
     labels = [f"#{m['index']}\nseed {m['seed']}" for m in metadata]
     seconds = [m["seconds"] for m in metadata]
     memory = [peak_memory_bytes(m) for m in metadata]
-    unit, scale = _memory_unit(memory)
+    unit, scale = byte_unit(max(memory, default=0), smallest="MiB")
     kind = metadata[0]["peak_memory"].get("kind", "")
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(max(8.0, 1.2 * len(images) + 4), 3.5))
     positions = range(len(images))
@@ -160,8 +152,8 @@ def timing_summary(images: Sequence[GeneratedImage]) -> str:
     for item in images:
         m = item.metadata
         memory = peak_memory_bytes(m)
-        unit, scale = _memory_unit([memory])
-        where = shown_path(item.path) if item.path else "(not saved)"
+        unit, scale = byte_unit(memory, smallest="MiB")
+        where = item.path or "(not saved)"
         compiled = compile_seconds(m)
         lines.append(f"{where}: seed {m['seed']}, {m['seconds']:.2f} s ({m['seconds_per_step']:.3f} s/step), "
                      f"peak memory {memory / scale:.2f} {unit}"

@@ -11,11 +11,9 @@ from __future__ import annotations
 import html
 import json
 import platform
-import re
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -25,15 +23,14 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from .backends import Backend, get_backend
 from .config import ModelConfig, ModelSpec, load_config
-from .environment import package_version
+from .environment import GENERATION_PACKAGES, gpu_facts, installed_versions, package_version
 from .hub import hf_cache_dir, hf_token, is_cached, offline_mode
 from .knowledge import (
-    RULE_PACKAGES,
     Finding,
     GpuFacts,
     KnowledgeBase,
-    ModelTypeNeeds,
     evaluate,
     load_knowledge,
     parse_versions,
@@ -41,18 +38,15 @@ from .knowledge import (
     supported_line,
     torch_torchvision_mismatch,
 )
+from .selection import resolve_model
+from .tiny import tiny_cache_dir
+from .units import GIB
 
 OK, WARN, FAIL = "ok", "warn", "fail"
-GIB = 2**30
 # Oldest Linux driver branch for each CUDA major of torch's build (CUDA minor-version compatibility).
 MIN_DRIVER_FOR_CUDA = {13: 580, 12: 525, 11: 450}
 # PyTorch's wheel index for the newest CUDA line each driver branch supports.
 TORCH_INDEX_FOR_DRIVER = ((580, "cu130"), (570, "cu128"), (525, "cu126"), (450, "cu118"))
-
-
-# fluxnb's requirements without which no image can be generated (the rest serve notebooks and tooling).
-GENERATION_PACKAGES = {"torch", "diffusers", "transformers", "accelerate", "bitsandbytes", "huggingface-hub",
-                       "safetensors", "sentencepiece", "protobuf", "pillow", "numpy", "pyyaml"}
 
 
 @dataclass
@@ -155,38 +149,9 @@ class DoctorReport:
 # ---------------------------------------------------------------- facts about this machine
 
 
-def nvidia_driver_version() -> str | None:
-    """The NVIDIA kernel driver version (nvidia-smi, else /proc/driver/nvidia/version), or None."""
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=20)
-            if out.returncode == 0 and out.stdout.strip():
-                return out.stdout.strip().splitlines()[0].strip()
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    proc = Path("/proc/driver/nvidia/version")
-    if proc.exists():
-        match = re.search(r"Kernel Module\s+(?:for\s+\S+\s+)?([0-9]+\.[0-9.]+)", proc.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-    return None
-
-
 def torch_index_for_driver(driver: str) -> str | None:
     major = Version(driver).major
     return next((tag for floor, tag in TORCH_INDEX_FOR_DRIVER if major >= floor), None)
-
-
-def installed_versions() -> dict[str, str]:
-    """Installed versions of the packages the rules name (canonical names; missing ones left out)."""
-    out = {}
-    for name in RULE_PACKAGES:
-        version = package_version(name)
-        if version:
-            out[canonicalize_name(name)] = version
-    return out
 
 
 def torchvision_import_check(timeout: float = 120) -> tuple[bool, str]:
@@ -223,21 +188,13 @@ def _check_python(rows: list[Check]) -> None:
 
 
 def _gpu_facts() -> tuple[GpuFacts, dict[str, Any]]:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    info: dict[str, Any] = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda": cuda,
-                            "driver": nvidia_driver_version()}
-    capability = None
-    if cuda:
-        props = torch.cuda.get_device_properties(0)
-        free, total = torch.cuda.mem_get_info(0)
-        capability = f"{props.major}.{props.minor}"
-        info.update(gpu=props.name, capability=capability, free=free, total=total, count=torch.cuda.device_count())
-    return GpuFacts(cuda=cuda, capability=capability, torch_cuda=torch.version.cuda, driver=info["driver"]), info
+    """environment.gpu_facts, plus the part the knowledge rules evaluate."""
+    info = gpu_facts()
+    return GpuFacts(cuda=info["cuda"], capability=info.get("capability"), torch_cuda=info["torch_cuda"],
+                    driver=info["driver"]), info
 
 
-def _check_torch(rows: list[Check], info: dict[str, Any], needs: ModelTypeNeeds) -> None:
+def _check_torch(rows: list[Check], info: dict[str, Any], needs: Backend) -> None:
     torch_cuda, driver, cuda = info["torch_cuda"], info["driver"], info["cuda"]
     build = f"CUDA {torch_cuda} build" if torch_cuda else "CPU-only build (no CUDA)"
     driver_text = driver or "none found (no nvidia-smi, no /proc/driver/nvidia)"
@@ -276,7 +233,7 @@ def _check_torch(rows: list[Check], info: dict[str, Any], needs: ModelTypeNeeds)
     rows.append(Check("torch / CUDA / driver", status, found, fix))
 
 
-def _check_gpu(rows: list[Check], info: dict[str, Any], spec: ModelSpec, needs: ModelTypeNeeds) -> None:
+def _check_gpu(rows: list[Check], info: dict[str, Any], spec: ModelSpec, needs: Backend) -> None:
     if not info["cuda"]:
         if needs.needs_cuda:
             rows.append(Check("GPU", FAIL, f"no CUDA GPU: {spec.name} ({spec.type}) cannot run here: {needs.why_gpu}",
@@ -289,9 +246,9 @@ def _check_gpu(rows: list[Check], info: dict[str, Any], spec: ModelSpec, needs: 
     total, free, cap = info["total"] / GIB, info["free"] / GIB, info["capability"]
     found = (f"{info['gpu']} (compute capability {cap}, sm_{cap.replace('.', '')}), {total:.1f} GiB total, "
              f"{free:.1f} GiB free; {spec.name} needs ~{needs.vram_gib:g} GiB")
-    if needs.min_capability and Version(cap) < Version(needs.min_capability):
-        rows.append(Check("GPU", FAIL, found + f"; compute capability below {needs.min_capability}",
-                          f"use a GPU with compute capability >= {needs.min_capability} (the L4 is 8.9)"))
+    if needs.min_capability and Version(cap) < Version(needs.capability_text):
+        rows.append(Check("GPU", FAIL, found + f"; compute capability below {needs.capability_text}",
+                          f"use a GPU with compute capability >= {needs.capability_text} (the L4 is 8.9)"))
     elif needs.vram_gib and total < needs.vram_gib and not needs.offload_ok:
         rows.append(Check("GPU", FAIL, found + "; not enough memory on this GPU",
                           "use a 24 GB GPU (L4, A10G, A100...) or a smaller model such as flux-dev-bnb-4bit"))
@@ -303,16 +260,14 @@ def _check_gpu(rows: list[Check], info: dict[str, Any], spec: ModelSpec, needs: 
         rows.append(Check("GPU", OK, found))
 
 
-def _check_models(rows: list[Check], config: ModelConfig, kb: KnowledgeBase, info: dict[str, Any]) -> None:
+def _check_models(rows: list[Check], config: ModelConfig, info: dict[str, Any]) -> None:
     parts = []
     for spec in config.models.values():
-        needs = kb.model_types.get(spec.type)
-        if needs is None:
-            parts.append(f"{spec.name}: type {spec.type} unknown to the doctor")
-        elif needs.needs_cuda and not info["cuda"]:
+        needs = get_backend(spec.type)
+        if needs.needs_cuda and not info["cuda"]:
             parts.append(f"{spec.name}: needs a CUDA GPU ({needs.why_gpu})")
-        elif needs.min_capability and Version(info["capability"]) < Version(needs.min_capability):
-            parts.append(f"{spec.name}: needs compute capability {needs.min_capability}+ (this GPU: "
+        elif needs.min_capability and Version(info["capability"]) < Version(needs.capability_text):
+            parts.append(f"{spec.name}: needs compute capability {needs.capability_text}+ (this GPU: "
                          f"{info['capability']})")
         elif needs.needs_cuda and needs.vram_gib and info["total"] / GIB < needs.vram_gib and not needs.offload_ok:
             parts.append(f"{spec.name}: needs ~{needs.vram_gib:g} GiB of GPU memory")
@@ -379,10 +334,8 @@ def _check_torchvision(rows: list[Check], versions: dict[str, str]) -> None:
     rows.append(Check("torchvision", FAIL if not ok else WARN, found + " [torchvision-mismatch]", entry.fix))
 
 
-def _check_disk_and_hub(rows: list[Check], spec: ModelSpec, needs: ModelTypeNeeds) -> None:
-    if spec.type == "flux-tiny":
-        from .tiny import tiny_cache_dir
-
+def _check_disk_and_hub(rows: list[Check], spec: ModelSpec, needs: Backend) -> None:
+    if needs.embedded:
         folder = tiny_cache_dir()
         state = "built" if folder.exists() else "built on first use"
         rows.append(Check("model files", OK, f"{spec.name} is embedded: {state} in {folder} (no download, a few MB)"))
@@ -452,20 +405,16 @@ def check_environment(
         report.notes.append("only the knowledge base's version rules were evaluated, on the versions (and GPU facts) "
                             "given; nothing of this machine was checked, and packages not given are not checked")
         return report
-    from .selection import resolve_model
-
     choice = resolve_model(model, config)
     spec = choice.spec
-    needs = kb.model_types.get(spec.type)
-    if needs is None:
-        raise KeyError(f"model type {spec.type!r} has no entry under model_types in knowledge.yaml")
+    needs = get_backend(spec.type)
     have = installed_versions()
     report = DoctorReport(spec.name, spec.type, choice.reason, False, have)
     gpu, info = _gpu_facts()
     _check_python(report.rows)
     _check_torch(report.rows, info, needs)
     _check_gpu(report.rows, info, spec, needs)
-    _check_models(report.rows, config, kb, info)
+    _check_models(report.rows, config, info)
     _check_versions(report.rows, have, kb, hypothetical=False)
     _check_torchvision(report.rows, have)
     _check_disk_and_hub(report.rows, spec, needs)
@@ -479,151 +428,3 @@ def check_environment(
 
 def report_json(report: DoctorReport) -> str:
     return json.dumps(report.to_dict(), indent=2)
-
-
-# ---------------------------------------------------------------- notebook 00: memory picture, verification, verdict
-
-# GUIDE.md "Where the ~21 GB goes (8-bit)", in GB as the guide wrote them.
-GUIDE_MEMORY_GB = {"transformer": 12.0, "text_encoder_2": 5.0, "vae": 1.0, "text_encoder": 1.0}
-GUIDE_LABELS = {"transformer": "transformer\n(8-bit)", "text_encoder_2": "T5\n(8-bit)", "vae": "VAE",
-                "text_encoder": "CLIP"}
-MEASURED_LABELS = {"transformer": "transformer", "text_encoder_2": "T5", "vae": "VAE", "text_encoder": "CLIP"}
-VERDICT_FILE = "verdict.json"
-
-
-def memory_figure(components):
-    """Bar charts: the guide's per-component memory of 8-bit FLUX.1-dev on the L4, beside what was measured here.
-
-    `components` is LoadReport.components. Two panels with their own units, because the tiny model is a few MB.
-    """
-    import matplotlib.pyplot as plt
-
-    names = list(GUIDE_MEMORY_GB)
-    measured = {c.name: c for c in components}
-    biggest = max((c.bytes for c in components), default=0)
-    unit, scale = next(((u, s) for u, s in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)) if biggest >= s),
-                       ("B", 1))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
-    bars = left.bar([GUIDE_LABELS[n] for n in names], [GUIDE_MEMORY_GB[n] for n in names], color="#8c8c8c")
-    left.bar_label(bars, fmt="~%g GB")
-    left.set_title(f"the guide: FLUX.1-dev 8-bit on the L4 (~{sum(GUIDE_MEMORY_GB.values()):g} GB)")
-    left.set_ylabel("GB")
-    values = [measured[n].bytes / scale if n in measured else 0 for n in names]
-    # Measured bars carry the format actually loaded (e.g. "T5\nfp32" for the tiny model), not the guide's "(8-bit)".
-    bars = right.bar([f"{MEASURED_LABELS[n]}\n{measured[n].format if n in measured else 'absent'}" for n in names],
-                     values, color="#3b7dd8")
-    right.bar_label(bars, fmt="%.2f")
-    total = sum(c.bytes for c in components) / scale
-    right.set_title(f"measured after loading here ({total:.2f} {unit} in all)")
-    right.set_ylabel(unit)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
-def quantization_rows(report) -> list[Check]:
-    """Per component: the weight format found vs what the model type promises (EXPECTED_FORMATS)."""
-    from .loading import EXPECTED_FORMATS, human_bytes
-
-    expected = EXPECTED_FORMATS.get(report.type, {})
-    rows = []
-    for c in report.components:
-        want = expected.get(c.name)
-        found = f"{c.cls}: {c.format} on {c.device}, {human_bytes(c.bytes)}, {c.quantized_layers} quantized / " \
-                f"{c.linear_layers} plain Linear layers"
-        if want is None:
-            rows.append(Check(c.name, OK, found + " (not quantized by this model type)"))
-        else:
-            good = c.format.startswith(want) and c.quantized_layers >= c.linear_layers
-            rows.append(Check(c.name, OK if good else FAIL, found + f"; promised {' or '.join(want)}",
-                              "" if good else "the checkpoint is not the pre-quantized one, or bitsandbytes failed"))
-    return rows
-
-
-def verification_request(spec, prompt: str = "a photo of a cat sitting on a red chair in the sun"):
-    """One small image: at most 4 steps and 512x512, so the check takes seconds on a GPU."""
-    from .params import make_request
-
-    width, height = (min(v, 512) for v in spec.params.default_size)
-    return make_request(spec, prompt=prompt, seed=0, steps=min(spec.params.default_steps, 4), width=width,
-                        height=height, num_images=1)
-
-
-class SetupVerification:
-    """The steps of notebook 00 and their verdict, kept in `verdict.json` of the run folder at every step.
-
-    `with verification.step("load"): ...` records the step; on failure it records the error with its
-    diagnosis, writes a "not ready, because ..." verdict, and re-raises (the cell fails). `finish()` writes
-    the final verdict: ready only when the doctor found no blocker and every step passed.
-    """
-
-    def __init__(self, run, doctor: DoctorReport):
-        self.run = run
-        self.doctor = doctor
-        self.steps: dict[str, dict[str, Any]] = {}
-        self.reasons = [f"doctor: {r.check}: {r.found}" for r in doctor.blocking]
-        run.record(doctor=doctor.to_dict())
-        self._write(final=False)
-
-    @property
-    def path(self) -> Path:
-        return Path(self.run.path) / VERDICT_FILE
-
-    def _write(self, final: bool) -> dict[str, Any]:
-        from .outputs import atomic_write_json
-
-        ready = final and not self.reasons and all(s["status"] == "ok" for s in self.steps.values())
-        if ready:
-            text = (f"ready: {self.doctor.model} loads with the weight formats its type promises and generates on "
-                    "this machine")
-            if self.doctor.model_type == "flux-tiny":
-                text += (" (flux-tiny has random weights: this proves the workflow, not FLUX.1-dev; the doctor's "
-                         "'models on this machine' row says which real models can run here)")
-        elif self.reasons:
-            text = "not ready, because " + "; ".join(self.reasons)
-        else:
-            text = "not ready, because the verification has not finished"
-        verdict = {"ready": ready, "verdict": text, "model": self.doctor.model, "model_type": self.doctor.model_type,
-                   "reasons": list(self.reasons), "steps": self.steps, "final": final}
-        atomic_write_json(self.path, verdict)
-        return verdict
-
-    @contextmanager
-    def step(self, name: str):
-        from .diagnosis import explain_errors
-
-        try:
-            with explain_errors():
-                yield
-        except Exception as exc:
-            from .diagnosis import diagnose
-
-            self.steps[name] = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc)[:2000]}",
-                                "known_issues": [d.entry.id for d in diagnose(exc)]}
-            self.reasons.append(f"{name} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-            self._write(final=True)
-            self.run.record(verdict=self.verdict_dict(), status="failed")
-            raise
-        self.steps[name] = {"status": "ok"}
-        self._write(final=False)
-
-    def fail(self, name: str, reason: str) -> None:
-        """Record a check that found a problem without an exception (e.g. a blank image)."""
-        self.steps[name] = {"status": "failed", "error": reason}
-        self.reasons.append(f"{name}: {reason}")
-
-    def verdict_dict(self) -> dict[str, Any]:
-        import json
-
-        return json.loads(self.path.read_text(encoding="utf-8"))
-
-    def finish(self) -> dict[str, Any]:
-        verdict = self._write(final=True)
-        self.run.record(verdict=verdict)
-        self.run.finish("complete" if verdict["ready"] else "not ready")
-        return verdict
-
-
-def read_verdict(run_dir: str | Path) -> dict[str, Any]:
-    """The verdict notebook 00 wrote into its run folder."""
-    return json.loads((Path(run_dir) / VERDICT_FILE).read_text(encoding="utf-8"))

@@ -140,3 +140,10 @@ class NotebookFailed(FluxnbError):
         self.evalue = evalue
         where = f" in cell {cell}" if cell is not None else ""
         super().__init__(f"{notebook.name} failed{where}: {ename}: {evalue}\n(executed notebook kept at {executed})")
+
+
+class UnknownAttemptError(FluxnbError, KeyError):
+    """The troubleshooting replay has no attempt with that number (a KeyError too, for lookups)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return FluxnbError.__str__(self)

@@ -8,8 +8,6 @@ resumed batch skips every image its run folder already holds.
 
 from __future__ import annotations
 
-import gc
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any
 from .environment import device_info, package_versions
 from .errors import GenerationFailed, ModelUnusable
 from .loading import LoadedModel
+from .memory import free_memory, peak_memory, reset_peak_memory
 from .outputs import RunFolder
 from .params import IMAGE_TO_IMAGE, GenerationRequest
 from .sanity import check_image
@@ -40,35 +39,6 @@ def identity(metadata: dict[str, Any]) -> tuple:
     return tuple(str(metadata.get(key)) for key in IDENTITY_KEYS)
 
 
-def reset_peak_memory(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_memory(device: str) -> dict[str, Any]:
-    """Peak GPU memory of this image (allocated and reserved), or the process's peak RSS on a CPU."""
-    import torch
-
-    if device == "cuda":
-        return {
-            "kind": "cuda",
-            "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
-            "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
-        }
-    try:
-        import resource
-
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-        return {"kind": "cpu process peak RSS", "peak_rss_bytes": peak}
-    except ImportError:  # Windows
-        import psutil
-
-        return {"kind": "cpu process RSS", "peak_rss_bytes": psutil.Process().memory_info().rss}
-
-
 def peak_memory_bytes(metadata: dict[str, Any]) -> int:
     """The one number to plot: peak allocated GPU memory, or peak RSS on a CPU."""
     memory = metadata["peak_memory"]
@@ -78,15 +48,6 @@ def peak_memory_bytes(metadata: dict[str, Any]) -> int:
 def compile_seconds(metadata: dict[str, Any]) -> float:
     """Seconds of torch.compile this image paid (0 for images from before the `compile` record, or eager models)."""
     return (metadata.get("compile") or {}).get("seconds", 0.0)
-
-
-def free_memory(device: str) -> None:
-    """Drop what a failed call left behind, so that the kernel can go on (gc, then the CUDA cache)."""
-    import torch
-
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
 
 
 def compile_counters() -> tuple[int, float]:
@@ -115,10 +76,8 @@ def out_of_memory_advice(request: GenerationRequest, model: LoadedModel) -> str:
             f"{torch.cuda.memory_reserved() / 2**30:.2f} GiB reserved, {free / 2**30:.2f} GiB free of "
             f"{total / 2**30:.2f} GiB (peak this image: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB). "
         )
-    from .loading import OFFLOADABLE_TYPES
-
     t5_offload = ""
-    if model.spec.type in OFFLOADABLE_TYPES and not model.spec.offload_text_encoder:
+    if model.backend.offloadable_text_encoder and not model.spec.offload_text_encoder:
         t5_offload = (f", `offload_text_encoder: true` in the {model.spec.name} entry of model_config.yaml (T5 on "
                       "the CPU between prompts: about 3 GiB less at the peak, slower per image)")
     return (

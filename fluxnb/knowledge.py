@@ -19,23 +19,12 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from .backends import REGISTRY
+from .environment import RULE_PACKAGES  # the packages the rules may name: one list, in environment.py
 from .errors import FluxnbError, KnowledgeError
 
 KNOWLEDGE_FILE = "knowledge.yaml"
 SEVERITIES = ("blocking", "degraded", "info")
-# Packages whose versions the rules may name (canonical names, as packaging.utils.canonicalize_name gives).
-RULE_PACKAGES = (
-    "diffusers",
-    "transformers",
-    "torch",
-    "torchvision",
-    "torchao",
-    "bitsandbytes",
-    "optimum-quanto",
-    "huggingface-hub",
-    "accelerate",
-    "triton",
-)
 GPU_KEYS = {"cuda", "min_capability", "max_capability", "torch_cuda", "driver"}
 PAIR_CHECKS = ("torch-torchvision",)
 TORCHVISION_MINOR_OFFSET = 15  # torch 2.N pairs with torchvision 0.(N+15): 2.8 <-> 0.23, 2.13 <-> 0.28
@@ -83,23 +72,10 @@ class Entry:
 
 
 @dataclass(frozen=True)
-class ModelTypeNeeds:
-    type: str
-    needs_cuda: bool
-    min_capability: str | None
-    vram_gib: float
-    offload_ok: bool
-    download_gib: float
-    uses: tuple[str, ...]
-    why_gpu: str
-
-
-@dataclass(frozen=True)
 class KnowledgeBase:
     entries: tuple[Entry, ...]
     lines: dict[str, dict[str, Any]]  # name -> {"description": str, "versions": {pkg: SpecifierSet}}
     guide_ranges: dict[str, SpecifierSet]
-    model_types: dict[str, ModelTypeNeeds]
     paths: dict[str, str]
 
     def get(self, entry_id: str) -> Entry:
@@ -194,83 +170,90 @@ _ENTRY_KEYS = {"id", "title", "severity", "affects", "symptoms", "when", "cause"
 _REQUIRED = ("id", "title", "severity", "affects", "symptoms", "when", "cause", "fix", "source")
 
 
+def _check_entry_keys(raw: dict, where: str, seen: set[str], problems: list[str]) -> None:
+    """The entry's keys, its id (unique, lower-case-with-dashes) and its severity."""
+    for key in _REQUIRED:
+        if key not in raw:
+            problems.append(f"{where}: missing key {key!r}")
+    for key in set(raw) - _ENTRY_KEYS:
+        problems.append(f"{where}: unknown key {key!r}")
+    entry_id = raw.get("id")
+    if not isinstance(entry_id, str) or not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", entry_id or ""):
+        problems.append(f"{where}.id: must be lower-case-with-dashes, got {entry_id!r}")
+    elif entry_id in seen:
+        problems.append(f"{where}.id: duplicate id {entry_id!r}")
+    seen.add(str(entry_id))
+    if raw.get("severity") not in SEVERITIES:
+        problems.append(f"{where}.severity: must be one of {', '.join(SEVERITIES)}, got {raw.get('severity')!r}")
+
+
+def _symptoms(raw: dict, where: str, problems: list[str]) -> list[re.Pattern]:
+    """The entry's symptom regexes, compiled."""
+    symptoms = []
+    if not isinstance(raw.get("symptoms"), list) or not raw.get("symptoms"):
+        problems.append(f"{where}.symptoms: must be a non-empty list of regexes")
+    for text in raw.get("symptoms") or []:
+        try:
+            symptoms.append(re.compile(text))
+        except (re.error, TypeError) as exc:
+            problems.append(f"{where}.symptoms: {text!r} is not a valid regex ({exc})")
+    return symptoms
+
+
+def _entry(i: int, raw: Any, paths: dict, seen: set[str], problems: list[str]) -> Entry | None:
+    """One entry of `entries:`, checked; None where a required key is missing (the problem is listed)."""
+    if not isinstance(raw, dict):
+        problems.append(f"entries[{i}]: must be a mapping")
+        return None
+    where = f"entries[{i}] ({raw.get('id', '?')})"
+    _check_entry_keys(raw, where, seen, problems)
+    affects = raw.get("affects") or []
+    for path in affects:
+        if path not in paths:
+            problems.append(f"{where}.affects: {path!r} is not declared under paths:")
+    symptoms = _symptoms(raw, where, problems)
+    alternatives = []
+    for j, alt in enumerate(raw.get("when") or []):
+        parsed = _alternative(alt, f"{where}.when[{j}]", paths, problems)
+        if parsed:
+            alternatives.append(parsed)
+    for key in ("title", "cause", "fix", "source"):
+        if key in raw and (not isinstance(raw[key], str) or not raw[key].strip()):
+            problems.append(f"{where}.{key}: must be non-empty text")
+    if not all(k in raw for k in _REQUIRED):
+        return None
+    return Entry(
+        id=raw.get("id"), title=raw["title"], severity=raw["severity"], affects=tuple(affects),
+        symptoms=tuple(symptoms), when=tuple(alternatives), cause=raw["cause"].strip(),
+        fix=raw["fix"].strip(), source=raw["source"], guide=raw.get("guide"),
+        known_issues=tuple(raw.get("known_issues") or ()),
+    )
+
+
+def _lines(data: dict, problems: list[str]) -> dict[str, dict[str, Any]]:
+    """The supported lines (`lines:`), each with its description and version specifiers."""
+    lines = {}
+    for name, line in (data.get("lines") or {}).items():
+        lines[name] = {"description": line.get("description", ""),
+                       "versions": _versions(line.get("versions"), f"lines.{name}.versions", problems)}
+    return lines
+
+
 def parse_knowledge(data: Any, origin: str = KNOWLEDGE_FILE) -> KnowledgeBase:
     """Validate a parsed knowledge document; raise KnowledgeError listing every problem."""
     problems: list[str] = []
     if not isinstance(data, dict) or data.get("schema") != 1:
         raise KnowledgeError(f"{origin}: top level must be a mapping with `schema: 1`")
     paths = data.get("paths") or {}
-    entries: list[Entry] = []
     seen: set[str] = set()
-    for i, raw in enumerate(data.get("entries") or []):
-        where = f"entries[{i}]"
-        if not isinstance(raw, dict):
-            problems.append(f"{where}: must be a mapping")
-            continue
-        where = f"entries[{i}] ({raw.get('id', '?')})"
-        for key in _REQUIRED:
-            if key not in raw:
-                problems.append(f"{where}: missing key {key!r}")
-        for key in set(raw) - _ENTRY_KEYS:
-            problems.append(f"{where}: unknown key {key!r}")
-        entry_id = raw.get("id")
-        if not isinstance(entry_id, str) or not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", entry_id or ""):
-            problems.append(f"{where}.id: must be lower-case-with-dashes, got {entry_id!r}")
-        elif entry_id in seen:
-            problems.append(f"{where}.id: duplicate id {entry_id!r}")
-        seen.add(str(entry_id))
-        if raw.get("severity") not in SEVERITIES:
-            problems.append(f"{where}.severity: must be one of {', '.join(SEVERITIES)}, got {raw.get('severity')!r}")
-        affects = raw.get("affects") or []
-        for path in affects:
-            if path not in paths:
-                problems.append(f"{where}.affects: {path!r} is not declared under paths:")
-        symptoms = []
-        if not isinstance(raw.get("symptoms"), list) or not raw.get("symptoms"):
-            problems.append(f"{where}.symptoms: must be a non-empty list of regexes")
-        for text in raw.get("symptoms") or []:
-            try:
-                symptoms.append(re.compile(text))
-            except (re.error, TypeError) as exc:
-                problems.append(f"{where}.symptoms: {text!r} is not a valid regex ({exc})")
-        alternatives = []
-        for j, alt in enumerate(raw.get("when") or []):
-            parsed = _alternative(alt, f"{where}.when[{j}]", paths, problems)
-            if parsed:
-                alternatives.append(parsed)
-        for key in ("title", "cause", "fix", "source"):
-            if key in raw and (not isinstance(raw[key], str) or not raw[key].strip()):
-                problems.append(f"{where}.{key}: must be non-empty text")
-        if all(k in raw for k in _REQUIRED):
-            entries.append(Entry(
-                id=entry_id, title=raw["title"], severity=raw["severity"], affects=tuple(affects),
-                symptoms=tuple(symptoms), when=tuple(alternatives), cause=raw["cause"].strip(),
-                fix=raw["fix"].strip(), source=raw["source"], guide=raw.get("guide"),
-                known_issues=tuple(raw.get("known_issues") or ()),
-            ))
-    lines = {}
-    for name, line in (data.get("lines") or {}).items():
-        lines[name] = {"description": line.get("description", ""),
-                       "versions": _versions(line.get("versions"), f"lines.{name}.versions", problems)}
+    entries = [entry for i, raw in enumerate(data.get("entries") or [])
+               if (entry := _entry(i, raw, paths, seen, problems)) is not None]
+    lines = _lines(data, problems)
     guide_ranges = _versions(data.get("guide_ranges") or {}, "guide_ranges", problems)
-    model_types = {}
-    for name, raw in (data.get("model_types") or {}).items():
-        try:
-            model_types[name] = ModelTypeNeeds(type=name, needs_cuda=bool(raw["needs_cuda"]),
-                                               min_capability=raw["min_capability"], vram_gib=float(raw["vram_gib"]),
-                                               offload_ok=bool(raw["offload_ok"]),
-                                               download_gib=float(raw["download_gib"]), uses=tuple(raw["uses"]),
-                                               why_gpu=str(raw["why_gpu"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            problems.append(f"model_types.{name}: {type(exc).__name__}: {exc}")
-            continue
-        for path in raw["uses"]:
-            if path not in paths:
-                problems.append(f"model_types.{name}.uses: {path!r} is not declared under paths:")
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise KnowledgeError(f"{origin} is invalid ({len(problems)} problem(s)):\n{listed}")
-    return KnowledgeBase(tuple(entries), lines, guide_ranges, model_types, dict(paths))
+    return KnowledgeBase(tuple(entries), lines, guide_ranges, dict(paths))
 
 
 @lru_cache(maxsize=4)
@@ -393,8 +376,9 @@ def relevance(entry: Entry, model_type: str | None, kb: KnowledgeBase) -> str:
     """'blocks' (blocking and on the model's path), 'affects' (on its path), 'other' (a path it does not take)."""
     if model_type is None:
         return "blocks" if entry.severity == "blocking" else "affects"
-    uses = set(kb.model_types[model_type].uses) if model_type in kb.model_types else {"core"}
-    if model_type in kb.model_types and kb.model_types[model_type].needs_cuda:
+    backend = REGISTRY.get(model_type)  # the paths a type takes are facts of its backend record
+    uses = set(backend.uses) if backend else {"core"}
+    if backend and backend.needs_cuda:
         uses.add("cuda")
     if not uses & set(entry.affects):
         return "other"

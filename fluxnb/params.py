@@ -1,18 +1,21 @@
 """Generation requests, validated against the chosen model's params before any model is loaded.
 
-Each error names the parameter, what is allowed for this model, and the fix (DESIGN.md: bad input gets a
-clear error before minutes are spent loading 17 GB of weights).
+Each error names the parameter, what is allowed for this model, and the fix: bad input gets a clear error
+before minutes are spent loading 17 GB of weights.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import PROJECT_ROOT, SIZE_MULTIPLE, ModelSpec
+from .backends import compile_wanted, get_backend
+from .config import PROJECT_ROOT, ModelSpec
 from .errors import RequestError
+from .units import SIZE_MULTIPLE, is_image_side
 
 SAMPLE_INIT_IMAGE = PROJECT_ROOT / "notebooks" / "assets" / "init_image.png"  # image-to-image default
 TEXT_TO_IMAGE = "text-to-image"
@@ -64,7 +67,7 @@ def _int(name: str, value: Any, low: int, high: int, fix: str) -> int:
 
 def _size(name: str, value: Any, maximum: int) -> int:
     value = _int(name, value, SIZE_MULTIPLE, maximum, f"Fix: use a multiple of {SIZE_MULTIPLE} up to {maximum}.")
-    if value % SIZE_MULTIPLE:
+    if not is_image_side(value):
         lower = value - value % SIZE_MULTIPLE
         raise RequestError(
             name,
@@ -146,10 +149,9 @@ def request_from_dict(spec: ModelSpec, data: dict[str, Any]) -> GenerationReques
 
 def _check_compiled_minimum(spec: ModelSpec, width: int, height: int, max_sequence_length: int) -> None:
     """Compiled int8 dynamic matmuls (torch._int_mm) need more than 16 rows: image tokens and T5 tokens."""
-    from .loading import MIN_ROWS_COMPILED, compile_wanted
-
-    need = MIN_ROWS_COMPILED.get(spec.type)
-    if need is None or not compile_wanted(spec)[0]:
+    backend = get_backend(spec.type)
+    need = backend.min_rows_compiled
+    if not need or not compile_wanted(spec, backend)[0]:
         return
     tokens = (width // 16) * (height // 16)
     if tokens < need:
@@ -160,6 +162,81 @@ def _check_compiled_minimum(spec: ModelSpec, width: int, height: int, max_sequen
         raise RequestError("max_sequence_length", f"{max_sequence_length} T5 tokens is below the {need} that "
                            f"compiled {spec.name} needs (its int8 matmuls need more than 16 rows). Fix: use at "
                            f"least {need}, or leave it unset ({spec.params.max_tokens}).")
+
+
+def _negative_prompt(spec: ModelSpec, negative_prompt: Any) -> str | None:
+    """The negative prompt, refused for models that do not use one (FLUX.1-dev)."""
+    if negative_prompt in (None, ""):
+        return None
+    if not spec.params.use_negative_prompt:
+        raise RequestError(
+            "negative_prompt",
+            f"model {spec.name!r} does not use a negative prompt (FLUX.1-dev is guidance-distilled: "
+            "it has no unconditional branch to steer away from). Fix: set negative_prompt=None and "
+            "describe what you want in the prompt instead.",
+        )
+    if not isinstance(negative_prompt, str):
+        raise RequestError("negative_prompt", f"must be a string or None, got {negative_prompt!r}.")
+    return negative_prompt
+
+
+def _guidance(spec: ModelSpec, guidance_scale: Any) -> float:
+    """The guidance scale (the model's default for None): a number > 0."""
+    guidance = spec.params.guidance_scale if guidance_scale is None else guidance_scale
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 < guidance < math.inf:
+        raise RequestError("guidance_scale", f"must be a number > 0, got {guidance!r}. "
+                           f"Fix: FLUX.1-dev works best near {spec.params.guidance_scale}.")
+    return float(guidance)
+
+
+def _sizes(spec: ModelSpec, width: Any, height: Any) -> tuple[int, int]:
+    """Width and height (the model's defaults for None): multiples of 16 up to the model's maximum; both checked."""
+    default_w, default_h = spec.params.default_size
+    max_w, max_h = spec.params.max_size
+    problems: list[RequestError] = []
+    sizes = (_collect(problems, _size, "width", default_w if width is None else width, max_w),
+             _collect(problems, _size, "height", default_h if height is None else height, max_h))
+    if problems:
+        raise RequestError.several(problems)
+    return sizes
+
+
+def _text_only(init_image: Any, strength: Any) -> None:
+    """Text-to-image takes no init_image or strength."""
+    if init_image is not None or strength is not None:
+        which = "init_image" if init_image is not None else "strength"
+        raise RequestError(which, "only applies to image-to-image. Fix: leave it unset, or use "
+                           "notebooks/02_image_to_image.ipynb (fluxnb generate --init-image).")
+
+
+def _image_to_image(spec: ModelSpec, init_image: Any, strength: Any) -> tuple[str, float]:
+    """Image-to-image's init_image (a readable PNG or JPEG) and strength in (0, 1] (0.6 for None); both checked."""
+    problems: list[RequestError] = []
+    path = None
+    if not spec.params.supports_i2i:
+        problems.append(RequestError("init_image", f"model {spec.name!r} does not support image-to-image "
+                                     "(supports_i2i: false). Fix: choose a model with supports_i2i: true."))
+    elif init_image is None:
+        problems.append(RequestError("init_image", "is required for image-to-image. Fix: give the path of a PNG "
+                                     "or JPEG."))
+    else:
+        path = _collect(problems, check_image_file, "init_image", init_image)
+    strength = 0.6 if strength is None else strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        problems.append(RequestError("strength", f"must be a number in (0, 1], got {strength!r}. Fix: 0.3 keeps "
+                                     "the picture close to init_image, 0.9 changes most of it."))
+    if problems:
+        raise RequestError.several(problems)
+    return path, float(strength)
+
+
+def _collect(problems: list[RequestError], validate: Callable[..., Any], *args: Any) -> Any:
+    """The validated value, or None with its problem(s) kept in `problems` for the one error raised at the end."""
+    try:
+        return validate(*args)
+    except RequestError as exc:
+        problems.extend(exc.problems)
+        return None
 
 
 def make_request(
@@ -187,77 +264,30 @@ def make_request(
     if mode not in (TEXT_TO_IMAGE, IMAGE_TO_IMAGE):
         raise RequestError("mode", f"must be {TEXT_TO_IMAGE!r} or {IMAGE_TO_IMAGE!r}, got {mode!r}.")
     problems: list[RequestError] = []
-
-    def check(validate, *args):
-        """The validated value, or None with the problem kept for the one error raised at the end."""
-        try:
-            return validate(*args)
-        except RequestError as exc:
-            problems.append(exc)
-            return None
-
-    prompts = check(_prompts, prompt)
-    if negative_prompt not in (None, ""):
-        if not params.use_negative_prompt:
-            problems.append(RequestError(
-                "negative_prompt",
-                f"model {spec.name!r} does not use a negative prompt (FLUX.1-dev is guidance-distilled: "
-                "it has no unconditional branch to steer away from). Fix: set negative_prompt=None and "
-                "describe what you want in the prompt instead.",
-            ))
-        elif not isinstance(negative_prompt, str):
-            problems.append(RequestError("negative_prompt", f"must be a string or None, got {negative_prompt!r}."))
-    seed = check(_int, "seed", seed, 0, MAX_SEED, "Fix: use a non-negative integer such as 0 or 42.")
-    steps = check(
-        _int,
-        "steps",
-        params.default_steps if steps is None else steps,
-        1,
-        params.max_steps,
-        f"Fix: use 1..{params.max_steps} (default {params.default_steps}).",
-    )
-    guidance = params.guidance_scale if guidance_scale is None else guidance_scale
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 < guidance < math.inf:
-        problems.append(RequestError("guidance_scale", f"must be a number > 0, got {guidance!r}. "
-                                     f"Fix: FLUX.1-dev works best near {params.guidance_scale}."))
-    default_w, default_h = params.default_size
-    max_w, max_h = params.max_size
-    width = check(_size, "width", default_w if width is None else width, max_w)
-    height = check(_size, "height", default_h if height is None else height, max_h)
-    num_images = check(_int, "num_images", num_images, 1, MAX_IMAGES_PER_PROMPT,
-                       f"Fix: ask for 1..{MAX_IMAGES_PER_PROMPT} images per prompt.")
-    max_sequence_length = check(
-        _int,
-        "max_sequence_length",
-        params.max_tokens if max_sequence_length is None else max_sequence_length,
-        1,
-        params.max_tokens,
+    prompts = _collect(problems, _prompts, prompt)
+    negative = _collect(problems, _negative_prompt, spec, negative_prompt)
+    seed = _collect(problems, _int, "seed", seed, 0, MAX_SEED, "Fix: use a non-negative integer such as 0 or 42.")
+    steps = _collect(problems, _int, "steps", params.default_steps if steps is None else steps, 1, params.max_steps,
+                     f"Fix: use 1..{params.max_steps} (default {params.default_steps}).")
+    guidance = _collect(problems, _guidance, spec, guidance_scale)
+    width, height = _collect(problems, _sizes, spec, width, height) or (None, None)
+    num_images = _collect(problems, _int, "num_images", num_images, 1, MAX_IMAGES_PER_PROMPT,
+                          f"Fix: ask for 1..{MAX_IMAGES_PER_PROMPT} images per prompt.")
+    max_sequence_length = _collect(
+        problems, _int, "max_sequence_length",
+        params.max_tokens if max_sequence_length is None else max_sequence_length, 1, params.max_tokens,
         f"Fix: use at most {params.max_tokens} T5 tokens.",
     )
     if None not in (width, height, max_sequence_length):
-        check(_check_compiled_minimum, spec, width, height, max_sequence_length)
+        _collect(problems, _check_compiled_minimum, spec, width, height, max_sequence_length)
     if mode == TEXT_TO_IMAGE:
-        if init_image is not None or strength is not None:
-            which = "init_image" if init_image is not None else "strength"
-            problems.append(RequestError(which, "only applies to image-to-image. Fix: leave it unset, or use "
-                                         "notebooks/02_image_to_image.ipynb (fluxnb generate --init-image)."))
+        _collect(problems, _text_only, init_image, strength)
         if problems:
             raise RequestError.several(problems)
-        return GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width,
-                                 height, num_images, max_sequence_length)
-    if not params.supports_i2i:
-        problems.append(RequestError("init_image", f"model {spec.name!r} does not support image-to-image "
-                                     "(supports_i2i: false). Fix: choose a model with supports_i2i: true."))
-    elif init_image is None:
-        problems.append(RequestError("init_image", "is required for image-to-image. Fix: give the path of a PNG "
-                                     "or JPEG."))
-    else:
-        init_image = check(check_image_file, "init_image", init_image)
-    strength = 0.6 if strength is None else strength
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-        problems.append(RequestError("strength", f"must be a number in (0, 1], got {strength!r}. Fix: 0.3 keeps "
-                                     "the picture close to init_image, 0.9 changes most of it."))
+        return GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
+                                 max_sequence_length)
+    path, strength_value = _collect(problems, _image_to_image, spec, init_image, strength) or (None, None)
     if problems:
         raise RequestError.several(problems)
-    return GenerationRequest(mode, prompts, negative_prompt or None, seed, steps, float(guidance), width, height,
-                             num_images, max_sequence_length, init_image, float(strength))
+    return GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
+                             max_sequence_length, path, strength_value)

@@ -107,7 +107,8 @@ def run_notebook(
     _refuse_runner_parameters(parameters)
     run_dir = new_run_dir(path.stem, outputs_dir)
     parameters.update(output_dir=str(run_dir))
-    parameters.setdefault("interactive", False)
+    if "interactive" in notebook_parameters(path):  # a notebook without widgets or progress bars has none
+        parameters.setdefault("interactive", False)
     _execute(path, run_dir, parameters, kernel_name, stream)
     return run_dir
 
@@ -147,7 +148,9 @@ def resume_notebook(
         executed.rename(kept)
     merged = {k: v for k, v in {**previous, **parameters}.items() if k not in RUNNER_PARAMETERS}
     check_parameter_names(path, merged)
-    merged.update(output_dir=str(run_dir), interactive=False, resume=True)
+    merged.update(output_dir=str(run_dir), resume=True)
+    if "interactive" in notebook_parameters(path):
+        merged["interactive"] = False
     _execute(path, run_dir, merged, kernel_name, stream)
     return run_dir
 

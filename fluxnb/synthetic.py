@@ -33,8 +33,6 @@ from .tiny import assemble_flux_pipeline, atomic_build, build_tokenizers, cache_
 SYNTHETIC_SEED = 20251122
 BUILD_MARKER = "fluxnb_synthetic.json"
 KINDS = ("bf16", "bnb-8bit", "bnb-nf4")
-# Which synthetic kind each loader type reads: pre-quantized types read their own, the rest the bf16 one.
-KIND_FOR_TYPE = {"flux-bnb-8bit": "bnb-8bit", "flux-bnb-8bit-threshold0": "bnb-8bit", "flux-bnb-4bit": "bnb-nf4"}
 
 # FLUX.1-dev's real dimensions (black-forest-labs/FLUX.1-dev config files).
 FLUX_DEV_TRANSFORMER = dict(
@@ -104,7 +102,8 @@ def synthetic_root(root: str | os.PathLike | None = None) -> Path:
 
 
 def synthetic_dir(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None) -> Path:
-    """Folder of one kind, keyed by the library lines that write it (KNOWN_ISSUES row 16) and by size."""
+    """Folder of one kind, keyed by size and by the library lines that write it (knowledge entry
+    transformers5-checkpoint-on-4x)."""
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic checkpoint kind {kind!r}; allowed: {', '.join(KINDS)}")
     size = "full" if dims is None or dims == FULL_DIMS else "scaled"
@@ -129,6 +128,67 @@ def _variance_preserving_init(module) -> None:
             torch.nn.init.normal_(sub.weight, 0.0, 1.0 / math.sqrt(sub.in_features))
             if sub.bias is not None:
                 torch.nn.init.zeros_(sub.bias)
+
+
+# The second weight set: activation outliers as trained DiTs have them ("massive activations": a few hidden channels
+# tens to hundreds of times larger than the rest, entering the quantized linears). Gaussian random weights have
+# none, and outliers are exactly where LLM.int8 (outlier decomposition), int8 dynamic and float8 differ.
+OUTLIER_CHANNELS = 8  # per block and per stream
+OUTLIER_SCALE = 50.0  # x the channel's normal size
+
+
+def _adaln_rows(linear, dim: int, chunk: int, channels, factor: float, offset: float = 0.0) -> None:
+    """Multiply output rows `chunk*dim + channels` of an AdaLN linear by `factor` (and add `offset` to the bias)."""
+    rows = chunk * dim + channels
+    linear.weight.data[rows] *= factor
+    if linear.bias is not None:
+        linear.bias.data[rows] = linear.bias.data[rows] * factor + offset
+
+
+def _scale_normalized_channels(norm_linear, dim: int, shift_chunk: int, scale_chunk: int, consumers, channels,
+                               factor: float) -> None:
+    """x_norm * (1 + scale) + shift, channels c: both terms x factor; each consumer's input column c / factor.
+
+    The block computes the same function (exactly in real arithmetic), but the activations its consumers quantize
+    now carry `len(channels)` outlier channels.
+    """
+    _adaln_rows(norm_linear, dim, shift_chunk, channels, factor)
+    _adaln_rows(norm_linear, dim, scale_chunk, channels, factor, offset=factor - 1.0)
+    for consumer in consumers:
+        consumer.weight.data[:, channels] /= factor
+
+
+def inject_outliers(transformer, channels: int = OUTLIER_CHANNELS, scale: float = OUTLIER_SCALE,
+                    seed: int = SYNTHETIC_SEED) -> dict:
+    """Give a FLUX transformer activation outliers without changing what it computes (function-preserving).
+
+    In every block and stream, the AdaLN shift/scale rows of `channels` random hidden channels are multiplied by
+    `scale` and the linears that consume that normalized activation (attention q/k/v, the MLP's first projection)
+    have those input columns divided by `scale`. Returns what was done, for the checkpoint's marker file.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+
+    def pick():
+        return torch.randperm(dim, generator=generator)[:channels].to(transformer.device)
+
+    with torch.no_grad():
+        # AdaLayerNormZero chunks: shift, scale, gate (attention), shift, scale, gate (MLP)
+        for block in transformer.transformer_blocks:
+            attn = block.attn
+            _scale_normalized_channels(block.norm1.linear, dim, 0, 1, (attn.to_q, attn.to_k, attn.to_v), pick(), scale)
+            _scale_normalized_channels(block.norm1.linear, dim, 3, 4, (block.ff.net[0].proj,), pick(), scale)
+            _scale_normalized_channels(block.norm1_context.linear, dim, 0, 1,
+                                       (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj), pick(), scale)
+            _scale_normalized_channels(block.norm1_context.linear, dim, 3, 4, (block.ff_context.net[0].proj,), pick(),
+                                       scale)
+        for block in transformer.single_transformer_blocks:  # AdaLayerNormZeroSingle: shift, scale, gate
+            attn = block.attn
+            _scale_normalized_channels(block.norm.linear, dim, 0, 1,
+                                       (block.proj_mlp, attn.to_q, attn.to_k, attn.to_v), pick(), scale)
+    return {"outlier_channels": channels, "outlier_scale": scale, "outlier_seed": seed}
 
 
 def build_synthetic_pipeline(device: str = "cuda", dims: dict | None = None, seed: int = SYNTHETIC_SEED):

@@ -5,7 +5,8 @@ from a few sentences), saved with `save_pretrained`, then loaded by the same `fr
 the hub models. Weights are random, so pictures are noise: it proves the plumbing, not the art.
 
 The cache folder is keyed by the transformers and diffusers major.minor lines, because a checkpoint
-saved by transformers 5 silently loads with random CLIP weights under 4.x (KNOWN_ISSUES row 16).
+saved by transformers 5 silently loads with random CLIP weights under 4.x (knowledge entry
+transformers5-checkpoint-on-4x in fluxnb/knowledge.yaml).
 """
 
 from __future__ import annotations

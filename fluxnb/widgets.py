@@ -23,13 +23,13 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .config import SIZE_MULTIPLE
 from .display import caption, figure_png, show_grid, shown_path, timing_summary
 from .errors import FluxnbError, render_error
 from .generation import GeneratedImage, generate
 from .loading import LoadedModel
 from .outputs import RunFolder, atomic_write_bytes
 from .params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
+from .units import SIZE_MULTIPLE
 
 MAX_IMAGES_IN_UI = 8
 UPLOADS_DIR = "inputs"  # uploaded starting pictures are kept in the run folder, so its images stay reproducible

@@ -1,6 +1,6 @@
 """Convert a module's Linear layers to bitsandbytes layers on the CPU (test helper).
 
-diffusers refuses quantized *loading* without a GPU (KNOWN_ISSUES row 9), but bitsandbytes' layers run on a
+diffusers refuses quantized *loading* without a GPU (knowledge entry bnb-no-gpu), but bitsandbytes' layers run on a
 CPU, so the verification code can be tested on real bnb modules here; the loading path itself is proven by
 the GPU lane (tests/gpu/test_gpu.py).
 """

@@ -108,9 +108,9 @@ def test_unquantized_checkpoint_through_the_8bit_loader_is_refused(tiny_checkpoi
 
 
 def _torchao_types():
-    from fluxnb.loading import TORCHAO_BACKENDS
+    from fluxnb.backends import REGISTRY
 
-    return sorted(TORCHAO_BACKENDS)
+    return sorted(t for t, backend in REGISTRY.items() if backend.family == "torchao")
 
 
 @pytest.mark.parametrize("model_type", _torchao_types())
@@ -118,10 +118,10 @@ def test_torchao_backends_load_verify_and_generate(model_type, tiny_checkpoint, 
     """Quantize-at-load with torchao on the tiny model (eager here: the benchmark covers compile at full size)."""
     pytest.importorskip("torchao")
     import fluxnb
-    from fluxnb.loading import TORCHAO_BACKENDS
+    from fluxnb.backends import REGISTRY
 
     capability = torch.cuda.get_device_capability()
-    if capability < TORCHAO_BACKENDS[model_type]["min_capability"]:
+    if capability < REGISTRY[model_type].min_capability:
         with pytest.raises(fluxnb.ModelUnavailableError, match="compute capability"):
             spec = dataclasses.replace(config.get("flux-dev"), name=model_type, type=model_type, requires_auth=False)
             fluxnb.load_model(spec, checkpoint=tiny_checkpoint, progress=False)
@@ -175,7 +175,7 @@ def test_compiled_entry_compiles_once_then_reuses(tiny_checkpoint, config, monke
     (third,) = fluxnb.generate(again, fluxnb.make_request(spec, prompt="a dog", steps=2, width=128, height=128),
                                progress=False)
     assert third.metadata["compile"]["new_graphs"] == 0
-    fluxnb.loading._SESSION_MODEL.clear()
+    fluxnb.loading.release_session_model()
 
 
 def test_offloaded_text_encoder_gives_the_same_image_from_the_cpu(tiny_checkpoint, config):

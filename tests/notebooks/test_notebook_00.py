@@ -7,9 +7,9 @@ import papermill
 import pytest
 
 import fluxnb
-from fluxnb.doctor import read_verdict
 from fluxnb.errors import NotebookFailed
 from fluxnb.runner import NOTEBOOKS_DIR, run_notebook
+from fluxnb.verification import read_verdict
 
 NOTEBOOK = NOTEBOOKS_DIR / "00_setup_verification.ipynb"
 

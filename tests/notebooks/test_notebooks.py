@@ -266,8 +266,8 @@ def test_fluxnb_run_streams_a_line_per_image_with_progress_and_is_quiet_without(
 
 
 def test_fast_backend_is_selected_by_name(outputs_dir: Path, monkeypatch):
-    """model='flux-dev-torchao-int8dq' (issue 6): chosen, validated against its entry, then refused at load on this
-    CPU machine with the reason (the same entry runs on the GPU: results/bench-synthetic.json)."""
+    """model='flux-dev-torchao-int8dq' (a compiled torchao entry): chosen, validated against its entry, then refused
+    at load on this CPU machine with the reason (the same entry runs on the GPU: results/bench-synthetic.json)."""
     monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")  # past the gated-model check, to the machine check
     with pytest.raises(NotebookFailed) as failure:
         run_notebook("01_text_to_image", {"model": "flux-dev-torchao-int8dq", "steps": 2}, outputs_dir=outputs_dir)

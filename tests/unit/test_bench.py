@@ -43,19 +43,20 @@ def test_backend_variants_change_one_option(config):
 
 
 def test_compile_follows_the_entry_and_the_override(config, monkeypatch):
-    from fluxnb.loading import compile_wanted
+    from fluxnb.backends import compile_wanted, get_backend
 
     fast, weight_only = config.get("flux-dev-torchao-int8dq"), config.get("flux-dev-torchao-int8")
+    fast_record, weight_only_record = get_backend(fast.type), get_backend(weight_only.type)
     monkeypatch.delenv("FLUXNB_COMPILE", raising=False)
-    assert compile_wanted(fast) == (True, None)
-    assert compile_wanted(weight_only) == (False, None)
+    assert compile_wanted(fast, fast_record) == (True, None)
+    assert compile_wanted(weight_only, weight_only_record) == (False, None)
     monkeypatch.setenv("FLUXNB_COMPILE", "0")
-    wanted, why = compile_wanted(fast)
+    wanted, why = compile_wanted(fast, fast_record)
     assert not wanted and why.startswith("FLUXNB_COMPILE=0")
     monkeypatch.setenv("FLUXNB_COMPILE", "1")
-    wanted, why = compile_wanted(weight_only)  # int8 weight-only compiled was far slower: never compiled
+    wanted, why = compile_wanted(weight_only, weight_only_record)  # int8 weight-only compiled: far slower, never
     assert not wanted and "ignored for flux-torchao-int8wo" in why
-    assert compile_wanted(dataclasses.replace(fast, compile=False)) == (True, None)
+    assert compile_wanted(dataclasses.replace(fast, compile=False), fast_record) == (True, None)
 
 
 def test_fidelity_metrics():
@@ -104,26 +105,28 @@ def test_committed_results_are_readable():
         json.dumps(results)
 
 
-def test_torchao_backend_refusals(config, monkeypatch):
+def test_backend_refusals_before_any_weight_is_read(config, monkeypatch):
     import fluxnb
-    from fluxnb import loading
+    from fluxnb.backends import REGISTRY, check_device
+    from fluxnb.backends.torchao import require_torchao
 
     spec = dataclasses.replace(config.get("flux-dev"), name="t", type="flux-torchao-fp8dq")
-    with pytest.raises(ModelUnavailableError, match="compute capability 8.9") as info:
-        loading.check_torchao_capability("flux-torchao-fp8dq", (8, 6), "NVIDIA A10G")
-    assert "Fix: on this GPU use flux-dev-torchao-int8dq (int8 dynamic, compiled, 8.0+)" in str(info.value)
-    with pytest.raises(ModelUnavailableError, match="T4 is 7.5. Fix: on this GPU use flux-dev-torchao-int8 "):
-        loading.check_torchao_capability("flux-torchao-int8dq", (7, 5), "T4")
-    loading.check_torchao_capability("flux-torchao-fp8dq", (8, 9))  # an L4 is allowed
-    loading.check_torchao_capability("flux-torchao-int8wo", (7, 5))
+    fp8, int8dq, int8wo = (REGISTRY[t] for t in ("flux-torchao-fp8dq", "flux-torchao-int8dq", "flux-torchao-int8wo"))
+    with pytest.raises(ModelUnavailableError, match="compute capability 8.9 or newer; NVIDIA A10G is 8.6") as info:
+        check_device(spec, fp8, "cuda", (8, 6), "NVIDIA A10G")
+    assert "flux-torchao-int8dq" in str(info.value).split("Fix:")[1]  # what does run on that GPU
+    with pytest.raises(ModelUnavailableError, match="T4 is 7.5") as info:
+        check_device(spec, int8dq, "cuda", (7, 5), "T4")
+    fix = str(info.value).split("Fix:")[1]
+    assert "flux-torchao-int8wo" in fix and "flux-torchao-int8dq" not in fix and "flux-bf16" not in fix
+    check_device(spec, fp8, "cuda", (8, 9))  # an L4 is allowed
+    check_device(spec, int8wo, "cuda", (7, 5))
     # torchao missing: the message names the extra to install
-    monkeypatch.setattr("fluxnb.environment.package_version", lambda name: None if name == "torchao" else "0.42.1")
-    with pytest.raises(ModelUnavailableError, match="pip install torchao"):
-        fluxnb.load_model(spec, checkpoint="unused", device="cpu", progress=False)
-    # torchao present but no CUDA: refused before any weight is read
-    versions = {"diffusers": "0.42.1", "torchao": "0.17.0"}
-    monkeypatch.setattr("fluxnb.environment.package_version", versions.get)
-    with pytest.raises(ModelUnavailableError, match="CUDA"):
+    monkeypatch.setattr("fluxnb.backends.torchao.package_version", lambda name: None if name == "torchao" else "0.42.1")
+    with pytest.raises(ModelUnavailableError, match=r'pip install -e "\.\[torchao\]"'):
+        require_torchao(spec)
+    # no CUDA: refused before any weight is read (the checkpoint path does not even exist)
+    with pytest.raises(ModelUnavailableError, match="needs a CUDA GPU"):
         fluxnb.load_model(spec, checkpoint="unused", device="cpu", progress=False)
 
 

@@ -1,4 +1,7 @@
-"""Diagnosis: every error text quoted in GUIDE.md (and KNOWN_ISSUES.md) is recognised; explain_errors; the CLI."""
+"""Diagnosis: every error text the field guide and its research quote is recognised; explain_errors; the CLI.
+
+The texts are those the entries of fluxnb/knowledge.yaml cite in their `guide` and `known_issues` fields.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import fluxnb
 from fluxnb.cli import main
 from fluxnb.diagnosis import format_diagnoses
 
-# (text as GUIDE.md quotes it, the entry that must come first)
+# (text as the field guide quotes it (the entries' `guide` field), the entry that must come first)
 GUIDE_TEXTS = [
     ("The size of tensor a (4096) must match the size of tensor b (10240)", "torchao-fp8-v1-checkpoint"),
     ("Models quantized with version 1 of Float8DynamicActivationFloat8WeightConfig is deprecated",
@@ -24,7 +27,7 @@ GUIDE_TEXTS = [
     ("operator torchvision::nms does not exist", "torchvision-mismatch"),
     ("torchao 0.7.0: `Int4WeightOnlyConfig` import error", "torchao-no-config-classes"),
 ]
-# The exact texts KNOWN_ISSUES.md quotes (row: text, entry).
+# The exact texts the research quotes (the entries' `known_issues` rows: text, entry).
 KNOWN_ISSUES_TEXTS = [
     "ImportError: cannot import name 'AutoImageProcessor' from 'transformers'",
     "Could not import module 'AutoImageProcessor'. Are this object's requirements defined correctly?",

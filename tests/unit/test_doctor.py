@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,17 +13,9 @@ import pytest
 
 import fluxnb
 from fluxnb.cli import main
-from fluxnb.doctor import (
-    FAIL,
-    OK,
-    memory_figure,
-    nvidia_driver_version,
-    quantization_rows,
-    read_verdict,
-    torch_index_for_driver,
-)
-from fluxnb.footprint import ComponentFootprint
-from fluxnb.loading import LoadReport
+from fluxnb.doctor import FAIL, OK, torch_index_for_driver
+from fluxnb.environment import nvidia_driver_version
+from fluxnb.verification import memory_figure
 
 from .test_knowledge import write_mismatched_torchvision
 
@@ -171,54 +164,15 @@ def test_cli_doctor_versions_and_json(capsys):
     assert "not a valid version" in capsys.readouterr().err
 
 
-# -- notebook 00 helpers ------------------------------------------------------------------------------------------
-
-
-def test_memory_figure_shows_the_guide_beside_the_measurement(tiny_model):
-    fig = memory_figure(tiny_model.report.components)
-    left, right = fig.axes
-    assert [round(p.get_height()) for p in left.patches] == [12, 5, 1, 1]
-    measured = {c.name: c.bytes for c in tiny_model.report.components}
-    assert len(right.patches) == 4 and all(p.get_height() > 0 for p in right.patches)
-    assert "KiB" in right.get_ylabel() or "MiB" in right.get_ylabel()
-    assert sum(measured.values()) == tiny_model.report.total_bytes
-
-
-def test_quantization_rows(tiny_model):
-    assert all(r.status == OK for r in quantization_rows(tiny_model.report))
-    plain = ComponentFootprint("transformer", "FluxTransformer2DModel", "bf16", "cuda:0", 23 * 2**30, 0, 500)
-    report = LoadReport("flux-dev-bnb-8bit", "diffusers/FLUX.1-dev-bnb-8bit", "flux-bnb-8bit", "x", "hub checkpoint",
-                        "cuda", "none", 1.0, [plain])
-    (row,) = quantization_rows(report)
-    assert row.status == FAIL and "promised int8" in row.found
-
-
-def test_verification_verdicts(tmp_path, tiny_model):
-    from fluxnb.doctor import SetupVerification
-
-    run = fluxnb.RunFolder.create("verify", tmp_path / "run")
-    verification = SetupVerification(run, fluxnb.check_environment("flux-tiny"))
-    assert read_verdict(run.path)["ready"] is False  # not finished yet
-    with verification.step("load"):
-        pass
-    with pytest.raises(NotImplementedError):
-        with verification.step("generate"):
-            from diffusers import FluxPipeline
-
-            FluxPipeline.from_pretrained(tiny_model.report.checkpoint, device_map="cuda:0")
-    verdict = read_verdict(run.path)
-    assert verdict["ready"] is False and verdict["verdict"].startswith("not ready, because generate failed")
-    assert verdict["steps"]["generate"]["known_issues"] == ["device-map-cuda0"]
-    assert fluxnb.read_manifest(run.path)["status"] == "failed"
-
-
-def test_every_loader_type_has_doctor_facts(config):
-    """A model type added to the loader registry must also say what it needs (knowledge.yaml model_types)."""
+def test_every_backend_is_known_to_the_doctor_and_the_knowledge_base(config):
+    """The doctor reads each type's needs from its backend record; the paths a record takes are knowledge paths."""
+    from fluxnb.backends import REGISTRY
     from fluxnb.knowledge import load_knowledge
-    from fluxnb.loading import LOADERS
 
     kb = load_knowledge()
-    assert set(LOADERS) <= set(kb.model_types)
+    for backend in REGISTRY.values():
+        assert set(backend.uses) <= set(kb.paths), backend.type
+    assert {spec.type for spec in config.models.values()} <= set(REGISTRY)
     for name in config.models:
         report = fluxnb.check_environment(name, config=config)
         assert report.rows, name
@@ -263,3 +217,42 @@ def test_memory_figure_names_measured_bars_by_their_real_format(tiny_model):
     formats = {c.name: c.format for c in tiny_model.report.components}
     assert labels[1] == f"T5\n{formats['text_encoder_2']}"  # not "T5 (8-bit) fp32"
     assert not any("8-bit" in label for label in labels)
+def test_a_model_type_without_a_backend_is_a_project_error_with_the_fix(config):
+    """No bare KeyError reaches a user: an entry whose type has no backend record names the types that exist."""
+    import dataclasses
+
+    from fluxnb.config import ModelConfig
+
+    odd = dataclasses.replace(config.get("flux-tiny"), name="odd", type="flux-nope")
+    broken = ModelConfig(models={**config.models, "odd": odd}, primary_model=config.primary_model,
+                         fallback_model=config.fallback_model, path=config.path)
+    with pytest.raises(fluxnb.ModelUnavailableError) as info:
+        fluxnb.check_environment("odd", config=broken)
+    assert not isinstance(info.value, KeyError)
+    message = str(info.value)
+    assert message.startswith("unknown model type 'flux-nope'.")
+    assert "Fix: use one of: flux-bnb-8bit, " in message and "(fluxnb/backends/)" in message
+
+
+def test_driver_version_from_nvml_first_then_nvidia_smi(monkeypatch, tmp_path):
+    """NVML (nvidia-ml-py) answers first where a driver does; without it, a real nvidia-smi process is asked."""
+    import types
+
+    from fluxnb import environment
+
+    # nvidia-ml-py is installed here but there is no NVIDIA driver: NVML refuses, and nothing else answers.
+    if importlib.util.find_spec("pynvml") is not None and not Path("/proc/driver/nvidia/version").exists():
+        assert environment._driver_from_nvml() is None
+    # without pynvml: a (real, executed) nvidia-smi on PATH is the fallback
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho '580.65.06'\n", encoding="utf-8")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
+    assert nvidia_driver_version() == "580.65.06"
+    # with NVML answering, nvidia-smi is not asked
+    error = type("NVMLError", (Exception,), {})
+    nvml = types.SimpleNamespace(NVMLError=error, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+                                 nvmlSystemGetDriverVersion=lambda: b"590.10.01")
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    assert nvidia_driver_version() == "590.10.01"

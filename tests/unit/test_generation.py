@@ -100,8 +100,9 @@ def test_compiled_blocks_compile_once_and_the_metadata_says_which_image_paid(tin
     The same accounting runs on the GPU lane with the shipped compiled entry (tests/gpu/test_gpu.py)."""
     import torch
 
+    from fluxnb.backends import get_backend
+    from fluxnb.backends.torchao import compile_blocks
     from fluxnb.display import timing_summary
-    from fluxnb.loading import compile_blocks
 
     model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
     if not hasattr(model.pipe.transformer, "compile_repeated_blocks"):
@@ -109,7 +110,7 @@ def test_compiled_blocks_compile_once_and_the_metadata_says_which_image_paid(tin
     torch._dynamo.reset()
     try:
         blocks = model.pipe.transformer.transformer_blocks, model.pipe.transformer.single_transformer_blocks
-        assert compile_blocks(model.pipe.transformer, tiny_spec.type) == sum(len(b) for b in blocks)
+        assert compile_blocks(model.pipe.transformer, get_backend(tiny_spec.type)) == sum(len(b) for b in blocks)
         first, second = fluxnb.generate(model, fluxnb.make_request(tiny_spec, prompt="a cat", steps=2, num_images=2),
                                         progress=False)
     finally:

@@ -1,7 +1,8 @@
-"""The knowledge base: schema, coverage of KNOWN_ISSUES.md, version rules, and errors reproduced for real.
+"""The knowledge base: schema, coverage of the known issues, version rules, and errors reproduced for real.
 
-Every version combination KNOWN_ISSUES.md names is evaluated and must be flagged with its entry id; the two
-supported lines (requirements/default.txt and guide.txt, the two CI environments) must not be flagged as blocking.
+Every version combination the research names (the entries' `known_issues` rows) is evaluated and must be flagged
+with its entry id; the two supported lines (requirements/default.txt and guide.txt, the two CI environments) must not
+be flagged as blocking.
 Where an error can be produced on this CPU machine (the tiny model, the installed packages, or a torchvision whose
 operators never registered), it is produced and diagnosed here.
 """
@@ -43,9 +44,9 @@ STABLE_IDS = [
     "hub-major-split",
     "torch-cuda-driver-too-old",
     "transformers5-checkpoint-on-4x",
-    "bnb-8bit-prequantized",  # added by the troubleshooting replay (GUIDE attempt 6: the working setup)
+    "bnb-8bit-prequantized",  # added by the troubleshooting replay (attempt 6 of fluxnb/replay.yaml: the working setup)
     "cuda-out-of-memory",  # batches record failed images with it (tests/faults/test_faults.py)
-    "torchao-extra-missing",  # issue 6: the fast entries need the torchao extra and triton
+    "torchao-extra-missing",  # the fast torchao entries need the torchao extra and triton
     "compile-needs-triton",
     "compiled-int8-small-input",
 ]
@@ -74,10 +75,14 @@ def test_every_guide_failure_has_an_entry():
         assert any(where in g for g in guide), where
 
 
-def test_every_model_type_of_the_config_is_described(config):
-    kb = load_knowledge()
-    assert {spec.type for spec in config.models.values()} <= set(kb.model_types)
-    assert kb.model_types["flux-bnb-8bit"].needs_cuda and not kb.model_types["flux-tiny"].needs_cuda
+def test_knowledge_keeps_no_copy_of_the_model_types(config):
+    """Type facts live in the backend records only; the knowledge base keeps the known issues and version rules."""
+    from fluxnb.backends import REGISTRY
+
+    raw = yaml.safe_load((Path(fluxnb.__file__).parent / "knowledge.yaml").read_text(encoding="utf-8"))
+    assert "model_types" not in raw
+    assert not any(name in yaml.safe_dump(raw["paths"]) for name in REGISTRY)
+    assert REGISTRY["flux-bnb-8bit"].needs_cuda and not REGISTRY["flux-tiny"].needs_cuda
 
 
 def test_schema_problems_are_all_reported_at_once():
@@ -101,7 +106,7 @@ def test_parse_versions_names_a_bad_version():
         parse_versions("diffusers=zero")
 
 
-# Each combination KNOWN_ISSUES.md names (row, version set) -> the entry that must flag it.
+# Each combination the research names (known_issues row, version set) -> the entry that must flag it.
 COMBINATIONS = [
     (1, "torch=2.8.0,torchvision=0.21.0", "torchvision-mismatch"),
     (1, "torch=2.8.0+cu128,torchvision=0.23.0+cpu", "torchvision-mismatch"),
@@ -178,7 +183,7 @@ def test_the_supported_lines_are_not_blocked(line, config):
 
 
 def test_the_installed_versions_are_a_supported_line():
-    from fluxnb.doctor import installed_versions
+    from fluxnb.environment import installed_versions
 
     versions = installed_versions()
     assert supported_line(versions) in ("default", "guide")
@@ -287,7 +292,7 @@ def test_a_mismatched_torchvision_breaks_importing_flux_and_is_diagnosed(tmp_pat
 
 
 def test_fast_entries_need_torchao_and_triton_on_a_gpu():
-    """The doctor's rules for the compiled torchao entries (issue 6): missing extras are named on a GPU machine."""
+    """The doctor's rules for the compiled torchao entries (flux-dev-torchao-*): missing extras named on a GPU."""
     from fluxnb.knowledge import GpuFacts
 
     kb = load_knowledge()
@@ -297,4 +302,6 @@ def test_fast_entries_need_torchao_and_triton_on_a_gpu():
     ready = {"diffusers": "0.42.1", "torchao": "0.17.0", "triton": "3.6.0"}
     found = ids(evaluate(ready, gpu, "flux-torchao-int8dq", kb))
     assert "torchao-extra-missing" not in found and "compile-needs-triton" not in found
-    assert "compile" not in kb.model_types["flux-torchao-int8wo"].uses  # int8 weight-only stays eager
+    from fluxnb.backends import REGISTRY
+
+    assert "compile" not in REGISTRY["flux-torchao-int8wo"].uses  # int8 weight-only stays eager

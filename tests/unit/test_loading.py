@@ -143,4 +143,4 @@ def test_reuse_returns_the_loaded_model_and_lets_it_go_for_another(tiny_spec, co
     other = dataclasses.replace(tiny_spec, name="flux-tiny-2")
     second = fluxnb.load_model(other, device="cpu", progress=False, reuse=True)
     assert second is not first and list(loading._SESSION_MODEL.values()) == [second]
-    loading._SESSION_MODEL.clear()
+    loading.release_session_model()

@@ -183,7 +183,8 @@ def test_tables_and_working_configuration(results):
     assert "<table>" in table._repr_html_() and str(table).count("\n") == 7
     assert len(replay.timeline().rows) == 6
     working = replay.working_configuration()
-    assert working["type"] == "flux-bnb-8bit" and "def load_flux_bnb" in working["loader_source"]
+    assert working["type"] == "flux-bnb-8bit" and "def load_prequantized" in working["loader_source"]
+    assert working["loader"] == "fluxnb.backends.bnb.load_prequantized"
     assert "diffusers/FLUX.1-dev-bnb-8bit" in working["model_config_entry"]
     assert all(r._repr_html_().count(r.mode) == 1 for r in ordered)
 
@@ -207,6 +208,10 @@ def test_notebook_03_runs_headless_and_records_every_attempt(outputs_dir):
     assert not [o for o in outputs if o.output_type == "error"]
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert html.count("live / recorded") == 1 and "Attempt 6" in html
+    # no widgets here, so no `interactive` parameter: the runner injects only what the notebook declares
+    injected = [c.source for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "output_dir" in injected[0] and "interactive" not in injected[0]
+    assert "interactive" not in executed.metadata["papermill"]["parameters"]
 
 
 # -- the GPU evidence kept in the repo ---------------------------------------------------------------------------
@@ -236,3 +241,52 @@ def test_recorded_cards_do_not_claim_a_device_or_a_time():
     card, text = result._repr_html_(), str(result)
     assert "(not run here)" in card and "0.00 s" not in card and "cpu" not in card.split("</p>")[0]
     assert "[recorded in the guide, not run here]" in text.splitlines()[0]
+# -- the data file (fluxnb/replay.yaml) ------------------------------------------------------------------------
+
+
+def test_the_attempts_prose_is_data_read_from_replay_yaml():
+    from importlib import resources
+
+    import yaml
+
+    data = yaml.safe_load(resources.files("fluxnb").joinpath("replay.yaml").read_text(encoding="utf-8"))
+    assert [a["title"] for a in data["attempts"]] == [a.title for a in replay.ATTEMPTS]
+    assert data["attempts"][4]["guide"]["error"] == replay.get_attempt(5).guide.error
+    assert replay.timeline().header == data["timeline_header"]
+
+
+def test_a_broken_replay_yaml_lists_every_problem_at_once(tmp_path: Path):
+    from importlib import resources
+
+    import yaml
+
+    from fluxnb.errors import KnowledgeError
+
+    data = yaml.safe_load(resources.files("fluxnb").joinpath("replay.yaml").read_text(encoding="utf-8"))
+    del data["attempts"][0]["fix"]
+    data["attempts"][1]["requires"] = ["tensorrt"]
+    data["attempts"][2]["guide"]["error"] = ""
+    data["attempts"][3]["number"] = 9
+    data["attempts"][5]["needs_cuda"] = "yes"
+    data["summary_header"] = "cols"
+    path = tmp_path / "replay.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(KnowledgeError) as info:
+        replay.load_replay(path)
+    message = str(info.value)
+    assert "(6 problem(s))" in message and str(path) in message
+    for expected in ("attempts[0]: missing key 'fix'", "attempts[1].requires: expected a list of torchao",
+                     "attempts[2].guide.error: expected non-empty text", "attempts[3].number: expected 4",
+                     "attempts[5].needs_cuda: expected true or false", "summary_header: expected a list"):
+        assert expected in message, expected
+    path.write_text("attempts: [1, 2\n", encoding="utf-8")
+    with pytest.raises(KnowledgeError, match="not valid YAML"):
+        replay.load_replay(path)
+
+
+def test_an_unknown_attempt_is_a_project_error_with_the_allowed_numbers():
+    from fluxnb.errors import FluxnbError
+
+    with pytest.raises(FluxnbError) as info:
+        replay.get_attempt(0)
+    assert str(info.value) == "no attempt 0; the guide has attempts 1-6\nFix: use a number from 1 to 6"

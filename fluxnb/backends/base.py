@@ -1,0 +1,171 @@
+"""What a backend is: one frozen record per model type, and the loading steps every family shares.
+
+A record holds every fact about a type, so that config validation, request validation, the doctor, the bench,
+the synthetic builder and the knowledge base read one place. Nothing heavy is imported here: torch, diffusers,
+bitsandbytes and torchao load inside a backend's load function.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import LoadError, ModelUnavailableError
+from ..hub import is_cached, offline_mode
+
+# Load-time log text that means weights were not loaded from the checkpoint (they are random).
+_UNLOADED_WEIGHT_PATTERNS = ("newly initialized", "were not used when initializing", "missing keys")
+
+
+@dataclass
+class LoadContext:
+    """Where and how to load, handed to a backend's load function; the function adds notes and the offload mode.
+
+    Attributes:
+        checkpoint: hub repo id or local folder in the hub layout.
+        device: "cuda" or "cpu".
+        torch_dtype: the compute dtype (bf16 on CUDA, fp32 on the CPU).
+        token: the hub token for gated models (never logged).
+        notes: what the load did that a user should know (shown in the load report).
+        offload: "none", "model" or "sequential" (CPU offload chosen by the backend).
+    """
+
+    checkpoint: str
+    device: str
+    torch_dtype: object
+    token: str | None = None
+    cache_dir: str | None = None
+    notes: list[str] = field(default_factory=list)
+    offload: str = "none"
+
+
+LoadFunction = Callable[[Any, LoadContext, "Backend"], object]  # (ModelSpec, context, record) -> FluxPipeline
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Everything about one model `type` of model_config.yaml.
+
+    Attributes:
+        type: the name model_config.yaml entries use (`type: flux-bnb-8bit`).
+        family: the module of fluxnb/backends/ that implements it (bnb, bf16, torchao, tiny).
+        what: what it is and what it is for, in one sentence (doctor, README, errors).
+        load: the function that loads a pipeline for an entry of this type.
+        expected_formats: component -> accepted weight formats (prefixes of ComponentFootprint.format); the loader
+            fails when a component that must be quantized is not.
+        needs_cuda: refuses to load without a CUDA GPU; `why_gpu` says why (or why not).
+        min_capability: lowest CUDA compute capability its kernels run on, e.g. (8, 9) for float8; None: any.
+        extra: the pip extra it needs beyond the base install (`pip install -e ".[torchao]"`), or None.
+        compilable: entries may set `compile: true` (regional torch.compile of the transformer blocks).
+        offloadable_text_encoder: entries may set `offload_text_encoder: true` (T5 on the CPU between prompts).
+        min_rows_compiled: when compiled, requests need more image+text tokens than this (kernel limits); 0: none.
+        synthetic_kind: which full-size synthetic checkpoint the bench builds for it (fluxnb.synthetic.KINDS);
+            None: quantized at load from the bf16 one, or not benchmarked at full size.
+        download_gib / vram_gib: what it downloads and its peak GPU memory at 1024x1024 (doctor).
+        offload_ok: it can fall back to CPU offload when the GPU is too small.
+        uses: the paths of fluxnb/knowledge.yaml it takes, so that known issues on them are flagged for it.
+        embedded: built locally (the tiny model): no hub, no download, runs on a CPU.
+        reference: full precision, the fidelity reference of the bench.
+        baseline: the guide's verified configuration, the speed baseline of the bench.
+        options: family-specific settings (e.g. the torchao config name).
+    """
+
+    type: str
+    family: str
+    what: str
+    load: LoadFunction
+    why_gpu: str
+    expected_formats: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    needs_cuda: bool = True
+    min_capability: tuple[int, int] | None = None
+    extra: str | None = None
+    compilable: bool = False
+    offloadable_text_encoder: bool = False
+    min_rows_compiled: int = 0
+    synthetic_kind: str | None = None
+    download_gib: float = 0.0
+    vram_gib: float = 0.0
+    offload_ok: bool = False
+    uses: tuple[str, ...] = ("core",)
+    embedded: bool = False
+    reference: bool = False
+    baseline: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def capability_text(self) -> str | None:
+        """"8.9" for (8, 9); None when any GPU will do."""
+        return None if self.min_capability is None else f"{self.min_capability[0]}.{self.min_capability[1]}"
+
+
+def compile_wanted(spec, backend: Backend) -> tuple[bool, str | None]:
+    """Whether to compile this entry's transformer blocks, and a note why not (or about the override).
+
+    The entry's `compile` key decides; FLUXNB_COMPILE=0 forces eager (debugging, or a machine without a compiler)
+    and FLUXNB_COMPILE=1 compiles any type that supports it.
+    """
+    env = os.environ.get("FLUXNB_COMPILE", "")
+    if not backend.compilable:
+        if env == "1":
+            return False, (f"FLUXNB_COMPILE=1 ignored for {backend.type}: its compiled blocks were much slower than "
+                           "eager (results/README.md)")
+        return False, None
+    if env == "0":
+        return False, "FLUXNB_COMPILE=0: transformer blocks run eager (several times slower per step for this type)"
+    if env == "1" or spec.compile:
+        return True, None
+    return False, "transformer blocks run eager (the entry sets no `compile: true`); FLUXNB_COMPILE=1 compiles them"
+
+
+@contextmanager
+def refuse_unloaded_weights(checkpoint: str):
+    """Turn transformers/diffusers warnings about weights not loaded from the checkpoint into a LoadError."""
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = _Collect(level=logging.WARNING)
+    loggers = [logging.getLogger("transformers"), logging.getLogger("diffusers")]
+    for log in loggers:
+        log.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*is deprecated", category=FutureWarning)
+            yield
+    finally:
+        for log in loggers:
+            log.removeHandler(handler)
+    bad = [m for m in messages if any(p in m.lower() for p in _UNLOADED_WEIGHT_PATTERNS)]
+    if bad:
+        raise LoadError(
+            f"checkpoint {checkpoint} did not load cleanly: some weights were not found in it and would run "
+            f"with random values.\n{bad[0][:1500]}",
+            fix="the checkpoint was probably saved by another transformers/diffusers line, or is incomplete; "
+            "rebuild or re-download it.",
+            ref="transformers5-checkpoint-on-4x",
+        )
+
+
+def from_pretrained(ctx: LoadContext, **kwargs):
+    """FluxPipeline.from_pretrained with fluxnb's checks: offline and not cached, weights not loaded."""
+    from diffusers import FluxPipeline
+
+    if not Path(ctx.checkpoint).is_dir() and offline_mode() and not is_cached(ctx.checkpoint):
+        raise ModelUnavailableError(
+            f"{ctx.checkpoint} is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE or "
+            "TRANSFORMERS_OFFLINE), so nothing can be downloaded.",
+            fix=f"pre-download it where there is network (`huggingface-cli download {ctx.checkpoint}`, with HF_HOME "
+            "pointing at the same cache), or unset HF_HUB_OFFLINE; model='flux-tiny' runs offline.",
+        )
+    with refuse_unloaded_weights(ctx.checkpoint):
+        return FluxPipeline.from_pretrained(
+            ctx.checkpoint, torch_dtype=ctx.torch_dtype, token=ctx.token, cache_dir=ctx.cache_dir, **kwargs
+        )

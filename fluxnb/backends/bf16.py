@@ -1,0 +1,54 @@
+"""Full-precision FLUX.1-dev (bf16): the fidelity reference; CPU offload when the GPU is too small."""
+
+from __future__ import annotations
+
+from ..footprint import GIB, pipeline_footprint
+from .base import Backend, LoadContext, from_pretrained
+
+ACTIVATION_MARGIN = 3 * GIB  # activations at 1024x1024 plus the CUDA context
+
+
+def load_bf16(spec, ctx: LoadContext, backend: Backend):
+    """On the GPU if everything fits, else model CPU offload, else sequential CPU offload (slowest)."""
+    import torch
+
+    pipe = from_pretrained(ctx)
+    footprint = {c.name: c.bytes for c in pipeline_footprint(pipe)}
+    free, _total = torch.cuda.mem_get_info()
+    if sum(footprint.values()) + ACTIVATION_MARGIN <= free:
+        pipe.to("cuda")
+        ctx.offload = "none"
+    elif footprint.get("transformer", 0) + ACTIVATION_MARGIN <= free:
+        pipe.enable_model_cpu_offload()
+        ctx.offload = "model"
+        ctx.notes.append(
+            f"all weights ({sum(footprint.values()) / GIB:.1f} GiB) exceed free GPU memory ({free / GIB:.1f} GiB): "
+            "model CPU offload keeps one component at a time on the GPU (slower start of each phase)"
+        )
+    else:
+        pipe.enable_sequential_cpu_offload()
+        ctx.offload = "sequential"
+        ctx.notes.append(
+            f"the transformer alone ({footprint.get('transformer', 0) / GIB:.1f} GiB) exceeds free GPU memory "
+            f"({free / GIB:.1f} GiB): sequential CPU offload streams layers to the GPU (much slower)"
+        )
+    return pipe
+
+
+BACKENDS = (
+    Backend(
+        type="flux-bf16",
+        family="bf16",
+        what="FLUX.1-dev in bf16 (gated): the reference every quantized backend is compared with; 36 GB, offloads "
+        "to the CPU on smaller cards",
+        load=load_bf16,
+        why_gpu="33 GB of bf16 weights; a CPU would take hours per image",
+        min_capability=(8, 0),
+        synthetic_kind="bf16",
+        download_gib=34,
+        vram_gib=36,
+        offload_ok=True,
+        uses=("core", "img2img", "offload"),
+        reference=True,
+    ),
+)

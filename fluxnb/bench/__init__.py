@@ -1,0 +1,39 @@
+"""`fluxnb bench`: backends x image sizes, timed phase by phase, with fidelity against a reference, in one run.
+
+engine: the measuring (BenchEntry, parse_backend, parse_size, run_phases, run_bench); fidelity: latents' relative
+error, PSNR and speed ratios; report: the verdict, the table, the chart and the JSON file. Results are JSON plus a
+matplotlib chart; every output says which weights ran.
+"""
+
+from .engine import (
+    BASE_ENTRY_FOR_TYPES,
+    DEFAULT_BACKENDS,
+    DEFAULT_PROMPT,
+    DEFAULT_SIZES,
+    FORMAT_VERSION,
+    PHASES,
+    VARIANTS,
+    BenchEntry,
+    BenchSettings,
+    parse_backend,
+    parse_size,
+    run_bench,
+    run_phases,
+)
+from .fidelity import add_comparisons, psnr, relative_error
+from .report import (
+    GOAL_SPEEDUP,
+    default_results_path,
+    load_results,
+    plot_results,
+    results_table,
+    summarize,
+    write_results,
+)
+
+__all__ = [
+    "BASE_ENTRY_FOR_TYPES", "DEFAULT_BACKENDS", "DEFAULT_PROMPT", "DEFAULT_SIZES", "FORMAT_VERSION", "GOAL_SPEEDUP",
+    "PHASES", "VARIANTS", "BenchEntry", "BenchSettings", "add_comparisons", "default_results_path", "load_results",
+    "parse_backend", "parse_size", "plot_results", "psnr", "relative_error", "results_table", "run_bench",
+    "run_phases", "summarize", "write_results",
+]

@@ -1,0 +1,199 @@
+"""The report of `fluxnb bench`: the verdict per size, a markdown table, a matplotlib chart, the JSON file.
+
+Reads the results the engine (fluxnb.bench.engine) returns, or a JSON file it wrote; needs no GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from ..config import PROJECT_ROOT
+from ..errors import RequestError
+from ..outputs import atomic_write_json
+from ..units import GIB, human_bytes
+from .engine import FORMAT_VERSION, PHASES
+
+GOAL_SPEEDUP = 2.5  # the speed goal: at least 2.5x faster per image than bnb 8-bit, within the cap, as faithful
+
+
+def default_results_path() -> Path:
+    """The committed device result the benchmark notebook shows by default."""
+    return PROJECT_ROOT / "results" / "bench-synthetic.json"
+
+
+def summarize(results: dict[str, Any], goal_speedup: float = GOAL_SPEEDUP) -> dict[str, Any]:
+    """Per size: the fastest backend that fits the cap and is at least as faithful as the baseline; goal met?"""
+    settings = results["settings"]
+    baseline, reference, cap = settings["baseline"], settings["reference"], settings.get("cap_bytes")
+    lines = [f"weights: {results['weights']}"]
+    sizes: dict[str, Any] = {}
+    for size in dict.fromkeys(r["size"] for r in results["rows"]):
+        rows = [r for r in results["rows"] if r["size"] == size and "error" not in r]
+        base = next((r for r in rows if r["backend"] == baseline), None)
+        if base is None:
+            lines.append(f"{size}: the baseline {baseline} has no result; no comparison")
+            continue
+
+        def eligible(row: dict, base: dict = base) -> bool:
+            fits = row.get("fits_cap", cap is None)
+            err_ok = row.get("latent_rel_error", float("inf")) <= base.get("latent_rel_error", float("inf"))
+            psnr_ok = (row.get("psnr_db") or float("inf")) >= (base.get("psnr_db") or float("inf"))
+            return bool(fits and err_ok and psnr_ok and row["backend"] not in (baseline, reference))
+
+        candidates = sorted((r for r in rows if eligible(r)), key=lambda r: r["seconds_per_image"])
+        best = candidates[0] if candidates else None
+        entry = {"baseline": baseline, "baseline_seconds_per_image": base["seconds_per_image"],
+                 "best": best and best["backend"], "candidates": [r["backend"] for r in candidates]}
+        lines.append(f"{size}: baseline {baseline} {base['seconds_per_image']:.2f} s/image, "
+                     f"latent rel. err {base.get('latent_rel_error')}, PSNR {base.get('psnr_db')} dB")
+        if best is None:
+            entry["goal_met"] = False
+            lines.append(f"{size}: no backend fits the cap with fidelity at least the baseline's")
+        else:
+            entry.update(speedup=best["speedup_vs_baseline"], goal_met=best["speedup_vs_baseline"] >= goal_speedup,
+                         peak_reserved_bytes=best.get("peak_reserved_bytes"))
+            peak = (best.get("peak_reserved_bytes") or 0) / 1e9
+            lines.append(
+                f"{size}: best {best['backend']}: {best['seconds_per_image']:.2f} s/image = "
+                f"{best['speedup_vs_baseline']:.2f}x the baseline, peak {peak:.1f} GB, latent rel. err "
+                f"{best.get('latent_rel_error')}, PSNR {best.get('psnr_db')} dB -> goal of {goal_speedup}x "
+                f"{'met' if entry['goal_met'] else 'NOT met'}"
+            )
+        sizes[size] = entry
+    return {"sizes": sizes, "lines": lines}
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """A bench result written by write_results (refused if it is not one)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if data.get("fluxnb_bench") != FORMAT_VERSION:
+        raise RequestError("bench_json", f"{path} is not a fluxnb bench result (format {FORMAT_VERSION})")
+    return data
+
+
+def _gib(value: int | None) -> str:
+    return "" if value is None else human_bytes(value, "GiB", with_unit=False)
+
+
+def _compile_text(row: dict[str, Any]) -> str:
+    """Measured compile seconds (graphs) where torch._dynamo counted them, else the older estimate ('est.')."""
+    measured = row.get("compile")
+    if measured:
+        return f"{measured['warmup_compile_seconds']:.1f} s, {measured['warmup_new_graphs']} graphs"
+    return f"est. {row['compile_seconds_estimate']:.1f}"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """A markdown table: one line per backend and size."""
+    lines = [
+        "| backend | size | s/step | s/image | x vs baseline | peak alloc GiB | peak reserved GiB | load s | "
+        "warm-up s (compile) | latent rel. err | PSNR dB | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    backends = {b["label"]: b for b in results["backends"]}
+    for row in results["rows"]:
+        b = backends.get(row["backend"], {})
+        if "error" in row:
+            lines.append(f"| {row['backend']} | {row['size']} | | | | | | {b.get('load_seconds', '')} | | | | "
+                         f"failed: {_table_text(row['error'], 160)} |")
+            continue
+        peak_alloc = row.get("peak_allocated_bytes") or row.get("peak_rss_bytes")
+        note = [] if row.get("capped") else ["uncapped"]
+        if row.get("fits_cap") is False:
+            note.append("over the cap")
+        if row["backend"] == results["settings"]["reference"]:
+            note.append("reference")
+        if row["backend"] == results["settings"]["baseline"]:
+            note.append("baseline")
+        psnr_text = "inf" if row.get("psnr_db") is None and "latent_rel_error" in row else row.get("psnr_db", "")
+        lines.append(
+            f"| {row['backend']} | {row['size']} | {row['seconds_per_step']:.3f} | {row['seconds_per_image']:.2f} | "
+            f"{row.get('speedup_vs_baseline', '')} | {_gib(peak_alloc)} | {_gib(row.get('peak_reserved_bytes'))} | "
+            f"{b.get('load_seconds', '')} | {row['warmup']['seconds']:.1f} ({_compile_text(row)}) | "
+            f"{row.get('latent_rel_error', '')} | {psnr_text} | {', '.join(note)} |"
+        )
+    for b in results["backends"]:
+        if "error" in b:
+            lines.append(f"| {b['label']} | | | | | | | | | | | failed to load: {_table_text(b['error'], 200)} |")
+    return "\n".join(lines)
+
+
+def _table_text(text: str, width: int) -> str:
+    """A message for one table cell: on one line, shortened at a word boundary (with "..."), pipes escaped."""
+    return textwrap.shorten(str(text), width=width, placeholder=" ...").replace("|", "\\|")
+
+
+def plot_results(results: dict[str, Any], path: str | Path | None = None):
+    """Bar charts: seconds per image (with the phases stacked), peak memory (with the cap), latent error.
+
+    Horizontal bars, one row per backend and size, named once on the left: the names stay readable at notebook
+    width however many backends there are. The figure is closed in pyplot before it is returned, so a notebook
+    shows it exactly once (`display(fig)`), not a second time as the cell's leftover pyplot figure.
+    """
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if "error" not in r]
+    names = [f"{r['backend']} ({r['size']})" for r in rows]
+    positions = list(range(len(rows)))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 1.9 + 0.42 * len(rows)), sharey=True,
+                             gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    left = [0.0] * len(rows)
+    for phase, color in zip(PHASES, ("#8da0cb", "#66c2a5", "#fc8d62"), strict=True):
+        values = [r["phases"][phase]["seconds"] for r in rows]
+        axes[0].barh(positions, values, left=left, label=phase.replace("_", " "), color=color)
+        left = [b + v for b, v in zip(left, values, strict=True)]
+    for i, r in enumerate(rows):
+        label = f" {r['seconds_per_image']:.2f} s"
+        if "speedup_vs_baseline" in r:
+            label += f" ({r['speedup_vs_baseline']:.2f}x)"
+        axes[0].text(left[i], i, label, va="center", fontsize=8)
+    axes[0].set_xlim(0, max(left, default=1.0) * 1.45)
+    axes[0].set_xlabel("seconds per image")
+    axes[0].set_title(f"time per image ({results['settings']['steps']} steps)", fontsize=10)
+    axes[0].legend(fontsize=8, loc="lower right")
+    peaks = [(r.get("peak_reserved_bytes") or r.get("peak_rss_bytes") or 0) / GIB for r in rows]
+    axes[1].barh(positions, peaks, color=["#b3b3b3" if not r.get("capped") else "#80b1d3" for r in rows])
+    for i, peak in enumerate(peaks):
+        axes[1].text(peak, i, f" {peak:.1f}", va="center", fontsize=8)
+    cap = results["settings"].get("cap_bytes")
+    if cap:
+        axes[1].axvline(cap / GIB, color="red", linestyle="--", label=f"cap {cap / 1e9:.0f} GB")
+        axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].set_xlim(0, max([*peaks, (cap or 0) / GIB], default=1.0) * 1.25)
+    axes[1].set_xlabel("GiB (GPU: peak reserved; grey = uncapped)")
+    axes[1].set_title("peak memory", fontsize=10)
+    errors = [r.get("latent_rel_error") or 0.0 for r in rows]
+    axes[2].barh(positions, errors, color="#fdb462")
+    for i, r in enumerate(rows):
+        if r.get("psnr_db") is not None:
+            axes[2].text(errors[i], i, f" {r['psnr_db']:.1f} dB", va="center", fontsize=8)
+    axes[2].set_xlim(0, max(errors, default=0.0) * 1.4 or 1.0)
+    axes[2].set_xlabel("relative error of final latents")
+    axes[2].set_title(f"fidelity vs {results['settings']['reference']}", fontsize=10)
+    axes[0].set_yticks(positions, names, fontsize=9)
+    axes[0].invert_yaxis()  # the first backend on top, as in the table
+    device = results.get("device", {})
+    fig.suptitle(f"fluxnb bench on {device.get('gpu') or device.get('device')}; weights: {results['weights']}",
+                 fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)  # shown once, by whoever displays the returned figure
+    return fig
+
+
+def write_results(results: dict[str, Any], json_path: str | Path, chart_path: str | Path | None = None) -> Path:
+    """The results as JSON (written atomically) and, if asked, the chart beside them."""
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(json_path, results)
+    if chart_path is not None:
+        plot_results(results, chart_path)
+    return json_path

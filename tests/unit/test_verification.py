@@ -1,0 +1,47 @@
+"""Notebook 00's verification helpers (fluxnb.verification): memory picture, weight formats, verdict file."""
+
+from __future__ import annotations
+
+import pytest
+
+import fluxnb
+from fluxnb.doctor import FAIL, OK
+from fluxnb.footprint import ComponentFootprint
+from fluxnb.loading import LoadReport
+from fluxnb.verification import SetupVerification, memory_figure, quantization_rows, read_verdict
+
+
+def test_memory_figure_shows_the_guide_beside_the_measurement(tiny_model):
+    fig = memory_figure(tiny_model.report.components)
+    left, right = fig.axes
+    assert [round(p.get_height()) for p in left.patches] == [12, 5, 1, 1]
+    measured = {c.name: c.bytes for c in tiny_model.report.components}
+    assert len(right.patches) == 4 and all(p.get_height() > 0 for p in right.patches)
+    assert "KiB" in right.get_ylabel() or "MiB" in right.get_ylabel()
+    assert sum(measured.values()) == tiny_model.report.total_bytes
+
+
+def test_quantization_rows(tiny_model):
+    assert all(r.status == OK for r in quantization_rows(tiny_model.report))
+    plain = ComponentFootprint("transformer", "FluxTransformer2DModel", "bf16", "cuda:0", 23 * 2**30, 0, 500)
+    report = LoadReport("flux-dev-bnb-8bit", "diffusers/FLUX.1-dev-bnb-8bit", "flux-bnb-8bit", "x", "hub checkpoint",
+                        "cuda", "none", 1.0, [plain])
+    (row,) = quantization_rows(report)
+    assert row.status == FAIL and "promised int8" in row.found
+
+
+def test_verification_verdicts(tmp_path, tiny_model):
+    run = fluxnb.RunFolder.create("verify", tmp_path / "run")
+    verification = SetupVerification(run, fluxnb.check_environment("flux-tiny"))
+    assert read_verdict(run.path)["ready"] is False  # not finished yet
+    with verification.step("load"):
+        pass
+    with pytest.raises(NotImplementedError):
+        with verification.step("generate"):
+            from diffusers import FluxPipeline
+
+            FluxPipeline.from_pretrained(tiny_model.report.checkpoint, device_map="cuda:0")
+    verdict = read_verdict(run.path)
+    assert verdict["ready"] is False and verdict["verdict"].startswith("not ready, because generate failed")
+    assert verdict["steps"]["generate"]["known_issues"] == ["device-map-cuda0"]
+    assert fluxnb.read_manifest(run.path)["status"] == "failed"
