@@ -111,6 +111,19 @@ def test_every_bad_value_is_reported_at_once(bnb8):
     assert "Fix: use 96 or 112" in lines[2]
 
 
+def test_both_sizes_and_both_image_to_image_values_are_reported_together(bnb8, tiny_spec):
+    """The steps that check two values (width and height; init_image and strength) report both, not the first."""
+    with pytest.raises(fluxnb.RequestError) as info:
+        make_request(bnb8, prompt="a fox", width=100, height=30)
+    assert info.value.parameters == ["width", "height"]
+    assert str(info.value).startswith("2 parameters are not valid:\n  - parameter `width`: 100 is not a multiple")
+    with pytest.raises(fluxnb.RequestError) as info:
+        make_request(tiny_spec, prompt="a fox", mode="image-to-image", strength=1.5)
+    assert info.value.parameters == ["init_image", "strength"]
+    assert "is required for image-to-image" in str(info.value) and "must be a number in (0, 1], got 1.5" in str(
+        info.value)
+
+
 def test_one_bad_value_keeps_its_single_message(bnb8):
     with pytest.raises(fluxnb.RequestError) as info:
         make_request(bnb8, prompt="a fox", steps=0)
