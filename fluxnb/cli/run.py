@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
+import sys
 
 from ..display import model_banner
 from ..runner import (
@@ -27,7 +29,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's, i.e. this Python)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="re-execute into this run folder with its parameters "
                         "(plus any -p/-f), making only the images it does not hold yet")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="print the notebook's lines (one per image) as they come; default: on in a terminal, "
+                        "off when output is redirected or CI is set (--no-progress: quiet)")
     return parser
+
+
+def wants_progress(args: argparse.Namespace) -> bool:
+    """--progress / --no-progress, else on for a person at a terminal and off in CI and logs."""
+    if args.progress is not None:
+        return args.progress
+    return sys.stdout.isatty() and not os.environ.get("CI")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,11 +48,13 @@ def run(args: argparse.Namespace) -> int:
         parameters.update(read_parameters_file(file))
     for name, value in args.param or []:
         parameters[name] = parse_cli_value(value)
+    stream = sys.stdout if wants_progress(args) else None
     if args.resume:
-        run_dir = resume_notebook(args.notebook, args.resume, parameters, kernel_name=args.kernel)
+        run_dir = resume_notebook(args.notebook, args.resume, parameters, kernel_name=args.kernel, stream=stream)
     else:
         announce_model(args.notebook, parameters)
-        run_dir = run_notebook(args.notebook, parameters, outputs_dir=args.output_dir, kernel_name=args.kernel)
+        run_dir = run_notebook(args.notebook, parameters, outputs_dir=args.output_dir, kernel_name=args.kernel,
+                               stream=stream)
     print(f"run folder: {run_dir}")
     return 0
 
