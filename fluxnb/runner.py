@@ -296,13 +296,17 @@ def this_python_kernel():
     The notebooks name the project's kernel; a headless run must execute them with the fluxnb it was started from,
     whatever kernel of that name is registered for JupyterLab (or none). A kernelspec written into a temporary
     directory put first on JUPYTER_PATH (jupyter_client reads it before the user's and the system's) does that.
+    Only its kernel.json is written (ipykernel's own dict), not the logos a JupyterLab launcher shows: a few hundred
+    bytes, so that a nearly full disk fails on the executed notebook, which the error then names, not here.
     """
-    from ipykernel.kernelspec import install
+    from ipykernel.kernelspec import get_kernel_dict
 
     saved = os.environ.get("JUPYTER_PATH")
     with tempfile.TemporaryDirectory(prefix="fluxnb-kernel-") as prefix:
-        install(kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY_NAME, prefix=prefix)
         data = str(Path(prefix) / "share" / "jupyter")
+        spec_dir = Path(data) / "kernels" / KERNEL_NAME
+        spec_dir.mkdir(parents=True)
+        (spec_dir / "kernel.json").write_text(json.dumps({**get_kernel_dict(), "display_name": KERNEL_DISPLAY_NAME}))
         os.environ["JUPYTER_PATH"] = os.pathsep.join([data, *([saved] if saved else [])])
         try:
             yield KERNEL_NAME

@@ -42,7 +42,8 @@ def test_expansion_is_deterministic_and_each_point_has_its_coordinates(tiny_spec
     ("sweep", "message"),
     [
         ({"steps": [20, 0]}, "parameter `sweep`: axis 'steps': parameter `steps`: must be between 1 and 50"),
-        ({"guidance_scale": [3.5, -1]}, "axis 'guidance_scale': parameter `guidance_scale`: must be a finite number > 0"),
+        ({"guidance_scale": [3.5, -1]},
+         "axis 'guidance_scale': parameter `guidance_scale`: must be a finite number > 0"),
         ({"width": [64, 70]}, "axis 'width': parameter `width`: 70 is not a multiple of 16"),
         ({"strength": [0.3, 0.6]}, "cannot sweep 'strength'; allowed: guidance_scale, steps, width, height"),
         ({"seed": [1, 2]}, "cannot sweep 'seed'"),
