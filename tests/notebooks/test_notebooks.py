@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 import fluxnb
-from fluxnb.errors import NotebookFailed
+from fluxnb.errors import NotebookFailed, RequestError
 from fluxnb.generation import peak_memory_bytes
-from fluxnb.runner import NOTEBOOKS_DIR, run_notebook
+from fluxnb.runner import NOTEBOOKS_DIR, run_notebook, this_python_kernel
 
 COMMITTED = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 GENERATION_PARAMETERS = {"model", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
@@ -229,7 +229,7 @@ def test_bad_width_inside_the_notebook_fails_before_the_model_loads(outputs_dir:
     """The notebook's own check (what a person in JupyterLab meets): executed with papermill directly."""
     executed = outputs_dir / "executed.ipynb"
     outputs_dir.mkdir(parents=True, exist_ok=True)
-    with pytest.raises(papermill.PapermillExecutionError) as failure:
+    with this_python_kernel(), pytest.raises(papermill.PapermillExecutionError) as failure:  # the notebook's kernel
         papermill.execute_notebook(str(NOTEBOOKS_DIR / "01_text_to_image.ipynb"), str(executed),
                                    parameters={"width": 1000, "steps": 2, "interactive": False,
                                                "output_dir": str(outputs_dir / "run")}, progress_bar=False)
@@ -242,11 +242,20 @@ def test_bad_width_inside_the_notebook_fails_before_the_model_loads(outputs_dir:
 
 
 def test_all_bad_values_show_as_one_block_without_a_stack(outputs_dir: Path):
-    """width 100 and steps 0 together: the executed notebook's error is render_error's block naming both."""
-    with pytest.raises(NotebookFailed) as failure:
+    """width 100 and steps 0 together: fluxnb run refuses both before any kernel starts; in the notebook itself
+    (what a person in JupyterLab meets) the error is render_error's block naming both."""
+    with pytest.raises(RequestError) as refused:
         run_notebook("01_text_to_image", {"width": 100, "steps": 0}, outputs_dir=outputs_dir)
+    assert refused.value.parameters == ["steps", "width"]
+    assert not outputs_dir.exists() or not any(outputs_dir.iterdir())
+    executed = outputs_dir / "executed.ipynb"
+    outputs_dir.mkdir(parents=True, exist_ok=True)
+    with this_python_kernel(), pytest.raises(papermill.PapermillExecutionError) as failure:
+        papermill.execute_notebook(str(NOTEBOOKS_DIR / "01_text_to_image.ipynb"), str(executed),
+                                   parameters={"width": 100, "steps": 0, "interactive": False,
+                                               "output_dir": str(outputs_dir / "run")}, progress_bar=False)
     assert "parameter `steps`" in failure.value.evalue and "parameter `width`" in failure.value.evalue
-    (error,) = [o for _, outputs in code_outputs(failure.value.executed) for o in outputs if o.output_type == "error"]
+    (error,) = [o for _, outputs in code_outputs(executed) for o in outputs if o.output_type == "error"]
     assert error.traceback[0] == "error: 2 parameters are not valid:"
     assert error.traceback[1].startswith("  - parameter `steps`: must be between 1 and 50")
     assert error.traceback[2].startswith("  - parameter `width`: 100 is not a multiple of 16")
