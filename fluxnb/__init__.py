@@ -3,6 +3,7 @@
 The notebooks call these functions; the tests call the same ones.
 """
 
+
 from .config import ModelConfig, ModelSpec, load_config
 from .diagnosis import Diagnosis, diagnose, explain_errors
 from .doctor import DoctorReport, check_environment
@@ -27,6 +28,7 @@ from .params import (
     load_image_file,
     make_request,
 )
+from .quiet import silence_known_harmless  # importing it filters known-harmless log lines (fluxnb.quiet)
 from .sanity import SanityReport, check_image
 from .selection import ModelChoice, resolve_model
 
@@ -67,4 +69,5 @@ __all__ = [
     "read_manifest",
     "read_png_metadata",
     "resolve_model",
+    "silence_known_harmless",
 ]

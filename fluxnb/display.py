@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .backends import get_backend
+from .config import PROJECT_ROOT
+from .fonts import use_cjk_fallback
 from .generation import GeneratedImage, compile_seconds, peak_memory_bytes
 from .units import byte_unit
+
+
+def shown_path(path) -> str:
+    """A file or folder as a person reads it: relative to the project folder when inside it (outputs/...)."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def model_banner(choice) -> str:
@@ -49,7 +60,7 @@ def caption(metadata: dict[str, Any], width: int = 32) -> str:
         compiled = compile_seconds(metadata)
         facts.append(f"{metadata['seconds']:.2f} s" + (f" (compile {compiled:.1f} s)" if compiled else ""))
     if metadata.get("strength") is not None:
-        facts.append(f"strength {metadata['strength']}")
+        facts.append(f"strength {metadata['strength']:g}")  # 0.6, not a slider's 0.6000000000000001
     return "\n".join([*lines, ", ".join(facts)])
 
 
@@ -67,8 +78,11 @@ def show_grid(
 
     At most `limit` images are drawn (the pixels of a saved image are read from its PNG only here), so that the
     figure of a 1000-image batch costs what a 16-image one does; the title says how many were left out.
+    Captions in Korean, Chinese or Japanese render with Noto Sans CJK (fluxnb.fonts).
     """
     import matplotlib.pyplot as plt
+
+    use_cjk_fallback()
 
     if not images:
         raise ValueError("show_grid needs at least one image")
@@ -154,3 +168,22 @@ def timing_summary(images: Sequence[GeneratedImage]) -> str:
                      f"peak memory {memory / scale:.2f} {unit}"
                      + (f"; includes {compiled:.1f} s of torch.compile (first image at this size)" if compiled else ""))
     return "\n".join(lines)
+
+
+def progress_lines(request) -> Callable[[GeneratedImage], None]:
+    """generate()'s `on_image` for notebooks: one printed line per image as soon as it is saved.
+
+    A headless `fluxnb run --progress` streams these lines to the terminal while the notebook runs, so a long batch
+    does not look hung; in JupyterLab they list the files as they appear.
+    """
+    total = len(request.items())
+    done = 0
+
+    def line(image: GeneratedImage) -> None:
+        nonlocal done
+        done += 1
+        m = image.metadata
+        print(f"image {done}/{total} saved: {image.path or '(not saved)'} (seed {m['seed']}, {m['seconds']:.2f} s)",
+              flush=True)
+
+    return line

@@ -127,19 +127,23 @@ class DoctorReport:
 
     def _repr_html_(self) -> str:
         colors = {OK: "#1a7f37", WARN: "#9a6700", FAIL: "#cf222e"}
+        left = "style='text-align:left;vertical-align:top'"
+        fixes = [r.fix if r.status != OK else "" for r in self.rows]
+        with_fix = any(fixes)  # a "fix" column only when some row has one to show
         rows = "".join(
-            f"<tr><td>{html.escape(r.check)}</td>"
-            f"<td style='color:{colors[r.status]};font-weight:bold'>{r.status}</td>"
-            f"<td style='text-align:left'>{html.escape(r.found)}</td>"
-            f"<td style='text-align:left'>{html.escape(r.fix if r.status != OK else '')}</td></tr>"
-            for r in self.rows
+            f"<tr><td {left}>{html.escape(r.check)}</td>"
+            f"<td style='color:{colors[r.status]};font-weight:bold;text-align:left;vertical-align:top'>{r.status}</td>"
+            f"<td {left}>{html.escape(r.found)}</td>"
+            + (f"<td {left}>{html.escape(fix)}</td>" if with_fix else "") + "</tr>"
+            for r, fix in zip(self.rows, fixes, strict=True)
         )
+        names = ("check", "status", "found", "fix") if with_fix else ("check", "status", "found")
+        header = "".join(f"<th {left}>{name}</th>" for name in names)
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
         return (
             f"<p><b>model:</b> {html.escape(str(self.model))} ({html.escape(str(self.model_type))}) - "
             f"{html.escape(self.model_reason)}</p>"
-            "<table><tr><th>check</th><th>status</th><th>found</th><th>fix</th></tr>"
-            f"{rows}</table>" + (f"<ul>{notes}</ul>" if notes else "")
+            f"<table><tr>{header}</tr>{rows}</table>" + (f"<ul>{notes}</ul>" if notes else "")
             + f"<p><b>{html.escape(self.verdict)}</b></p>"
         )
 

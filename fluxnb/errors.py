@@ -41,8 +41,9 @@ class FluxnbError(Exception):
 
 
 def render_error(exc: FluxnbError) -> str:
-    """The one way a project error is shown: `error: message`, then the fix and the knowledge-base reference."""
-    return f"error: {exc}"
+    """The one way a project error is shown: `error: message`, then the fix and the knowledge-base reference, then
+    any notes attached on the way up (fluxnb.diagnosis.explain_errors adds the matching known issues as one)."""
+    return "\n".join([f"error: {exc}", *getattr(exc, "__notes__", ())])
 
 
 class InputError(FluxnbError):
@@ -68,8 +69,24 @@ class RequestError(InputError, ValueError):
 
     def __init__(self, parameter: str, message: str, *, fix: str | None = None):
         self.parameter = parameter
+        self.problems: list[RequestError] = [self]  # every bad value of the request (see `several`)
         super().__init__(f"parameter `{parameter}`: {message}", fix=fix)
 
+    @classmethod
+    def several(cls, problems: list[RequestError]) -> RequestError:
+        """Every bad value of one request in one error (one line each, as config validation lists its problems),
+        so that a person fixes them all in one go instead of meeting them one run at a time."""
+        if len(problems) == 1:
+            return problems[0]
+        lines = "\n".join("  - " + str(p).replace("\n", "\n    ") for p in problems)
+        error = cls(problems[0].parameter, "")
+        error.problems = list(problems)
+        FluxnbError.__init__(error, f"{len(problems)} parameters are not valid:\n{lines}")
+        return error
+
+    @property
+    def parameters(self) -> list[str]:
+        return [p.parameter for p in self.problems]
 
 class RunFolderBusy(InputError):
     """Another process (named by pid and host) is writing this run folder: a run folder has one writer at a time."""

@@ -175,6 +175,8 @@ def generate(
     callback_on_step_end: Callable | None = None,
     on_image: Callable[[GeneratedImage], None] | None = None,
     only: Collection[int] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> list[GeneratedImage]:
     """Generate every image of `request` with `model`; save each into `run` as soon as it is done.
 
@@ -183,6 +185,10 @@ def generate(
     callback_on_step_end: passed to the diffusers pipeline (progress displays, tests).
     on_image: called with each new image as soon as it is saved (live listings).
     only: the item indexes to make (a data-parallel rank's shard, fluxnb.dataparallel); None: every item.
+    on_step: called after each denoising step with (steps done, steps of this image), through diffusers'
+        callback_on_step_end (live progress bars: the widget form).
+    stop: asked before each image; True ends the batch there (after the current image), the run folder
+        holding every finished image; the images made so far are returned.
     Raises GenerationFailed after the batch when some images failed (the others are kept), ModelUnusable
     when failures repeat, and re-raises KeyboardInterrupt after marking the run "interrupted".
     """
@@ -193,8 +199,8 @@ def generate(
     extra: dict[str, Any] = {}
     if request.mode == IMAGE_TO_IMAGE:
         extra = {"image": _load_init_image(request), "strength": request.strength}
-    if callback_on_step_end is not None:
-        extra["callback_on_step_end"] = callback_on_step_end
+    if callback_on_step_end is not None or on_step is not None:
+        extra["callback_on_step_end"] = _step_callback(callback_on_step_end, on_step)
     # before any image: an adapter that does not fit the model fails here, with nothing generated (fluxnb.lora)
     lora_record = apply_loras(model, request.loras, request.fuse_loras)
     common = {
@@ -237,6 +243,8 @@ def generate(
         logger.addFilter(_drop_truncation_echo)
     try:
         for point in items:
+            if stop is not None and stop():
+                break
             item = {"index": point["index"], "prompt": point["prompt"], "seed": point["seed"], **common}
             scales = _apply_point(item, point["sweep"], request, names)
             if identity(item) in done:
@@ -279,6 +287,19 @@ def _apply_point(item: dict[str, Any], coordinates: dict[str, Any], request: Gen
         scales = {**full, **scales}
         item["loras"] = records(request.loras, scales)
     return scales
+
+
+def _step_callback(callback_on_step_end: Callable | None, on_step: Callable[[int, int], None] | None) -> Callable:
+    """One diffusers callback_on_step_end calling the caller's own callback, then on_step(done, total)."""
+
+    def callback(pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        if callback_on_step_end is not None:
+            callback_kwargs = callback_on_step_end(pipe, step, timestep, callback_kwargs)
+        if on_step is not None:
+            on_step(step + 1, pipe.num_timesteps)  # image-to-image runs only strength x steps of them
+        return callback_kwargs
+
+    return callback
 
 
 def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder | None, pipe, extra: dict,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,10 @@ def check_image_file(name: str, path: Any) -> str:
     file = Path(path).expanduser()
     problem = describe_path(file)
     if problem:
-        raise RequestError(name, f"{str(file)!r} {problem}. Fix: give the path of a PNG or JPEG file "
-                           "(relative paths are taken from the working directory).")
+        where = "(relative paths are taken from the working directory)" if file.is_absolute() else \
+            f"(looked for as {str(file.absolute())!r}: relative paths are read from the working directory " \
+            f"{str(Path.cwd())!r})"
+        raise RequestError(name, f"{str(file)!r} {problem}. Fix: give the path of a PNG or JPEG file {where}.")
     with _open_image(name, file) as image:
         try:
             image.verify()
@@ -260,11 +263,15 @@ def _guidance(spec: ModelSpec, guidance_scale: Any) -> float:
 
 
 def _sizes(spec: ModelSpec, width: Any, height: Any) -> tuple[int, int]:
-    """Width and height (the model's defaults for None): multiples of 16 up to the model's maximum."""
+    """Width and height (the model's defaults for None): multiples of 16 up to the model's maximum; both checked."""
     default_w, default_h = spec.params.default_size
     max_w, max_h = spec.params.max_size
-    return (_size("width", default_w if width is None else width, max_w),
-            _size("height", default_h if height is None else height, max_h))
+    problems: list[RequestError] = []
+    sizes = (_collect(problems, _size, "width", default_w if width is None else width, max_w),
+             _collect(problems, _size, "height", default_h if height is None else height, max_h))
+    if problems:
+        raise RequestError.several(problems)
+    return sizes
 
 
 def _text_only(init_image: Any, strength: Any) -> None:
@@ -276,18 +283,33 @@ def _text_only(init_image: Any, strength: Any) -> None:
 
 
 def _image_to_image(spec: ModelSpec, init_image: Any, strength: Any) -> tuple[str, float]:
-    """Image-to-image's init_image (a readable PNG or JPEG) and strength in (0, 1] (0.6 for None)."""
+    """Image-to-image's init_image (a readable PNG or JPEG) and strength in (0, 1] (0.6 for None); both checked."""
+    problems: list[RequestError] = []
+    path = None
     if not spec.params.supports_i2i:
-        raise RequestError("init_image", f"model {spec.name!r} does not support image-to-image "
-                           "(supports_i2i: false). Fix: choose a model with supports_i2i: true.")
-    if init_image is None:
-        raise RequestError("init_image", "is required for image-to-image. Fix: give the path of a PNG or JPEG.")
-    path = check_image_file("init_image", init_image)
+        problems.append(RequestError("init_image", f"model {spec.name!r} does not support image-to-image "
+                                     "(supports_i2i: false). Fix: choose a model with supports_i2i: true."))
+    elif init_image is None:
+        problems.append(RequestError("init_image", "is required for image-to-image. Fix: give the path of a PNG "
+                                     "or JPEG."))
+    else:
+        path = _collect(problems, check_image_file, "init_image", init_image)
     strength = 0.6 if strength is None else strength
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-        raise RequestError("strength", f"must be a number in (0, 1], got {strength!r}. Fix: 0.3 keeps the "
-                           "picture close to init_image, 0.9 changes most of it.")
+        problems.append(RequestError("strength", f"must be a number in (0, 1], got {strength!r}. Fix: 0.3 keeps "
+                                     "the picture close to init_image, 0.9 changes most of it."))
+    if problems:
+        raise RequestError.several(problems)
     return path, float(strength)
+
+
+def _collect(problems: list[RequestError], validate: Callable[..., Any], *args: Any) -> Any:
+    """The validated value, or None with its problem(s) kept in `problems` for the one error raised at the end."""
+    try:
+        return validate(*args)
+    except RequestError as exc:
+        problems.extend(exc.problems)
+        return None
 
 
 def make_request(
@@ -314,31 +336,40 @@ def make_request(
 
     loras: LoRA adapters, [{path, scale, name}] or ["PATH[:SCALE]"] (fluxnb.lora_files); fuse_loras: fuse them into
     the weights (faster steps, where the backend allows); sweep: {axis: [values]} (fluxnb.sweeps).
+    Every bad value is reported at once: one RequestError listing each problem (RequestError.several), its
+    `parameter` the first of them and `parameters` all of them.
     """
     params = spec.params
     if mode not in (TEXT_TO_IMAGE, IMAGE_TO_IMAGE):
         raise RequestError("mode", f"must be {TEXT_TO_IMAGE!r} or {IMAGE_TO_IMAGE!r}, got {mode!r}.")
-    prompts = _prompts(prompt)
-    negative = _negative_prompt(spec, negative_prompt)
-    seed = _int("seed", seed, 0, MAX_SEED, "Fix: use a non-negative integer such as 0 or 42.")
-    steps = _int("steps", params.default_steps if steps is None else steps, 1, params.max_steps,
-                 f"Fix: use 1..{params.max_steps} (default {params.default_steps}).")
-    guidance = _guidance(spec, guidance_scale)
-    width, height = _sizes(spec, width, height)
-    num_images = _int("num_images", num_images, 1, MAX_IMAGES_PER_PROMPT,
-                      f"Fix: ask for 1..{MAX_IMAGES_PER_PROMPT} images per prompt.")
-    max_sequence_length = _int(
-        "max_sequence_length", params.max_tokens if max_sequence_length is None else max_sequence_length, 1,
-        params.max_tokens, f"Fix: use at most {params.max_tokens} T5 tokens.",
+    problems: list[RequestError] = []
+    prompts = _collect(problems, _prompts, prompt)
+    negative = _collect(problems, _negative_prompt, spec, negative_prompt)
+    seed = _collect(problems, _int, "seed", seed, 0, MAX_SEED, "Fix: use a non-negative integer such as 0 or 42.")
+    steps = _collect(problems, _int, "steps", params.default_steps if steps is None else steps, 1, params.max_steps,
+                     f"Fix: use 1..{params.max_steps} (default {params.default_steps}).")
+    guidance = _collect(problems, _guidance, spec, guidance_scale)
+    width, height = _collect(problems, _sizes, spec, width, height) or (None, None)
+    num_images = _collect(problems, _int, "num_images", num_images, 1, MAX_IMAGES_PER_PROMPT,
+                          f"Fix: ask for 1..{MAX_IMAGES_PER_PROMPT} images per prompt.")
+    max_sequence_length = _collect(
+        problems, _int, "max_sequence_length",
+        params.max_tokens if max_sequence_length is None else max_sequence_length, 1, params.max_tokens,
+        f"Fix: use at most {params.max_tokens} T5 tokens.",
     )
-    _check_compiled_minimum(spec, width, height, max_sequence_length)
-    cache = request_cache(cache)
+    if None not in (width, height, max_sequence_length):
+        _collect(problems, _check_compiled_minimum, spec, width, height, max_sequence_length)
+    cache = _collect(problems, request_cache, cache)
     if mode == TEXT_TO_IMAGE:
-        _text_only(init_image, strength)
+        _collect(problems, _text_only, init_image, strength)
+        if problems:
+            raise RequestError.several(problems)
         request = GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
                                     max_sequence_length, cache=cache)
         return _explore(spec, request, loras, fuse_loras, sweep)
-    path, strength_value = _image_to_image(spec, init_image, strength)
+    path, strength_value = _collect(problems, _image_to_image, spec, init_image, strength) or (None, None)
+    if problems:
+        raise RequestError.several(problems)
     request = GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
                                 max_sequence_length, path, strength_value, cache=cache)
     return _explore(spec, request, loras, fuse_loras, sweep)

@@ -14,8 +14,10 @@ import ast
 import difflib
 import json
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .config import PROJECT_ROOT
 from .errors import InputError, NotebookFailed, OutputWriteError, RequestError
@@ -39,6 +41,9 @@ RUN_RECORD = "fluxnb-run.json"  # which notebook a run folder belongs to, and th
 # Notebook parameters that are arguments of make_request: checked before a run folder is made.
 REQUEST_PARAMETERS = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
                       "num_images", "init_image", "strength")
+# The kernel every notebook names in its metadata (README: registered by scripts/setup.sh for JupyterLab).
+KERNEL_NAME = "fluxnb"
+KERNEL_DISPLAY_NAME = "Python 3 (fluxnb)"
 
 
 def find_notebook(name: str | os.PathLike) -> Path:
@@ -103,8 +108,8 @@ def check_kernel(kernel_name: str | None) -> None:
     if kernel_name not in available:
         raise InputError(f"--kernel {kernel_name!r} is not an installed Jupyter kernel. Installed: "
                          f"{', '.join(available) or 'none'}.",
-                         fix="use one of those names, leave --kernel out (the notebook's own kernel), or register "
-                         "one with `python -m ipykernel install --user --name NAME`")
+                         fix="use one of those names, leave --kernel out (this Python, as kernel 'fluxnb'), or "
+                         "register one with `python -m ipykernel install --user --name NAME`")
 
 
 def check_request_parameters(notebook: Path, parameters: dict[str, Any]) -> None:
@@ -152,10 +157,12 @@ def run_notebook(
     *,
     outputs_dir: str | os.PathLike | None = None,
     kernel_name: str | None = None,
+    stream: TextIO | None = None,
 ) -> Path:
     """Execute a notebook headlessly into a new run folder and return that folder.
 
     Everything that can be checked is checked before the folder is made: parameter names and values, the kernel.
+    stream: where the notebook's printed lines go as they are printed (per-image progress), e.g. sys.stdout.
     """
     path = find_notebook(notebook)
     parameters = dict(parameters or {})
@@ -174,7 +181,7 @@ def run_notebook(
         parameters.update(output_dir=str(run_dir))
         if "interactive" in notebook_parameters(path):  # a notebook without widgets or progress bars has none
             parameters.setdefault("interactive", False)
-        _execute(path, run_dir, parameters, kernel_name, lock)
+        _execute(path, run_dir, parameters, kernel_name, lock, stream)
     finally:
         lock.release()
     return run_dir
@@ -186,6 +193,7 @@ def resume_notebook(
     parameters: dict[str, Any] | None = None,
     *,
     kernel_name: str | None = None,
+    stream: TextIO | None = None,
 ) -> Path:
     """Re-execute a notebook into an existing run folder with the parameters it ran with, to finish that request.
 
@@ -216,7 +224,7 @@ def resume_notebook(
         merged.update(output_dir=str(run_dir), resume=True)
         if "interactive" in notebook_parameters(path):
             merged["interactive"] = False
-        _execute(path, run_dir, merged, kernel_name, lock)
+        _execute(path, run_dir, merged, kernel_name, lock, stream)
     finally:
         lock.release()
     return run_dir
@@ -281,7 +289,36 @@ def _refuse_runner_parameters(parameters: dict[str, Any]) -> None:
                               "to resume.")
 
 
-def _execute(path: Path, run_dir: Path, parameters: dict[str, Any], kernel_name: str | None, lock: RunLock) -> None:
+@contextmanager
+def this_python_kernel():
+    """While inside, the kernel named KERNEL_NAME is this very Python (the one running fluxnb run).
+
+    The notebooks name the project's kernel; a headless run must execute them with the fluxnb it was started from,
+    whatever kernel of that name is registered for JupyterLab (or none). A kernelspec written into a temporary
+    directory put first on JUPYTER_PATH (jupyter_client reads it before the user's and the system's) does that.
+    Only its kernel.json is written (ipykernel's own dict), not the logos a JupyterLab launcher shows: a few hundred
+    bytes, so that a nearly full disk fails on the executed notebook, which the error then names, not here.
+    """
+    from ipykernel.kernelspec import get_kernel_dict
+
+    saved = os.environ.get("JUPYTER_PATH")
+    with tempfile.TemporaryDirectory(prefix="fluxnb-kernel-") as prefix:
+        data = str(Path(prefix) / "share" / "jupyter")
+        spec_dir = Path(data) / "kernels" / KERNEL_NAME
+        spec_dir.mkdir(parents=True)
+        (spec_dir / "kernel.json").write_text(json.dumps({**get_kernel_dict(), "display_name": KERNEL_DISPLAY_NAME}))
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([data, *([saved] if saved else [])])
+        try:
+            yield KERNEL_NAME
+        finally:
+            if saved is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = saved
+
+
+def _execute(path: Path, run_dir: Path, parameters: dict[str, Any], kernel_name: str | None, lock: RunLock,
+             stream: TextIO | None = None) -> None:
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -291,14 +328,16 @@ def _execute(path: Path, run_dir: Path, parameters: dict[str, Any], kernel_name:
     previous_token = os.environ.get(LOCK_TOKEN_ENV)
     os.environ[LOCK_TOKEN_ENV] = lock.token or previous_token or ""  # the kernel writes under this lock
     try:
-        papermill.execute_notebook(
-            str(path),
-            str(executed),
-            parameters=parameters,
-            kernel_name=kernel_name,
-            cwd=os.getcwd(),  # relative paths in parameters mean what they mean where the command was typed
-            progress_bar=False,
-        )
+        with this_python_kernel() as own_kernel:
+            papermill.execute_notebook(
+                str(path),
+                str(executed),
+                parameters=parameters,
+                kernel_name=kernel_name or own_kernel,
+                cwd=os.getcwd(),  # relative paths in parameters mean what they mean where the command was typed
+                progress_bar=False,
+                stdout_file=stream,  # the notebook's printed lines, live (fluxnb run --progress)
+            )
     except PapermillExecutionError as exc:
         _mark_failed(run_dir, exc.ename, exc.evalue)
         raise NotebookFailed(path, executed, exc.ename, exc.evalue, exc.exec_count) from None

@@ -25,6 +25,7 @@ from .units import byte_unit, human_bytes
 GUIDE_MEMORY_GB = {"transformer": 12.0, "text_encoder_2": 5.0, "vae": 1.0, "text_encoder": 1.0}
 GUIDE_LABELS = {"transformer": "transformer\n(8-bit)", "text_encoder_2": "T5\n(8-bit)", "vae": "VAE",
                 "text_encoder": "CLIP"}
+MEASURED_LABELS = {"transformer": "transformer", "text_encoder_2": "T5", "vae": "VAE", "text_encoder": "CLIP"}
 VERDICT_FILE = "verdict.json"
 
 
@@ -44,7 +45,8 @@ def memory_figure(components):
     left.set_title(f"the guide: FLUX.1-dev 8-bit on the L4 (~{sum(GUIDE_MEMORY_GB.values()):g} GB)")
     left.set_ylabel("GB")
     values = [measured[n].bytes / scale if n in measured else 0 for n in names]
-    bars = right.bar([f"{GUIDE_LABELS[n]}\n{measured[n].format if n in measured else 'absent'}" for n in names],
+    # Measured bars carry the format actually loaded (e.g. "T5\nfp32" for the tiny model), not the guide's "(8-bit)".
+    bars = right.bar([f"{MEASURED_LABELS[n]}\n{measured[n].format if n in measured else 'absent'}" for n in names],
                      values, color="#3b7dd8")
     right.bar_label(bars, fmt="%.2f")
     total = sum(c.bytes for c in components) / scale

@@ -1,9 +1,14 @@
 """An ipywidgets UI for people exploring in JupyterLab: prompt box, sliders, a Generate button, live output.
 
 The button calls exactly what the headless notebooks and the tests call (make_request -> generate into the
-run folder), so an image made by hand carries the same metadata as one made by papermill. A bad value
-(fluxnb's own error, e.g. a size that is not a multiple of 16) is shown in the output area as its message;
-any other exception is shown with its traceback by the Output widget (nothing is hidden).
+run folder), so an image made by hand carries the same metadata as one made by papermill. Every bad value
+(fluxnb's own error, e.g. a size that is not a multiple of 16) is shown in the output area as one block
+(render_error); any other exception is shown with its traceback (nothing is hidden).
+
+While it generates, a bar shows image i of n, step k of N, the time elapsed and an estimate of the time left
+(from generate()'s per-step callback), and Stop ends the batch after the current image. In a kernel the
+generation runs in a background thread so that the kernel stays free to receive the Stop click; outside a
+kernel (tests) the button runs it in place.
 
 Notebooks show the UI only when `interactive` is True: widgets do nothing useful under papermill.
 """
@@ -11,18 +16,35 @@ Notebooks show the UI only when `interactive` is True: widgets do nothing useful
 from __future__ import annotations
 
 import base64
+import re
+import threading
+import time
+import traceback
 from pathlib import Path
 from typing import Any
 
-from .display import figure_png, show_grid, timing_summary
-from .errors import FluxnbError
+from .display import caption, figure_png, show_grid, shown_path, timing_summary
+from .errors import FluxnbError, render_error
 from .generation import GeneratedImage, generate
 from .loading import LoadedModel
-from .outputs import RunFolder
+from .outputs import RunFolder, atomic_write_bytes
 from .params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
 from .units import SIZE_MULTIPLE
 
 MAX_IMAGES_IN_UI = 8
+UPLOADS_DIR = "inputs"  # uploaded starting pictures are kept in the run folder, so its images stay reproducible
+
+
+def _in_a_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
 def _sizes(maximum: int) -> list[int]:
@@ -96,22 +118,44 @@ class GenerateForm:
         if mode == IMAGE_TO_IMAGE:
             start = initial.init_image if initial and initial.init_image else init_image
             self.init_image = w.Text(value=str(start or ""), description="init_image", style=label,
-                                     layout=w.Layout(width="600px"))
+                                     layout=w.Layout(width="480px"))
+            self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload",
+                                       tooltip="upload a picture: it is saved into the run folder")
+            self.upload.observe(lambda _change: self.take_upload(), names="value")
+            self.preview = w.Image(format="png", layout=w.Layout(max_width="96px", max_height="96px"))
+            self.path_note = w.HTML(f"<small>relative paths are read from <code>{Path.cwd()}</code>; an upload is "
+                                    f"saved into <code>{shown_path(run.path / UPLOADS_DIR)}</code></small>")
+            self.init_image.observe(lambda _change: self._preview(), names="value")
+            self._preview()
             self.strength = w.FloatSlider(
                 value=initial.strength if initial and initial.strength else 0.6, min=0.05, max=1.0, step=0.05,
                 description="strength", style=label, layout=layout,
             )
-            controls += [self.init_image, self.strength]
+            controls += [w.HBox([w.VBox([w.HBox([self.init_image, self.upload]), self.path_note]), self.preview]),
+                         self.strength]
         elif mode != TEXT_TO_IMAGE:
             raise ValueError(f"mode must be {TEXT_TO_IMAGE!r} or {IMAGE_TO_IMAGE!r}, got {mode!r}")
         self.button = w.Button(description="Generate", button_style="primary", icon="play")
-        self.button.on_click(lambda _button: self.generate())
-        self.output = w.Output(layout=w.Layout(border="1px solid #ddd", padding="4px"))
+        self.button.on_click(lambda _button: self.start())
+        self.stop_button = w.Button(description="Stop", icon="stop", disabled=True,
+                                    tooltip="end the batch after the image being made")
+        self.stop_button.on_click(lambda _button: self.stop())
+        # Shown only while generating (an empty bar or box under the button would look like something failed).
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="", bar_style="info",
+                                      layout=w.Layout(width="460px", visibility="hidden"))
+        self.status = w.HTML("")
+        self.output = w.Output(layout=w.Layout(padding="4px"))
         header = w.HTML(
-            f"<b>{model.spec.name}</b> ({model.report.weights}); images go to <code>{run.path}</code>"
+            f"<b>{model.spec.name}</b> ({model.report.weights}); images go to <code>{shown_path(run.path)}</code>"
         )
-        self.container = w.VBox([header, *controls, self.button, self.output])
+        self.container = w.VBox([header, *controls, w.HBox([self.button, self.stop_button]),
+                                 w.HBox([self.progress, self.status]), self.output])
         self.container.form = self  # reach the form (and its results) from the container the UI functions return
+        for widget, name in ((self.container, "form"), (self.progress, "progress"), (self.status, "status"),
+                             (self.output, "output"), (header, "header")):
+            widget.add_class(f"fluxnb-{name}")  # stable names for the page's CSS and the browser tests
+        self._stop_requested = False
+        self._thread: threading.Thread | None = None
 
     # -- the action ---------------------------------------------------------------------------------------
 
@@ -124,52 +168,138 @@ class GenerateForm:
         """The current widget values, validated exactly as the notebooks validate their parameters."""
         extra: dict[str, Any] = {}
         if self.mode == IMAGE_TO_IMAGE:
-            extra = {"init_image": self.init_image.value.strip() or None, "strength": self.strength.value}
+            # sliders step in binary floats (0.05 * 12 = 0.6000000000000001): keep the value a person sees
+            extra = {"init_image": self.init_image.value.strip() or None, "strength": round(self.strength.value, 4)}
         return make_request(
             self.model.spec,
             prompt=self.prompt_value(),
             seed=self.seed.value,
             steps=self.steps.value,
-            guidance_scale=self.guidance_scale.value,
+            guidance_scale=round(self.guidance_scale.value, 4),
             width=self.width.value,
             height=self.height.value,
             num_images=self.num_images.value,
             mode=self.mode,
-            loras=[{"path": self.lora.value.path, "name": self.lora.value.name, "scale": self.lora_scale.value}]
-            if self.lora.value is not None else None,
+            loras=[{"path": self.lora.value.path, "name": self.lora.value.name,
+                    "scale": round(self.lora_scale.value, 4)}] if self.lora.value is not None else None,
             **extra,
         )
 
+    def start(self) -> None:
+        """What the Generate button does: in a kernel, generate() in a background thread (the kernel stays free
+        to receive Stop); elsewhere, in place."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        if not _in_a_kernel():
+            self.generate()
+            return
+        self._thread = threading.Thread(target=self._generate_showing_errors, name="fluxnb-generate", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until a background generation ends (tests, scripts)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stop(self) -> None:
+        """What Stop does: the batch ends after the image being made (finished images are all kept)."""
+        self._stop_requested = True
+        self.stop_button.disabled = True
+        self.status.value = "stopping after the current image..."
+
+    def _generate_showing_errors(self) -> None:
+        try:
+            self.generate()
+        except Exception as exc:  # shown in full in the output area (a thread has no cell to raise into)
+            self.output.outputs += ({
+                "output_type": "error",
+                "ename": type(exc).__name__,
+                "evalue": str(exc),
+                "traceback": traceback.format_exception(exc),
+            },)
+            self.status.value = f"failed: {type(exc).__name__}"
+
     def generate(self) -> list[GeneratedImage]:
-        """What the Generate button does: validate, generate into the run folder, show images and timings."""
+        """Validate, generate into the run folder with live progress, show images (beside the starting picture
+        for image-to-image) and timings. Returns the images shown."""
         self.output.outputs = ()
         self.last_error = None
         try:
             request = self.request()
         except FluxnbError as exc:
+            self.progress.layout.visibility = "hidden"  # the last run's bar would read as this one's
             return self._show_error(exc)
         count = len(request.items())
         self._text(f"generating {count} image(s) with {self.model.spec.name} "
                    f"({request.steps} steps, {request.width}x{request.height})...\n")
-        images = None
+        images: list[GeneratedImage] = []
+        self._stop_requested = False
         self.button.disabled = True
+        self.stop_button.disabled = False
+        progress = _Progress(self, count, request.steps)
         try:
-            # In a kernel, an unexpected exception is shown here with its traceback by the Output widget
-            # (which then swallows it so the UI stays usable); outside a kernel it propagates.
-            with self.output:
-                try:
-                    images = generate(self.model, request, self.run, progress=False, model_reason=self.model_reason)
-                except FluxnbError as exc:
-                    return self._show_error(exc)
+            images = generate(self.model, request, self.run, progress=False, model_reason=self.model_reason,
+                              on_step=progress.step, on_image=progress.image_done, stop=lambda: self._stop_requested)
+        except FluxnbError as exc:
+            self.progress.bar_style = "danger"
+            return self._show_error(exc)
         finally:
             self.button.disabled = False
-        if images is None:
-            return []
+            self.stop_button.disabled = True
         self.results += images
         self.output.outputs = ()
-        self._png(figure_png(show_grid(images)))
-        self._text(timing_summary(images) + "\n")
+        stopped = self._stop_requested and len(images) < count
+        if images:
+            self._png(figure_png(self._grid(images)))
+            self._text(timing_summary(images) + "\n")
+        if stopped:
+            self._text(f"stopped after {len(images)} of {count} image(s); every finished image is in the run folder "
+                       "and its manifest. Press Generate to make the rest (the finished ones are not redone).\n")
+        progress.finish(len(images), stopped)  # "done" once the images are on screen
         return images
+
+    def _grid(self, images: list[GeneratedImage]):
+        if self.mode != IMAGE_TO_IMAGE:
+            return show_grid(images)
+        from PIL import Image
+
+        first = images[0].metadata
+        with Image.open(first["init_image"]) as start:
+            start_image = start.convert("RGB").resize((first["width"], first["height"]))
+        return show_grid([start_image, *images],
+                         titles=[f"starting picture\n{Path(first['init_image']).name}",
+                                 *[caption(image.metadata) for image in images]])
+
+    # -- image-to-image: the starting picture ----------------------------------------------------------------
+
+    def take_upload(self) -> Path | None:
+        """An uploaded picture is saved into the run folder (inputs/) and becomes init_image."""
+        if not self.upload.value:
+            return None
+        upload = self.upload.value[0]
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(upload["name"]).name) or "upload.png"
+        path = self.run.path / UPLOADS_DIR / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, bytes(upload["content"]))
+        self.init_image.value = str(path)
+        return path
+
+    def _preview(self) -> None:
+        """A thumbnail of the starting picture beside its path (nothing when the path is not a readable image)."""
+        import io
+
+        from PIL import Image, UnidentifiedImageError
+
+        path = Path(self.init_image.value.strip()).expanduser()
+        try:
+            with Image.open(path) as image:
+                image.thumbnail((96, 96))
+                buffer = io.BytesIO()
+                image.convert("RGB").save(buffer, format="PNG")
+        except (OSError, UnidentifiedImageError, ValueError):
+            self.preview.value = b""
+            return
+        self.preview.value = buffer.getvalue()
 
     # -- output helpers: plain output records, so they work in a kernel and in tests alike ------------------
 
@@ -185,8 +315,11 @@ class GenerateForm:
 
     def _show_error(self, exc: FluxnbError) -> list[GeneratedImage]:
         self.last_error = str(exc)
-        self._text(f"{type(exc).__name__}: {exc}\nNothing was generated; change the value and press Generate.\n",
-                   stream="stderr")
+        done = len(exc.results) if hasattr(exc, "results") else 0
+        after = (f"{done} image(s) were generated and kept." if done else
+                 "Nothing was generated; change the value(s) and press Generate.")
+        self._text(f"{render_error(exc)}\n{after}\n", stream="stderr")
+        self.status.value = ""
         return []
 
     def output_text(self) -> str:
@@ -197,6 +330,50 @@ class GenerateForm:
         from IPython.display import display
 
         display(self.container)
+
+
+class _Progress:
+    """The bar and the line beside it: image i of n, step k of N, elapsed, an estimate of the time left."""
+
+    def __init__(self, form: GenerateForm, count: int, steps: int):
+        self.form = form
+        self.count = count
+        self.steps = steps  # per image; image-to-image runs fewer: corrected by the first callback
+        self.done_images = 0
+        self.started = time.perf_counter()
+        self.step_seconds: list[float] = []
+        self.last = self.started
+        form.progress.max = count * steps
+        form.progress.value = 0
+        form.progress.bar_style = "info"
+        form.progress.layout.visibility = "visible"
+        form.status.value = f"image 1 of {count}: starting..."
+
+    def step(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        self.step_seconds.append(now - self.last)
+        self.last = now
+        if total != self.steps:
+            self.steps = total
+            self.form.progress.max = self.count * total
+        value = self.done_images * total + done
+        elapsed = now - self.started
+        left = (self.count * total - value) * (sum(self.step_seconds) / len(self.step_seconds))
+        self.form.status.value = (f"image {self.done_images + 1} of {self.count} &middot; step {done}/{total} "
+                                  f"&middot; {_duration(elapsed)} elapsed &middot; about {_duration(left)} left")
+        self.form.progress.value = value
+
+    def image_done(self, image: GeneratedImage) -> None:
+        self.done_images += 1
+        self.last = time.perf_counter()  # saving the PNG is not a denoising step
+
+    def finish(self, made: int, stopped: bool) -> None:
+        elapsed = _duration(time.perf_counter() - self.started)
+        self.form.progress.bar_style = "warning" if stopped else "success"
+        if not stopped:
+            self.form.progress.value = self.form.progress.max
+        self.form.status.value = (f"stopped: {made} of {self.count} image(s) in {elapsed}" if stopped
+                                  else f"done: {made} image(s) in {elapsed}")
 
 
 def text_to_image_ui(model: LoadedModel, run: RunFolder, model_reason: str | None = None,

@@ -28,9 +28,18 @@ fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 
+# The project kernel for JupyterLab: the notebooks name "fluxnb" ("Python 3 (fluxnb)"), i.e. this .venv, never a
+# generic python3 (on a Workbench instance that is the system Python, without fluxnb). Default lane only.
+register_kernel() {
+  if [ "$lane" = default ] && [ -z "${FLUXNB_NO_KERNEL:-}" ]; then
+    "$venv/bin/python" -m ipykernel install --user --name fluxnb --display-name "Python 3 (fluxnb)" >/dev/null
+  fi
+}
+
 stamp="$venv/.fluxnb-setup"
 want="$(cat "$lock" "$root/pyproject.toml" | sha256sum | cut -c1-16) $torch_spec ${FLUXNB_TORCH_INDEX_URL:-}"
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+  register_kernel
   exit 0
 fi
 echo "setting up $venv ($lane stack: requirements/$lane.txt)"
@@ -39,4 +48,5 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null || [ -n "${FLUXNB_TORCH:-}
 fi
 "${pip[@]}" install -r "$lock"
 "${pip[@]}" install --no-deps -e "$root"
+register_kernel
 echo "$want" > "$stamp"

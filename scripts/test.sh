@@ -9,7 +9,16 @@ cd "$root"
 scripts/setup.sh default
 scripts/setup.sh guide
 .venv/bin/python -m pip --disable-pip-version-check -q install -r requirements/extras.txt  # optional extras, tested
+# The browser lane (tests/browser) drives JupyterLab through Debian's chromium with Playwright (pinned in
+# requirements/default.txt; Playwright's own browser download is not used). Installed here when missing.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  echo "installing Debian's chromium for the browser lane"
+  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+  $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >/dev/null
+fi
 echo "== guide lane: $(.venv-guide/bin/python -c 'import diffusers, transformers; print("diffusers", diffusers.__version__, "transformers", transformers.__version__)')"
-.venv-guide/bin/python -m pytest -p no:cacheprovider "$@"
+# The browser lane runs in the default lane only: what it checks (JupyterLab, the widgets, the pages a person sees)
+# does not depend on the diffusers/transformers line, the guide's stack pins no JupyterLab, and once keeps CI short.
+.venv-guide/bin/python -m pytest -p no:cacheprovider -m "not gpu and not browser" "$@"
 echo "== default lane: $(.venv/bin/python -c 'import diffusers, transformers; print("diffusers", diffusers.__version__, "transformers", transformers.__version__)')"
 .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-_FOLDER_MARKERS = {"notebooks": "notebook", "gpu": "gpu", "faults": "faults"}
+_FOLDER_MARKERS = {"notebooks": "notebook", "gpu": "gpu", "faults": "faults", "browser": "browser"}
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -6,6 +6,7 @@ Reads the results the engine (fluxnb.bench.engine) returns, or a JSON file it wr
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +172,7 @@ def results_table(results: dict[str, Any]) -> str:
         if "error" in row:
             load = b.get("load_seconds", "")
             lines.append(f"| {row['backend']} | {row['size']} | {_weights(row)} | | | | | | {load} | | | | | | | "
-                         f"failed: {row['error'][:120]} |")
+                         f"failed: {_table_text(row['error'], 160)} |")
             continue
         peak_alloc = row.get("peak_allocated_bytes") or row.get("peak_rss_bytes")
         note = [] if row.get("capped") else ["uncapped"]
@@ -196,12 +197,22 @@ def results_table(results: dict[str, Any]) -> str:
     for b in results["backends"]:
         if "error" in b:
             lines.append(f"| {b['label']} | | {b.get('weights', 'gaussian')} | | | | | | | | | | | | | "
-                         f"failed to load: {b['error'][:160]} |")
+                         f"failed to load: {_table_text(b['error'], 200)} |")
     return "\n".join(lines)
 
 
+def _table_text(text: str, width: int) -> str:
+    """A message for one table cell: on one line, shortened at a word boundary (with "..."), pipes escaped."""
+    return textwrap.shorten(str(text), width=width, placeholder=" ...").replace("|", "\\|")
+
+
 def plot_results(results: dict[str, Any], path: str | Path | None = None):
-    """Bar charts: seconds per image (with the phases stacked), peak memory (with the cap), latent error."""
+    """Bar charts: seconds per image (with the phases stacked), peak memory (with the cap), latent error.
+
+    Horizontal bars, one row per backend and size, named once on the left: the names stay readable at notebook
+    width however many backends there are. The figure is closed in pyplot before it is returned, so a notebook
+    shows it exactly once (`display(fig)`), not a second time as the cell's leftover pyplot figure.
+    """
     import matplotlib
 
     if path is not None:
@@ -209,46 +220,53 @@ def plot_results(results: dict[str, Any], path: str | Path | None = None):
     import matplotlib.pyplot as plt
 
     rows = [r for r in results["rows"] if "error" not in r]
-    names = [f"{r['backend']}\n{r['size']}" + ("" if _weights(r) == "gaussian" else f" {_weights(r)}") for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(max(12, 2.2 * len(rows) * 3 / 2), 4.8))
-    bottom = [0.0] * len(rows)
+    names = [f"{r['backend']} ({r['size']}" + ("" if _weights(r) == "gaussian" else f", {_weights(r)} weights") + ")"
+             for r in rows]
+    positions = list(range(len(rows)))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 1.9 + 0.42 * len(rows)), sharey=True,
+                             gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    left = [0.0] * len(rows)
     for phase, color in zip(PHASES, ("#8da0cb", "#66c2a5", "#fc8d62"), strict=True):
         values = [r["phases"][phase]["seconds"] for r in rows]
-        axes[0].bar(names, values, bottom=bottom, label=phase.replace("_", " "), color=color)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        axes[0].barh(positions, values, left=left, label=phase.replace("_", " "), color=color)
+        left = [b + v for b, v in zip(left, values, strict=True)]
     for i, r in enumerate(rows):
-        label = f"{r['seconds_per_image']:.2f}"
+        label = f" {r['seconds_per_image']:.2f} s"
         if "speedup_vs_baseline" in r:
-            label += f"\n{r['speedup_vs_baseline']:.2f}x"
-        axes[0].text(i, bottom[i], label, ha="center", va="bottom", fontsize=8)
-    axes[0].set_ylim(0, max(bottom, default=1.0) * 1.18)
-    axes[0].set_ylabel("seconds per image")
-    axes[0].set_title(f"time per image ({results['settings']['steps']} steps)")
-    axes[0].legend(fontsize=8)
+            label += f" ({r['speedup_vs_baseline']:.2f}x)"
+        axes[0].text(left[i], i, label, va="center", fontsize=8)
+    axes[0].set_xlim(0, max(left, default=1.0) * 1.45)
+    axes[0].set_xlabel("seconds per image")
+    axes[0].set_title(f"time per image ({results['settings']['steps']} steps)", fontsize=10)
+    axes[0].legend(fontsize=8, loc="lower right")
     peaks = [(r.get("peak_reserved_bytes") or r.get("peak_rss_bytes") or 0) / GIB for r in rows]
-    axes[1].bar(names, peaks, color=["#b3b3b3" if not r.get("capped") else "#80b1d3" for r in rows])
+    axes[1].barh(positions, peaks, color=["#b3b3b3" if not r.get("capped") else "#80b1d3" for r in rows])
+    for i, peak in enumerate(peaks):
+        axes[1].text(peak, i, f" {peak:.1f}", va="center", fontsize=8)
     cap = results["settings"].get("cap_bytes")
     if cap:
-        axes[1].axhline(cap / GIB, color="red", linestyle="--", label=f"cap {cap / 1e9:.0f} GB")
-        axes[1].legend(fontsize=8)
-    axes[1].set_ylabel("GiB (GPU: peak reserved; grey = uncapped)")
-    axes[1].set_title("peak memory")
+        axes[1].axvline(cap / GIB, color="red", linestyle="--", label=f"cap {cap / 1e9:.0f} GB")
+        axes[1].legend(fontsize=8, loc="lower right")
+    axes[1].set_xlim(0, max([*peaks, (cap or 0) / GIB], default=1.0) * 1.25)
+    axes[1].set_xlabel("GiB (GPU: peak reserved; grey = uncapped)")
+    axes[1].set_title("peak memory", fontsize=10)
     errors = [r.get("latent_rel_error") or 0.0 for r in rows]
-    axes[2].bar(names, errors, color="#fdb462")
+    axes[2].barh(positions, errors, color="#fdb462")
     for i, r in enumerate(rows):
         if r.get("psnr_db") is not None:
-            axes[2].text(i, errors[i], f"{r['psnr_db']:.1f} dB", ha="center", va="bottom", fontsize=8)
-    axes[2].set_ylabel("relative error of final latents")
-    axes[2].set_title(f"fidelity vs {results['settings']['reference']}")
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=7, rotation=45)
+            axes[2].text(errors[i], i, f" {r['psnr_db']:.1f} dB", va="center", fontsize=8)
+    axes[2].set_xlim(0, max(errors, default=0.0) * 1.4 or 1.0)
+    axes[2].set_xlabel("relative error of final latents")
+    axes[2].set_title(f"fidelity vs {results['settings']['reference']}", fontsize=10)
+    axes[0].set_yticks(positions, names, fontsize=9)
+    axes[0].invert_yaxis()  # the first backend on top, as in the table
     device = results.get("device", {})
     fig.suptitle(f"fluxnb bench on {device.get('gpu') or device.get('device')}; weights: {results['weights']}",
                  fontsize=9)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
-        plt.close(fig)
+    plt.close(fig)  # shown once, by whoever displays the returned figure
     return fig
 
 

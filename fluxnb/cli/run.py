@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
+import sys
 
 from ..display import model_banner
 from ..runner import (
@@ -29,7 +31,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(plus any -p/-f), making only the images it does not hold yet")
     parser.add_argument("--gpus", metavar="N|all", help="the same as `-p gpus N`: notebooks that declare `gpus` "
                         "(05_multi_gpu) make their batch with the data-parallel engine (fluxnb generate --gpus)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="print the notebook's lines (one per image) as they come; default: on in a terminal, "
+                        "off when output is redirected or CI is set (--no-progress: quiet)")
     return parser
+
+
+def wants_progress(args: argparse.Namespace) -> bool:
+    """--progress / --no-progress, else on for a person at a terminal and off in CI and logs."""
+    if args.progress is not None:
+        return args.progress
+    return sys.stdout.isatty() and not os.environ.get("CI")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,11 +52,13 @@ def run(args: argparse.Namespace) -> int:
         parameters[name] = parse_cli_value(value)
     if args.gpus is not None:
         parameters["gpus"] = parse_cli_value(args.gpus)
+    stream = sys.stdout if wants_progress(args) else None
     if args.resume:
-        run_dir = resume_notebook(args.notebook, args.resume, parameters, kernel_name=args.kernel)
+        run_dir = resume_notebook(args.notebook, args.resume, parameters, kernel_name=args.kernel, stream=stream)
     else:
         announce_model(args.notebook, parameters)
-        run_dir = run_notebook(args.notebook, parameters, outputs_dir=args.output_dir, kernel_name=args.kernel)
+        run_dir = run_notebook(args.notebook, parameters, outputs_dir=args.output_dir, kernel_name=args.kernel,
+                               stream=stream)
     print(f"run folder: {run_dir}")
     return 0
 

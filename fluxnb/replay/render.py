@@ -43,7 +43,7 @@ class AttemptResult:
 
     def __str__(self) -> str:
         lines = [
-            f"attempt {self.attempt}: {self.title}  [{self.mode}, {self.device}, {self.seconds:.2f} s]",
+            f"attempt {self.attempt}: {self.title}  [{self._where()}]",
             f"  outcome: {self.outcome}",
             f"  observed: {self.observed}",
             f"  differs from the guide: {'yes: ' + self.difference if self.differs_from_guide else 'no'}",
@@ -74,7 +74,13 @@ class AttemptResult:
                        for k, v in rows)
         return (f"<p><b>Attempt {self.attempt}: {e(self.title)}</b> "
                 f"<span style='color:white;background:{colour};padding:1px 6px'>{e(self.mode)}</span> "
-                f"({e(self.device)}, {self.seconds:.2f} s)</p><table>{body}</table>")
+                f"({e(self._where(with_mode=False))})</p><table>{body}</table>")
+
+    def _where(self, with_mode: bool = True) -> str:
+        """Where and how long it ran; a recording ran nowhere here, so it gets no device or seconds."""
+        if self.mode != LIVE:
+            return f"{self.mode}, not run here" if with_mode else "not run here"
+        return (f"{self.mode}, " if with_mode else "") + f"{self.device}, {self.seconds:.2f} s"
 
 
 class Table:

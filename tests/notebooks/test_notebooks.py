@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 import fluxnb
-from fluxnb.errors import NotebookFailed
+from fluxnb.errors import NotebookFailed, RequestError
 from fluxnb.generation import peak_memory_bytes
-from fluxnb.runner import NOTEBOOKS_DIR, run_notebook
+from fluxnb.runner import NOTEBOOKS_DIR, run_notebook, this_python_kernel
 
 COMMITTED = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 GENERATION_PARAMETERS = {"model", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
@@ -54,7 +54,27 @@ def test_committed_notebook_is_clean(path: Path):
     assert len(tagged) == 1, f"{path.name}: {len(tagged)} cells tagged `parameters`, expected exactly one"
     assert tagged[0].cell_type == "code"
     assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert nb.metadata.kernelspec.name == "python3"
+    # The project's own kernel (scripts/setup.sh registers it), never the generic python3 (a Workbench's system Python)
+    assert nb.metadata.kernelspec.name == "fluxnb" and nb.metadata.kernelspec.display_name == "Python 3 (fluxnb)"
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_first_code_cell_says_which_kernel_to_pick_when_fluxnb_is_missing(path: Path):
+    """Run under a kernel without fluxnb, the first code cell fails with the kernel to pick and how to register it."""
+    import subprocess
+    import sys
+
+    first = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert "parameters" not in first.metadata.get("tags", [])
+    without = "import sys; sys.modules['fluxnb'] = None  # as in a kernel where fluxnb is not installed\n"
+    done = subprocess.run([sys.executable, "-c", without + first.source], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ModuleNotFoundError: fluxnb is not installed in this kernel.")
+    assert 'Pick the kernel "Python 3 (fluxnb)"' in last and "bash scripts/setup.sh" in last
+    assert '-m ipykernel install --user --name fluxnb --display-name "Python 3 (fluxnb)"' in last
+    fine = subprocess.run([sys.executable, "-c", first.source], capture_output=True, text=True, timeout=120)
+    assert fine.returncode == 0, fine.stderr
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED_PARAMETERS))
@@ -209,7 +229,7 @@ def test_bad_width_inside_the_notebook_fails_before_the_model_loads(outputs_dir:
     """The notebook's own check (what a person in JupyterLab meets): executed with papermill directly."""
     executed = outputs_dir / "executed.ipynb"
     outputs_dir.mkdir(parents=True, exist_ok=True)
-    with pytest.raises(papermill.PapermillExecutionError) as failure:
+    with this_python_kernel(), pytest.raises(papermill.PapermillExecutionError) as failure:  # the notebook's kernel
         papermill.execute_notebook(str(NOTEBOOKS_DIR / "01_text_to_image.ipynb"), str(executed),
                                    parameters={"width": 1000, "steps": 2, "interactive": False,
                                                "output_dir": str(outputs_dir / "run")}, progress_bar=False)
@@ -219,6 +239,48 @@ def test_bad_width_inside_the_notebook_fails_before_the_model_loads(outputs_dir:
     loading = [outputs for cell, outputs in cells if "load_model(" in cell.source]
     assert loading == [[]]  # validation stopped the run before any model was loaded
     assert not (outputs_dir / "run").exists()  # nor was a run folder made
+
+
+def test_all_bad_values_show_as_one_block_without_a_stack(outputs_dir: Path):
+    """width 100 and steps 0 together: fluxnb run refuses both before any kernel starts; in the notebook itself
+    (what a person in JupyterLab meets) the error is render_error's block naming both."""
+    with pytest.raises(RequestError) as refused:
+        run_notebook("01_text_to_image", {"width": 100, "steps": 0}, outputs_dir=outputs_dir)
+    assert refused.value.parameters == ["steps", "width"]
+    assert not outputs_dir.exists() or not any(outputs_dir.iterdir())
+    executed = outputs_dir / "executed.ipynb"
+    outputs_dir.mkdir(parents=True, exist_ok=True)
+    with this_python_kernel(), pytest.raises(papermill.PapermillExecutionError) as failure:
+        papermill.execute_notebook(str(NOTEBOOKS_DIR / "01_text_to_image.ipynb"), str(executed),
+                                   parameters={"width": 100, "steps": 0, "interactive": False,
+                                               "output_dir": str(outputs_dir / "run")}, progress_bar=False)
+    assert "parameter `steps`" in failure.value.evalue and "parameter `width`" in failure.value.evalue
+    (error,) = [o for _, outputs in code_outputs(executed) for o in outputs if o.output_type == "error"]
+    assert error.traceback[0] == "error: 2 parameters are not valid:"
+    assert error.traceback[1].startswith("  - parameter `steps`: must be between 1 and 50")
+    assert error.traceback[2].startswith("  - parameter `width`: 100 is not a multiple of 16")
+    assert not any("File " in line or "Traceback" in line or "site-packages" in line for line in error.traceback)
+
+
+def test_fluxnb_run_streams_a_line_per_image_with_progress_and_is_quiet_without(outputs_dir: Path):
+    """`fluxnb run` in a real process: --progress prints each image as it is saved, before the run ends; piped
+    output without the flag (CI, logs) stays quiet."""
+    import os
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "fluxnb.cli", "run", "01_text_to_image", "-p", "steps", "1", "-p", "width", "32",
+            "-p", "height", "32", "-p", "num_images", "2", "--output-dir", str(outputs_dir)]
+    env = {**os.environ, "CI": "1"}
+    loud = subprocess.run([*base, "--progress"], capture_output=True, text=True, timeout=300, env=env)
+    assert loud.returncode == 0, loud.stderr
+    lines = loud.stdout.splitlines()
+    saved = [i for i, line in enumerate(lines) if line.startswith("image ") and " saved: " in line]
+    assert [lines[i].split(" saved:")[0] for i in saved] == ["image 1/2", "image 2/2"]
+    assert lines[-1].startswith("run folder: ")  # the CLI's last line, after the streamed ones
+    quiet = subprocess.run(base, capture_output=True, text=True, timeout=300, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert " saved: " not in quiet.stdout and "run folder: " in quiet.stdout
 
 
 def test_fast_backend_is_selected_by_name(outputs_dir: Path, monkeypatch):

@@ -164,3 +164,30 @@ def test_benchmark_notebook_runs_headless(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["lines"] and summary["sizes"]
     assert (run_dir / "bench_chart.png").stat().st_size > 10_000
+    import nbformat
+
+    executed = nbformat.read(run_dir / "04_benchmark.ipynb", as_version=4)
+    charts = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(charts) == 1  # the chart is shown once (display(fig)), not again as pyplot's leftover figure
+
+
+def test_failed_rows_keep_whole_words_and_the_chart_is_closed(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fluxnb.bench import default_results_path, plot_results
+
+    results = load_results(default_results_path())
+    message = "RuntimeError: Expected all tensors to be on the same device, but found at least two devices " * 3
+    results["rows"].append({"backend": "flux-dev", "size": "1024x1024", "error": message})
+    failed = results_table(results).splitlines()[-1]
+    cell = failed.split("failed: ")[1].rstrip(" |")
+    assert cell.endswith(" ...") and message.startswith(cell[: -len(" ...")] + " ")  # cut between two words
+    before = set(plt.get_fignums())
+    fig = plot_results(results)
+    assert set(plt.get_fignums()) == before  # closed in pyplot: a notebook shows it once, by display(fig)
+    names = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert names[0] == f"{results['rows'][0]['backend']} ({results['rows'][0]['size']})"
+    assert all(t.get_rotation() == 0 for t in fig.axes[0].get_yticklabels())  # horizontal, readable names

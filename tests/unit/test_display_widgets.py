@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
@@ -84,6 +85,11 @@ def test_model_banner_says_plainly_when_the_tiny_model_runs(config):
     assert model_banner(real) == str(real)  # no warning for the real model
 
 
+def descendants(widget) -> set:
+    children = getattr(widget, "children", ())
+    return {widget, *[d for child in children for d in descendants(child)]}
+
+
 def output_pngs(form: GenerateForm) -> list[Image.Image]:
     return [
         Image.open(io.BytesIO(base64.b64decode(o["data"]["image/png"])))
@@ -96,7 +102,8 @@ def test_text_to_image_ui_generates_into_the_run_folder(tiny_model, tiny_spec):
     run = fluxnb.RunFolder.create("widget-test")
     ui = text_to_image_ui(tiny_model, run, model_reason="chosen by name")
     form = ui.form
-    assert form.button in ui.children and form.output in ui.children
+    shown = descendants(ui)
+    assert {form.button, form.stop_button, form.progress, form.output} <= shown
     assert (form.steps.min, form.steps.max, form.steps.value) == (1, 50, tiny_spec.params.default_steps)
     assert max(form.width.options) == 512 and all(v % 16 == 0 for v in form.width.options)
 
@@ -145,7 +152,8 @@ def test_bad_values_show_the_error_in_the_output(tiny_model, parameter, value):
     assert images == []
     assert f"parameter `{parameter}`" in form.last_error
     text = form.output_text()
-    assert f"RequestError: parameter `{parameter}`" in text and "Fix:" in text and "Nothing was generated" in text
+    assert text.startswith(f"error: parameter `{parameter}`") and "Fix:" in text and "Nothing was generated" in text
+    assert "Traceback" not in text
     assert [o["name"] for o in form.output.outputs] == ["stderr"]
     assert fluxnb.read_manifest(run.path)["images"] == []
     assert not form.button.disabled
@@ -182,3 +190,76 @@ def test_image_to_image_ui_uses_init_image_and_strength(tiny_model, tmp_path: Pa
     assert form.generate() == []
     assert "parameter `init_image`" in form.last_error and "no-such-picture.png" in form.output_text()
     assert len(fluxnb.read_manifest(run.path)["images"]) == 1
+
+
+def test_all_bad_values_are_shown_at_once(tiny_model):
+    form = text_to_image_ui(tiny_model, fluxnb.RunFolder.create("widget-test")).form
+    form.prompt.value = "  "
+    form.seed.value = -1
+    assert form.generate() == []
+    text = form.output_text()
+    assert text.startswith("error: 2 parameters are not valid:")
+    assert "parameter `prompt`: is empty" in text and "parameter `seed`: must be" in text
+
+
+def test_progress_moves_step_by_step_and_stop_ends_after_the_current_image(tiny_model):
+    run = fluxnb.RunFolder.create("widget-test")
+    form = text_to_image_ui(tiny_model, run).form
+    assert form.progress.layout.visibility == "hidden" and form.stop_button.disabled  # nothing before a click
+    assert form.output.outputs == () and form.output.layout.border in (None, "")
+    form.prompt.value = "a fox"
+    form.steps.value = 3
+    form.num_images.value = 3
+    form.width.value = form.height.value = 32
+    seen: list[tuple[int, str]] = []
+
+    def watch(change):
+        seen.append((change["new"], form.status.value))
+        if change["new"] == 3 + 1:  # the second image's first step: the person presses Stop
+            assert not form.stop_button.disabled
+            form.stop_button.click()
+
+    form.progress.observe(watch, names="value")
+    images = form.generate()
+    assert form.progress.max == 9
+    assert [value for value, _ in seen] == [1, 2, 3, 4, 5, 6]  # every step of two images
+    assert "image 1 of 3 &middot; step 2/3" in seen[1][1] and "elapsed" in seen[1][1] and "left" in seen[1][1]
+    assert "image 2 of 3 &middot; step 1/3" in seen[3][1]
+    assert len(images) == 2 and form.status.value.startswith("stopped: 2 of 3 image(s)")
+    assert "stopped after 2 of 3 image(s)" in form.output_text()
+    manifest = fluxnb.read_manifest(run.path)
+    assert [e["seed"] for e in manifest["images"]] == [0, 1]
+    assert sorted(p.name for p in run.path.glob("*.png")) == sorted(e["file"] for e in manifest["images"])
+    assert not form.button.disabled and form.stop_button.disabled
+
+
+def test_image_to_image_upload_is_saved_into_the_run_folder_and_shown_beside_the_result(tiny_model):
+    run = fluxnb.RunFolder.create("widget-test")
+    form = image_to_image_ui(tiny_model, run, INIT_IMAGE).form
+    assert str(Path.cwd()) in form.path_note.value  # which directory relative paths are read from
+    assert form.preview.value[:4] == b"\x89PNG"  # the default picture's thumbnail
+    picture = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(picture, format="PNG")
+    form.upload.value = ({"name": "my photo.png", "type": "image/png", "size": len(picture.getvalue()),
+                          "content": memoryview(picture.getvalue()),
+                          "last_modified": datetime.now(timezone.utc)},)
+    saved = run.path / "inputs" / "my_photo.png"
+    assert form.init_image.value == str(saved) and saved.read_bytes() == picture.getvalue()
+    form.prompt.value = "a red square, painted"
+    form.steps.value = 2
+    form.width.value = form.height.value = 32
+    (image,) = form.generate()
+    assert image.metadata["init_image"] == str(saved)
+    (grid,) = output_pngs(form)
+    assert grid.width > 1.5 * grid.height  # two panels side by side: the starting picture and the result
+
+
+def test_caption_shows_a_slider_strength_as_a_person_reads_it():
+    assert caption({"prompt": "hills", "seed": 1, "strength": 0.05 * 12}).endswith("seed 1, strength 0.6")
+
+
+def test_paths_inside_the_project_are_shown_relative(tmp_path: Path):
+    from fluxnb.display import shown_path
+
+    assert shown_path(PROJECT_ROOT / "outputs" / "run-1" / "0000.png") == "outputs/run-1/0000.png"
+    assert shown_path(tmp_path / "x.png") == str(tmp_path / "x.png")  # elsewhere: as it is

@@ -15,6 +15,7 @@ import fluxnb
 from fluxnb.cli import main
 from fluxnb.doctor import FAIL, OK, torch_index_for_driver
 from fluxnb.environment import nvidia_driver_version
+from fluxnb.verification import memory_figure
 
 from .test_knowledge import write_mismatched_torchvision
 
@@ -195,6 +196,27 @@ def test_doctor_on_a_gpu_too_old_for_the_fast_entries(monkeypatch):
     assert "flux-dev-torchao-int8: needs ~19 GiB of GPU memory" in models  # 7.5 is enough, 15 GiB is not
 
 
+def test_doctor_table_headers_match_its_columns():
+    """Headers left-aligned like the cells; a "fix" column only when some row has a fix to show."""
+    import dataclasses
+
+    blocked = fluxnb.check_environment("flux-dev-bnb-8bit")
+    all_ok = dataclasses.replace(blocked, rows=[r for r in blocked.rows if r.status == OK])
+    for report, columns in ((blocked, 4), (all_ok, 3)):
+        rows = report._repr_html_().split("<tr>")[1:]
+        header = rows[0].split("</th>")[:-1]
+        assert len(header) == columns and all("text-align:left" in th for th in header)
+        assert (">fix" in rows[0]) == (columns == 4)  # no empty fix column when nothing needs fixing
+        assert len(rows) == len(report.rows) + 1 and all(row.count("<td") == columns for row in rows[1:])
+    assert "R580" in blocked._repr_html_()  # the torch/driver fix is in its column
+
+
+def test_memory_figure_names_measured_bars_by_their_real_format(tiny_model):
+    right = memory_figure(tiny_model.report.components).axes[1]
+    labels = [t.get_text() for t in right.get_xticklabels()]
+    formats = {c.name: c.format for c in tiny_model.report.components}
+    assert labels[1] == f"T5\n{formats['text_encoder_2']}"  # not "T5 (8-bit) fp32"
+    assert not any("8-bit" in label for label in labels)
 def test_a_model_type_without_a_backend_is_a_project_error_with_the_fix(config):
     """No bare KeyError reaches a user: an entry whose type has no backend record names the types that exist."""
     import dataclasses

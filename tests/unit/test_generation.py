@@ -179,3 +179,30 @@ def test_grid_of_a_long_batch_draws_a_bounded_number_of_images(tiny_model, tiny_
     figure = show_grid(images)
     assert len(figure.axes) == MAX_GRID_IMAGES
     assert figure._suptitle.get_text() == f"the first {MAX_GRID_IMAGES} of 20 images (all 20 are in the run folder)"
+
+
+def test_on_step_reports_each_step_and_stop_ends_after_the_current_image(tiny_model, tiny_spec):
+    """The live progress of the widget form: (steps done, steps) per step; Stop asked before each image."""
+    request = fluxnb.make_request(tiny_spec, prompt="a red fox", seed=1, steps=4, num_images=3)
+    run = RunFolder.create("test")
+    steps: list[tuple[int, int]] = []
+    made: list = []
+
+    def stop() -> bool:
+        return len(made) == 2  # the person pressed Stop while the second image was being made
+
+    results = fluxnb.generate(tiny_model, request, run, progress=False, on_step=lambda k, n: steps.append((k, n)),
+                              on_image=made.append, stop=stop)
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)] * 2
+    assert [r.metadata["seed"] for r in results] == [1, 2]
+    manifest = fluxnb.read_manifest(run.path)
+    assert [entry["seed"] for entry in manifest["images"]] == [1, 2]
+    assert sorted(p.name for p in run.path.glob("*.png")) == sorted(e["file"] for e in manifest["images"])
+
+
+def test_on_step_counts_the_steps_image_to_image_runs(tiny_model, tiny_spec):
+    request = fluxnb.make_request(tiny_spec, prompt="hills", steps=10, strength=0.5, mode=IMAGE_TO_IMAGE,
+                                  init_image=fluxnb.SAMPLE_INIT_IMAGE, width=64, height=64)
+    steps: list[tuple[int, int]] = []
+    fluxnb.generate(tiny_model, request, progress=False, on_step=lambda k, n: steps.append((k, n)))
+    assert steps == [(k, 5) for k in range(1, 6)]

@@ -96,3 +96,44 @@ def test_compiled_int8_entry_needs_more_than_16_tokens(config, monkeypatch):
     assert make_request(fast, prompt="a cat", width=80, height=64).width == 80
     monkeypatch.setenv("FLUXNB_COMPILE", "0")  # eager: torchao's own fallback handles small inputs
     assert make_request(fast, prompt="a cat", width=64, height=64).width == 64
+
+
+def test_every_bad_value_is_reported_at_once(bnb8):
+    """width 100 and steps 0 together: one error naming both, each with its own message and fix."""
+    with pytest.raises(fluxnb.RequestError) as info:
+        make_request(bnb8, prompt="a fox", width=100, steps=0, seed=-1)
+    error = info.value
+    assert error.parameters == ["seed", "steps", "width"]
+    text = str(error)
+    assert text.startswith("3 parameters are not valid:\n")
+    lines = text.splitlines()[1:]
+    assert lines[0].startswith("  - parameter `seed`: ") and "non-negative integer" in lines[0]
+    assert lines[1].startswith("  - parameter `steps`: must be between 1 and 50")
+    assert lines[2].startswith("  - parameter `width`: 100 is not a multiple of 16")
+    assert "Fix: use 96 or 112" in lines[2]
+
+
+def test_both_sizes_and_both_image_to_image_values_are_reported_together(bnb8, tiny_spec):
+    """The steps that check two values (width and height; init_image and strength) report both, not the first."""
+    with pytest.raises(fluxnb.RequestError) as info:
+        make_request(bnb8, prompt="a fox", width=100, height=30)
+    assert info.value.parameters == ["width", "height"]
+    assert str(info.value).startswith("2 parameters are not valid:\n  - parameter `width`: 100 is not a multiple")
+    with pytest.raises(fluxnb.RequestError) as info:
+        make_request(tiny_spec, prompt="a fox", mode="image-to-image", strength=1.5)
+    assert info.value.parameters == ["init_image", "strength"]
+    assert "is required for image-to-image" in str(info.value) and "must be a number in (0, 1], got 1.5" in str(
+        info.value)
+
+
+def test_one_bad_value_keeps_its_single_message(bnb8):
+    with pytest.raises(fluxnb.RequestError) as info:
+        make_request(bnb8, prompt="a fox", steps=0)
+    assert info.value.parameters == ["steps"] and str(info.value).startswith("parameter `steps`: ")
+
+
+def test_a_missing_init_image_says_which_directory_was_searched(bnb8, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(fluxnb.RequestError) as info:
+        make_request(bnb8, prompt="x", init_image="photo.png", mode=IMAGE_TO_IMAGE)
+    assert f"relative paths are read from the working directory {str(tmp_path)!r}" in str(info.value)

@@ -235,6 +235,12 @@ def test_the_autoimageprocessor_trap_is_rediagnosed_as_torchvision():
     assert "torch " in trap["this_machine"]
 
 
+def test_recorded_cards_do_not_claim_a_device_or_a_time():
+    result = replay.run_attempt(6, live=False)
+    assert result.mode == replay.RECORDED
+    card, text = result._repr_html_(), str(result)
+    assert "(not run here)" in card and "0.00 s" not in card and "cpu" not in card.split("</p>")[0]
+    assert "[recorded in the guide, not run here]" in text.splitlines()[0]
 # -- the data file (fluxnb/replay.yaml) ------------------------------------------------------------------------
 
 
