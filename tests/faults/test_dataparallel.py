@@ -17,6 +17,8 @@ import fluxnb
 from fluxnb.outputs import image_file_name
 from fluxnb.shards import PARTS_DIR
 
+from .waiting import wait_for
+
 SLOW = ["--steps", "12", "--width", "64", "--height", "64", "--num-images", "2", "--seed", "7"]
 PROMPTS = ("a red fox", "a lighthouse", "a bowl of ramen")
 
@@ -40,17 +42,6 @@ def consistent(run_dir: Path) -> dict:
     for entry in manifest["images"]:
         assert fluxnb.read_png_metadata(run_dir / entry["file"])["parallel"] == entry["parallel"]
     return manifest
-
-
-def wait_for(condition, process: subprocess.Popen, seconds: float = 240):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def rank_part_with_image(outputs_dir: Path, rank: int):

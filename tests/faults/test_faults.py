@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,8 @@ import fluxnb
 from fluxnb.errors import GenerationFailed, ModelUnusable
 from fluxnb.outputs import MANIFEST, RunFolder
 from fluxnb.tiny import ensure_tiny_checkpoint
+
+from .waiting import wait_for_images
 
 
 def fail_at(seeds: set[int], error: BaseException, request_seeds: list[int]):
@@ -119,17 +120,6 @@ def test_keyboard_interrupt_leaves_consistent_outputs(tiny_model, tiny_spec):
 def cli(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "fluxnb.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def wait_for_images(outputs: Path, count: int, process: subprocess.Popen, timeout: float = 240) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = list(outputs.glob("*-generate"))
-        if runs and len(list(runs[0].glob("*.png"))) >= count:
-            return runs[0]
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
-    raise AssertionError("the batch did not produce images in time")
 
 
 BATCH = ["--steps", "20", "--width", "192", "--height", "192", "--num-images", "3", "--seed", "100"]
@@ -248,20 +238,13 @@ def test_notebook_batch_killed_then_resumed(tiny_model, outputs_dir: Path, tmp_p
                      "height: 192\n", encoding="utf-8")
     process = subprocess.Popen([sys.executable, "-m", "fluxnb.cli", "run", "01_text_to_image", "-f", str(batch)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        runs = list(outputs_dir.glob("*-01_text_to_image"))
-        if runs and list(runs[0].glob("*.png")):
-            break
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
+    run_dir = wait_for_images(outputs_dir, 1, process, 300, job="01_text_to_image")
     # the machine dies: the CLI and everything it started, the Jupyter kernel included (jupyter_client starts
     # kernels in their own session, so killing the CLI's process group alone would leave the kernel running)
     family = [process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))]
     for pid in family:
         os.kill(pid, signal.SIGKILL)
     process.communicate()
-    run_dir = runs[0]
     before = {p.name: p.read_bytes() for p in run_dir.glob("*.png")}
     assert 1 <= len(before) < 6
     done = subprocess.run([sys.executable, "-m", "fluxnb.cli", "run", "01_text_to_image", "--resume", str(run_dir)],

@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import fluxnb
 from fluxnb.outputs import image_file_name
+
+from .waiting import wait_for
 
 pytest.importorskip("ray", reason="the ray extra is installed in the default test lane only (requirements/extras.txt)")
 
@@ -37,17 +38,6 @@ def worker_pids(outputs_dir: Path) -> dict[int, int]:
             continue
         pids[made_by["worker"]] = made_by["pid"]
     return pids
-
-
-def wait_for(condition, process: subprocess.Popen, seconds: float = 240):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_ray_workers_killed_mid_batch_lose_nothing_and_a_resume_on_ray_finishes(outputs_dir):

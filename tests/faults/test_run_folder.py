@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ from PIL import Image
 
 import fluxnb
 from fluxnb.outputs import LOCK_FILE, SET_ASIDE, image_file_name
+
+from .waiting import wait_for_images
 
 BATCH = ["--steps", "20", "--width", "192", "--height", "192", "--num-images", "4", "--seed", "100"]
 PROMPTS = ("a red fox in the snow", "a lighthouse")
@@ -44,16 +45,10 @@ def killed_batch(outputs_dir: Path, tmp_path: Path, images_before_kill: int) -> 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
     process = cli("generate", "--prompts", str(prompts), *BATCH)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        runs = list(outputs_dir.glob("*-generate"))
-        if runs and len(list(runs[0].glob("*.png"))) >= images_before_kill:
-            break
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
+    run_dir = wait_for_images(outputs_dir, images_before_kill, process, 300)
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    return runs[0]
+    return run_dir
 
 
 def expected_pairs() -> list[tuple[str, int]]:
@@ -83,17 +78,10 @@ def test_two_notebook_resumes_at_once_one_is_refused(tiny_model, outputs_dir: Pa
     batch.write_text("prompt: [a red fox, a lighthouse]\nnum_images: 3\nseed: 40\nsteps: 20\nwidth: 192\n"
                      "height: 192\n", encoding="utf-8")
     process = cli("run", "01_text_to_image", "-f", str(batch))
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        runs = list(outputs_dir.glob("*-01_text_to_image"))
-        if runs and list(runs[0].glob("*.png")):
-            break
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
+    run_dir = wait_for_images(outputs_dir, 1, process, 300, job="01_text_to_image")
     for pid in [process.pid, *(c.pid for c in psutil.Process(process.pid).children(recursive=True))]:
         os.kill(pid, signal.SIGKILL)
     process.communicate()
-    run_dir = runs[0]
     first = cli("run", "01_text_to_image", "--resume", str(run_dir))
     second = cli("run", "01_text_to_image", "--resume", str(run_dir))
     results = [(p, *p.communicate(timeout=600)) for p in (first, second)]
