@@ -23,17 +23,7 @@ LANE_START=$SECONDS
 DEFAULT_BENCH="--backend flux-dev --backend flux-dev-bnb-8bit --backend flux-dev-torchao-int8dq --backend flux-dev-torchao-fp8 --backend flux-dev-torchao-int8 --backend flux-bnb-8bit-threshold0 --backend flux-dev-bnb-4bit"
 BENCH_ARGS=${BENCH_ARGS:-$DEFAULT_BENCH}
 
-if [ -d .whl ] && [ "${GPU_LANE_INSTALL:-1}" = 1 ]; then
-    wheels=()
-    for pkg in diffusers-0.42.1 bitsandbytes-0.50.2 torchao-0.17.0 huggingface_hub-1.33.0 safetensors-0.8.0 peft-0.21.2; do
-        for w in .whl/$pkg-*.whl; do [ -f "$w" ] && wheels+=("$w"); done
-    done
-    if [ ${#wheels[@]} -gt 0 ]; then
-        echo "installing carried wheels: ${wheels[*]}"
-        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}" || exit 1
-        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    fi
-fi
+. scripts/carried_wheels.sh
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TOKENIZERS_PARALLELISM=false
 export FLUXNB_CACHE=${FLUXNB_CACHE:-/tmp/fluxnb-cache}

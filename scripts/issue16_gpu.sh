@@ -28,17 +28,7 @@ export FLUXNB_CACHE=${FLUXNB_CACHE:-/tmp/fluxnb-cache}
 # torchrun sets OMP_NUM_THREADS=1 for 2+ processes per node; the same value for every stage keeps 1 GPU comparable.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 
-if [ -d .whl ] && [ "${ISSUE16_INSTALL:-1}" = 1 ]; then
-    wheels=()
-    for pkg in diffusers bitsandbytes torchao peft huggingface_hub safetensors; do
-        for w in .whl/$pkg-*.whl; do [ -f "$w" ] && wheels+=("$w"); done
-    done
-    if [ ${#wheels[@]} -gt 0 ]; then
-        echo "installing carried wheels: ${wheels[*]}"
-        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}" || exit 1
-        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-    fi
-fi
+GPU_LANE_INSTALL=${ISSUE16_INSTALL:-1} . scripts/carried_wheels.sh
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 
 if [ "${ISSUE16_TINY:-0}" = 1 ]; then
