@@ -282,7 +282,17 @@ def parse_config(data: Any, path: str = "model_config.yaml") -> ModelConfig:
 
 
 def load_config(path: str | Path | None = None) -> ModelConfig:
-    """Read and validate model_config.yaml (the project's by default), with the limits of fluxnb.userfiles."""
+    """Read and validate model_config.yaml (the project's by default), with the limits of fluxnb.userfiles.
+
+    Args:
+        path: a model config file (default: the project's model_config.yaml).
+
+    Returns:
+        ModelConfig: the validated entries and the runtime choices (primary, fallback, recommended).
+
+    Raises:
+        ConfigError: the file is missing, not bounded UTF-8 YAML, or invalid; every problem is listed with its key path.
+    """
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
         data = load_yaml(path, "model config", fix="pass the path of a UTF-8 model_config.yaml")

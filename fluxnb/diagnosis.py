@@ -63,6 +63,15 @@ def diagnose(
 
     When `versions` is given (default: the installed ones), each match says whether those versions fall in the
     entry's affected range.
+
+    Args:
+        error: an exception or the text of a traceback / log (only its tail is searched when it is large).
+        kb: the knowledge base (default: fluxnb/knowledge.yaml).
+        versions: the package versions to judge the entries' affected ranges against (default: the installed ones).
+
+    Returns:
+        list[Diagnosis]: the matching entries (cause, fix, source, whether these versions are affected); empty when
+        nothing is known about this error.
     """
     kb = kb or load_knowledge()
     if versions is None:
@@ -93,6 +102,9 @@ def explain_errors() -> Iterator[None]:
 
     The note prints under the real traceback (Python and IPython show exception notes there); nothing is
     swallowed: the cell fails, papermill fails, the CLI exits non-zero.
+
+    Raises:
+        Whatever the block raised, unchanged (the cell still fails); the diagnosis is printed under it first.
     """
     try:
         yield

@@ -442,6 +442,19 @@ def check_environment(
 
     With `versions` ("diffusers=0.35.1,transformers=4.57.0" or a dict) only the knowledge rules run, for that set;
     'auto' then means the primary model, since the question is whether the real model would work.
+
+    Args:
+        model: a model name from model_config.yaml or "auto" (the entry whose needs are checked).
+        versions: a version set to evaluate instead of this machine ("diffusers=0.35.1,transformers=4.57.0", also
+            driver=, torch-cuda=, capability=), or None for the installed packages and this GPU.
+        config: the model config (default: the project's model_config.yaml).
+
+    Returns:
+        DoctorReport: one row per check (ok / warn / fail, what was found, the fix) and the knowledge-base findings;
+        `report.ok` is False when something blocks the model.
+
+    Raises:
+        RequestError: an unknown model name, or a version set that is not NAME=VERSION of known packages.
     """
     config = config or load_config()
     kb = load_knowledge()

@@ -191,6 +191,15 @@ def generate(
         holding every finished image; the images made so far are returned.
     Raises GenerationFailed after the batch when some images failed (the others are kept), ModelUnusable
     when failures repeat, and re-raises KeyboardInterrupt after marking the run "interrupted".
+
+    Args:
+        model: a LoadedModel (load_model).
+        request: a GenerationRequest (make_request), already validated against the model entry.
+        run: the RunFolder to save into (None: images stay in memory only).
+        progress, model_reason, callback_on_step_end, on_image, on_step, stop, only: as described above.
+
+    Returns:
+        list[GeneratedImage]: every image of the request (reloaded from the run folder where it already held them).
     """
 
     pipe = model.img2img_pipeline() if request.mode == IMAGE_TO_IMAGE else model.pipe

@@ -448,7 +448,14 @@ def png_problem(path: Path) -> str | None:
 
 
 def read_png_metadata(path: str | Path) -> dict[str, Any]:
-    """The fluxnb metadata stored in a PNG written by RunFolder.save_image."""
+    """The fluxnb metadata stored in a PNG written by RunFolder.save_image.
+
+    Returns:
+        dict: the metadata fluxnb wrote into the PNG's text chunk (seed, parameters, model, timings, memory...).
+
+    Raises:
+        FluxnbError: the file is not a PNG written by fluxnb.
+    """
     from PIL import Image
 
     with Image.open(path) as image:
@@ -459,7 +466,14 @@ def read_png_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """A run folder's manifest, checked enough to resume from: a JSON object whose images each name their file."""
+    """A run folder's manifest, checked enough to resume from: a JSON object whose images each name their file.
+
+    Returns:
+        dict: the manifest (status, model, parameters, images, failures...).
+
+    Raises:
+        FluxnbError: no manifest there, or one that is not a fluxnb manifest (named, with the fix).
+    """
     path = Path(run_dir) / MANIFEST
     fix = ("restore manifest.json from a backup, or start a new run (the PNGs keep their own metadata: "
            "fluxnb.read_png_metadata)")

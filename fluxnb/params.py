@@ -33,6 +33,22 @@ MAX_INIT_IMAGE_PIXELS = 64_000_000  # an init image is resized to width x height
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """What to generate, checked against one model entry by make_request (build it through make_request).
+
+    Attributes:
+        mode: TEXT_TO_IMAGE or IMAGE_TO_IMAGE.
+        prompts: one or more prompts; each makes `num_images` images.
+        negative_prompt: None for FLUX.1-dev (guidance-distilled: it has no negative prompt).
+        seed: image k of each prompt uses seed + k, so any one image can be made again on its own.
+        steps / guidance_scale / width / height: the denoising settings (width and height multiples of 16).
+        num_images: images per prompt.
+        max_sequence_length: T5 tokens kept from each prompt (CLIP keeps 77).
+        init_image / strength: image-to-image only: the starting picture and how much to change it, in (0, 1].
+        loras / fuse_loras: LoRA adapters (fluxnb.lora_files) and whether to fuse them into the weights.
+        sweep: ((axis, values), ...) expanded into the batch (fluxnb.sweeps); each image records its coordinates.
+        cache: the cached mode for this request (None: the entry's; "off"; or a setting of fluxnb.step_cache).
+    """
+
     mode: str
     prompts: tuple[str, ...]
     negative_prompt: str | None
@@ -166,7 +182,14 @@ def check_image_file(name: str, path: Any) -> str:
 
 def load_image_file(name: str, path: str | Path):
     """The picture an init image shows, as 8-bit RGB: EXIF orientation applied (a phone photo stands upright)
-    and 16-bit data scaled to 8 bits (a plain convert("RGB") would clip nearly every pixel to white)."""
+    and 16-bit data scaled to 8 bits (a plain convert("RGB") would clip nearly every pixel to white).
+
+    Returns:
+        PIL.Image.Image: an RGB image, EXIF orientation applied, 16-bit data scaled to 8 bits.
+
+    Raises:
+        RequestError: the file is missing, not a regular file, not an image, or too large (named, with the fix).
+    """
     import numpy as np
     from PIL import Image, ImageOps
 
@@ -338,6 +361,13 @@ def make_request(
     the weights (faster steps, where the backend allows); sweep: {axis: [values]} (fluxnb.sweeps).
     Every bad value is reported at once: one RequestError listing each problem (RequestError.several), its
     `parameter` the first of them and `parameters` all of them.
+
+    Returns:
+        GenerationRequest: the checked request (defaults filled in from the model entry).
+
+    Raises:
+        RequestError: every bad value at once, each naming the parameter, what is allowed and the fix (exit 2 in the
+            CLI); raised before any model loads.
     """
     params = spec.params
     if mode not in (TEXT_TO_IMAGE, IMAGE_TO_IMAGE):

@@ -87,7 +87,14 @@ def blockiness(array, block: int) -> float | None:
 
 
 def check_image(image) -> SanityReport:
-    """Check one image (PIL image, HxWxC / CHW array in [0, 1], or uint8 array); never raises on a bad image."""
+    """Check one image (PIL image, HxWxC / CHW array in [0, 1], or uint8 array); never raises on a bad image.
+
+    Args:
+        image: a PIL image or an array (H, W, 3), values 0-255 or 0-1.
+
+    Returns:
+        SanityReport: NaN, black, flat and "pixel mosaic" flags with their measures and warnings.
+    """
     import numpy as np
 
     array = _as_array(image)

@@ -26,7 +26,18 @@ class ModelChoice:
 
 
 def resolve_model(name: str = AUTO, config: ModelConfig | None = None) -> ModelChoice:
-    """Turn a `model` parameter into a model entry, with the reason for the choice."""
+    """Turn a `model` parameter into a model entry, with the reason for the choice.
+
+    Args:
+        name: a model name from model_config.yaml, or "auto".
+        config: the model config (default: the project's).
+
+    Returns:
+        ModelChoice: the entry and the reason it was chosen (printed first in every run).
+
+    Raises:
+        RequestError: a name that is not defined (the message lists the names that are).
+    """
     import torch
 
     config = config or load_config()
