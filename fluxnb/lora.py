@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .backends import lora_for
 from .errors import RequestError
 from .loading import LoadedModel
 from .lora_files import HOTSWAP_RANK, LoraChoice, local_path
@@ -103,7 +104,7 @@ def apply_loras(model: LoadedModel, loras: tuple[LoraChoice, ...], fuse: bool = 
     Raises RequestError naming the file when an adapter does not fit the model (nothing is generated then).
     """
     pipe, state = model.pipe, state_of(model)
-    if model.backend.lora_mode == "hotswap":
+    if lora_for(model.spec, model.backend)[0] == "hotswap":
         _apply_hotswap(pipe, state, loras)
         return {"fused": False, "hotswap": True} if loras else {}
     wanted = {choice.name: choice.sha256 for choice in loras}
@@ -137,7 +138,7 @@ def apply_loras(model: LoadedModel, loras: tuple[LoraChoice, ...], fuse: bool = 
 def set_scales(model: LoadedModel, scales: dict[str, float]) -> None:
     """New scales for loaded adapters (a LoRA-scale sweep): set_adapters, or in place on a hotswap slot."""
     state = state_of(model)
-    if model.backend.lora_mode == "hotswap":
+    if lora_for(model.spec, model.backend)[0] == "hotswap":
         (scale,) = scales.values()
         if state.scales.get(SLOT) != scale:
             _scale_in_place(model.pipe, scale)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import sweeps
-from .backends import REGISTRY, compile_wanted, get_backend
+from .backends import REGISTRY, compile_wanted, get_backend, lora_for
 from .config import PROJECT_ROOT, ModelSpec
 from .errors import InputError, RequestError
 from .lora_files import HOTSWAP_RANK, LoraChoice, check_loras, check_scale
@@ -407,19 +407,18 @@ def make_request(
 
 def _check_lora_backend(spec: ModelSpec, choices: tuple[LoraChoice, ...], fuse: bool) -> None:
     """Refuse, before loading, a combination of adapters and backend that cannot work (the record's `lora`)."""
-    backend = get_backend(spec.type)
-    mode, _, reason = backend.lora.partition(":")
+    mode, reason = lora_for(spec, get_backend(spec.type))
     able = ", ".join(sorted(t for t, b in REGISTRY.items() if b.lora_mode == "yes"))
     if mode == "no":
-        raise RequestError("loras", f"model {spec.name!r} ({spec.type}) cannot apply LoRA adapters: {reason.strip()}.",
+        raise RequestError("loras", f"model {spec.name!r} ({spec.type}) cannot apply LoRA adapters: {reason}.",
                            fix=f"use a model of type {able}, or leave loras unset.")
     if fuse and mode != "yes":
         raise RequestError("fuse_loras", f"model {spec.name!r} ({spec.type}) runs adapters {mode} only: "
-                           f"{reason.strip()}.", fix=f"set fuse_loras=False (adapters then run beside the weights, a "
+                           f"{reason}.", fix=f"set fuse_loras=False (adapters then run beside the weights, a "
                            f"little slower per step), or fuse on a model of type {able}.")
     if mode == "hotswap" and len(choices) > 1:
         raise RequestError("loras", f"model {spec.name!r} ({spec.type}) holds one adapter at a time "
-                           f"({reason.strip()}); the request has {len(choices)}.",
+                           f"({reason}); the request has {len(choices)}.",
                            fix=f"apply one adapter, or use a model of type {able} for several at once.")
     if mode == "hotswap" and choices and choices[0].rank > HOTSWAP_RANK:
         raise RequestError("loras", f"LoRA file {choices[0].file!r} has rank {choices[0].rank}; model {spec.name!r} "

@@ -12,15 +12,15 @@ from types import MappingProxyType
 
 from ..errors import ModelUnavailableError
 from . import bf16, bnb, tiny, torchao
-from .base import Backend, LoadContext, compile_wanted
+from .base import Backend, LoadContext, compile_wanted, lora_for
 
 FAMILIES = (bnb, bf16, torchao, tiny)
 REGISTRY: MappingProxyType[str, Backend] = MappingProxyType(
     {backend.type: backend for family in FAMILIES for backend in family.BACKENDS}
 )
 
-__all__ = ["Backend", "LoadContext", "REGISTRY", "check_device", "compile_wanted", "get_backend", "types_where",
-           "types_running_on"]
+__all__ = ["Backend", "LoadContext", "REGISTRY", "check_device", "compile_wanted", "get_backend", "lora_for",
+           "types_where", "types_running_on"]
 
 
 def get_backend(model_type: str) -> Backend:

@@ -162,6 +162,19 @@ def compile_if_wanted(pipe, spec, backend: Backend, ctx: LoadContext) -> bool:
     return True
 
 
+HOTSWAP_REASON = ("hotswap: compiled blocks would recompile on every change of adapter or scale; diffusers' LoRA "
+                  "hotswap swaps one adapter's weights in place (one adapter at a time, unfused)")
+
+
+def lora_for(spec, backend: Backend) -> tuple[str, str]:
+    """How an entry applies LoRA adapters: (mode, reason). The record's `lora`, except that an entry whose blocks
+    are compiled takes adapters by hotswap, whatever its type (a compiled bf16 entry too)."""
+    mode, _, reason = backend.lora.partition(":")
+    if mode.strip() in ("yes", "unfused") and compile_wanted(spec, backend)[0]:
+        mode, _, reason = HOTSWAP_REASON.partition(":")
+    return mode.strip(), reason.strip()
+
+
 @contextmanager
 def refuse_unloaded_weights(checkpoint: str):
     """Turn transformers/diffusers warnings about weights not loaded from the checkpoint into a LoadError."""

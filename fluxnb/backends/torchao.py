@@ -13,7 +13,7 @@ from packaging.version import Version
 
 from ..environment import package_version
 from ..errors import ModelUnavailableError
-from .base import Backend, LoadContext, compile_wanted, from_pretrained, refuse_unloaded_weights
+from .base import HOTSWAP_REASON, Backend, LoadContext, compile_wanted, from_pretrained, refuse_unloaded_weights
 
 MIN_DIFFUSERS = "0.36.0"  # TorchAoConfig accepts config objects (knowledge id torchao-no-config-classes)
 MIN_TORCHAO = "0.15.0"  # diffusers >= 0.38 requires it
@@ -190,8 +190,7 @@ LORA_EAGER = ("unfused: PEFT runs adapters beside torchao's quantized weights; f
               "re-quantization that diffusers' loading does not give PEFT")
 # Compiled blocks would recompile on every change of adapter or scale: diffusers' hotswap keeps one adapter slot
 # (padded to a fixed rank, scales as tensors) and swaps weights in place.
-LORA_COMPILED = ("hotswap: compiled blocks would recompile on every change of adapter or scale; diffusers' LoRA "
-                 "hotswap swaps one adapter's weights in place (one adapter at a time, unfused)")
+LORA_COMPILED = HOTSWAP_REASON
 _COMMON = dict(family="torchao", expected_formats=_EXPECTED, extra="torchao", offloadable_text_encoder=True,
                download_gib=34, vram_gib=19, options={})
 BACKENDS = (

@@ -195,7 +195,14 @@ def test_every_backend_says_how_it_applies_loras():
     assert all(not b.lora.startswith("no: LoRA support is not checked") for b in REGISTRY.values())
     assert modes["flux-bnb-8bit"] == modes["flux-bnb-4bit"] == modes["flux-bf16"] == "yes"
     assert modes["flux-torchao-int8wo"] == "unfused"
-    assert all(modes[t] == "hotswap" for t, b in REGISTRY.items() if b.compilable)
+    assert modes["flux-torchao-int8dq"] == modes["flux-torchao-fp8dq"] == "hotswap"  # compiled by their entries
+    # any entry whose blocks are compiled takes adapters by hotswap, a compiled bf16 entry too (no recompile)
+    from fluxnb.backends import lora_for
+
+    for t, backend in REGISTRY.items():
+        if backend.compilable and backend.lora_mode != "no":
+            spec = dataclasses.replace(fluxnb.load_config().get("flux-dev"), type=t, compile=True)
+            assert lora_for(spec, backend)[0] == "hotswap", t
 
 
 def test_combinations_that_cannot_work_are_refused_before_loading(config, adapters):
