@@ -238,7 +238,7 @@ def plot_results(results: dict[str, Any], path: str | Path | None = None):
     axes[0].set_xlim(0, max(left, default=1.0) * 1.45)
     axes[0].set_xlabel("seconds per image")
     axes[0].set_title(f"time per image ({results['settings']['steps']} steps)", fontsize=10)
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="upper right")  # the bottom row may be long
     peaks = [(r.get("peak_reserved_bytes") or r.get("peak_rss_bytes") or 0) / GIB for r in rows]
     axes[1].barh(positions, peaks, color=["#b3b3b3" if not r.get("capped") else "#80b1d3" for r in rows])
     for i, peak in enumerate(peaks):
