@@ -75,7 +75,8 @@ def run_one(variant: str, double: int, single: int, outliers: tuple[float, int] 
     from diffusers import FluxTransformer2DModel
 
     from fluxnb.backends import REGISTRY
-    from fluxnb.backends.torchao import compile_blocks, transformer_config
+    from fluxnb.backends.base import compile_blocks
+    from fluxnb.backends.torchao import transformer_config
     from fluxnb.synthetic import _variance_preserving_init, inject_outliers, scaled_dims
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

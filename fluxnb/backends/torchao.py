@@ -13,7 +13,7 @@ from packaging.version import Version
 
 from ..environment import package_version
 from ..errors import ModelUnavailableError
-from .base import HOTSWAP_REASON, Backend, LoadContext, compile_wanted, from_pretrained, refuse_unloaded_weights
+from .base import HOTSWAP_REASON, Backend, LoadContext, compile_if_wanted, from_pretrained, refuse_unloaded_weights
 
 MIN_DIFFUSERS = "0.36.0"  # TorchAoConfig accepts config objects (knowledge id torchao-no-config-classes)
 MIN_TORCHAO = "0.15.0"  # diffusers >= 0.38 requires it
@@ -84,20 +84,6 @@ def transformer_config(backend: Backend):
                            **{pattern: main for pattern in MAIN_LAYERS}})
 
 
-def compile_blocks(transformer, backend: Backend, **compile_options) -> int:
-    """diffusers' regional compilation (each repeated FLUX block, not the whole model); returns how many blocks.
-
-    Identical blocks share one compiled graph, so the compile cost is that of the two block types, not of 57 blocks.
-    `compile_options` go to torch.compile (e.g. mode="max-autotune-no-cudagraphs").
-    """
-    if backend.options.get("fuse_int_mm"):
-        import torch._inductor.config as inductor_config
-
-        inductor_config.force_fuse_int_mm_with_mul = True  # fuse the int8 matmul with its rescale
-    transformer.compile_repeated_blocks(**compile_options)
-    return sum(type(m).__name__ in transformer._repeated_blocks for m in transformer.modules())
-
-
 def offload_text_encoder(pipe) -> None:
     """T5 on the CPU, on the GPU only while it encodes: the denoising and decoding peaks drop by T5's size.
 
@@ -145,28 +131,6 @@ def _quantized_components(ctx: LoadContext, backend: Backend):
     return transformer, text_encoder_2
 
 
-def _maybe_compile(pipe, spec, backend: Backend, ctx: LoadContext) -> None:
-    wanted, why = compile_wanted(spec, backend)
-    if why:
-        ctx.notes.append(why)
-    if not wanted:
-        return
-    try:
-        import triton  # noqa: F401  (torch.compile's GPU code generator)
-    except ImportError:
-        ctx.notes.append("triton is not installed: torch.compile skipped, running eager (slower); `pip install triton`")
-        return
-    options = {"mode": spec.compile_mode} if getattr(spec, "compile_mode", None) else {}
-    n = compile_blocks(pipe.transformer, backend, **options)
-    ctx.notes.append(
-        f"{n} transformer blocks wrapped in torch.compile (regional: one compiled graph per block type"
-        f"{', mode ' + options['mode'] if options else ''}). The first "
-        "generation at each image size compiles them (H100, full size: 10-30 s, results/README.md); later "
-        "generations with this loaded model reuse the compiled code. Each image's metadata says whether it paid "
-        "the compile."
-    )
-
-
 def load_torchao(spec, ctx: LoadContext, backend: Backend):
     """bf16 checkpoint quantized at load (transformer: the type's config; T5: int8 weight-only), then optionally
     T5 offload and regional compile; the LoadedModel keeps the compiled transformer, so only its first generation
@@ -179,7 +143,7 @@ def load_torchao(spec, ctx: LoadContext, backend: Backend):
         offload_text_encoder(pipe)
         ctx.notes.append("T5 is kept on the CPU and moved to the GPU only to encode a prompt (offload_text_encoder): "
                          "a lower peak while denoising and decoding, for a copy of T5 to the GPU per image")
-    _maybe_compile(pipe, spec, backend, ctx)
+    compile_if_wanted(pipe, spec, backend, ctx)
     return pipe
 
 

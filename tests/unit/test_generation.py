@@ -103,7 +103,7 @@ def test_compiled_blocks_compile_once_and_the_metadata_says_which_image_paid(tin
     import torch
 
     from fluxnb.backends import get_backend
-    from fluxnb.backends.torchao import compile_blocks
+    from fluxnb.backends.base import compile_blocks
     from fluxnb.display import timing_summary
 
     model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)

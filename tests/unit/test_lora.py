@@ -223,7 +223,7 @@ def test_compiled_model_swaps_adapter_and_scale_without_recompiling(tiny_spec, a
     changing the adapter or its scale compiles nothing (the GPU lane repeats this on the torchao entry)."""
     import torch
 
-    from fluxnb.backends.torchao import compile_blocks
+    from fluxnb.backends.base import compile_blocks
     from fluxnb.generation import compile_counters
 
     model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
