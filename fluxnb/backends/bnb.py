@@ -33,51 +33,36 @@ def load_threshold0(spec, ctx: LoadContext, backend: Backend):
 # PEFT wraps bitsandbytes' Linear8bitLt / Linear4bit; fusing dequantizes, adds and re-quantizes (rounding: the fused
 # image differs slightly from the unfused one).
 LORA = "yes"
-_INT8 = {"transformer": ("int8",), "text_encoder_2": ("int8",)}
+_COMMON = dict(family="bnb", why_gpu=NO_GPU, min_capability=(7, 5), lora=LORA)  # every pre-quantized checkpoint
+_INT8 = dict(expected_formats={"transformer": ("int8",), "text_encoder_2": ("int8",)}, synthetic_kind="bnb-8bit",
+             download_gib=17.5, vram_gib=21, uses=("core", "bnb", "bnb-8bit", "img2img"))
 
 BACKENDS = (
     Backend(
         type="flux-bnb-8bit",
-        family="bnb",
         what="the guide's configuration: pre-quantized bitsandbytes LLM.int8 (transformer and T5), about 21 GB",
         load=load_prequantized,
-        why_gpu=NO_GPU,
-        expected_formats=_INT8,
-        min_capability=(7, 5),
-        synthetic_kind="bnb-8bit",
-        download_gib=17.5,
-        vram_gib=21,
-        uses=("core", "bnb", "bnb-8bit", "img2img"),
         baseline=True,
-        lora=LORA,
+        **_COMMON,
+        **_INT8,
     ),
     Backend(
         type="flux-bnb-8bit-threshold0",
-        family="bnb",
         what="the 8-bit checkpoint with LLM.int8's outlier threshold set to 0 (every matmul int8; faster, no "
         "outlier protection)",
         load=load_threshold0,
-        why_gpu=NO_GPU,
-        expected_formats=_INT8,
-        min_capability=(7, 5),
-        synthetic_kind="bnb-8bit",
-        download_gib=17.5,
-        vram_gib=21,
-        uses=("core", "bnb", "bnb-8bit", "img2img"),
-        lora=LORA,
+        **_COMMON,
+        **_INT8,
     ),
     Backend(
         type="flux-bnb-4bit",
-        family="bnb",
         what="pre-quantized bitsandbytes NF4: about half the memory of 8-bit, further from bf16",
         load=load_prequantized,
-        why_gpu=NO_GPU,
         expected_formats={"transformer": ("nf4",), "text_encoder_2": ("nf4", "int8")},
-        min_capability=(7, 5),
         synthetic_kind="bnb-nf4",
         download_gib=10,
         vram_gib=13,
         uses=("core", "bnb", "bnb-4bit", "img2img"),
-        lora=LORA,
+        **_COMMON,
     ),
 )
