@@ -17,8 +17,9 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
   $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >/dev/null
 fi
 echo "== guide lane: $(.venv-guide/bin/python -c 'import diffusers, transformers; print("diffusers", diffusers.__version__, "transformers", transformers.__version__)')"
-# The browser lane runs in the default lane only: what it checks (JupyterLab, the widgets, the pages a person sees)
-# does not depend on the diffusers/transformers line, the guide's stack pins no JupyterLab, and once keeps CI short.
-.venv-guide/bin/python -m pytest -p no:cacheprovider -m "not gpu and not browser" "$@"
+# The browser lane and the fault tests run in the default lane only: what they check (JupyterLab and the pages a
+# person sees; run-folder locks, kills, full disks, multi-process batches) does not depend on the diffusers /
+# transformers line, and running them once keeps CI inside its time. The guide lane runs every unit and notebook test.
+.venv-guide/bin/python -m pytest -p no:cacheprovider -m "not gpu and not browser and not faults" "$@"
 echo "== default lane: $(.venv/bin/python -c 'import diffusers, transformers; print("diffusers", diffusers.__version__, "transformers", transformers.__version__)')"
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
