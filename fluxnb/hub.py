@@ -22,6 +22,13 @@ def hf_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
+def cache_folder(repo_id: str) -> Path:
+    """The folder of one model repo in the hub cache (what to delete to download it again)."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    return hf_cache_dir() / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
 def is_cached(repo_id: str) -> bool:
     """A snapshot of `repo_id` (its model_index.json) is in the local cache."""
     from huggingface_hub import try_to_load_from_cache

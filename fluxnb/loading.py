@@ -21,7 +21,7 @@ from .backends import Backend, LoadContext, check_device, compile_wanted, get_ba
 from .config import ModelConfig, ModelSpec, load_config
 from .errors import LoadError, ModelUnavailableError, QuantizationError
 from .footprint import ComponentFootprint, pipeline_footprint
-from .hub import find_corrupt_weights, hf_token
+from .hub import cache_folder, find_corrupt_weights, hf_token
 from .load_report import LoadReport
 from .memory import free_memory
 from .selection import resolve_model
@@ -184,10 +184,7 @@ def corrupt_weights_fix(spec: ModelSpec, source: str) -> str:
     if Path(source).is_dir():
         return (f"delete the whole checkpoint folder: `rm -rf {source}`; a checkpoint built by fluxnb (the tiny "
                 "model) is rebuilt on the next load, a folder of your own must be copied again")
-    from huggingface_hub.constants import HF_HUB_CACHE
-    from huggingface_hub.file_download import repo_folder_name
-
-    folder = Path(HF_HUB_CACHE) / repo_folder_name(repo_id=spec.id, repo_type="model")
+    folder = cache_folder(spec.id)
     return f"delete the model's cache folder and download it again: `rm -rf {folder}`, then " \
            f"`huggingface-cli download {spec.id}`"
 
