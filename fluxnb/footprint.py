@@ -12,16 +12,6 @@ from dataclasses import asdict, dataclass
 PIPELINE_COMPONENTS = ("transformer", "text_encoder", "text_encoder_2", "vae")
 
 
-GIB = 2**30
-
-
-def human_bytes(n: int) -> str:
-    """1.23 GiB / 45.6 MiB / 789 KiB: tiny and full-size models in one table."""
-    for unit, size in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
-
 
 @dataclass(frozen=True)
 class ComponentFootprint:

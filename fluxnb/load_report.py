@@ -5,7 +5,8 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
-from .footprint import ComponentFootprint, human_bytes
+from .footprint import ComponentFootprint
+from .units import human_bytes
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..footprint import GIB, pipeline_footprint
+from ..footprint import pipeline_footprint
+from ..units import GIB
 from .base import Backend, LoadContext, compile_if_wanted, from_pretrained
 
 ACTIVATION_MARGIN = 3 * GIB  # activations at 1024x1024 plus the CUDA context

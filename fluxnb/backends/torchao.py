@@ -152,9 +152,6 @@ def load_torchao(spec, ctx: LoadContext, backend: Backend):
 # torchao.py): so adapters run unfused.
 LORA_EAGER = ("unfused: PEFT runs adapters beside torchao's quantized weights; fusing them in needs a "
               "re-quantization that diffusers' loading does not give PEFT")
-# Compiled blocks would recompile on every change of adapter or scale: diffusers' hotswap keeps one adapter slot
-# (padded to a fixed rank, scales as tensors) and swaps weights in place.
-LORA_COMPILED = HOTSWAP_REASON
 _COMMON = dict(family="torchao", expected_formats=_EXPECTED, extra="torchao", offloadable_text_encoder=True,
                download_gib=34, vram_gib=19, options={})
 BACKENDS = (
@@ -180,7 +177,7 @@ BACKENDS = (
         min_rows_compiled=17,
         compile_modes=(AUTOTUNE,),
         uses=("core", "torchao", "compile", "img2img"),
-        lora=LORA_COMPILED,
+        lora=HOTSWAP_REASON,  # compiled: diffusers' hotswap swaps one adapter in place
         **{**_COMMON, "options": {"config": "Int8DynamicActivationInt8WeightConfig", "fuse_int_mm": True}},
     ),
     Backend(
@@ -194,7 +191,7 @@ BACKENDS = (
         # max-autotune: slower first compile (paid once per machine with the persistent compile cache), faster steps
         compile_modes=(AUTOTUNE,),
         uses=("core", "torchao", "compile", "img2img"),
-        lora=LORA_COMPILED,
+        lora=HOTSWAP_REASON,  # compiled: diffusers' hotswap swaps one adapter in place
         **{**_COMMON, "options": {"config": "Float8DynamicActivationFloat8WeightConfig"}},
     ),
 )
