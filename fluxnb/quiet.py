@@ -32,6 +32,12 @@ HARMLESS = (
         "an optional faster CPU kernel for 4-bit matmuls from the `kernels` package; bitsandbytes uses its own CPU "
         "path without it, and fluxnb runs bitsandbytes models on CUDA.",
     ),
+    HarmlessLogLine(
+        "bitsandbytes.autograd._functions",
+        ("MatMul8bitLt: inputs will be cast from",),
+        "LLM.int8 quantizes its bf16 inputs through float16 by design (the guide's bnb 8-bit config); bitsandbytes "
+        "0.50 logs this on every matmul, about 15,000 lines for one benchmark run (results/README.md, run 16).",
+    ),
 )
 
 

@@ -8,10 +8,13 @@ again in a fresh process to measure the warm first call. Prints one JSON line pe
 (compile), steady s/forward, relative error of the output vs bf16 eager on the same weights and input, dynamo
 counters (or the timeout / error).
 
-Variants are BACKEND-MODE. BACKEND: bf16, int8wo, int8dq, fp8dq (the loader's own torchao configs: the records of
-fluxnb/backends/torchao.py), bnb8 (bitsandbytes LLM.int8, threshold 6). MODE: eager; regional (diffusers'
+Variants are BACKEND-MODE[@ATTENTION]. BACKEND: bf16, int8wo, int8dq, fp8dq (the loader's own torchao configs: the
+records of fluxnb/backends/torchao.py), bnb8 (bitsandbytes LLM.int8, threshold 6). MODE: eager; regional (diffusers'
 compile_repeated_blocks, the loader's way); full (torch.compile of the whole transformer); suffix -at for
-mode="max-autotune-no-cudagraphs", -cg for mode="max-autotune" (CUDA graphs).
+mode="max-autotune-no-cudagraphs", -cg for mode="max-autotune" (CUDA graphs), -ro for mode="reduce-overhead" (CUDA
+graphs, default kernels; it failed with regional compile: run 15). ATTENTION: a diffusers attention backend
+(transformer.set_attention_backend), e.g. _native_cudnn. The variant `attention` times torch's SDPA kernels alone
+at FLUX's shape (24 heads x 4608 tokens x 128); `vae` times the VAE decoder alone.
 
 Usage (GPU): python scripts/compile_probe.py [--full-size] [--outliers 50,8] [--cache-dir D --twice] [VARIANT ...]
 """
@@ -19,6 +22,7 @@ Usage (GPU): python scripts/compile_probe.py [--full-size] [--outliers 50,8] [--
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -26,8 +30,9 @@ import sys
 import time
 
 DEFAULT_VARIANTS = ("bf16-eager", "bf16-regional", "int8dq-regional", "fp8dq-regional", "int8wo-eager")
-TYPES = {"int8wo": "flux-torchao-int8wo", "int8dq": "flux-torchao-int8dq", "fp8dq": "flux-torchao-fp8dq"}
-COMPILE_MODES = {"": None, "at": "max-autotune-no-cudagraphs", "cg": "max-autotune"}
+TYPES = {"int8wo": "flux-torchao-int8wo", "int8dq": "flux-torchao-int8dq", "fp8dq": "flux-torchao-fp8dq",
+         "fp8pt": "flux-torchao-fp8dq"}  # fp8pt: float8 with per-tensor scales instead of per-row
+COMPILE_MODES = {"": None, "at": "max-autotune-no-cudagraphs", "cg": "max-autotune", "ro": "reduce-overhead"}
 
 
 def _bnb_8bit(model) -> None:
@@ -76,11 +81,13 @@ def run_one(variant: str, double: int, single: int, outliers: tuple[float, int] 
 
     from fluxnb.backends import REGISTRY
     from fluxnb.backends.base import compile_blocks
-    from fluxnb.backends.torchao import transformer_config
+    from fluxnb.backends.matvec import use_matvecs
+    from fluxnb.backends.torchao import MAIN_LAYERS, ONE_ROW_LAYERS, transformer_config
     from fluxnb.synthetic import _variance_preserving_init, inject_outliers, scaled_dims
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokens = 4096 if device == "cuda" else 64
+    variant, _, attention = variant.partition("@")
     backend, _, mode = variant.partition("-")
     how, _, tuning = mode.partition("-")
     dims = scaled_dims(layers=double, single_layers=single)["transformer"]
@@ -91,6 +98,8 @@ def run_one(variant: str, double: int, single: int, outliers: tuple[float, int] 
     if outliers:
         inject_outliers(model, channels=outliers[1], scale=outliers[0])
     inputs = _inputs(model, device, tokens)
+    if attention:
+        model.set_attention_backend(attention)
     with torch.inference_mode():
         reference = model(**inputs)[0].float()
     if backend == "bnb8":
@@ -99,10 +108,22 @@ def run_one(variant: str, double: int, single: int, outliers: tuple[float, int] 
         from torchao.quantization import quantize_
 
         config = transformer_config(REGISTRY[TYPES[backend]])
+        if backend == "fp8pt":  # the same layers with per-tensor scales (run 15: no faster)
+            import torchao.quantization as tq
+
+            per_tensor = tq.Float8DynamicActivationFloat8WeightConfig(granularity=tq.PerTensor(),
+                                                                      set_inductor_config=False)
+            config = tq.FqnToConfig({**config.fqn_to_config, **{p: per_tensor for p in MAIN_LAYERS}})
         quantize_(model, config, **({"filter_fn": None} if type(config).__name__ == "FqnToConfig" else {}))
+        if os.environ.get("PROBE_MATVEC", "1") == "1":  # the loader's fused one-row int8 matvecs
+            use_matvecs(model, ONE_ROW_LAYERS)
     compile_mode = COMPILE_MODES[tuning]
-    if how == "regional":  # the loader's way, with the record's flags (fused int8 rescale)
-        compile_blocks(model, REGISTRY[TYPES.get(backend, "flux-bf16")], mode=compile_mode)
+    if how == "regional":  # the loader's way, with the record's inductor settings
+        record = REGISTRY[TYPES.get(backend, "flux-bf16")]
+        if os.environ.get("PROBE_INDUCTOR"):  # extra inductor settings on top of the record's, as JSON
+            inductor = {**record.options.get("inductor", {}), **json.loads(os.environ["PROBE_INDUCTOR"])}
+            record = dataclasses.replace(record, options={**record.options, "inductor": inductor})
+        compile_blocks(model, record, mode=compile_mode)
     elif how == "full":
         model.compile(mode=compile_mode, fullgraph=True)
 
@@ -119,11 +140,144 @@ def run_one(variant: str, double: int, single: int, outliers: tuple[float, int] 
             sync()
             times.append(time.perf_counter() - start)
     error = float((out.float() - reference).norm() / reference.norm())
-    counters = {k: dict(v) for k, v in dynamo.utils.counters.items() if k in ("frames", "recompiles", "stats")}
+    profile = _profile(model, inputs, sync) if os.environ.get("PROBE_PROFILE") == "1" else None
+    counters = {k: dict(v) for k, v in dynamo.utils.counters.items()
+                if k in ("frames", "recompiles", "stats", "aot_autograd", "inductor")}
+    counters["inductor"] = {k: v for k, v in counters.get("inductor", {}).items() if "cache" in k}
+    # where the first call's compile time went (dynamo's timed phases, seconds summed over the graphs)
+    counters["phases_s"] = {k: round(sum(v), 2) for k, v in dynamo.utils.compilation_time_metrics.items()
+                            if sum(v) >= 0.05}
     steady = sorted(times[1:])[len(times[1:]) // 2]
-    return {"first_call_s": round(times[0], 2), "steady_s": round(steady, 4), "rel_err_vs_bf16": round(error, 5),
+    graphed = _cuda_graph_seconds(model, inputs, sync) if os.environ.get("PROBE_CUDA_GRAPH") == "1" else None
+    return {**({"cuda_graph_steady_s": graphed} if graphed else {}),
+            "first_call_s": round(times[0], 2), "steady_s": round(steady, 4), "rel_err_vs_bf16": round(error, 5),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
-            "dynamo": counters}
+            "dynamo": counters, **({"profile": profile} if profile else {})}
+
+
+def _cuda_graph_seconds(model, inputs, sync) -> float | str:
+    """The whole forward captured in one CUDA graph (after the compiled warm-up) and replayed: its s/forward, to
+    see what launch gaps cost (or the capture's error)."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                model(**inputs)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                model(**inputs)
+            times = []
+            for _ in range(6):
+                sync()
+                start = time.perf_counter()
+                graph.replay()
+                sync()
+                times.append(time.perf_counter() - start)
+        return round(sorted(times)[len(times) // 2], 4)
+    except Exception as e:  # noqa: BLE001 (a probe: report whatever failed)
+        return f"error: {type(e).__name__}: {str(e)[:300]}"
+
+
+KERNEL_KINDS = (("gemm", ("gemm", "cutlass", "xmma", "nvjet", "scaled_mm", "cublas", "wgmma")),
+                ("attention", ("cudnn", "fmha", "flash", "attention", "sdpa")),
+                ("triton", ("triton_",)))
+
+
+def _profile(model, inputs, sync) -> dict:
+    """One forward under torch.profiler: GPU kernel time by kind (GEMM, attention, inductor's triton kernels,
+    other), the top kernels, and how much of the forward's wall time the GPU spent idle between kernels."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        sync()
+        start = time.perf_counter()
+        model(**inputs)
+        sync()
+        wall_ms = (time.perf_counter() - start) * 1e3
+    kernels: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels.setdefault(event.name, []).append(event.time_range.elapsed_us() / 1e3)
+    by_kind: dict[str, float] = {}
+    for name, times in kernels.items():
+        kind = next((k for k, keys in KERNEL_KINDS if any(key in name.lower() for key in keys)), "other")
+        by_kind[kind] = by_kind.get(kind, 0.0) + sum(times)
+    top = sorted(kernels.items(), key=lambda kv: -sum(kv[1]))[:20]
+    busy = sum(by_kind.values())
+    return {"wall_ms": round(wall_ms, 1), "kernel_ms": round(busy, 1),
+            "by_kind_ms": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "top": [[name[:90], len(times), round(sum(times), 2)] for name, times in top]}
+
+
+def attention_kernels() -> dict:
+    """torch's SDPA kernels alone at FLUX's attention shape: ms per call and TFLOP/s, and each one's max difference
+    from the flash kernel's output."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (torch.randn(1, 24, 4608, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    flops = 4 * 4608 * 4608 * 128 * 24
+    result, reference = {}, None
+    for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "default"):
+        try:
+            context = sdpa_kernel(getattr(SDPBackend, name)) if name != "default" else torch.no_grad()
+            with context:
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(20):
+                    torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                end.record()
+                torch.cuda.synchronize()
+            ms = start.elapsed_time(end) / 20
+            reference = out if reference is None else reference
+            result[name] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1),
+                            "max_diff_vs_flash": float((out - reference).abs().max())}
+        except RuntimeError as e:
+            result[name] = {"error": str(e)[:200]}
+    return result
+
+
+def vae_decode() -> dict:
+    """FLUX's VAE decoder alone (random weights, bf16) on a 1024x1024 latent: s/decode eager, channels_last, and
+    channels_last compiled."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from fluxnb.synthetic import FULL_DIMS
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                            up_block_types=["UpDecoderBlock2D"] * 4, act_fn="silu", **FULL_DIMS["vae"])
+    vae = vae.to(torch.bfloat16).eval()
+    latent = torch.randn(1, 16, 128, 128, device="cuda", dtype=torch.bfloat16)
+    result = {}
+
+    def timed(label: str, decode) -> None:
+        with torch.inference_mode():
+            first = time.perf_counter()
+            decode(latent)
+            torch.cuda.synchronize()
+            result[f"{label}_first_s"] = round(time.perf_counter() - first, 2)
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                decode(latent)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+        result[f"{label}_s"] = round(sorted(times)[2], 4)
+
+    timed("eager", vae.decode)
+    vae.to(memory_format=torch.channels_last)
+    timed("channels_last", vae.decode)
+    timed("channels_last_compiled", torch.compile(vae.decode))
+    return result
 
 
 def _child(args, variant: str, cache_dir: str | None) -> dict:
@@ -165,6 +319,9 @@ def main() -> None:
     if args.outliers:
         scale, channels = args.outliers.split(",")
         outliers = (float(scale), int(channels))
+    if args.one and args.variants[0] in ("attention", "vae"):
+        print(json.dumps(attention_kernels() if args.variants[0] == "attention" else vae_decode()), flush=True)
+        return
     if args.one:
         print(json.dumps(run_one(args.variants[0], *args.blocks, outliers)), flush=True)
         return

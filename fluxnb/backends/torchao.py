@@ -26,6 +26,8 @@ _EXPECTED = {"transformer": _FORMATS, "text_encoder_2": _FORMATS}
 # needs to be greater than 16, but got 1", seen on an H100): those layers (AdaLN modulation, time/text embedders,
 # 0.3% of the FLOPs) get int8 weight-only instead.
 ONE_ROW_LAYERS = (r"re:(.*\.)?(norm1|norm1_context|norm|norm_out)\.linear", r"re:time_text_embed\..*\.linear_[12]")
+# Compiled, they run as a fused int8 matvec (fluxnb/backends/matvec.py): aten's one-row int8 kernel took a fifth of
+# the float8 step.
 # Every other Linear of the FLUX transformer, named (torchao deprecates the "_default" catch-all).
 MAIN_LAYERS = (
     r"re:(.*\.)?attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)",
@@ -117,6 +119,8 @@ def _quantized_components(ctx: LoadContext, backend: Backend):
     from torchao.quantization import quantize_
     from transformers import T5EncoderModel
 
+    from .matvec import use_matvecs
+
     with refuse_unloaded_weights(ctx.checkpoint):
         text_encoder_2 = T5EncoderModel.from_pretrained(
             ctx.checkpoint, subfolder="text_encoder_2", torch_dtype=ctx.torch_dtype, token=ctx.token,
@@ -128,6 +132,7 @@ def _quantized_components(ctx: LoadContext, backend: Backend):
             cache_dir=ctx.cache_dir, device_map="cuda",
             quantization_config=TorchAoConfig(transformer_config(backend)),
         )
+    use_matvecs(transformer, ONE_ROW_LAYERS)
     return transformer, text_encoder_2
 
 
@@ -178,7 +183,8 @@ BACKENDS = (
         compile_modes=(AUTOTUNE,),
         uses=("core", "torchao", "compile", "img2img"),
         lora=HOTSWAP_REASON,  # compiled: diffusers' hotswap swaps one adapter in place
-        **{**_COMMON, "options": {"config": "Int8DynamicActivationInt8WeightConfig", "fuse_int_mm": True}},
+        **{**_COMMON, "options": {"config": "Int8DynamicActivationInt8WeightConfig",
+                                  "inductor": {"force_fuse_int_mm_with_mul": True}}},
     ),
     Backend(
         type="flux-torchao-fp8dq",

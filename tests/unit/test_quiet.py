@@ -13,6 +13,9 @@ transformers.CLIPImageProcessor  # torchvision missing: transformers falls back 
 logging.getLogger("bitsandbytes.backends.cpu.ops").warning(
     "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'. Please make sure ...")
 logging.getLogger("bitsandbytes.backends.cpu.ops").warning("a real bitsandbytes problem")
+# bitsandbytes 0.50's LLM.int8 matmul logs this on every call on CUDA (its CPU path does not): emitted by hand here
+logging.getLogger("bitsandbytes.autograd._functions").warning(
+    "MatMul8bitLt: inputs will be cast from %s to float16 during quantization", "torch.bfloat16")
 transformers.logging.get_logger("transformers.utils.import_utils").warning("a real transformers problem")
 """
 
@@ -27,6 +30,7 @@ def test_harmless_lines_are_dropped_and_real_warnings_stay():
     quiet = _stderr("import fluxnb")
     assert "requires torchvision (not installed)" not in quiet
     assert "gemm_4bit_forward" not in quiet
+    assert "MatMul8bitLt" not in quiet
     assert "a real bitsandbytes problem" in quiet and "a real transformers problem" in quiet
 
 
@@ -40,4 +44,5 @@ def test_without_fluxnb_the_same_lines_appear():
     else:  # 4.x: CLIPImageProcessor is the PIL one; nothing is said, nothing needs dropping
         assert "requires torchvision" not in loud
     assert "Failed to load CPU gemm_4bit_forward" in loud
+    assert "MatMul8bitLt: inputs will be cast from torch.bfloat16" in loud
     assert "a real bitsandbytes problem" in loud
