@@ -134,17 +134,17 @@ def compile_wanted(spec, backend: Backend) -> tuple[bool, str | None]:
     return False, "transformer blocks run eager (the entry sets no `compile: true`); FLUXNB_COMPILE=1 compiles them"
 
 
-def compile_regionally(transformer, **compile_options) -> int:
+def compile_regionally(transformer, **compile_kwargs) -> int:
     """torch.compile each repeated FLUX block (regional compilation: identical blocks share one compiled graph, so
     the first call compiles two block types, not 57 blocks); returns how many blocks. diffusers'
     `compile_repeated_blocks` where it exists, the same per-block `Module.compile` on diffusers lines without it."""
     if hasattr(transformer, "compile_repeated_blocks"):
-        transformer.compile_repeated_blocks(**compile_options)
+        transformer.compile_repeated_blocks(**compile_kwargs)
         count = sum(type(m).__name__ in transformer._repeated_blocks for m in transformer.modules())
     else:
         blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
         for block in blocks:
-            block.compile(**compile_options)
+            block.compile(**compile_kwargs)
         count = len(blocks)
     _share_single_block_graph(transformer)
     return count
