@@ -31,7 +31,8 @@ def _quantized_tiny(tiny_model):
 
 
 def _compiled_run(transformer, inputs):
-    """Regional compile (no FX graph cache, so inductor's passes run) and one forward; (output, inductor counters)."""
+    """Regional compile (no FX graph cache, so inductor's passes run) and one forward: the output, inductor's
+    counters and the number of compiled graphs."""
     import torch._inductor.config as inductor_config
     from torch._dynamo.utils import counters
 
