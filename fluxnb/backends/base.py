@@ -159,12 +159,14 @@ def _share_single_block_graph(transformer) -> None:
     warm). The wrapper sits outside the compiled call (a pre-hook would be traced into it, and guarded on); it costs
     one copy of the tokens per step.
     """
+    import inspect
+
     import torch
 
     blocks = getattr(transformer, "single_transformer_blocks", None)
     compiled = getattr(blocks[0], "_compiled_call_impl", None) if blocks else None
-    if compiled is None:
-        return
+    if compiled is None or "encoder_hidden_states" not in inspect.signature(type(blocks[0]).forward).parameters:
+        return  # older diffusers (the guide's 0.34) hands the single blocks one joint tensor: nothing to re-stride
 
     def call(*args, **kwargs):
         args = list(args)  # the block is called with keywords (diffusers) or positionally: keep whichever was used
@@ -215,9 +217,9 @@ def compile_if_wanted(pipe, spec, backend: Backend, ctx: LoadContext) -> bool:
     n = compile_blocks(pipe.transformer, backend, getattr(spec, "compile_mode", None))
     mode = f", mode {spec.compile_mode}" if getattr(spec, "compile_mode", None) else ""
     ctx.notes.append(f"{n} transformer blocks wrapped in torch.compile (regional{mode}: one compiled graph per block "
-                     "type). The first image at each size compiles them (H100, full size: about 15 s cold, a few seconds "
-                     "with a warm compile cache: results/README.md); later images reuse the compiled code, and each "
-                     "image's metadata says whether it paid the compile.")
+                     "type). The first image at each size compiles them (H100, full size: about 15 s cold, a few "
+                     "seconds with a warm compile cache: results/README.md); later images reuse the compiled code, and "
+                     "each image's metadata says whether it paid the compile.")
     return True
 
 
