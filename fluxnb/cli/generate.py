@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from ..backends import get_backend
@@ -169,12 +170,19 @@ def run(args: argparse.Namespace) -> int:
 
 def run_ray(args: argparse.Namespace, run_folder: RunFolder, total: int) -> int:
     """--ray: this process owns the run folder; Ray actors make the images (fluxnb.raybatch)."""
+    return report_launch(run_folder, "Ray worker(s)", lambda: run_on_ray(
+        run_folder, address=args.ray, asked=args.gpus, total=total, config=args.config))
+
+
+def report_launch(run_folder: RunFolder, workers: str, launch: Callable[[], dict]) -> int:
+    """Run a multi-process launch and say what it made; on any failure name the run folder (its finished images
+    stay there) before the error goes up."""
     try:
-        launch = run_on_ray(run_folder, address=args.ray, asked=args.gpus, total=total, config=args.config)
+        result = launch()
     except BaseException:
         print(f"run folder: {run_folder.path}", file=sys.stderr)
         raise
-    print(f"{launch['world_size']} Ray worker(s), {launch['pending']} image(s) made in {launch['wall_seconds']:.1f} s")
+    print(f"{result['world_size']} {workers}, {result['pending']} image(s) made in {result['wall_seconds']:.1f} s")
     print(f"run folder: {run_folder.path}")
     return 0
 
@@ -203,12 +211,5 @@ def run_parallel(args: argparse.Namespace, run_folder: RunFolder, total: int) ->
     processes, device, note = plan_processes(args.gpus, torch.cuda.device_count())
     if note:
         print(f"note: {note}", flush=True)
-    try:
-        launch = run_data_parallel(run_folder, processes=processes, device=device, total=total, config=args.config,
-                                   mode=args.parallel or DATA)
-    except BaseException:
-        print(f"run folder: {run_folder.path}", file=sys.stderr)
-        raise
-    print(f"{launch['world_size']} rank(s), {launch['pending']} image(s) made in {launch['wall_seconds']:.1f} s")
-    print(f"run folder: {run_folder.path}")
-    return 0
+    return report_launch(run_folder, "rank(s)", lambda: run_data_parallel(
+        run_folder, processes=processes, device=device, total=total, config=args.config, mode=args.parallel or DATA))
