@@ -124,14 +124,17 @@ def test_compiled_blocks_compile_once_and_the_metadata_says_which_image_paid(tin
     assert "of torch.compile (first image at this size)" in summary[0] and "torch.compile" not in summary[1]
 
 
-def _transformer_inputs(cfg, g) -> dict:
-    """One forward's inputs for the tiny transformer: 16 image and 8 text tokens."""
+def transformer_inputs(cfg, g, dtype=None) -> dict:
+    """One forward's inputs for the tiny transformer: 16 image and 8 text tokens (float ones in `dtype` if given)."""
     import torch
 
-    return dict(hidden_states=torch.randn(1, 16, cfg.in_channels, generator=g),
-                encoder_hidden_states=torch.randn(1, 8, cfg.joint_attention_dim, generator=g),
-                pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g),
-                timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]) if cfg.guidance_embeds else None,
+    def cast(t):
+        return t if dtype is None else t.to(dtype)
+
+    return dict(hidden_states=cast(torch.randn(1, 16, cfg.in_channels, generator=g)),
+                encoder_hidden_states=cast(torch.randn(1, 8, cfg.joint_attention_dim, generator=g)),
+                pooled_projections=cast(torch.randn(1, cfg.pooled_projection_dim, generator=g)),
+                timestep=cast(torch.tensor([0.5])), guidance=cast(torch.tensor([3.5])) if cfg.guidance_embeds else None,
                 img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), return_dict=False)
 
 
@@ -151,7 +154,7 @@ def test_regional_compile_single_blocks_share_one_graph_and_keep_the_output(tiny
     compiled = copy.deepcopy(transformer)
     g = torch.Generator().manual_seed(0)
     cfg = transformer.config
-    inputs = _transformer_inputs(cfg, g)
+    inputs = transformer_inputs(cfg, g)
     torch._dynamo.reset()
     counters.clear()
     try:
@@ -284,7 +287,7 @@ def test_compile_options_scope_a_records_inductor_settings_to_its_own_compile(ti
         pytest.skip("diffusers < 0.35 has no regional compilation (the guide lane); compiled entries need >= 0.36")
     settings = dataclasses.replace(get_backend("flux-tiny"), options={"inductor": {"coordinate_descent_tuning": True}})
     compiled = copy.deepcopy(transformer)
-    inputs = _transformer_inputs(transformer.config, torch.Generator().manual_seed(1))
+    inputs = transformer_inputs(transformer.config, torch.Generator().manual_seed(1))
     before = inductor_config.coordinate_descent_tuning
     torch._dynamo.reset()
     try:

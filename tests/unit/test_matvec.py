@@ -6,8 +6,9 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
+from .test_generation import transformer_inputs
 
 
 def _quantized_tiny(tiny_model):
@@ -19,14 +20,7 @@ def _quantized_tiny(tiny_model):
 
     transformer = copy.deepcopy(tiny_model.pipe.transformer).to(torch.bfloat16)
     tq.quantize_(transformer, tq.FqnToConfig({p: weight_only_config() for p in ONE_ROW_LAYERS}), filter_fn=None)
-    cfg = transformer.config
-    g = torch.Generator().manual_seed(0)
-    inputs = dict(hidden_states=torch.randn(1, 16, cfg.in_channels, generator=g).bfloat16(),
-                  encoder_hidden_states=torch.randn(1, 8, cfg.joint_attention_dim, generator=g).bfloat16(),
-                  pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g).bfloat16(),
-                  timestep=torch.tensor([0.5]).bfloat16(),
-                  guidance=torch.tensor([3.5]).bfloat16() if cfg.guidance_embeds else None,
-                  img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), return_dict=False)
+    inputs = transformer_inputs(transformer.config, torch.Generator().manual_seed(0), torch.bfloat16)
     return transformer, inputs
 
 
