@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backends.cuda_graph import graph_status
 from .compile_cache import record_warm
 from .environment import device_info, package_versions
 from .errors import GenerationFailed, ModelUnusable
@@ -80,6 +81,14 @@ def compile_counters() -> tuple[int, float]:
         return 0, 0.0
     seconds = sum(compilation_time_metrics.get("_compile.compile_inner", []))
     return int(counters["stats"]["unique_graphs"]), float(seconds)
+
+
+def _graph_record(before: dict | None, after: dict | None) -> dict | None:
+    """What one image did with the CUDA graph: steps replayed, captures, why it was bypassed or failed."""
+    if after is None:
+        return None
+    return {"replayed_steps": after["replays"] - before["replays"], "captures": after["captures"] - before["captures"],
+            "bypassed": after["bypassed"], "failed": after["failed"]}
 
 
 def out_of_memory_advice(request: GenerationRequest, model: LoadedModel) -> str:
@@ -318,6 +327,7 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
 
     reset_peak_memory(model.device)
     graphs_before, compile_before = compile_counters()
+    replays_before = graph_status(pipe.transformer)
     loaded = parse_cache(model.report.cache["setting"]) if model.report.cache else None
     start = time.perf_counter()
     try:
@@ -358,6 +368,8 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
         # non-zero for the first image of a compiled model at each size, zero once the compiled code is reused
         "compile": {"new_graphs": graphs_after - graphs_before,
                     "seconds": round(max(0.0, compile_after - compile_before), 3)},
+        # steps replayed from the CUDA graph of the compiled forward (fluxnb/backends/cuda_graph.py); None without it
+        "cuda_graph": _graph_record(replays_before, graph_status(pipe.transformer)),
         "sanity": check_image(image).to_dict(),  # NaN/black/flat/mosaic warnings (fluxnb.sanity)
     }
     if metadata["compile"]["new_graphs"] and model.report.compile_cache:  # the doctor reports this size as warm

@@ -14,7 +14,11 @@ compile_repeated_blocks, the loader's way); full (torch.compile of the whole tra
 mode="max-autotune-no-cudagraphs", -cg for mode="max-autotune" (CUDA graphs), -ro for mode="reduce-overhead" (CUDA
 graphs, default kernels; it failed with regional compile: run 15). ATTENTION: a diffusers attention backend
 (transformer.set_attention_backend), e.g. _native_cudnn. The variant `attention` times torch's SDPA kernels alone
-at FLUX's shape (24 heads x 4608 tokens x 128); `vae` times the VAE decoder alone.
+at FLUX's shape (24 heads x 4608 tokens x 128); `vae` times the VAE decoder alone; `matvec` the one-row int8 layers'
+kernels alone; `fp8rows` the float8 row quantization of the GELU branches alone. Environment: PROBE_MATVEC=0
+(torchao's own one-row path) / fused (run 18's multiply-and-sum instead of the Triton kernel); PROBE_FP8_ROWS=0
+(torchao's own GELU-branch quantization); PROBE_CUDA_GRAPH=1 (also time fluxnb's CUDA graph of the whole forward);
+PROBE_PROFILE=1 (kernel time by kind); PROBE_INDUCTOR (extra inductor settings, JSON).
 
 Usage (GPU): python scripts/compile_probe.py [--full-size] [--outliers 50,8] [--cache-dir D --twice] [VARIANT ...]
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -115,8 +120,16 @@ def run_one(variant: str, double: int, single: int, outliers: tuple[float, int] 
                                                                       set_inductor_config=False)
             config = tq.FqnToConfig({**config.fqn_to_config, **{p: per_tensor for p in MAIN_LAYERS}})
         quantize_(model, config, **({"filter_fn": None} if type(config).__name__ == "FqnToConfig" else {}))
-        if os.environ.get("PROBE_MATVEC", "1") == "1":  # the loader's fused one-row int8 matvecs
+        if os.environ.get("PROBE_MATVEC", "1") != "0":  # the loader's one-row int8 matvecs
             use_matvecs(model, ONE_ROW_LAYERS)
+        if os.environ.get("PROBE_FP8_ROWS", "1") == "1":  # the loader's fused GELU + float8 row quantization
+            from fluxnb.backends.fp8_rows import use_fused_fp8_rows
+
+            use_fused_fp8_rows(model)
+        if os.environ.get("PROBE_MATVEC") == "fused":  # run 18's fused multiply-and-sum instead of the Triton kernel
+            import fluxnb.backends.matvec as matvec
+
+            matvec._TRITON_OP = None
     compile_mode = COMPILE_MODES[tuning]
     if how == "regional":  # the loader's way, with the record's inductor settings
         record = REGISTRY[TYPES.get(backend, "flux-bf16")]
@@ -149,37 +162,77 @@ def run_one(variant: str, double: int, single: int, outliers: tuple[float, int] 
                             if sum(v) >= 0.05}
     steady = sorted(times[1:])[len(times[1:]) // 2]
     graphed = _cuda_graph_seconds(model, inputs, sync) if os.environ.get("PROBE_CUDA_GRAPH") == "1" else None
-    return {**({"cuda_graph_steady_s": graphed} if graphed else {}),
+    return {**({"cuda_graph": graphed} if graphed else {}),
             "first_call_s": round(times[0], 2), "steady_s": round(steady, 4), "rel_err_vs_bf16": round(error, 5),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
             "dynamo": counters, **({"profile": profile} if profile else {})}
 
 
-def _cuda_graph_seconds(model, inputs, sync) -> float | str:
-    """The whole forward captured in one CUDA graph (after the compiled warm-up) and replayed: its s/forward, to
-    see what launch gaps cost (or the capture's error)."""
+def _cuda_graph_seconds(model, inputs, sync) -> dict | str:
+    """The whole forward through fluxnb's CUDA graph stand-in (fluxnb/backends/cuda_graph.py: the loader's): its
+    s/forward once replaying, its status, and its output's difference from the uncaptured compiled forward."""
     import torch
+
+    from fluxnb.backends.cuda_graph import graph_forward
 
     try:
         with torch.inference_mode():
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                model(**inputs)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                model(**inputs)
+            plain = model(**inputs)[0].float()
+            graphed = graph_forward(model)
+            model(**inputs)  # sets the key
             times = []
-            for _ in range(6):
+            for _ in range(7):  # the first captures
                 sync()
                 start = time.perf_counter()
-                graph.replay()
+                out = model(**inputs)[0]
                 sync()
                 times.append(time.perf_counter() - start)
-        return round(sorted(times)[len(times) // 2], 4)
+        diff = float((out.float() - plain).norm() / plain.norm())
+        return {"steady_s": round(sorted(times[1:])[3], 4), "capture_call_s": round(times[0], 3),
+                "rel_diff_vs_uncaptured": diff, "status": graphed.status(),
+                "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                "reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
     except Exception as e:  # noqa: BLE001 (a probe: report whatever failed)
         return f"error: {type(e).__name__}: {str(e)[:300]}"
+
+
+def matvec_kernels() -> dict:
+    """FLUX's one-row int8 layers alone (3072 -> 18432, double blocks; 3072 -> 9216, single blocks; int8 weights,
+    per-row scales): ms per call and GB/s of weight read, for run 18's compiled multiply-and-sum and the Triton
+    kernel at a few tile shapes, with each one's max difference from torchao's eager product."""
+    import torch
+
+    from fluxnb.backends import matvec_triton
+    from fluxnb.backends.matvec import fused_matvec
+
+    fused = torch.compile(fused_matvec)
+    result = {}
+    for n in (18432, 9216):
+        q = torch.randint(-127, 128, (n, 3072), device="cuda", dtype=torch.int8)
+        scale = (torch.rand(n, 1, device="cuda") / 100).to(torch.bfloat16)
+        bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+        x = torch.randn(1, 3072, device="cuda", dtype=torch.bfloat16)
+        reference = (x.float() @ (q.float() * scale.float()).T + bias.float())
+        args = (x, q, scale, bias)
+        variants = {"fused_compiled": functools.partial(fused, *args)}
+        for bn, bk, warps in ((8, 512, 4), (16, 256, 4), (16, 512, 4), (32, 256, 4), (32, 512, 8), (64, 128, 4),
+                              (16, 1024, 8), (8, 1024, 4)):
+            variants[f"triton_{bn}x{bk}_w{warps}"] = functools.partial(matvec_triton.launch, *args, bn, bk, warps)
+        for label, call in variants.items():
+            try:
+                out = call()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(50):
+                    call()
+                end.record()
+                torch.cuda.synchronize()
+                ms = start.elapsed_time(end) / 50
+                result[f"{n}/{label}"] = {"ms": round(ms, 4), "GBps": round(n * 3072 / ms / 1e6),
+                                          "max_diff": float((out.float() - reference).abs().max())}
+            except Exception as e:  # noqa: BLE001
+                result[f"{n}/{label}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+    return result
 
 
 KERNEL_KINDS = (("gemm", ("gemm", "cutlass", "xmma", "nvjet", "scaled_mm", "cublas", "wgmma")),
@@ -274,9 +327,52 @@ def vae_decode() -> dict:
         result[f"{label}_s"] = round(sorted(times)[2], 4)
 
     timed("eager", vae.decode)
+    torch.backends.cudnn.benchmark = True
+    timed("eager_cudnn_benchmark", vae.decode)
+    torch.backends.cudnn.benchmark = False
     vae.to(memory_format=torch.channels_last)
     timed("channels_last", vae.decode)
     timed("channels_last_compiled", torch.compile(vae.decode))
+    return result
+
+
+def fp8_rows_kernels() -> dict:
+    """The float8 row quantization of a GELU branch alone, at FLUX's single-block ([attention 3072 | GELU 12288],
+    4608 rows) and double-block (GELU 12288, 4096 rows) shapes: torchao's own quantization compiled by inductor vs
+    the one-pass Triton kernel (fluxnb/backends/fp8_rows_triton.py); ms per call, GB/s moved, and the relative error
+    of each dequantized result against the exact row."""
+    import torch
+    from torchao.quantization.quant_primitives import _choose_scale_float8, _quantize_affine_float8
+
+    from fluxnb.backends import fp8_rows_triton
+
+    def torchao_rows(b, a):
+        row = torch.nn.functional.gelu(b, approximate="tanh")
+        row = row if a is None else torch.cat([a, row], -1)
+        scale = _choose_scale_float8(row, block_size=[1, row.shape[-1]])
+        return _quantize_affine_float8(row, scale), scale
+
+    compiled = torch.compile(torchao_rows)
+    result = {}
+    for label, rows, ka, kb in (("single", 4608, 3072, 12288), ("double", 4096, 0, 12288)):
+        b = torch.randn(rows, kb, device="cuda", dtype=torch.bfloat16) * 2
+        a = torch.randn(rows, ka, device="cuda", dtype=torch.bfloat16) if ka else None
+        gelu = torch.nn.functional.gelu(b.float(), approximate="tanh")
+        exact = gelu if a is None else torch.cat([a.float(), gelu], -1)
+        moved = rows * (ka + kb) * 3  # bf16 read once, float8 written once
+        for name, call in (("torchao_compiled", functools.partial(compiled, b, a)),
+                           ("triton_one_pass", functools.partial(fp8_rows_triton.launch, b, a))):
+            q, scale = call()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(20):
+                call()
+            end.record()
+            torch.cuda.synchronize()
+            ms = start.elapsed_time(end) / 20
+            error = float((q.float() * scale.reshape(-1, 1) - exact).norm() / exact.norm())
+            result[f"{label}/{name}"] = {"ms": round(ms, 4), "GBps": round(moved / ms / 1e6),
+                                         "rel_err": round(error, 5)}
     return result
 
 
@@ -319,8 +415,9 @@ def main() -> None:
     if args.outliers:
         scale, channels = args.outliers.split(",")
         outliers = (float(scale), int(channels))
-    if args.one and args.variants[0] in ("attention", "vae"):
-        print(json.dumps(attention_kernels() if args.variants[0] == "attention" else vae_decode()), flush=True)
+    alone = {"attention": attention_kernels, "vae": vae_decode, "matvec": matvec_kernels, "fp8rows": fp8_rows_kernels}
+    if args.one and args.variants[0] in alone:
+        print(json.dumps(alone[args.variants[0]]()), flush=True)
         return
     if args.one:
         print(json.dumps(run_one(args.variants[0], *args.blocks, outliers)), flush=True)

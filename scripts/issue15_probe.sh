@@ -45,5 +45,25 @@ elif [ "$SET" = 4 ]; then  # fourth call (run 18): the one-row layers as fused i
     probe 80 int8dq-regional
 elif [ "$SET" = 5 ]; then  # fifth call (run 20): the VAE decoder alone (channels_last, compiled)
     probe 200 vae
+elif [ "$SET" = 6 ]; then  # sixth call (run 22): the one-row layers' Triton kernel (tile shapes, then in the step
+      # against run 18's fused multiply-and-sum), fluxnb's CUDA graph of the whole forward, the VAE with cuDNN benchmark
+    probe 90 matvec
+    export PROBE_CUDA_GRAPH=1
+    PROBE_MATVEC=fused probe 120 fp8dq-regional
+    PROBE_PROFILE=1 probe 120 --twice fp8dq-regional
+    probe 90 vae
+elif [ "$SET" = 7 ]; then  # seventh call (run 23): persistent reductions up to 16384 (inductor's multi-kernel: one pass
+      # for the float8 quantization of rows of 12288-15360), picked by benchmark (1) or forced (2); the record's
+      # settings as they are beside them; all with the CUDA graph
+    export PROBE_CUDA_GRAPH=1 PROBE_PROFILE=1
+    probe 120 fp8dq-regional
+    PROBE_INDUCTOR='{"triton.multi_kernel": 1}' probe 150 --twice fp8dq-regional
+    PROBE_INDUCTOR='{"triton.multi_kernel": 2}' probe 150 fp8dq-regional
+elif [ "$SET" = 8 ]; then  # eighth call (run 25): the GELU branches' float8 row quantization in one pass
+      # (fluxnb/backends/fp8_rows.py) alone and in the step, against torchao's own; with the CUDA graph
+    probe 90 fp8rows
+    export PROBE_CUDA_GRAPH=1 PROBE_PROFILE=1
+    PROBE_FP8_ROWS=0 probe 120 fp8dq-regional
+    probe 120 --twice fp8dq-regional
 fi
 echo "probe done: $OUT/probe.jsonl"

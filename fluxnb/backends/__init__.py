@@ -4,6 +4,10 @@ One module per backend family (bnb, bf16, torchao, tiny), each with a `BACKENDS`
 maps type names to them. Adding a backend = one record in a family's module (or a new module listed in FAMILIES)
 plus its tests. Importing the registry imports nothing heavy: torch, diffusers, bitsandbytes and torchao load
 inside a record's load function.
+
+Besides the families: `base` (what a record is, the loading steps they share), `cuda_graph` (a compiled forward
+replayed as one CUDA graph) and the torchao types' compiled kernels: `matvec` (the one-row AdaLN layers) and
+`fp8_rows` (the float8 GELU branches), each with its Triton kernel in a `*_triton` module imported only with triton.
 """
 
 from __future__ import annotations

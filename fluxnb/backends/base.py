@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import LoadError, ModelUnavailableError
 from ..hub import is_cached, offline_mode
+from . import cuda_graph
 
 # Load-time log text that means weights were not loaded from the checkpoint (they are random).
 _UNLOADED_WEIGHT_PATTERNS = ("newly initialized", "were not used when initializing", "missing keys")
@@ -64,6 +65,8 @@ class Backend:
         extra: the pip extra it needs beyond the base install (`pip install -e ".[torchao]"`), or None.
         compilable: entries may set `compile: true` (regional torch.compile of the transformer blocks).
         compile_modes: the torch.compile modes an entry may name in `compile_mode:` (besides the default one).
+        cuda_graph: compiled on a GPU, the transformer's forward is replayed as one CUDA graph (backends/cuda_graph.py);
+            on for the types whose capture is proven at full size and on the tiny model.
         offloadable_text_encoder: entries may set `offload_text_encoder: true` (T5 on the CPU between prompts).
         min_rows_compiled: when compiled, requests need more image+text tokens than this (kernel limits); 0: none.
         synthetic_kind: which full-size synthetic checkpoint the bench builds for it (fluxnb.synthetic.KINDS);
@@ -91,6 +94,7 @@ class Backend:
     extra: str | None = None
     compilable: bool = False
     compile_modes: tuple[str, ...] = ()
+    cuda_graph: bool = False
     offloadable_text_encoder: bool = False
     min_rows_compiled: int = 0
     synthetic_kind: str | None = None
@@ -220,6 +224,11 @@ def compile_if_wanted(pipe, spec, backend: Backend, ctx: LoadContext) -> bool:
                      "type). The first image at each size compiles them (H100, full size: about 15 s cold, a few "
                      "seconds with a warm compile cache: results/README.md); later images reuse the compiled code, and "
                      "each image's metadata says whether it paid the compile.")
+    if ctx.device == "cuda" and backend.cuda_graph and cuda_graph.wanted():
+        cuda_graph.graph_forward(pipe.transformer)
+        ctx.notes.append("the compiled transformer's forward is captured as one CUDA graph at each image size and "
+                         "replayed in the later steps (no kernel launch gaps; off with a step cache or "
+                         "FLUXNB_CUDA_GRAPH=0); each image's metadata says how many steps replayed (cuda_graph)")
     return True
 
 

@@ -48,6 +48,7 @@ BACKENDS = (
         why_gpu="33 GB of bf16 weights; a CPU would take hours per image",
         min_capability=(8, 0),
         compilable=True,  # compiled bf16 vs eager bf16 is the noise floor of the bench's fidelity figures
+        cuda_graph=True,  # captured and replayed in bench run 26 (H100, full size)
         synthetic_kind="bf16",
         download_gib=34,
         vram_gib=36,

@@ -27,6 +27,7 @@ from typing import Any
 
 from .. import compile_cache
 from ..backends import REGISTRY, get_backend, types_where
+from ..backends.cuda_graph import graph_status
 from ..backends.torchao import AUTOTUNE
 from ..config import ModelConfig, ModelSpec
 from ..environment import device_info, nvidia_driver_version, package_versions
@@ -344,6 +345,7 @@ def _warm_then_time(model: LoadedModel, width: int, height: int, s: BenchSetting
     # measured by torch._dynamo: what the warm-up compiled, and that the timed call compiled nothing
     timed["compile"] = {"warmup_new_graphs": graphs1 - graphs0, "warmup_compile_seconds": round(compile1 - compile0, 2),
                         "timed_new_graphs": graphs2 - graphs1}
+    timed["cuda_graph"] = graph_status(model.pipe.transformer)  # captures/replays so far (None: no CUDA graph)
     return timed
 
 
@@ -367,6 +369,7 @@ def _fill_row(row: dict[str, Any], timed: dict[str, Any], entry: dict[str, Any],
             max(0.0, warm_seconds - (per_image - denoise) - s.warmup_steps * denoise / s.steps), 2
         ),
         compile=timed["compile"],
+        cuda_graph=timed["cuda_graph"],
         finite=bool(np.isfinite(timed["latents"]).all()),
     )
     if entry["capped"] and row["peak_reserved_bytes"] is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -209,3 +210,122 @@ def test_bnb_threshold_zero_loader(tiny_checkpoint, config, tmp_path):
     layers = [m for m in model.pipe.transformer.modules() if isinstance(m, Linear8bitLt)]
     assert layers and all(layer.state.threshold == 0.0 for layer in layers)
     assert torch.isfinite(_generate(model.pipe, output_type="latent").images.float()).all()
+
+
+def test_one_row_layers_run_the_triton_matvec_when_compiled():
+    """The AdaLN layers' Triton kernel (fluxnb/backends/matvec_triton.py) is what the compiled layer runs on the GPU,
+    and it gives torchao's product (eager) within bf16 rounding, with and without bias, for 1 and 3 input rows."""
+    pytest.importorskip("torchao")
+    import torchao.quantization as tq
+    from torch.profiler import ProfilerActivity, profile
+
+    from fluxnb.backends import matvec
+    from fluxnb.backends.torchao import weight_only_config
+
+    torch.manual_seed(0)
+    for bias, rows in ((True, 1), (False, 3)):
+        layer = torch.nn.Sequential(torch.nn.Linear(3072, 1000, bias=bias)).to("cuda", torch.bfloat16)
+        tq.quantize_(layer, weight_only_config())
+        x = torch.randn(rows, 3072, device="cuda", dtype=torch.bfloat16)
+        with torch.inference_mode():
+            eager = layer(x)
+        assert matvec.use_matvecs(layer, [r"re:0"]) == 1 and matvec._TRITON_OP is not None
+        torch._dynamo.reset()
+        compiled = torch.compile(layer)
+        with torch.inference_mode():
+            compiled(x)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                out = compiled(x)
+                torch.cuda.synchronize()
+        kernels = {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
+        assert any("int8_matvec_kernel" in name for name in kernels), kernels
+        torch.testing.assert_close(out, eager, rtol=2 ** -7, atol=2 ** -7 * eager.abs().max().item())
+    torch._dynamo.reset()
+
+
+def test_cuda_graph_replays_the_compiled_steps(tiny_checkpoint, config, monkeypatch):
+    """A compiled entry's transformer forward is captured at each size and replayed (fluxnb/backends/cuda_graph.py):
+    the same latents as the compiled forward without it, a new capture at a new size, and no replay under a step
+    cache (its hooks decide per step). Each image's metadata says what it did."""
+    pytest.importorskip("torchao")
+    import fluxnb
+    from fluxnb.backends.cuda_graph import GraphedForward
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 needs compute capability 8.9")
+    monkeypatch.delenv("FLUXNB_COMPILE", raising=False)
+    monkeypatch.delenv("FLUXNB_CUDA_GRAPH", raising=False)
+    spec = _tiny_entry(config, "flux-dev-torchao-fp8")
+    torch._dynamo.reset()
+    model = fluxnb.load_model(spec, checkpoint=tiny_checkpoint, progress=False)
+    graphed = model.pipe.transformer.forward
+    assert isinstance(graphed, GraphedForward) and any("CUDA graph" in n for n in model.report.notes)
+
+    def image(**kwargs):
+        request = fluxnb.make_request(spec, prompt="a cat", steps=4, **{"width": 128, "height": 128, **kwargs})
+        (result,) = fluxnb.generate(model, request, progress=False)
+        return np.asarray(result.image), result.metadata["cuda_graph"]
+
+    first, meta = image()  # step 1 runs (and compiles) as it is, step 2 runs on a side stream and is captured,
+    assert meta == {"replayed_steps": 2, "captures": 1, "bypassed": None, "failed": None}  # steps 3-4 replay
+    again, meta = image(seed=1)
+    assert meta["replayed_steps"] == 4 and meta["captures"] == 0
+    other_size, meta = image(width=96, height=96)
+    assert meta["captures"] == 1 and meta["replayed_steps"] == 2 and other_size.shape[:2] == (96, 96)
+    cached, meta = image(cache="taylorseer@2")
+    assert meta["replayed_steps"] == 0 and "step cache" in meta["bypassed"]
+    model.pipe.transformer.forward = graphed.eager_forward  # the same compiled blocks, no graph
+    assert np.array_equal(image()[0], first) and np.array_equal(image(seed=1)[0], again)
+    fluxnb.loading.release_session_model()
+    torch._dynamo.reset()
+
+
+def test_float8_gelu_layers_quantize_in_one_kernel(tiny_checkpoint, config, monkeypatch):
+    """flux-dev-torchao-fp8 (compiled): the GELU-then-float8-linear layers (fluxnb/backends/fp8_rows.py) run the
+    one-pass kernel, and the transformer's output stays within float8 rounding of torchao's own compiled path."""
+    pytest.importorskip("torchao")
+    import copy
+
+    from torch.profiler import ProfilerActivity, profile
+
+    import fluxnb
+    from fluxnb.backends.base import compile_regionally
+    from fluxnb.backends.fp8_rows import GeluFloat8FeedForward, GeluFloat8SingleBlock, _swap_for
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 needs compute capability 8.9")
+    monkeypatch.setenv("FLUXNB_COMPILE", "0")  # compiled below, once per copy
+    model = fluxnb.load_model(_tiny_entry(config, "flux-dev-torchao-fp8"), checkpoint=tiny_checkpoint, progress=False)
+    fused = model.pipe.transformer
+    swapped = [m for m in fused.modules() if isinstance(m, (GeluFloat8FeedForward, GeluFloat8SingleBlock))]
+    blocks = len(fused.transformer_blocks)
+    assert len(swapped) == 2 * blocks + len(fused.single_transformer_blocks), len(swapped)
+    plain = copy.deepcopy(fused)
+    for module in plain.modules():  # torchao's own path: diffusers' classes back
+        if isinstance(module, (GeluFloat8FeedForward, GeluFloat8SingleBlock)):
+            module.__class__ = module.__class__.__mro__[1]
+    assert not any(_swap_for(m) is None for m in plain.modules() if type(m).__name__ == "FeedForward")
+    g = torch.Generator(device="cpu").manual_seed(0)
+    cfg = fused.config
+    inputs = dict(hidden_states=torch.randn(1, 64, cfg.in_channels, generator=g),
+                  encoder_hidden_states=torch.randn(1, 32, cfg.joint_attention_dim, generator=g),
+                  pooled_projections=torch.randn(1, cfg.pooled_projection_dim, generator=g),
+                  timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]) if cfg.guidance_embeds else None,
+                  img_ids=torch.zeros(64, 3), txt_ids=torch.zeros(32, 3))
+    inputs = {k: v.to("cuda", torch.bfloat16 if v.is_floating_point() and "ids" not in k else v.dtype)
+              if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    outputs = {}
+    torch._dynamo.reset()
+    for name, transformer in (("fused", fused), ("plain", plain)):
+        compile_regionally(transformer)
+        with torch.inference_mode():
+            transformer(**inputs, return_dict=False)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                outputs[name] = transformer(**inputs, return_dict=False)[0].float()
+                torch.cuda.synchronize()
+        kernels = {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
+        assert any("gelu_fp8_rows_kernel" in k for k in kernels) == (name == "fused"), kernels
+    difference = (outputs["fused"] - outputs["plain"]).norm() / outputs["plain"].norm()
+    assert torch.isfinite(outputs["fused"]).all() and difference < 0.02, float(difference)
+    fluxnb.loading.release_session_model()
+    torch._dynamo.reset()

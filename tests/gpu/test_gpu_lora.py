@@ -65,14 +65,17 @@ def test_lora_on_bnb_8bit_layers(tiny_checkpoint, adapters, config, tmp_path):
     assert np.abs(restored.astype(int) - base.astype(int)).mean() < 8  # unfusing re-quantizes: close, not equal
 
 
-def test_compiled_torchao_entry_hotswaps_without_recompiling(tiny_checkpoint, adapters, config, monkeypatch):
+@pytest.mark.parametrize("entry, capability", [("flux-dev-torchao-int8dq", (8, 0)), ("flux-dev-torchao-fp8", (8, 9))])
+def test_compiled_torchao_entry_hotswaps_without_recompiling(entry, capability, tiny_checkpoint, adapters, config,
+                                                              monkeypatch):
+    """float8 also replays its steps from a CUDA graph, which must see every in-place adapter change."""
     pytest.importorskip("torchao")
     import fluxnb
 
-    if torch.cuda.get_device_capability() < (8, 0):
-        pytest.skip("int8 dynamic needs compute capability 8.0")
+    if torch.cuda.get_device_capability() < capability:
+        pytest.skip(f"{entry} needs compute capability {capability}")
     monkeypatch.delenv("FLUXNB_COMPILE", raising=False)
-    spec = dataclasses.replace(config.get("flux-dev-torchao-int8dq"), requires_auth=False)
+    spec = dataclasses.replace(config.get(entry), requires_auth=False)
     torch._dynamo.reset()
     model = fluxnb.load_model(spec, checkpoint=tiny_checkpoint, progress=False)
     _pixels(model, spec)  # compiles the blocks

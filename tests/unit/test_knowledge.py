@@ -49,6 +49,7 @@ STABLE_IDS = [
     "torchao-extra-missing",  # the fast torchao entries need the torchao extra and triton
     "compile-needs-triton",
     "compiled-int8-small-input",
+    "cuda-graph-capture-failed",  # the compiled forward's CUDA graph (fluxnb/backends/cuda_graph.py)
 ]
 TRANSFORMERS_5 = Version(package_version("transformers")) >= Version("5")
 
@@ -305,3 +306,16 @@ def test_fast_entries_need_torchao_and_triton_on_a_gpu():
     from fluxnb.backends import REGISTRY
 
     assert "compile" not in REGISTRY["flux-torchao-int8wo"].uses  # int8 weight-only stays eager
+
+
+def test_the_recorded_cuda_graph_capture_failures_are_diagnosed():
+    """The GPU lane's own failures (run 26, H100: a capture that failed, then CUDA's random generator left in capture
+    mode) point at the entry that says how to turn the graph off."""
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    report = Path(__file__).parents[2] / "results" / "issue15" / "gpu-tests-run26.xml"
+    failures = [f.text for f in ET.parse(report).iter("failure")]
+    assert len(failures) == 3
+    for text in failures:
+        assert "cuda-graph-capture-failed" in ids(fluxnb.diagnose(text))

@@ -65,3 +65,46 @@ def test_one_row_int8_layers_compile_to_a_fused_matvec(tiny_model):
     assert after.get("woq_matcher_count", 0) == 0
     assert graphs == 2  # the swapped class is shared: no recompile per layer
     torch.testing.assert_close(out, eager, rtol=3e-2, atol=3e-2)
+
+
+KERNEL_CHECK = r"""
+import torch
+from fluxnb.backends import matvec_triton
+from fluxnb.backends.matvec import fused_matvec
+
+g = torch.Generator().manual_seed(0)
+for rows, n, k, bias, tile in ((1, 40, 96, True, (16, 64)), (3, 37, 1000, False, (16, 64)), (2, 70, 3072, True, None)):
+    q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    scale = (torch.rand(n, 1, generator=g) / 100).to(torch.bfloat16)
+    x = torch.randn(rows, k, generator=g).to(torch.bfloat16)
+    b = torch.randn(n, generator=g).to(torch.bfloat16) if bias else None
+    out = matvec_triton.launch(x, q, scale, b, *(tile or ()))
+    expected = fused_matvec(x, q, scale, b)
+    assert out.shape == expected.shape == (rows, n), out.shape
+    torch.testing.assert_close(out, expected, rtol=2 ** -7, atol=2 ** -7 * expected.abs().max().item())
+print("kernel ok")
+"""
+
+
+def test_the_triton_matvec_kernel_computes_the_product():
+    """The GPU kernel's own code (fluxnb/backends/matvec_triton.py) run by Triton's interpreter on the CPU: masked
+    edges (N and K not multiples of the tile), bias or none, several input rows, the default tile; against the
+    multiply-and-sum within bf16 rounding. tests/gpu runs it compiled on a GPU."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton", reason="triton is in requirements/extras.txt (the default lane installs it)")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "kernel ok" in done.stdout, done.stderr[-3000:]
+
+
+def test_only_float8_gelu_layers_get_the_one_pass_quantization(tiny_model):
+    """fluxnb/backends/fp8_rows.py swaps classes only where a GELU feeds a per-row float8 linear: not in bf16, not in
+    the int8 types (float8 itself needs a GPU of compute capability 8.9: tests/gpu runs it)."""
+    from fluxnb.backends.fp8_rows import use_fused_fp8_rows
+
+    plain, _ = _quantized_tiny(tiny_model)  # bf16, with int8 one-row layers
+    assert use_fused_fp8_rows(plain) == 0
+    assert type(plain).__name__ == "FluxTransformer2DModel" and "_repeated_blocks" not in vars(plain)
