@@ -1,7 +1,7 @@
 """The compiled transformer's whole forward replayed as one CUDA graph: no per-kernel launch cost in the steps.
 
 A compiled float8 step launches about a thousand kernels through 57 compiled block calls; the GPU waits on the CPU
-in the gaps. Captured once and replayed, the same step took 3% less on an H100 (results/README.md, run 17).
+in the gaps. Captured once and replayed, the same step took 3-4% less on an H100 (results/README.md, runs 17, 22).
 torch.compile's own CUDA graphs (mode "reduce-overhead") fail with regional compile, because the 19 (38) blocks
 share one compiled function and overwrite each other's outputs (run 15); a graph around the whole forward does not.
 
@@ -10,9 +10,9 @@ The graph is only right while everything it captured stays the same, so it is ke
 - the model: PEFT adapter names (the first LoRA adds layers; a hotswap after that copies weights and scales in
   place, which the graph sees), and inference/grad mode.
 A new key drops the old graph (one graph, one memory pool at a time); its first call runs normally (and compiles),
-the second captures, the later ones replay. Never captured: a step cache is on (its hooks decide per step in
-Python), extra attention arguments (a non-empty joint_attention_kwargs), return_dict=True, gradients.
-FLUXNB_CUDA_GRAPH=0 turns it off.
+the second runs on a side stream and is captured there, the later ones replay. Never captured: a step cache is on
+(its hooks decide per step in Python), extra attention arguments (a non-empty joint_attention_kwargs),
+return_dict=True, gradients. FLUXNB_CUDA_GRAPH=0 turns it off.
 """
 
 from __future__ import annotations

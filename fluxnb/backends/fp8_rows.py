@@ -24,6 +24,7 @@ _TRITON_OP = None
 
 
 def _triton_op():
+    """The Triton-backed op, registered on first use; None without triton."""
     global _TRITON_OP
     if _TRITON_OP is None:
         try:
