@@ -221,18 +221,25 @@ def matvec_kernels() -> dict:
         for label, call in variants.items():
             try:
                 out = call()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(50):
-                    call()
-                end.record()
-                torch.cuda.synchronize()
-                ms = start.elapsed_time(end) / 50
+                ms = _cuda_ms(call, 50)
                 result[f"{n}/{label}"] = {"ms": round(ms, 4), "GBps": round(n * 3072 / ms / 1e6),
                                           "max_diff": float((out.float() - reference).abs().max())}
             except Exception as e:  # noqa: BLE001
                 result[f"{n}/{label}"] = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
     return result
+
+
+def _cuda_ms(call, repeats: int) -> float:
+    """GPU milliseconds per call of `call` (already run once), timed with CUDA events over `repeats` calls."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        call()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
 
 
 KERNEL_KINDS = (("gemm", ("gemm", "cutlass", "xmma", "nvjet", "scaled_mm", "cublas", "wgmma")),
@@ -281,13 +288,7 @@ def attention_kernels() -> dict:
             context = sdpa_kernel(getattr(SDPBackend, name)) if name != "default" else torch.no_grad()
             with context:
                 out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(20):
-                    torch.nn.functional.scaled_dot_product_attention(q, k, v)
-                end.record()
-                torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 20
+                ms = _cuda_ms(functools.partial(torch.nn.functional.scaled_dot_product_attention, q, k, v), 20)
             reference = out if reference is None else reference
             result[name] = {"ms": round(ms, 3), "tflops": round(flops / ms / 1e9, 1),
                             "max_diff_vs_flash": float((out - reference).abs().max())}
@@ -363,13 +364,7 @@ def fp8_rows_kernels() -> dict:
         for name, call in (("torchao_compiled", functools.partial(compiled, b, a)),
                            ("triton_one_pass", functools.partial(fp8_rows_triton.launch, b, a))):
             q, scale = call()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(20):
-                call()
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 20
+            ms = _cuda_ms(call, 20)
             error = float((q.float() * scale.reshape(-1, 1) - exact).norm() / exact.norm())
             result[f"{label}/{name}"] = {"ms": round(ms, 4), "GBps": round(moved / ms / 1e6),
                                          "rel_err": round(error, 5)}

@@ -218,8 +218,9 @@ def compile_if_wanted(pipe, spec, backend: Backend, ctx: LoadContext) -> bool:
             ctx.notes.append("triton is not installed: torch.compile skipped, running eager (slower); "
                              "`pip install triton`")
             return False
-    n = compile_blocks(pipe.transformer, backend, getattr(spec, "compile_mode", None))
-    mode = f", mode {spec.compile_mode}" if getattr(spec, "compile_mode", None) else ""
+    compile_mode = getattr(spec, "compile_mode", None)
+    n = compile_blocks(pipe.transformer, backend, compile_mode)
+    mode = f", mode {compile_mode}" if compile_mode else ""
     ctx.notes.append(f"{n} transformer blocks wrapped in torch.compile (regional{mode}: one compiled graph per block "
                      "type). The first image at each size compiles them (H100, full size: about 15 s cold, a few "
                      "seconds with a warm compile cache: results/README.md); later images reuse the compiled code, and "

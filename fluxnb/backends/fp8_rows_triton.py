@@ -15,7 +15,6 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
 BLOCK, NUM_WARPS = 1024, 4
 
 
@@ -38,7 +37,8 @@ def gelu_fp8_rows_kernel(a_ptr, b_ptr, q_ptr, scale_ptr, stride_a, stride_b,
     for start in range(0, KB, BLOCK):
         x = tl.load(b_ptr + row * stride_b + start + offsets, mask=start + offsets < KB, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(_gelu_tanh(x)))
-    # torchao divides the bf16 amax by 448 in bf16; an all-zero row gets a tiny scale instead of 0 (no 0/0)
+    # 448 = torch.finfo(torch.float8_e4m3fn).max. torchao divides the bf16 amax by it in bf16; an all-zero row gets a
+    # tiny scale instead of 0 (no 0/0)
     scale = tl.maximum((tl.max(amax, axis=0) / 448.0).to(tl.bfloat16).to(tl.float32), 1e-12)
     tl.store(scale_ptr + row, scale)
     out = q_ptr + row * (KA + KB)

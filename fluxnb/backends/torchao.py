@@ -26,8 +26,9 @@ _EXPECTED = {"transformer": _FORMATS, "text_encoder_2": _FORMATS}
 # needs to be greater than 16, but got 1", seen on an H100): those layers (AdaLN modulation, time/text embedders,
 # 0.3% of the FLOPs) get int8 weight-only instead.
 ONE_ROW_LAYERS = (r"re:(.*\.)?(norm1|norm1_context|norm|norm_out)\.linear", r"re:time_text_embed\..*\.linear_[12]")
-# Compiled, they run as a fused int8 matvec (fluxnb/backends/matvec.py): aten's one-row int8 kernel took a fifth of
-# the float8 step. The float8 type's GELU-then-linear layers quantize their input in one kernel (backends/fp8_rows.py).
+# Compiled, they run as one int8 matvec kernel (fluxnb/backends/matvec.py): aten's one-row int8 kernel took a fifth
+# of the float8 step. The float8 type's GELU-then-linear layers quantize their input in one kernel
+# (backends/fp8_rows.py).
 # Every other Linear of the FLUX transformer, named (torchao deprecates the "_default" catch-all).
 MAIN_LAYERS = (
     r"re:(.*\.)?attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)",
