@@ -20,9 +20,9 @@ from .errors import (
 from .generation import GeneratedImage, generate
 from .loading import LoadedModel, LoadReport, load_model
 from .outputs import RunFolder, read_manifest, read_png_metadata
+from .packaged import SAMPLE_INIT_IMAGE
 from .params import (
     IMAGE_TO_IMAGE,
-    SAMPLE_INIT_IMAGE,
     TEXT_TO_IMAGE,
     GenerationRequest,
     load_image_file,

@@ -7,7 +7,9 @@ machine's /tmp and is shared by every torch/GPU combination. fluxnb points both 
 capability), so a new process on the same machine finds the compiled blocks of an earlier one and its first image
 pays seconds instead of tens of seconds of compile (results/README.md). Inductor writes its entries atomically
 (write to a temporary file, then rename), so processes can share a folder; `clear` removes a folder under a file
-lock that `activate` also takes, so a clear never runs halfway through the set-up of a load.
+lock that `activate` also takes, so a clear never runs halfway through the set-up of a load. `clear` removes only
+folders that `describe` lists (real folders directly under the compile root): a key that is a path, `..` or a
+symbolic link is refused with the valid keys.
 """
 
 from __future__ import annotations
@@ -15,15 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from .environment import package_version
+from .files import atomic_write_json, exclusive_lock, own_folder, real_subfolders, remove_own_folder
 from .tiny import cache_root
 
 COMPILE_FOLDER = "compile"
@@ -111,10 +111,12 @@ def folder_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def _lock(root: str | Path | None = None) -> FileLock:
-    folder = compile_root(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(folder / ".lock"))
+def _lock(root: str | Path | None = None):
+    """The compile root's lock (made with the root when missing; a symbolic link as the root is refused)."""
+    base = cache_root(root)
+    base.mkdir(parents=True, exist_ok=True)
+    folder = own_folder(base, COMPILE_FOLDER, "the compile cache folder")
+    return exclusive_lock(folder / ".lock", "the compile cache's lock file")
 
 
 def activate(root: str | Path | None = None, key: str | None = None) -> CompileCacheState:
@@ -128,8 +130,7 @@ def activate(root: str | Path | None = None, key: str | None = None) -> CompileC
         return CompileCacheState(path=user, key="user", warm=count_entries(user) > 0, entries=count_entries(user),
                                  managed=False)
     with _lock(root):
-        folder = cache_dir(root, key)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = own_folder(compile_root(root), key or cache_key(), "the compile cache folder")
         entries = count_entries(folder)
         os.environ[ENV_INDUCTOR] = str(folder)
         os.environ[ENV_TRITON] = str(folder / "triton")
@@ -158,12 +159,9 @@ def describe(root: str | Path | None = None) -> dict[str, Any]:
     """Every key's folder with its size and entry count, and which one this machine uses (for `fluxnb cache`)."""
     base = compile_root(root)
     mine = cache_key()
-    folders = []
-    if base.is_dir():
-        for folder in sorted(p for p in base.iterdir() if p.is_dir()):
-            folders.append({"key": folder.name, "path": str(folder), "bytes": folder_bytes(folder),
-                            "entries": count_entries(folder), "this_machine": folder.name == mine,
-                            "warm_for": sorted(warm_index(folder))})
+    folders = [{"key": folder.name, "path": str(folder), "bytes": folder_bytes(folder),
+                "entries": count_entries(folder), "this_machine": folder.name == mine,
+                "warm_for": sorted(warm_index(folder))} for folder in real_subfolders(base)]
     here = next((f for f in folders if f["this_machine"]), None)
     return {"root": str(base), "this_machine_key": mine, "warm_here": bool(here and here["entries"]),
             "folders": folders}
@@ -172,19 +170,18 @@ def describe(root: str | Path | None = None) -> dict[str, Any]:
 def clear(root: str | Path | None = None, key: str | None = None) -> list[str]:
     """Delete one key's folder (or every key's with key=None); returns what was removed.
 
-    Processes that already loaded compiled code keep running; the next process compiles again.
+    Only folders that describe() lists are removed: a key that is not one of them (a path, `..`, a symbolic link
+    out of the cache, a typo) is refused (InputError) with the valid keys. Processes that already loaded compiled
+    code keep running; the next process compiles again.
     """
     base = compile_root(root)
     if not base.is_dir():
+        if key:
+            remove_own_folder(base, key, "compile cache key")  # refused: there is nothing to list
         return []
-    removed = []
     with _lock(root):
-        targets = [base / key] if key else [p for p in base.iterdir() if p.is_dir()]
-        for folder in targets:
-            if folder.is_dir():
-                shutil.rmtree(folder)
-                removed.append(str(folder))
-    return removed
+        keys = [key] if key else [folder.name for folder in real_subfolders(base)]
+        return [str(remove_own_folder(base, name, "compile cache key")) for name in keys]
 
 
 # which model entries and sizes have compiled into a folder (inductor's own keys are opaque hashes)
@@ -194,12 +191,10 @@ WARM_INDEX = "fluxnb_warm.json"
 def record_warm(path: str | Path, model: str, compile_mode: str | None, width: int, height: int) -> None:
     """Note in the folder that `model` compiled at this size (read by the doctor and `fluxnb cache`)."""
     index_path = Path(path) / WARM_INDEX
-    with FileLock(str(index_path) + ".lock"):
+    with exclusive_lock(str(index_path) + ".lock", "the compile cache's index lock"):
         index = warm_index(path)
         index[warm_label(model, compile_mode, width, height)] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        tmp = index_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(index, indent=1, sort_keys=True), encoding="utf-8")
-        tmp.replace(index_path)
+        atomic_write_json(index_path, index)
 
 
 def warm_label(model: str, compile_mode: str | None, width: int, height: int) -> str:

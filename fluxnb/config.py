@@ -7,19 +7,23 @@ a KeyError deep inside a loader.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+import os
 from pathlib import Path
 from typing import Any
 
 from .backends import REGISTRY, types_where
 from .errors import ConfigError, InputError, RequestError
+from .packaged import CONFIG_NAME, DEFAULT_CONFIG_PATH
 from .step_cache import parse_cache
 from .units import SIZE_MULTIPLE, is_image_side
 from .userfiles import load_yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG_PATH = PROJECT_ROOT / "model_config.yaml"
+# The model config in use is found in this order (README "Models"; `fluxnb doctor` says which one it read):
+# --config (any subcommand; it sets CONFIG_ENV for the process and the kernels and ranks it starts), the CONFIG_ENV
+# variable, CONFIG_NAME in the current folder, the default shipped inside the package.
+CONFIG_ENV = "FLUXNB_CONFIG"
 # FLUX.1 was trained for 0.1 to 2 megapixels; 2048 per side is the most anyone runs (4 MP: 16,384 image tokens),
 # and beyond it the attention alone needs more memory than any single GPU has.
 MAX_SIDE = 2048
@@ -27,7 +31,7 @@ MAX_SIDE = 2048
 MAX_STEPS = 1000
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ModelParams:
     """An entry's generation limits and defaults (model_config.yaml `params:`), checked by every request."""
 
@@ -41,7 +45,7 @@ class ModelParams:
     max_size: tuple[int, int]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """One entry of model_config.yaml.
 
@@ -70,7 +74,7 @@ class ModelSpec:
     cache: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The validated file; `recommended` is the one fast entry README, doctor and bench summary point to."""
 
@@ -79,6 +83,7 @@ class ModelConfig:
     fallback_model: str
     path: str
     recommended: str | None = None
+    source: str = "given"  # how the file was found (config_location): "--config", "$FLUXNB_CONFIG", ...
 
     def get(self, name: str) -> ModelSpec:
         """The entry called `name`, or an error that lists the names that exist."""
@@ -281,11 +286,24 @@ def parse_config(data: Any, path: str = "model_config.yaml") -> ModelConfig:
                        recommended=runtime.get("recommended"))
 
 
+def config_location(path: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The model config file to read and how it was chosen: `path` (--config), else $FLUXNB_CONFIG, else
+    ./model_config.yaml, else the packaged default."""
+    if path is not None:
+        return Path(path), "--config"
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]), f"${CONFIG_ENV}"
+    local = Path(CONFIG_NAME)
+    if local.exists():
+        return local.absolute(), f"./{CONFIG_NAME} in the current folder"
+    return DEFAULT_CONFIG_PATH, "the default shipped with fluxnb"
+
+
 def load_config(path: str | Path | None = None) -> ModelConfig:
-    """Read and validate model_config.yaml (the project's by default), with the limits of fluxnb.userfiles.
+    """Read and validate a model config, found by config_location, with the limits of fluxnb.userfiles.
 
     Args:
-        path: a model config file (default: the project's model_config.yaml).
+        path: a model config file (default: $FLUXNB_CONFIG, else ./model_config.yaml, else the packaged default).
 
     Returns:
         ModelConfig: the validated entries and the runtime choices (primary, fallback, recommended).
@@ -293,9 +311,9 @@ def load_config(path: str | Path | None = None) -> ModelConfig:
     Raises:
         ConfigError: the file is missing, not bounded UTF-8 YAML, or invalid; every problem is listed with its key path.
     """
-    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    path, how = config_location(path)
     try:
-        data = load_yaml(path, "model config", fix="pass the path of a UTF-8 model_config.yaml")
+        data = load_yaml(path, f"model config (from {how})", fix="pass the path of a UTF-8 model_config.yaml")
     except InputError as exc:
         raise ConfigError(str(path), [exc.message + (f" Fix: {exc.fix}" if exc.fix else "")]) from None
-    return parse_config(data, str(path))
+    return dataclasses.replace(parse_config(data, str(path)), source=how)

@@ -106,9 +106,8 @@ def run_data_parallel(run: RunFolder, *, processes: int, device: str, total: int
     args = [str(run.path), "--launch", str(launch["launch"]), "--device", device, "--mode", mode]
     if config is not None:
         args += ["--config", str(config)]
-    env = {**os.environ, LOCK_TOKEN_ENV: run._lock.token or os.environ.get(LOCK_TOKEN_ENV, ""),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent),
-                                                       os.environ.get("PYTHONPATH")]))}
+    # the ranks import the installed fluxnb, like any program (README "The product is the wheel")
+    env = {**os.environ, LOCK_TOKEN_ENV: run._lock.token or os.environ.get(LOCK_TOKEN_ENV, "")}
     log(f"launching {processes} {'GPU' if device == 'cuda' else 'CPU'} rank(s) for {len(pending)} image(s): "
         f"{' '.join(torchrun_command(processes, MODULE, args)[1:4])} ...", flush=True)
     start = time.perf_counter()

@@ -13,16 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from .backends import get_backend
-from .config import PROJECT_ROOT
 from .fonts import use_cjk_fallback
 from .generation import GeneratedImage, compile_seconds, peak_memory_bytes
 from .units import byte_unit
 
 
 def shown_path(path) -> str:
-    """A file or folder as a person reads it: relative to the project folder when inside it (outputs/...)."""
+    """A file or folder as a person reads it: relative to the current folder when inside it (outputs/...)."""
     try:
-        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path)
 

@@ -179,8 +179,17 @@ def _existing_parent(path: Path) -> Path:
 # ---------------------------------------------------------------- checks
 
 
+def _own_distribution() -> metadata.Distribution | None:
+    """fluxnb's installed distribution (its requirements), or None when it runs from a source folder on PYTHONPATH."""
+    try:
+        return metadata.distribution("fluxnb")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _check_python(rows: list[Check]) -> None:
-    requires = metadata.metadata("fluxnb").get("Requires-Python") or ">=3.10"
+    own = _own_distribution()
+    requires = (own.metadata.get("Requires-Python") if own else None) or ">=3.10"
     version = platform.python_version()
     from packaging.specifiers import SpecifierSet
 
@@ -199,7 +208,7 @@ def _gpu_facts() -> tuple[GpuFacts, dict[str, Any]]:
 def _check_torch(rows: list[Check], info: dict[str, Any], needs: Backend) -> None:
     torch_cuda, driver, cuda = info["torch_cuda"], info["driver"], info["cuda"]
     build = f"CUDA {torch_cuda} build" if torch_cuda else "CPU-only build (no CUDA)"
-    driver_text = driver or "none found (no nvidia-smi, no /proc/driver/nvidia)"
+    driver_text = driver or info.get("driver_unknown") or "none found (no nvidia-smi, no /proc/driver/nvidia)"
     found = f"torch {info['torch']}, {build}; NVIDIA driver: {driver_text}"
     index = torch_index_for_driver(driver) if driver else None
     index_fix = (f"pip install --force-reinstall torch --index-url https://download.pytorch.org/whl/{index} "
@@ -326,8 +335,14 @@ def _check_versions(rows: list[Check], versions: dict[str, str], kb: KnowledgeBa
                           f"prefer a tested line ({lines})"))
     if hypothetical:
         return
+    own = _own_distribution()
+    if own is None:
+        rows.append(Check("fluxnb requirements", WARN, f"fluxnb runs from a source folder ({Path(__file__).parents[1]}"
+                          "), not an installed package: its requirements cannot be read, so they are not checked",
+                          "install it: `pip install -e .` in a checkout, or the wheel (README)"))
+        return
     problems, blocking = [], False
-    for text in metadata.requires("fluxnb") or []:
+    for text in own.requires or []:
         req = Requirement(text)
         if req.marker is not None and not req.marker.evaluate({"extra": ""}):
             continue
@@ -476,6 +491,8 @@ def check_environment(
     report = DoctorReport(spec.name, spec.type, choice.reason, False, have)
     gpu, info = _gpu_facts()
     _check_python(report.rows)
+    report.rows.append(Check("model config", OK, f"{config.path} (from {config.source}); {len(config.models)} "
+                             f"models, primary {config.primary_model}"))
     _check_torch(report.rows, info, needs)
     _check_gpu(report.rows, info, spec, needs)
     _check_multi_gpu(report.rows, info)

@@ -17,6 +17,8 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
+from .facts import report_only
+
 RECORD, RULES, GENERATION = "record", "rules", "generation"
 # The packages fluxnb tracks, by distribution name, with their roles: RECORD - its version travels with every image;
 # RULES - the rules of fluxnb/knowledge.yaml may name it; GENERATION - no image can be generated without it (the
@@ -77,6 +79,7 @@ def installed_versions() -> dict[str, str]:
     return out
 
 
+@report_only("reading the driver version from NVML")
 def _driver_from_nvml() -> str | None:
     """The driver version from NVML (the nvidia-ml-py package), where it is installed and a driver answers."""
     try:
@@ -96,6 +99,7 @@ def _driver_from_nvml() -> str | None:
     return version.decode() if isinstance(version, bytes) else str(version)
 
 
+@report_only("reading the driver version from nvidia-smi")
 def _driver_from_nvidia_smi() -> str | None:
     smi = shutil.which("nvidia-smi")
     if not smi:
@@ -110,6 +114,7 @@ def _driver_from_nvidia_smi() -> str | None:
     return None
 
 
+@report_only("reading /proc/driver/nvidia/version")
 def _driver_from_proc() -> str | None:
     proc = Path("/proc/driver/nvidia/version")
     if proc.exists():
@@ -119,12 +124,22 @@ def _driver_from_proc() -> str | None:
     return None
 
 
-def nvidia_driver_version() -> str | None:
+def nvidia_driver_version(problems: list[str] | None = None) -> str | None:
     """The NVIDIA kernel driver version: NVML (nvidia-ml-py), else nvidia-smi, else /proc/driver/nvidia/version;
-    None where there is no NVIDIA driver."""
-    return _driver_from_nvml() or _driver_from_nvidia_smi() or _driver_from_proc()
+    None where there is no NVIDIA driver. A source that fails unexpectedly is skipped, its "unknown (...)" reason
+    added to `problems` (a report-only fact: fluxnb.facts)."""
+    for source in (_driver_from_nvml, _driver_from_nvidia_smi, _driver_from_proc):
+        found = source()
+        if found and found.startswith("unknown ("):
+            if problems is not None:
+                problems.append(found)
+        elif found:
+            return found
+    return None
 
 
+@report_only("reading the GPU interconnect from NVML",
+             fallback=lambda reason: {"kind": reason, "nvlink_active_links": [], "pairs": []})
 def gpu_links(count: int) -> dict[str, Any] | None:
     """How the GPUs are connected, from NVML (nvidia-ml-py, optional): per pair the active NVLink links and the
     topology level (the closest common ancestor: NVML's TOPOLOGY_* names); None without NVML or a driver."""
@@ -172,8 +187,10 @@ def gpu_facts(*, driver: bool = True) -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
+    problems: list[str] = []
     facts: dict[str, Any] = {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "cuda": cuda,
-                             "driver": nvidia_driver_version() if driver else None}
+                             "driver": nvidia_driver_version(problems) if driver else None,
+                             "driver_unknown": "; ".join(problems) or None}
     if cuda:
         props = torch.cuda.get_device_properties(0)
         free, total = torch.cuda.mem_get_info(0)

@@ -19,9 +19,10 @@ from .backends.cuda_graph import graph_status
 from .compile_cache import record_warm
 from .environment import device_info, package_versions
 from .errors import GenerationFailed, ModelUnusable
+from .facts import report_only
 from .loading import LoadedModel
 from .lora import apply_loras, records, set_scales
-from .memory import free_memory, peak_memory, reset_peak_memory
+from .memory import apply_gpu_memory_limit, free_memory, peak_memory, reset_peak_memory
 from .outputs import IDENTITY_KEYS, RunFolder, identity
 from .params import IMAGE_TO_IMAGE, GenerationRequest, load_image_file
 from .sanity import check_image
@@ -66,14 +67,16 @@ def peak_memory_bytes(metadata: dict[str, Any]) -> int:
 
 def compile_seconds(metadata: dict[str, Any]) -> float:
     """Seconds of torch.compile this image paid (0 for images from before the `compile` record, or eager models)."""
-    return (metadata.get("compile") or {}).get("seconds", 0.0)
+    return (metadata.get("compile") or {}).get("seconds") or 0.0
 
 
-def compile_counters() -> tuple[int, float]:
+@report_only("torch._dynamo counters")
+def compile_counters() -> tuple[int, float] | str:
     """torch.compile's graphs compiled so far in this process, and the seconds spent compiling them.
 
     The difference around one image says whether that image paid a compile (first image of a compiled model at a
-    new size) or reused compiled code. Read from torch._dynamo's own counters; (0, 0.0) where they do not exist.
+    new size) or reused compiled code. Read from torch._dynamo's own counters (private: report only); (0, 0.0) where
+    they do not exist, "unknown (...)" where reading them failed.
     """
     try:
         from torch._dynamo.utils import compilation_time_metrics, counters
@@ -81,6 +84,13 @@ def compile_counters() -> tuple[int, float]:
         return 0, 0.0
     seconds = sum(compilation_time_metrics.get("_compile.compile_inner", []))
     return int(counters["stats"]["unique_graphs"]), float(seconds)
+
+
+def compile_record(before: tuple[int, float] | str, after: tuple[int, float] | str) -> dict[str, Any]:
+    """What one image paid in compile: new graphs and seconds, or {"unknown": why} when the counters failed."""
+    if isinstance(before, str) or isinstance(after, str):
+        return {"unknown": before if isinstance(before, str) else after}
+    return {"new_graphs": after[0] - before[0], "seconds": round(max(0.0, after[1] - before[1]), 3)}
 
 
 def _graph_record(before: dict | None, after: dict | None) -> dict | None:
@@ -325,8 +335,9 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
     """One image: generated, checked, saved; or recorded as failed (out of memory) and None returned."""
     import torch
 
+    cap = apply_gpu_memory_limit(model.device)  # measured again: the kernels loaded so far count against it
     reset_peak_memory(model.device)
-    graphs_before, compile_before = compile_counters()
+    counters_before = compile_counters()
     replays_before = graph_status(pipe.transformer)
     loaded = parse_cache(model.report.cache["setting"]) if model.report.cache else None
     start = time.perf_counter()
@@ -356,23 +367,22 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
             run.record(status="failed", error=f"{type(exc).__name__}: {exc}", diagnosis=_diagnosis_ids(exc))
         raise
     seconds = time.perf_counter() - start
-    graphs_after, compile_after = compile_counters()
+    counters_after = compile_counters()
     batch.in_a_row = 0
     image = output.images[0]
     metadata = {
         **item,
         "seconds": round(seconds, 3),
         "seconds_per_step": round(seconds / item["steps"], 4),
-        "peak_memory": peak_memory(model.device),
+        "peak_memory": {**peak_memory(model.device), **({"limit": cap.to_dict()} if cap else {})},
         # graphs torch.compile built during this image and the seconds that took (included in "seconds"):
         # non-zero for the first image of a compiled model at each size, zero once the compiled code is reused
-        "compile": {"new_graphs": graphs_after - graphs_before,
-                    "seconds": round(max(0.0, compile_after - compile_before), 3)},
+        "compile": compile_record(counters_before, counters_after),
         # steps replayed from the CUDA graph of the compiled forward (fluxnb/backends/cuda_graph.py); None without it
         "cuda_graph": _graph_record(replays_before, graph_status(pipe.transformer)),
         "sanity": check_image(image).to_dict(),  # NaN/black/flat/mosaic warnings (fluxnb.sanity)
     }
-    if metadata["compile"]["new_graphs"] and model.report.compile_cache:  # the doctor reports this size as warm
+    if metadata["compile"].get("new_graphs") and model.report.compile_cache:  # the doctor reports this size as warm
         record_warm(model.report.compile_cache["path"], model.spec.name, model.report.compile_mode, item["width"],
                     item["height"])
     if run is not None:

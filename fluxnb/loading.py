@@ -23,7 +23,7 @@ from .errors import LoadError, ModelUnavailableError, QuantizationError
 from .footprint import ComponentFootprint, pipeline_footprint
 from .hub import cache_folder, find_corrupt_weights, hf_token
 from .load_report import LoadReport
-from .memory import free_memory
+from .memory import apply_gpu_memory_limit, free_memory
 from .selection import resolve_model
 from .tiny import ensure_tiny_checkpoint
 
@@ -241,6 +241,9 @@ def load_model(
     ctx = LoadContext(checkpoint=source, device=device, torch_dtype=torch.bfloat16 if device == "cuda" else
                       torch.float32, token=token)
     cache_setting, compile_state = _speed_setup(spec, backend, ctx)
+    cap = apply_gpu_memory_limit(device)  # FLUXNB_GPU_MEMORY_LIMIT: the process stays inside the user's limit
+    if cap is not None:
+        ctx.notes.append(cap.note())
     start = time.perf_counter()
     pipe = _run_loader(spec, backend, ctx, progress)
     if cache_setting is not None:

@@ -3,7 +3,7 @@
 A run folder holds the PNGs (metadata in a PNG text chunk), `manifest.json` (rewritten after every image,
 so a crash keeps what was finished) and, for notebook runs, the executed notebook. Its promises:
 - one writer: a process writes a run folder only while it holds the OS lock on `.fluxnb-writer.lock` in it
-  (fcntl.flock: the kernel releases it when the process dies, so a SIGKILLed run never blocks a resume);
+  (fluxnb.files: an OS lock the kernel releases when the process dies, so a SIGKILLed run never blocks a resume);
   a second writer is refused with the holder's pid and host (RunFolderBusy);
 - each item once: an image's file name follows from its request item (index, mode, seed and a digest of the
   parameters that make its pixels), so the same item always lands on the same name; a resume adopts a complete
@@ -12,8 +12,6 @@ so a crash keeps what was finished) and, for notebook runs, the executed noteboo
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -21,15 +19,14 @@ import re
 import secrets
 import socket
 import sys
-import tempfile
 import time
 import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import PROJECT_ROOT
 from .errors import FluxnbError, InputError, OutputWriteError, RunFolderBusy
+from .files import atomic_write_bytes, atomic_write_json, open_lock_file, own_folder, try_lock
 from .userfiles import decode_utf8, describe_path
 
 MANIFEST = "manifest.json"
@@ -73,27 +70,9 @@ def image_file_name(metadata: dict[str, Any]) -> str:
 
 
 def default_outputs_dir() -> Path:
-    """`FLUXNB_OUTPUTS`, else the project's outputs/ folder."""
-    return Path(os.environ.get("FLUXNB_OUTPUTS") or PROJECT_ROOT / "outputs")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, json.dumps(data, indent=2, ensure_ascii=False, default=str).encode("utf-8"))
+    """`FLUXNB_OUTPUTS`, else outputs/ in the current folder (where the command was typed; a notebook's own folder
+    in JupyterLab)."""
+    return Path(os.environ.get("FLUXNB_OUTPUTS") or Path.cwd() / "outputs")
 
 
 def _slug(text: str) -> str:
@@ -126,9 +105,10 @@ def new_run_dir(job: str, base: str | Path | None = None) -> Path:
 class RunLock:
     """The OS lock that makes a process the one writer of a run folder, held until released or the process ends.
 
-    fcntl.flock on `<run>/.fluxnb-writer.lock`, which then holds the holder's pid, host and a token. Within one
-    process the lock is shared (a notebook may reopen its own run folder); a child started with the holder's
-    token in FLUXNB_RUN_LOCK_TOKEN writes under the holder's lock (`fluxnb run`: the CLI holds it, its kernel writes).
+    The OS lock (fluxnb.files.try_lock) on `<run>/.fluxnb-writer.lock`, opened without following links, which then
+    holds the holder's pid, host and a token. Within one process the lock is shared (a notebook may reopen its own
+    run folder); a child started with the holder's token in FLUXNB_RUN_LOCK_TOKEN writes under the holder's lock
+    (`fluxnb run`: the CLI holds it, its kernel writes).
     """
 
     _held: dict[str, tuple[int, int, str]] = {}  # real path -> (fd, users in this process, token)
@@ -146,19 +126,8 @@ class RunLock:
             fd, users, token = cls._held[key]
             cls._held[key] = (fd, users + 1, token)
             return cls(key, token)
-        lock_path = folder / LOCK_FILE
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            read_only = exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
-            raise InputError(
-                f"cannot write the run folder {folder}: {exc.strerror or exc}"
-                + (" (the folder is read-only)" if read_only else ""),
-                fix="make the folder writable (chmod u+w), or copy it to a writable place and resume the copy",
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        fd = open_lock_file(folder / LOCK_FILE, "the run folder's lock file")
+        if not try_lock(fd):
             holder = _read_holder(fd)
             os.close(fd)
             if holder.get("token") and holder.get("token") == os.environ.get(LOCK_TOKEN_ENV):
@@ -170,7 +139,7 @@ class RunLock:
                 "second one is refused (it would make the same images again).",
                 fix=f"wait for that process to finish (or stop it: kill {holder.get('pid', 'PID')}), then resume "
                 "again if images are missing",
-            ) from None
+            )
         token = secrets.token_hex(16)
         record = {"pid": os.getpid(), "host": socket.gethostname(), "token": token,
                   "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -202,16 +171,32 @@ def _command_line() -> str:
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
-    """The holder's record; it writes it right after locking, so an empty file is retried briefly."""
+    """The holder's record. It writes it right after locking, so for an instant the file is empty or still holds
+    the previous holder's record (a process that is gone): both are read again, for at most a second."""
+    data: Any = None
     for _ in range(20):
         try:
             data = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "null")
         except (ValueError, OSError):
             data = None
-        if isinstance(data, dict):
+        if isinstance(data, dict) and not _gone(data):
             return data
         time.sleep(0.05)
-    return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _gone(holder: dict[str, Any]) -> bool:
+    """A record left by a process of this host that no longer exists (a killed earlier holder)."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists but belongs to another user
+        return False
+    return False
 
 
 def _release_quietly(lock: RunLock) -> None:
@@ -363,8 +348,7 @@ class RunFolder:
 
     def _set_aside(self, file: Path, why: str) -> dict[str, str]:
         """Move a file the run cannot use to set-aside/ (never delete a user's file); return the manifest note."""
-        aside = self.path / SET_ASIDE
-        aside.mkdir(exist_ok=True)
+        aside = own_folder(self.path, SET_ASIDE, "the run folder's set-aside folder")
         target = aside / file.name.lstrip(".")
         n = 1
         while target.exists():

@@ -15,14 +15,13 @@ from typing import Any
 
 from . import sweeps
 from .backends import REGISTRY, compile_wanted, get_backend, lora_for
-from .config import PROJECT_ROOT, ModelSpec
+from .config import ModelSpec
 from .errors import InputError, RequestError
 from .lora_files import HOTSWAP_RANK, LoraChoice, check_loras, check_scale
 from .step_cache import request_cache
 from .units import SIZE_MULTIPLE, is_image_side
 from .userfiles import describe_path, parse_yaml, read_text_file
 
-SAMPLE_INIT_IMAGE = PROJECT_ROOT / "notebooks" / "assets" / "init_image.png"  # image-to-image default
 TEXT_TO_IMAGE = "text-to-image"
 IMAGE_TO_IMAGE = "image-to-image"
 MAX_IMAGES_PER_PROMPT = 64
@@ -302,7 +301,7 @@ def _text_only(init_image: Any, strength: Any) -> None:
     if init_image is not None or strength is not None:
         which = "init_image" if init_image is not None else "strength"
         raise RequestError(which, "only applies to image-to-image. Fix: leave it unset, or use "
-                           "notebooks/02_image_to_image.ipynb (fluxnb generate --init-image).")
+                           "notebook 02_image_to_image (fluxnb generate --init-image).")
 
 
 def _image_to_image(spec: ModelSpec, init_image: Any, strength: Any) -> tuple[str, float]:

@@ -98,10 +98,9 @@ def _ray():
 def connect(address: str, workers: int, device: str) -> Any:
     """ray.init: a local cluster sized for the run (`local`), or an existing one (`auto`, `ray://HOST:10001`)."""
     ray = _ray()
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    # fluxnb's and the hub's settings travel to the actors; a token never does (give the cluster its own secret)
-    env.update({k: v for k, v in os.environ.items() if k.startswith(("FLUXNB_", "HF_")) and "TOKEN" not in k})
+    # fluxnb's and the hub's settings travel to the actors; a token never does (give the cluster its own secret).
+    # The actors import the fluxnb installed on their node, never a checkout path.
+    env = {k: v for k, v in os.environ.items() if k.startswith(("FLUXNB_", "HF_")) and "TOKEN" not in k}
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
     if address == LOCAL:
         kwargs.update(num_cpus=max(workers, 1) if device == "cpu" else None, include_dashboard=False,

@@ -19,22 +19,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import PROJECT_ROOT
 from .errors import InputError, NotebookFailed, OutputWriteError, RequestError
+from .files import atomic_write_json
 from .outputs import (
     LOCK_TOKEN_ENV,
     MANIFEST,
     RunLock,
-    atomic_write_json,
     check_run_folder,
     new_run_dir,
     read_manifest,
 )
-from .params import IMAGE_TO_IMAGE, SAMPLE_INIT_IMAGE, TEXT_TO_IMAGE, make_request
+from .packaged import NOTEBOOKS_DIR, SAMPLE_INIT_IMAGE, notebook_names
+from .params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request
 from .selection import resolve_model
 from .userfiles import load_yaml, parse_yaml
 
-NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 # Parameters the runner sets itself: where to write, "no widgets" (they would hang headless), resuming.
 RUNNER_PARAMETERS = ("output_dir", "interactive", "resume")
 RUN_RECORD = "fluxnb-run.json"  # which notebook a run folder belongs to, and the parameters it was started with
@@ -47,14 +46,15 @@ KERNEL_DISPLAY_NAME = "Python 3 (fluxnb)"
 
 
 def find_notebook(name: str | os.PathLike) -> Path:
-    """A notebook path, or a bare name like `01_text_to_image` looked up in notebooks/."""
+    """A notebook path, or a bare name like `01_text_to_image`: NAME.ipynb in the current folder (a working copy made
+    by `fluxnb notebooks`), else the notebook of that name shipped with fluxnb."""
     path = Path(name)
-    candidates = [path, NOTEBOOKS_DIR / path, NOTEBOOKS_DIR / f"{path}.ipynb"]
+    candidates = [path, Path(f"{path}.ipynb"), NOTEBOOKS_DIR / path, NOTEBOOKS_DIR / f"{path}.ipynb"]
     for candidate in candidates:
         if candidate.is_file() and candidate.suffix == ".ipynb":
             return candidate.resolve()
-    available = sorted(p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb"))
-    raise InputError(f"notebook {str(name)!r} not found. Available in {NOTEBOOKS_DIR}: {', '.join(available)}",
+    raise InputError(f"notebook {str(name)!r} not found. The notebooks shipped with fluxnb: "
+                     f"{', '.join(notebook_names())}",
                      fix="give the path of a .ipynb file, or one of those names")
 
 

@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .outputs import RunFolder, atomic_write_json, png_problem
+from .files import atomic_write_json, own_folder
+from .outputs import RunFolder, png_problem
 
 PARTS_DIR = ".fluxnb-parts"
 
@@ -56,8 +57,8 @@ class RankPart:
         self.manifest: dict[str, Any] = {"images": list(images), "failures": []}  # what this rank may skip
         self.part: dict[str, Any] = {"launch": launch, **placement, "status": "running", "images": [],
                                      "failures": []}
+        own_folder(run_dir, PARTS_DIR, "the run folder's parts folder")
         self.file = part_path(run_dir, launch, rank)
-        self.file.parent.mkdir(exist_ok=True)
         self._save()
 
     def _save(self) -> None:
@@ -87,9 +88,11 @@ class RankPart:
 
 def read_parts(run_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     """Every readable part in the run folder (an unreadable one is skipped: its PNGs are adopted from disk)."""
-    folder = Path(run_dir) / PARTS_DIR
+    if not os.path.lexists(Path(run_dir) / PARTS_DIR):
+        return []
+    folder = own_folder(run_dir, PARTS_DIR, "the run folder's parts folder")  # a link there is refused, not read
     parts = []
-    for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for file in sorted(folder.glob("*.json")):
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except (OSError, ValueError):

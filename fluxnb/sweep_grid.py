@@ -13,7 +13,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from .outputs import atomic_write_bytes
+from .files import atomic_write_bytes
+from .fonts import use_cjk_fallback
 from .params import GenerationRequest
 
 GRID_FILE = "sweep-grid.png"
@@ -47,6 +48,7 @@ def sweep_figure(request: GenerationRequest, images: list):
 def _draw(request: GenerationRequest, images: list) -> tuple[Any, dict[str, Any]]:
     from matplotlib.figure import Figure
 
+    use_cjk_fallback()  # a Korean (CJK) prompt in the title renders, as in the image grid (fluxnb.display)
     rows, columns = grid_layout(request)
     by_key = {_key(image.metadata): image for image in images}
     axes_names = [axis for axis, _ in request.sweep]

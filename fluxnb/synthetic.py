@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
+from .files import remove_own_folder
 from .tiny import assemble_flux_pipeline, atomic_build, build_tokenizers, cache_root, library_lines
 
 SYNTHETIC_SEED = 20251122
@@ -384,8 +384,11 @@ def ensure_synthetic_checkpoint(
 
 def remove_synthetic_checkpoint(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None,
                                 weight_set: str = "gaussian") -> None:
-    """Delete one kind's folder (disk is scarce: bf16 + 8-bit + NF4 take about 60 GB)."""
-    shutil.rmtree(synthetic_dir(kind, root, dims, weight_set), ignore_errors=True)
+    """Delete one kind's folder (disk is scarce: bf16 + 8-bit + NF4 take about 60 GB): only a real folder that
+    fluxnb built under the synthetic root; a symbolic link there is refused (fluxnb.files.remove_own_folder)."""
+    folder = synthetic_dir(kind, root, dims, weight_set)
+    if os.path.lexists(folder):
+        remove_own_folder(folder.parent, folder.name, "synthetic checkpoint")
 
 
 def remove_weight_set(weight_set: str, root: str | os.PathLike | None = None, dims: dict | None = None) -> list[str]:
@@ -393,9 +396,8 @@ def remove_weight_set(weight_set: str, root: str | os.PathLike | None = None, di
     removed = []
     for kind in KINDS:
         folder = synthetic_dir(kind, root, dims, weight_set)
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(str(folder))
+        if os.path.lexists(folder):
+            removed.append(str(remove_own_folder(folder.parent, folder.name, "synthetic checkpoint")))
     return removed
 
 

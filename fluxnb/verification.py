@@ -14,9 +14,10 @@ from typing import Any
 from .backends import get_backend
 from .diagnosis import diagnose, explain_errors
 from .doctor import FAIL, OK, Check, DoctorReport
+from .files import atomic_write_json
 from .load_report import LoadReport
 from .loading import quantization_problem
-from .outputs import RunFolder, atomic_write_json
+from .outputs import RunFolder
 from .params import GenerationRequest, make_request
 from .units import byte_unit, human_bytes
 

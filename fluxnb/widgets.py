@@ -25,9 +25,10 @@ from typing import Any
 
 from .display import caption, figure_png, show_grid, shown_path, timing_summary
 from .errors import FluxnbError, render_error
+from .files import atomic_write_bytes, own_folder
 from .generation import GeneratedImage, generate
 from .loading import LoadedModel
-from .outputs import RunFolder, atomic_write_bytes
+from .outputs import RunFolder
 from .params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, GenerationRequest, make_request
 from .units import SIZE_MULTIPLE
 
@@ -278,8 +279,7 @@ class GenerateForm:
             return None
         upload = self.upload.value[0]
         name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(upload["name"]).name) or "upload.png"
-        path = self.run.path / UPLOADS_DIR / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = own_folder(self.run.path, UPLOADS_DIR, "the run folder's uploads folder") / name
         atomic_write_bytes(path, bytes(upload["content"]))
         self.init_image.value = str(path)
         return path

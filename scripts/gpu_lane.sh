@@ -3,7 +3,8 @@
 # synthetic benchmark (FLUX.1-dev dimensions, random weights) under a 22 GB memory cap.
 #
 #   scripts/gpu_lane.sh                                  # everything, results under outputs/gpu-lane-<time>/
-#   GPU_LANE_STAGES="tests" scripts/gpu_lane.sh          # only the tests
+#   GPU_LANE_STAGES="tests" scripts/gpu_lane.sh          # only the GPU tests
+#   GPU_LANE_STAGES="unit" scripts/gpu_lane.sh           # the CPU lanes' unit tests, on this GPU machine
 #   BENCH_ARGS="--backend flux-dev --backend flux-dev-bnb-8bit" scripts/gpu_lane.sh
 #   GPU_LANE_STAGES="probe" PROBE_ARGS="--timeout 120" scripts/gpu_lane.sh   # compile probe (scripts/compile_probe.py)
 #
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/outputs/gpu-lane-$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
-STAGES=${GPU_LANE_STAGES:-"env tests bench"}
+STAGES=${GPU_LANE_STAGES:-"env unit tests bench"}
 PY=${PYTHON:-python3}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-0}
 LANE_DEADLINE=${LANE_DEADLINE:-0}  # seconds after start by which the bench must stop (0: none); partial JSON is kept
@@ -49,6 +50,18 @@ try:
     import torchao; print("torchao", torchao.__version__)
 except Exception as exc: print("torchao unavailable:", exc)
 PY
+fi
+
+if [[ " $STAGES " == *" unit "* ]]; then
+    # The test command must pass on a user's GPU box too: the unit tests with the GPU visible to the machine (the
+    # CPU lanes hide it from their own processes: tests/conftest.py). The browser, fault, notebook and installed
+    # lanes need JupyterLab, Chromium or a network, which this machine lacks.
+    # The checkout installed in editable mode, as scripts/setup.sh does (the doctor reads fluxnb's requirements from
+    # its metadata); each worker's torch on 2 threads (8 workers x 16 threads would oversubscribe the 16 cores).
+    $PY -m pip install -q --no-deps --no-build-isolation -e . || status=1
+    echo "== pytest tests/unit with the GPU visible ($(date -u +%FT%TZ)): $($PY -c 'import torch; print("cuda available:", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")')"
+    OMP_NUM_THREADS=2 $PY -m pytest tests/unit -q -rs -p no:cacheprovider -n "${UNIT_WORKERS:-8}" --dist loadfile \
+        --junitxml="$OUT/unit-tests.xml" || status=1
 fi
 
 if [[ " $STAGES " == *" tests "* ]]; then

@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
 # The whole test suite, in both supported lanes (README: "the tests"; .ci/run calls exactly this).
-#   default lane: requirements/default.txt (diffusers 0.42 / transformers 5) + the optional extras (extras.txt)
-#   guide lane:   requirements/guide.txt   (the guide's verified diffusers 0.34 / transformers 4.56)
-# Extra arguments go to pytest in both lanes.
+#   default lane: requirements/default.txt (diffusers 0.42 / transformers 5) + the test tools (test.txt), JupyterLab
+#                 (lab.txt) and the optional extras (extras.txt): every test, the browser lane and the installed
+#                 product included
+#   guide lane:   requirements/guide.txt (the guide's verified diffusers 0.34 / transformers 4.56) + the test tools:
+#                 the tests marked `stack`, those whose outcome depends on the diffusers / transformers line
+# Each lane runs on every core (pytest-xdist; FLUXNB_TEST_WORKERS=N to choose). Extra arguments go to pytest in both.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+pip_q=(-m pip --disable-pip-version-check -q)
 scripts/setup.sh default
 scripts/setup.sh guide
-.venv/bin/python -m pip --disable-pip-version-check -q install -r requirements/extras.txt  # optional extras, tested
+.venv/bin/python "${pip_q[@]}" install -r requirements/test.txt -r requirements/lab.txt -r requirements/extras.txt
+.venv-guide/bin/python "${pip_q[@]}" install -r requirements/test.txt
+
 # The browser lane (tests/browser) drives JupyterLab through Debian's chromium with Playwright (pinned in
-# requirements/default.txt; Playwright's own browser download is not used). Installed here when missing.
+# requirements/extras.txt; Playwright's own browser download is not used). Installed here when missing, waiting for
+# another apt/dpkg to finish (scripts/apt_get.sh).
+. scripts/apt_get.sh
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
   echo "installing Debian's chromium for the browser lane"
-  sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
-  $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >/dev/null
+  apt_get update -qq
+  apt_get install -y -qq chromium
 fi
+
+workers=(-n "${FLUXNB_TEST_WORKERS:-auto}" --dist loadfile)
 echo "== guide lane: $(.venv-guide/bin/python -c 'import diffusers, transformers; print("diffusers", diffusers.__version__, "transformers", transformers.__version__)')"
-# The browser lane and the fault tests run in the default lane only: what they check (JupyterLab and the pages a
-# person sees; run-folder locks, kills, full disks, multi-process batches) does not depend on the diffusers /
-# transformers line, and running them once keeps CI inside its time. The guide lane runs every unit and notebook test.
-.venv-guide/bin/python -m pytest -p no:cacheprovider -m "not gpu and not browser and not faults" "$@"
+.venv-guide/bin/python -m pytest -p no:cacheprovider "${workers[@]}" -m "stack and not gpu" "$@"
 echo "== default lane: $(.venv/bin/python -c 'import diffusers, transformers; print("diffusers", diffusers.__version__, "transformers", transformers.__version__)')"
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -p no:cacheprovider "${workers[@]}" "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-_FOLDER_MARKERS = {"notebooks": "notebook", "gpu": "gpu", "faults": "faults", "browser": "browser"}
+_FOLDER_MARKERS = {"notebooks": "notebook", "gpu": "gpu", "faults": "faults", "browser": "browser",
+                   "installed": "installed"}
+
+
+def selects_gpu_tests(markexpr: str) -> bool:
+    """Whether a -m expression selects the GPU lane (`gpu`, `gpu and not slow`), not only excludes it (`not gpu`)."""
+    return re.search(r"(?<!not )\bgpu\b", markexpr) is not None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The CPU lanes run on the CPU on every machine, a user's L4 included: CUDA is hidden from this process and
+    every process it starts (papermill kernels, CLI runs, ranks), so that `auto` picks the tiny model and pixels are
+    the same everywhere. Only a session that selects the GPU lane (`-m gpu`, scripts/gpu_lane.sh) sees the GPU."""
+    if not selects_gpu_tests(config.getoption("markexpr") or ""):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -45,6 +45,12 @@ class LoadContext:
     notes: list[str] = field(default_factory=list)
     offload: str = "none"
 
+    def hub_options(self) -> dict[str, Any]:
+        """What every from_pretrained gets: the token, the cache, and offline mode said explicitly (diffusers' model
+        classes do not read HF_HUB_OFFLINE for a sharded checkpoint: they ask the hub for the shard list and fail
+        with OfflineModeIsEnabled although the files are cached; seen with diffusers 0.42.1, huggingface_hub 1.33)."""
+        return {"token": self.token, "cache_dir": self.cache_dir, "local_files_only": offline_mode()}
+
 
 LoadFunction = Callable[[Any, LoadContext, "Backend"], object]  # (ModelSpec, context, record) -> FluxPipeline
 
@@ -289,6 +295,4 @@ def from_pretrained(ctx: LoadContext, **kwargs):
             "pointing at the same cache), or unset HF_HUB_OFFLINE; model='flux-tiny' runs offline.",
         )
     with refuse_unloaded_weights(ctx.checkpoint):
-        return FluxPipeline.from_pretrained(
-            ctx.checkpoint, torch_dtype=ctx.torch_dtype, token=ctx.token, cache_dir=ctx.cache_dir, **kwargs
-        )
+        return FluxPipeline.from_pretrained(ctx.checkpoint, torch_dtype=ctx.torch_dtype, **ctx.hub_options(), **kwargs)

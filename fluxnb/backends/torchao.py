@@ -125,14 +125,12 @@ def _quantized_components(ctx: LoadContext, backend: Backend):
 
     with refuse_unloaded_weights(ctx.checkpoint):
         text_encoder_2 = T5EncoderModel.from_pretrained(
-            ctx.checkpoint, subfolder="text_encoder_2", torch_dtype=ctx.torch_dtype, token=ctx.token,
-            cache_dir=ctx.cache_dir,
+            ctx.checkpoint, subfolder="text_encoder_2", torch_dtype=ctx.torch_dtype, **ctx.hub_options(),
         ).to("cuda")
         quantize_(text_encoder_2, weight_only_config())
         transformer = FluxTransformer2DModel.from_pretrained(
-            ctx.checkpoint, subfolder="transformer", torch_dtype=ctx.torch_dtype, token=ctx.token,
-            cache_dir=ctx.cache_dir, device_map="cuda",
-            quantization_config=TorchAoConfig(transformer_config(backend)),
+            ctx.checkpoint, subfolder="transformer", torch_dtype=ctx.torch_dtype, **ctx.hub_options(),
+            device_map="cuda", quantization_config=TorchAoConfig(transformer_config(backend)),
         )
     use_matvecs(transformer, ONE_ROW_LAYERS)
     use_fused_fp8_rows(transformer)

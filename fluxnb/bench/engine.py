@@ -32,7 +32,7 @@ from ..backends.torchao import AUTOTUNE
 from ..config import ModelConfig, ModelSpec
 from ..environment import device_info, nvidia_driver_version, package_versions
 from ..errors import RequestError
-from ..generation import compile_counters, free_memory, peak_memory, reset_peak_memory
+from ..generation import compile_counters, compile_record, free_memory, peak_memory, reset_peak_memory
 from ..loading import LoadedModel, load_model
 from ..step_cache import parse_cache
 from ..synthetic import WEIGHT_SETS, ensure_synthetic_checkpoint, remove_synthetic_checkpoint, remove_weight_set
@@ -334,17 +334,19 @@ def _load_backend(backend: BenchEntry, entry: dict[str, Any], checkpoint, s: Ben
 def _warm_then_time(model: LoadedModel, width: int, height: int, s: BenchSettings) -> dict[str, Any]:
     """A short warm-up (it pays compile and kernel costs) then the timed generation, with torch.compile's counts."""
     common = s.generation(width, height)
-    graphs0, compile0 = compile_counters()
+    counters0 = compile_counters()
     start = time.perf_counter()
     run_phases(model.pipe, steps=s.warmup_steps, **common)
     warm_seconds = time.perf_counter() - start
-    graphs1, compile1 = compile_counters()
+    counters1 = compile_counters()
     timed = run_phases(model.pipe, steps=s.steps, **common)
-    graphs2, _ = compile_counters()
+    warmup, timed_call = compile_record(counters0, counters1), compile_record(counters1, compile_counters())
     timed["warm_seconds"] = warm_seconds
     # measured by torch._dynamo: what the warm-up compiled, and that the timed call compiled nothing
-    timed["compile"] = {"warmup_new_graphs": graphs1 - graphs0, "warmup_compile_seconds": round(compile1 - compile0, 2),
-                        "timed_new_graphs": graphs2 - graphs1}
+    timed["compile"] = ({"unknown": warmup.get("unknown") or timed_call["unknown"]}
+                        if "unknown" in warmup or "unknown" in timed_call else
+                        {"warmup_new_graphs": warmup["new_graphs"], "warmup_compile_seconds": warmup["seconds"],
+                         "timed_new_graphs": timed_call["new_graphs"]})
     timed["cuda_graph"] = graph_status(model.pipe.transformer)  # captures/replays so far (None: no CUDA graph)
     return timed
 

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from ..config import load_config
-from ..generation import compile_counters
+from ..generation import compile_counters, compile_record
 from ..loading import load_model
 from .engine import parse_backend, run_phases
 
@@ -27,13 +27,13 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     if backend.cast:
         model.pipe.to(torch.bfloat16 if backend.cast == "bf16" else torch.float32)
     model.pipe.set_progress_bar_config(disable=True)
-    graphs0, compile0 = compile_counters()
+    before = compile_counters()
     start = time.perf_counter()
     run_phases(model.pipe, steps=job["warmup_steps"], **job["generation"])
     seconds = time.perf_counter() - start
-    graphs1, compile1 = compile_counters()
-    return {"first_call_seconds": round(seconds, 3), "new_graphs": graphs1 - graphs0,
-            "compile_seconds": round(compile1 - compile0, 2),
+    compiled = compile_record(before, compile_counters())
+    return {"first_call_seconds": round(seconds, 3), "new_graphs": compiled.get("new_graphs"),
+            "compile_seconds": compiled.get("seconds", compiled.get("unknown")),
             "fxgraph_cache_hits": int(counters["inductor"]["fxgraph_cache_hit"]),
             "fxgraph_cache_misses": int(counters["inductor"]["fxgraph_cache_miss"]),
             "compile_cache": model.report.compile_cache}

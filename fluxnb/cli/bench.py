@@ -72,7 +72,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--output", help="JSON path (default: outputs/bench-<time>/bench.json)")
     parser.add_argument("--chart", help="PNG path (default: beside the JSON)")
-    parser.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
     return parser
 
 

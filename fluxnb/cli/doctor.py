@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..config import load_config
 from ..doctor import check_environment, report_json
@@ -15,7 +14,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--versions", help="evaluate this version set instead of the machine: pkg=ver,... "
                         "(also driver=550.54.15, torch-cuda=13.0, capability=8.9|none)")
-    parser.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
     return parser
 
 

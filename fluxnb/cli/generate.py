@@ -53,7 +53,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--cache", help="cached mode for this run: taylorseer@N, first-block@T or off (default: the "
                         "model entry's `cache:`, off unless set)")
     parser.add_argument("--output-dir", help="base folder for run folders (default: outputs/)")
-    parser.add_argument("--config", type=Path, help="model config file (default: the project's model_config.yaml)")
     parser.add_argument("--checkpoint", help="load the weights from this local folder (hub layout) instead of the "
                         "entry's id, e.g. a synthetic checkpoint (fluxnb.synthetic)")
     parser.add_argument("--gpus", metavar="N|all", help="data parallel: one pipeline per GPU of this host, launched "

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import RequestError
-from ..outputs import atomic_write_json
+from ..files import atomic_write_json
 from ..replay import ReplayContext, results_record, run_all, summary
 
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from fluxnb.config import PROJECT_ROOT
-from fluxnb.runner import KERNEL_DISPLAY_NAME, KERNEL_NAME, NOTEBOOKS_DIR
+from fluxnb.runner import KERNEL_DISPLAY_NAME, KERNEL_NAME
+from fluxnb.workspace import copy_notebooks
+from tests.paths import REPO_ROOT
 
-SCREENSHOTS = PROJECT_ROOT / "outputs" / "browser"
+SCREENSHOTS = REPO_ROOT / "outputs" / "browser"
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
 # Flags for a headless Chromium that must not reach the network: no GPU, no QUIC, no first-run UI, no background
 # updates or sync (the user data directory is a fresh temporary one, given by Playwright's persistent context).
@@ -76,7 +77,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> Iterator[
     root, data, config, runtime = (base / name for name in ("root", "data", "config", "runtime"))
     # run folders under the project's outputs/ (not committed), shown by the forms as outputs/browser/runs-.../...
     outputs = SCREENSHOTS / f"runs-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    shutil.copytree(NOTEBOOKS_DIR, root / "notebooks")
+    copy_notebooks(root / "notebooks")  # what a person does: `fluxnb notebooks DIR`
     # The news toast would cover part of the page in screenshots.
     (config / "labconfig").mkdir(parents=True)
     (config / "labconfig" / "page_config.json").write_text(json.dumps(

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import nbformat
 
-from fluxnb.config import PROJECT_ROOT
 from fluxnb.runner import KERNEL_DISPLAY_NAME
+from tests.paths import REPO_ROOT
 
 KOREAN = "붉은 여우, 눈 속의 수채화"
 
@@ -136,7 +136,7 @@ class Form:
         self.root = page.locator(".fluxnb-form").last
         self.root.scroll_into_view_if_needed()
         shown = Path(self.root.locator(".fluxnb-header code").inner_text().strip())
-        self.run_dir = shown if shown.is_absolute() else PROJECT_ROOT / shown  # outputs/... (display.shown_path)
+        self.run_dir = shown if shown.is_absolute() else REPO_ROOT / shown  # outputs/... (display.shown_path)
         self.status = self.root.locator(".fluxnb-status")
         self.output = self.root.locator(".fluxnb-output")
 

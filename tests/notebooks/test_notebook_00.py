@@ -25,6 +25,7 @@ def test_parameters_cell():
         "model": '"auto"', "output_dir": "None", "interactive": "True"}
 
 
+@pytest.mark.stack  # in both lanes: end to end on the guide's own line too
 def test_headless_run_on_the_tiny_model_is_ready(outputs_dir):
     run_dir = run_notebook("00_setup_verification", outputs_dir=outputs_dir)
     verdict = read_verdict(run_dir)

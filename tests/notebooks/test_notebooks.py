@@ -77,6 +77,17 @@ def test_first_code_cell_says_which_kernel_to_pick_when_fluxnb_is_missing(path: 
     assert fine.returncode == 0, fine.stderr
 
 
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.stem)
+def test_papermill_reads_every_name_of_the_parameters_cell(path: Path):
+    """papermill parses the cell line by line and only logs a line it cannot read (that name is then refused by
+    `fluxnb run` as unknown): every assignment Python sees must be a parameter papermill sees."""
+    import ast
+
+    cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    assigned = [t.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign) for t in node.targets]
+    assert list(papermill.inspect_notebook(str(path))) == assigned
+
+
 @pytest.mark.parametrize("name", sorted(REQUIRED_PARAMETERS))
 def test_parameters_cell_declares_the_documented_names(name: str):
     declared = papermill.inspect_notebook(str(NOTEBOOKS_DIR / f"{name}.ipynb"))
@@ -158,6 +169,7 @@ def check_images(run_dir: Path, manifest: dict, size: tuple[int, int]) -> None:
         assert entry["backend"] == {c["name"]: c["format"] for c in manifest["load_report"]["components"]}
 
 
+@pytest.mark.stack  # in both lanes: end to end on the guide's own line too
 def test_text_to_image_notebook_records_the_run(t2i_run: Path):
     manifest = fluxnb.read_manifest(t2i_run)
     assert manifest["status"] == "complete" and manifest["job"] == "01_text_to_image"
@@ -191,6 +203,7 @@ def test_notebook_image_matches_the_package_api(t2i_run: Path, tiny_model, tiny_
     assert difference.max() <= 1  # same seed, same pixels (up to rounding between two processes)
 
 
+@pytest.mark.stack  # in both lanes: end to end on the guide's own line too
 def test_image_to_image_notebook_records_the_run(i2i_run: Path):
     manifest = fluxnb.read_manifest(i2i_run)
     assert manifest["status"] == "complete" and manifest["job"] == "02_image_to_image"

@@ -4,6 +4,7 @@ no traceback, nothing unbounded (alias bombs, huge files, /dev/zero)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -190,11 +191,12 @@ def test_resume_of_a_read_only_folder(tmp_path: Path):
     prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.getuid() == 0 else []
     done = subprocess.run([*prefix, sys.executable, "-m", "fluxnb.cli", "generate", "--resume", str(run)],
                           capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(Path(fluxnb.__file__).parent.parent)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+                              str(Path(fluxnb.__file__).parent.parent), os.environ.get("PYTHONPATH")]))})
     os.chmod(run, 0o755)
     assert done.returncode == 2, done.stderr
-    assert f"fluxnb: error: cannot write the run folder {run}: Permission denied (the folder is read-only)" \
-        in done.stderr
+    assert (f"fluxnb: error: cannot write the run folder's lock file {run / '.fluxnb-writer.lock'}: Permission denied "
+            "(the folder is read-only)") in done.stderr
     assert "Fix: make the folder writable" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -321,16 +323,27 @@ def test_diagnose_searches_the_tail_of_a_large_file(capsys, tmp_path: Path):
     assert "cuda-out-of-memory" in out.out and "its last 4,194,304 were searched" in out.err
 
 
-def test_every_symptom_pattern_is_linear_on_a_2_mb_line():
-    """For each pattern, a 2 MB line made of its own literal start repeated (the worst case of a `.*`)."""
+def _search_seconds(pattern: re.Pattern, line: str) -> float:
+    """The fastest of three searches: the least disturbed by whatever else the machine is doing."""
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        pattern.search(line)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_every_symptom_pattern_is_linear_in_its_input():
+    """For each pattern, lines of 0.5 and 2 MB made of its own literal start repeated (the worst case of a `.*`): 4x
+    the input takes about 4x the time (a quadratic search, 16x; a backtracking one, far more). A ratio of two times
+    measured side by side, not a wall-clock limit: a loaded machine slows both alike."""
     kb = load_knowledge()
     for entry in kb.entries:
         for pattern in entry.symptoms:
             prefix = re.split(r"[\\\[(.?*+{|]", pattern.pattern, maxsplit=1)[0] or "x"
-            line = (prefix * (2 * 2**20 // len(prefix) + 1))[: 2 * 2**20]
-            start = time.perf_counter()
-            pattern.search(line)
-            assert time.perf_counter() - start < 0.5, pattern.pattern
+            small, large = ((prefix * (n // len(prefix) + 1))[:n] for n in (2**19, 2 * 2**20))
+            ratio = _search_seconds(pattern, large) / max(_search_seconds(pattern, small), 1e-4)
+            assert ratio < 8, f"{pattern.pattern}: 4x the input took {ratio:.1f}x the time"
 
 
 def test_unbounded_symptom_patterns_are_refused(tmp_path: Path):

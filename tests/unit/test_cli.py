@@ -85,8 +85,8 @@ def test_cli_values_are_read_as_yaml_scalars(text, value):
     assert parse_cli_value(text) == value
 
 
-def test_run_says_first_which_model_runs_and_where_the_run_is(outputs_dir: Path):
-    done = fluxnb_cli("run", "01_text_to_image", "-p", "steps", "1")
+def test_run_says_first_which_model_runs_and_makes_only_the_images_asked_for(outputs_dir: Path):
+    done = fluxnb_cli("run", "01_text_to_image", "-p", "steps", "1", "-p", "num_images", "2")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith("NOTE: this run uses flux-tiny, the embedded tiny FLUX with RANDOM WEIGHTS")
@@ -94,4 +94,6 @@ def test_run_says_first_which_model_runs_and_where_the_run_is(outputs_dir: Path)
     run_dir = Path(lines[-1].removeprefix("run folder: "))
     assert run_dir.parent == outputs_dir
     assert {p.suffix for p in run_dir.iterdir() if p.is_file()} == {".png", ".json", ".ipynb", ".lock"}
-    assert [p.name for p in run_dir.iterdir() if p.is_dir()] == ["sweep"]  # section 8's lesson: its own run folder
+    # headless: the 2 images asked for, nothing more (section 8's lesson sweep runs in JupyterLab only)
+    assert len(list(run_dir.rglob("*.png"))) == 2 and not [p for p in run_dir.iterdir() if p.is_dir()]
+    assert len(fluxnb.read_manifest(run_dir)["images"]) == 2

@@ -15,17 +15,19 @@ import pytest
 
 from fluxnb import compile_cache
 from fluxnb.cli import main
-
-ROOT = Path(__file__).resolve().parents[2]
+from fluxnb.errors import InputError
+from tests.paths import REPO_ROOT
 
 
 def _child(key: str) -> dict:
-    """A fresh process (the session's tiny checkpoint, the compile cache folder of `key`)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """A fresh process (the session's tiny checkpoint, the compile cache folder of `key`), importing the same fluxnb
+    as this one (installed, or from PYTHONPATH on the GPU lane)."""
+    env = dict(os.environ)
     for name in (compile_cache.ENV_INDUCTOR, compile_cache.ENV_TRITON, "FLUXNB_COMPILE_CACHE_SET"):
         env.pop(name, None)
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "unit" / "compile_child.py"), key], env=env,
-                         capture_output=True, text=True, timeout=900, check=True)
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "tests" / "unit" / "compile_child.py"), key], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -76,7 +78,9 @@ def test_activate_points_inductor_and_triton_at_the_keyed_folder(tmp_path, monke
     assert os.environ[compile_cache.ENV_TRITON] == str(Path(state.path) / "triton")
     compile_cache.record_warm(state.path, "flux-dev-torchao-fp8", None, 1024, 1024)
     assert list(compile_cache.warm_index(state.path)) == ["flux-dev-torchao-fp8 1024x1024"]
-    assert compile_cache.clear(tmp_path, key="no-such-key") == []
+    with pytest.raises(InputError, match=f"(?s)compile cache key .no-such-key. is not one of the folders in "
+                       f".*use one of: {compile_cache.cache_key()}"):
+        compile_cache.clear(tmp_path, key="no-such-key")
     assert Path(state.path).exists()
 
 
@@ -85,6 +89,7 @@ def test_clear_of_nothing_is_nothing(tmp_path, folder):
     assert compile_cache.clear(tmp_path / folder) == []
 
 
+@pytest.mark.stack  # in both lanes: end to end on the guide's own line too
 def test_a_compiled_entry_loads_with_the_cache_and_records_its_warm_size(tiny_spec, monkeypatch):
     """load_model sets the cache up before compiling; the image's metadata says where it is; the size it compiled
     is recorded for the doctor."""

@@ -13,6 +13,8 @@ import torch
 from .test_generation import transformer_inputs
 from .test_step_cache import needs_hooks
 
+pytestmark = pytest.mark.stack  # in both lanes: the pipeline's own calls into the transformer differ between the lines
+
 
 @pytest.fixture
 def graphed(tiny_model):

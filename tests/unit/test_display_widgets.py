@@ -15,12 +15,12 @@ matplotlib.use("Agg")  # headless, as in CI and under papermill
 from PIL import Image  # noqa: E402
 
 import fluxnb  # noqa: E402
-from fluxnb.config import PROJECT_ROOT  # noqa: E402
 from fluxnb.display import caption, model_banner, plot_timings, show_grid, timing_summary  # noqa: E402
 from fluxnb.generation import peak_memory_bytes  # noqa: E402
+from fluxnb.packaged import SAMPLE_INIT_IMAGE  # noqa: E402
 from fluxnb.widgets import GenerateForm, image_to_image_ui, text_to_image_ui  # noqa: E402
 
-INIT_IMAGE = PROJECT_ROOT / "notebooks" / "assets" / "init_image.png"
+INIT_IMAGE = SAMPLE_INIT_IMAGE
 
 
 @pytest.fixture(scope="module")
@@ -258,8 +258,9 @@ def test_caption_shows_a_slider_strength_as_a_person_reads_it():
     assert caption({"prompt": "hills", "seed": 1, "strength": 0.05 * 12}).endswith("seed 1, strength 0.6")
 
 
-def test_paths_inside_the_project_are_shown_relative(tmp_path: Path):
+def test_paths_inside_the_current_folder_are_shown_relative(tmp_path: Path, monkeypatch):
     from fluxnb.display import shown_path
 
-    assert shown_path(PROJECT_ROOT / "outputs" / "run-1" / "0000.png") == "outputs/run-1/0000.png"
-    assert shown_path(tmp_path / "x.png") == str(tmp_path / "x.png")  # elsewhere: as it is
+    monkeypatch.chdir(tmp_path)
+    assert shown_path(tmp_path / "outputs" / "run-1" / "0000.png") == "outputs/run-1/0000.png"
+    assert shown_path(Path("/elsewhere/x.png")) == "/elsewhere/x.png"  # outside it: as it is

@@ -14,6 +14,8 @@ import fluxnb
 from fluxnb.outputs import MANIFEST, RunFolder, atomic_write_bytes, new_run_dir
 from fluxnb.params import IMAGE_TO_IMAGE
 
+pytestmark = pytest.mark.stack  # in both lanes: the pipelines generate on both lines
+
 
 def _pixels(result) -> np.ndarray:
     return np.asarray(result.image)

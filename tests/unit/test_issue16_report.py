@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fluxnb.config import PROJECT_ROOT
+from tests.paths import REPO_ROOT
 
-spec = importlib.util.spec_from_file_location("issue16_report", PROJECT_ROOT / "scripts" / "issue16_report.py")
+spec = importlib.util.spec_from_file_location("issue16_report", REPO_ROOT / "scripts" / "issue16_report.py")
 report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report)
 

@@ -9,6 +9,7 @@ operators never registered), it is produced and diagnosed here.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -21,10 +22,12 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 import fluxnb
-from fluxnb.config import PROJECT_ROOT
 from fluxnb.environment import package_version
 from fluxnb.errors import KnowledgeError
 from fluxnb.knowledge import evaluate, load_knowledge, parse_knowledge, parse_versions, supported_line
+from tests.paths import REPO_ROOT
+
+pytestmark = pytest.mark.stack  # in both lanes: version rules and the import chain of each line
 
 STABLE_IDS = [
     "torchvision-mismatch",
@@ -165,7 +168,7 @@ def test_the_fixed_combination_is_not_flagged(versions, entry_id):
 
 def _lock_versions(name: str) -> dict[str, str]:
     out = {}
-    for line in (PROJECT_ROOT / "requirements" / f"{name}.txt").read_text(encoding="utf-8").splitlines():
+    for line in (REPO_ROOT / "requirements" / f"{name}.txt").read_text(encoding="utf-8").splitlines():
         line = line.split("#")[0].strip()
         if "==" in line and not line.startswith("-"):
             req = Requirement(line)
@@ -284,7 +287,8 @@ def write_mismatched_torchvision(folder: Path) -> Path:
 def test_a_mismatched_torchvision_breaks_importing_flux_and_is_diagnosed(tmp_path):
     site = write_mismatched_torchvision(tmp_path / "site")
     out = subprocess.run([sys.executable, "-c", "from diffusers import FluxPipeline"], capture_output=True, text=True,
-                         env={**__import__("os").environ, "PYTHONPATH": str(site)}, timeout=300)
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+                             str(site), os.environ.get("PYTHONPATH")]))}, timeout=300)
     assert out.returncode != 0
     assert "operator torchvision::nms does not exist" in out.stderr
     assert "Could not import module 'CLIPImageProcessor'" in out.stderr

@@ -16,6 +16,8 @@ from fluxnb.tiny import build_tiny_pipeline, ensure_tiny_checkpoint
 
 from ..bnb_convert import convert_linears
 
+pytestmark = pytest.mark.stack  # in both lanes: the loader and its checks across the diffusers / transformers lines
+
 
 def test_tiny_load_report(tiny_model):
     report = tiny_model.report

@@ -19,6 +19,8 @@ from fluxnb.lora_files import check_loras
 from fluxnb.outputs import RunFolder
 from fluxnb.synthetic_lora import build_lora, to_kohya
 
+pytestmark = pytest.mark.stack  # in both lanes: diffusers' LoRA loading (PEFT) differs between the lines
+
 SMALL = dict(width=64, height=64, steps=2)
 
 

@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fluxnb.config import PROJECT_ROOT
+from tests.paths import REPO_ROOT
 
 
 def test_lora_bench_smoke_run_on_the_tiny_model(tmp_path: Path):
     out = tmp_path / "lora-bench.json"
-    done = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "lora_bench.py"), "--model", "flux-tiny",
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "lora_bench.py"), "--model", "flux-tiny",
                            "--size", "64x64", "--steps", "1", "--images", "1", "--rank", "2", "--out", str(out),
                            "--lora-dir", str(tmp_path / "adapters")],
                           capture_output=True, text=True, timeout=300)

@@ -21,6 +21,8 @@ from fluxnb.environment import package_version
 from fluxnb.knowledge import load_knowledge
 from fluxnb.runner import run_notebook
 
+pytestmark = pytest.mark.stack  # in both lanes: the guide's attempts fail differently on each line
+
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
 HAS_QUANTO = importlib.util.find_spec("optimum") is not None and importlib.util.find_spec("optimum.quanto") is not None
 DIFFUSERS = Version(package_version("diffusers"))

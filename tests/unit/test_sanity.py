@@ -9,6 +9,8 @@ from PIL import Image
 
 from fluxnb.sanity import MOSAIC_RATIO, blockiness, check_image
 
+pytestmark = pytest.mark.stack  # in both lanes: images from each line
+
 RNG = np.random.default_rng(20251122)
 
 

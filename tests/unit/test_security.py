@@ -13,6 +13,8 @@ import pytest
 import fluxnb
 from fluxnb.runner import read_parameters_file, run_notebook
 
+pytestmark = pytest.mark.stack  # in both lanes: the hub's token lookup (huggingface_hub 0.x and 2.x)
+
 FAKE_TOKEN = "hf_fluxnbFAKEtoken0123456789abcdefXYZ"
 
 

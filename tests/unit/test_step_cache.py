@@ -14,6 +14,8 @@ from fluxnb import step_cache
 from fluxnb.errors import RequestError
 from fluxnb.step_cache import parse_cache
 
+pytestmark = pytest.mark.stack  # in both lanes: the cache hooks exist from diffusers 0.36 on (the guide line refuses)
+
 HOOKS = step_cache.unavailable_reason(parse_cache("taylorseer@2")) is None
 needs_hooks = pytest.mark.skipif(not HOOKS, reason="this lane's diffusers has no cache hooks (refusal tested below)")
 

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,10 @@ def test_sweep_images_carry_their_coordinates_and_the_grid_has_one_cell_each(tin
     assert [e["sweep"] for e in manifest["images"][:4]] == [
         {"guidance_scale": 2.0, "steps": 1}, {"guidance_scale": 5.0, "steps": 1},
         {"guidance_scale": 2.0, "steps": 2}, {"guidance_scale": 5.0, "steps": 2}]
-    grid = save_sweep_grid(request, images, run.path)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        grid = save_sweep_grid(request, images, run.path)
+    assert not [w for w in seen if "missing from font" in str(w.message)]  # the prompt's 狐狸 has its glyphs
     assert grid == run.path / GRID_FILE and grid.is_file()
     layout = read_grid_layout(grid)
     assert (layout["rows"], layout["columns"]) == (4, 2)  # 2 seeds x 2 step values, 2 guidance values

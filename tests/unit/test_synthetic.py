@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import fluxnb
 from fluxnb.synthetic import inject_outliers
+
+pytestmark = pytest.mark.stack  # in both lanes: checkpoints written and read by each line
 
 
 def _inputs(config, tokens: int = 64, text: int = 16) -> dict:

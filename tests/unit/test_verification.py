@@ -10,6 +10,8 @@ from fluxnb.footprint import ComponentFootprint
 from fluxnb.loading import LoadReport
 from fluxnb.verification import SetupVerification, memory_figure, quantization_rows, read_verdict
 
+pytestmark = pytest.mark.stack  # in both lanes: notebook 00's verification on each line
+
 
 def test_memory_figure_shows_the_guide_beside_the_measurement(tiny_model):
     fig = memory_figure(tiny_model.report.components)
