@@ -121,6 +121,23 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, ensure_ascii=False, default=str).encode("utf-8"))
 
 
+def append_line(path: str | os.PathLike, line: bytes) -> int:
+    """Append one line to `path` (made when missing, never through a link) and flush it to disk; the file's size
+    after it. A crash leaves at worst a torn last line, which a reader skips."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _link_refused(Path(path), "file") from None
+        raise
+    try:
+        os.write(fd, line if line.endswith(b"\n") else line + b"\n")
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
 def real_subfolders(parent: str | os.PathLike) -> list[Path]:
     """The folders directly inside `parent` that are real folders (symbolic links left out), sorted by name."""
     parent = Path(parent)

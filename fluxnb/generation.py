@@ -24,7 +24,7 @@ from .loading import LoadedModel
 from .lora import apply_loras, records, set_scales
 from .memory import apply_gpu_memory_limit, free_memory, peak_memory, reset_peak_memory
 from .outputs import IDENTITY_KEYS, RunFolder, identity
-from .params import IMAGE_TO_IMAGE, GenerationRequest, load_image_file
+from .params import IMAGE_TO_IMAGE, GenerationRequest, load_image_file, refuse_changed_inputs
 from .sanity import check_image
 from .step_cache import effective, parse_cache, switched
 from .sweeps import lora_axis
@@ -261,9 +261,12 @@ def generate(
     if request.loras:
         common.update(loras=records(request.loras), lora_fused=lora_record["fused"])
     names = [choice.name for choice in request.loras]
+    if getattr(run, "resumed_parameters", None):  # a resumed run folder: its images came from these files
+        refuse_changed_inputs(run.resumed_parameters, run.path)
     done = _already_done(run) if run is not None else {}
     batch = _Batch()
-    items = request.points() if only is None else [p for p in request.points() if p["index"] in set(only)]
+    wanted = None if only is None else set(only)  # once, not per item: a 10,000-item shard filter stays linear
+    items = request.points() if wanted is None else [p for p in request.points() if p["index"] in wanted]
     for note in truncation_notes(pipe, request):
         print(note, file=sys.stderr, flush=True)
     echoing = [logging.getLogger(type(pipe).__module__), logging.getLogger("transformers.tokenization_utils_base")]

@@ -19,13 +19,13 @@ from . import compile_cache, step_cache
 from .attention import attention_backend
 from .backends import Backend, LoadContext, check_device, compile_wanted, get_backend
 from .config import ModelConfig, ModelSpec, load_config
-from .errors import LoadError, ModelUnavailableError, QuantizationError
+from .errors import InputError, LoadError, ModelUnavailableError, QuantizationError
 from .footprint import ComponentFootprint, pipeline_footprint
 from .hub import cache_folder, find_corrupt_weights, hf_token
 from .load_report import LoadReport
 from .memory import apply_gpu_memory_limit, free_memory
 from .selection import resolve_model
-from .tiny import ensure_tiny_checkpoint
+from .tiny import ensure_tiny_checkpoint, tiny_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -133,13 +133,39 @@ def _progress_bars(enabled: bool):
             module.enable_progress_bar()
 
 
+def check_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """A local checkpoint folder in the hub layout (a model_index.json beside its components), or an InputError
+    naming what it is instead, before any run folder is made or weights read."""
+    folder = Path(checkpoint).expanduser()
+    fix = "give the folder of a checkpoint in the hub layout (model_index.json, transformer/, text_encoder/, ...)"
+    if not folder.exists():
+        raise InputError(f"checkpoint {folder} does not exist.", fix=fix)
+    if not folder.is_dir():
+        raise InputError(f"checkpoint {folder} is a file, not a checkpoint folder.", fix=fix)
+    if not (folder / "model_index.json").is_file():
+        raise InputError(f"checkpoint {folder} holds no model_index.json: it is not a diffusers checkpoint "
+                         f"({len(list(folder.iterdir()))} entries in it).", fix=fix)
+    return folder
+
+
 def _weights_source(spec: ModelSpec, backend: Backend, checkpoint: str | os.PathLike | None) -> tuple[str, str]:
     """Where the weights come from and how the report names them."""
     if checkpoint is not None:
-        return str(checkpoint), "local checkpoint"
+        return str(check_checkpoint(checkpoint)), "local checkpoint"
     if backend.embedded:
-        return str(ensure_tiny_checkpoint()), TINY_WEIGHTS
+        return str(embedded_checkpoint()), TINY_WEIGHTS
     return spec.id, "hub checkpoint"
+
+
+def embedded_checkpoint() -> Path:
+    """The tiny checkpoint, built on first use into fluxnb's cache; a cache fluxnb cannot write (a read-only
+    folder or home) is named with the fix, not a traceback."""
+    try:
+        return ensure_tiny_checkpoint()
+    except OSError as exc:
+        raise InputError(f"cannot build the embedded tiny model in {tiny_cache_dir()}: {exc.strerror or exc}.",
+                         fix="point FLUXNB_CACHE at a folder you can write (e.g. export FLUXNB_CACHE=/tmp/fluxnb-cache)"
+                         ) from None
 
 
 def _token_for(spec: ModelSpec, checkpoint: str | os.PathLike | None) -> str | None:
@@ -272,7 +298,12 @@ def _speed_setup(spec: ModelSpec, backend: Backend, ctx: LoadContext):
         step_cache.require_available(setting, parameter=f"{spec.name}.cache")
     if not compile_wanted(spec, backend)[0]:
         return setting, None
-    state = compile_cache.activate()
+    try:
+        state = compile_cache.activate()
+    except OSError as exc:
+        raise InputError(f"cannot use the compile cache in {compile_cache.compile_root()}: {exc.strerror or exc}.",
+                         fix="point FLUXNB_CACHE at a folder you can write, or FLUXNB_COMPILE=0 to run uncompiled"
+                         ) from None
     ctx.notes.append(state.note())
     return setting, state
 

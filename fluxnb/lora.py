@@ -49,6 +49,7 @@ def _load(pipe, choice: LoraChoice, adapter_name: str, **kwargs: Any) -> None:
     The folder and weight_name are passed separately: diffusers 0.34 in offline mode insists on a weight_name.
     """
     file = Path(local_path(choice))
+    channels = pipe.transformer.config.in_channels
     try:
         pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=adapter_name, **kwargs)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
@@ -61,6 +62,12 @@ def _load(pipe, choice: LoraChoice, adapter_name: str, **kwargs: Any) -> None:
                                "a LoRA trained for FLUX.1-dev.") from None
         raise RequestError("loras", f"LoRA file {choice.file!r} could not be applied to this model: {first}",
                            fix="check that it is a FLUX.1-dev LoRA; `fluxnb diagnose` explains known errors.") from None
+    wanted = pipe.transformer.config.in_channels
+    if wanted != channels:  # diffusers widened the input layer for it (a FLUX Control LoRA): the first image would die
+        pipe.unload_lora_weights(reset_to_overwritten_params=True)  # every adapter out, the layer as it was
+        raise RequestError("loras", f"LoRA file {choice.file!r} expects {wanted} input channels (a FLUX Control "
+                           f"LoRA, made for the Canny or Depth model); this model takes {channels}.",
+                           fix="use a LoRA trained for FLUX.1-dev itself")
 
 
 def _scale_in_place(pipe, scale: float) -> None:
@@ -125,7 +132,12 @@ def apply_loras(model: LoadedModel, loras: tuple[LoraChoice, ...], fuse: bool = 
             state.loaded.pop(name)
     for choice in loras:
         if choice.name not in state.loaded:
-            _load(pipe, choice, choice.name)
+            try:
+                _load(pipe, choice, choice.name)
+            except RequestError:
+                if not getattr(pipe.transformer, "peft_config", None):  # _load unloaded every adapter
+                    state.loaded, state.scales = {}, {}
+                raise
             state.loaded[choice.name] = choice.sha256
     pipe.set_adapters(list(scales), adapter_weights=list(scales.values()))
     state.scales = scales

@@ -19,6 +19,7 @@ from typing import Any
 from .environment import package_version
 from .errors import RequestError
 from .hub import hf_cache_dir, hf_token
+from .userfiles import describe_path
 
 PARAMETER = "loras"
 # Compiled models pad every adapter to this rank once (diffusers' enable_lora_hotswap default target_rank), so that
@@ -92,6 +93,9 @@ def resolve_file(source: str) -> tuple[Path, str]:
     file = Path(source).expanduser()
     if file.is_file():
         return file, _home_relative(file)
+    problem = describe_path(file)
+    if file.exists() and not file.is_dir() and problem:  # a pipe, a device, unreadable: named as what it is
+        raise _fail(f"LoRA file {source!r}", problem, "give the path of a .safetensors LoRA file.")
     if file.is_dir():
         found = sorted(file.glob("*.safetensors"))
         if len(found) == 1:

@@ -26,17 +26,23 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FluxnbError, InputError, OutputWriteError, RunFolderBusy
-from .files import atomic_write_bytes, atomic_write_json, open_lock_file, own_folder, try_lock
-from .userfiles import decode_utf8, describe_path
+from .files import append_line, atomic_write_bytes, open_lock_file, own_folder, try_lock
+from .userfiles import MAX_MANIFEST_BYTES, decode_utf8, describe_path
 
 MANIFEST = "manifest.json"
+# A batch's images are listed without rewriting the whole manifest after each one (that would cost a batch of n
+# images n^2/2 entries of writing): while manifest.json is small it is rewritten after every image (cheap, and
+# readers of the file see each image at once); beyond SMALL_MANIFEST_BYTES each entry is appended to MANIFEST_LOG
+# (one JSON line, flushed), and manifest.json is rewritten, and the log emptied, once the log is as large as it.
+# Every image thus costs a bounded number of bytes written. read_manifest adds the log's entries.
+MANIFEST_LOG = "manifest.log"
+SMALL_MANIFEST_BYTES = 256 * 1024
 PNG_METADATA_KEY = "fluxnb"
 LOCK_FILE = ".fluxnb-writer.lock"
 # A process started by the lock's holder to write for it (the Jupyter kernel of `fluxnb run`) finds the holder's
 # token in this variable and writes under the holder's lock instead of being refused.
 LOCK_TOKEN_ENV = "FLUXNB_RUN_LOCK_TOKEN"
 SET_ASIDE = "set-aside"  # files a resume could not account for are moved here, never deleted
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 # The parameters that make an image's pixels: two items with the same values are the same image.
 IDENTITY_KEYS = ("mode", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
                  "max_sequence_length", "strength", "init_image", "cache")
@@ -226,6 +232,7 @@ class RunFolder:
     def __init__(self, path: Path, job: str):
         self.path = Path(path)
         self.job = job
+        self.resumed_parameters: dict[str, Any] | None = None  # a new run: nothing it started from before
         self._take_lock()
         self.manifest: dict[str, Any] = {
             "job": job,
@@ -296,6 +303,7 @@ class RunFolder:
         run._take_lock()  # before reading: another writer may be about to change it
         manifest = read_manifest(path)
         run.job, run.manifest = manifest.get("job", path.name), manifest
+        run.resumed_parameters = dict(manifest.get("parameters") or {})  # what the run started from (generate())
         manifest.setdefault("failures", [])
         run._account_for_files()
         manifest.update(status="running", resumed=manifest.get("resumed", 0) + 1)
@@ -359,10 +367,31 @@ class RunFolder:
                 "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     def _save_manifest(self) -> None:
+        """Rewrite manifest.json whole (it then holds every entry of the log, which is emptied)."""
+        data = json.dumps(self.manifest, indent=2, ensure_ascii=False, default=str).encode("utf-8")
+        if len(data) > MAX_MANIFEST_BYTES:  # fluxnb.params bounds a request well under this: a tampered manifest
+            raise OutputWriteError(self.path / MANIFEST, OSError(f"it would hold {len(data):,} bytes, more than the "
+                                                                 f"{MAX_MANIFEST_BYTES:,} fluxnb reads back"))
         try:
-            atomic_write_json(self.path / MANIFEST, self.manifest)
+            atomic_write_bytes(self.path / MANIFEST, data)
+            (self.path / MANIFEST_LOG).unlink(missing_ok=True)
         except OSError as exc:
             raise OutputWriteError(self.path / MANIFEST, exc) from None
+        self._manifest_bytes, self._log_bytes = len(data), 0
+
+    def _list_image(self, entry: dict[str, Any]) -> None:
+        """Add one image's entry: appended to the log, or the manifest rewritten (while it is small, or once the
+        log has grown as large as it): a bounded cost per image, whatever the batch's size."""
+        self.manifest["images"].append(entry)
+        if getattr(self, "_manifest_bytes", 0) <= SMALL_MANIFEST_BYTES or \
+                getattr(self, "_log_bytes", 0) >= self._manifest_bytes:
+            self._save_manifest()
+            return
+        line = json.dumps(entry, ensure_ascii=False, default=str).encode("utf-8")
+        try:
+            self._log_bytes = append_line(self.path / MANIFEST_LOG, line)
+        except OSError as exc:
+            raise OutputWriteError(self.path / MANIFEST_LOG, exc) from None
 
     def record(self, **fields: Any) -> None:
         """Store run-level facts (model, load_report, parameters...) in the manifest now."""
@@ -399,10 +428,19 @@ class RunFolder:
             self.manifest.setdefault("set_aside", []).append(
                 self._set_aside(target, "was in the way of an image of this run (not listed in the manifest)"))
         self.write_png(self.path, image, metadata)
-        self.manifest["images"].append({"file": target.name, **metadata})
-        self.manifest["failures"] = [f for f in self.manifest["failures"] if f.get("index") != metadata.get("index")]
-        self._save_manifest()
+        failures = [f for f in self.manifest["failures"] if f.get("index") != metadata.get("index")]
+        if len(failures) != len(self.manifest["failures"]):  # an item that failed before: its failure goes
+            self.manifest["failures"] = failures
+            self.manifest["images"].append({"file": target.name, **metadata})
+            self._save_manifest()
+        else:
+            self._list_image({"file": target.name, **metadata})
         return target
+
+    def add_images(self, entries: list[dict[str, Any]]) -> None:
+        """List images another process wrote (a Ray actor's), each at the cost of one (fluxnb.raybatch)."""
+        for entry in entries:
+            self._list_image(entry)
 
     def record_failure(self, failure: dict[str, Any]) -> None:
         """List a failed image in the manifest (replacing an earlier failure of the same image)."""
@@ -450,13 +488,14 @@ def read_png_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """A run folder's manifest, checked enough to resume from: a JSON object whose images each name their file.
+    """A run folder's manifest, with the entries of its log (MANIFEST_LOG), checked enough to resume from.
 
     Returns:
         dict: the manifest (status, model, parameters, images, failures...).
 
     Raises:
-        FluxnbError: no manifest there, or one that is not a fluxnb manifest (named, with the fix).
+        InputError: no manifest there, or one that is not a fluxnb manifest (named, with what is wrong and the fix):
+            too large, not UTF-8 JSON, nested too deep, or a field of the wrong type.
     """
     path = Path(run_dir) / MANIFEST
     fix = ("restore manifest.json from a backup, or start a new run (the PNGs keep their own metadata: "
@@ -464,18 +503,81 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     problem = describe_path(path)
     if problem:
         raise InputError(f"{path} {problem}; {Path(run_dir)} is not a resumable run folder.", fix=fix)
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise InputError(f"{path} is larger than {MAX_MANIFEST_BYTES:,} bytes; it was not written by fluxnb.", fix=fix)
-    text = decode_utf8(path.read_bytes(), str(path), fix)
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); it was not written by fluxnb, or was damaged.",
-                         fix=fix) from None
+    manifest = read_own_json(path, fix)
     problems = _manifest_problems(manifest)
     if problems:
         raise InputError(f"{path} is not a fluxnb manifest: {'; '.join(problems[:3])}.", fix=fix)
+    manifest.setdefault("images", [])
+    manifest.setdefault("failures", [])
+    listed = {entry["file"] for entry in manifest["images"]}
+    for entry in _log_entries(Path(run_dir) / MANIFEST_LOG):
+        if entry["file"] not in listed:
+            manifest["images"].append(entry)
+            listed.add(entry["file"])
     return manifest
+
+
+def read_own_json(path: Path, fix: str) -> Any:
+    """A JSON file fluxnb wrote (a manifest, a run record), read within the limits it writes to: a tampered one is
+    refused with what is wrong (too large, not UTF-8, not JSON, nested too deep, a number too long), not a traceback."""
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise InputError(f"{path} is {size:,} bytes, larger than the {MAX_MANIFEST_BYTES:,} fluxnb writes; it was not "
+                         "written by fluxnb, or was edited.", fix=fix)
+    with open(path, "rb") as handle:
+        text = decode_utf8(handle.read(MAX_MANIFEST_BYTES + 1), str(path), fix)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InputError(f"{path} is nested too deep to be a file fluxnb wrote.", fix=fix) from None
+    except ValueError as exc:  # JSONDecodeError, and a number of thousands of digits (int conversion limit)
+        raise InputError(f"{path} is not valid JSON ({str(exc)[:200]}); it was not written by fluxnb, or was damaged.",
+                         fix=fix) from None
+
+
+def _log_entries(path: Path) -> list[dict[str, Any]]:
+    """The image entries of a manifest log; a line a crash cut short (or one that is not an entry) is skipped: the
+    PNG it named carries its own metadata, and the resume adopts it."""
+    if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_MANIFEST_BYTES:
+        return []
+    entries = []
+    with open(path, "rb") as handle:
+        for line in handle.read(MAX_MANIFEST_BYTES).splitlines():
+            try:
+                entry = json.loads(line.decode("utf-8"))
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(entry, dict) and not _entry_problems(entry, "log entry"):
+                entries.append(entry)
+    return entries
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# Fields a resume reads, and the types they must have (a manifest someone edited is refused, not crashed on).
+_TOP_TYPES: dict[str, tuple[type, ...]] = {"job": (str,), "status": (str,), "model": (dict, type(None)),
+                                           "parameters": (dict, type(None)), "set_aside": (list,),
+                                           "parallel": (dict,), "resumed": (int,)}
+_ENTRY_TYPES: dict[str, tuple[type, ...]] = {"seed": (int,), "prompt": (str,), "sweep": (dict, type(None)),
+                                             "parallel": (dict,), "peak_memory": (dict,), "seconds": (int, float)}
+
+
+def _entry_problems(entry: dict[str, Any], where: str) -> list[str]:
+    problems = []
+    file = entry.get("file")
+    if not isinstance(file, str):
+        problems.append(f"{where} has no \"file\" name")
+    elif Path(file).name != file or file.startswith("."):
+        problems.append(f"{where}.file {file[:80]!r} is not a plain file name in the run folder")
+    index = entry.get("index", 0)
+    if not _is_int(index) or index < 0:
+        problems.append(f"{where}.index must be a non-negative integer, got {str(index)[:40]!r}")
+    for key, types in _ENTRY_TYPES.items():
+        if key in entry and not isinstance(entry[key], types):
+            problems.append(f"{where}.{key} is a JSON {type(entry[key]).__name__}")
+    return problems
 
 
 def _manifest_problems(manifest: Any) -> list[str]:
@@ -484,14 +586,20 @@ def _manifest_problems(manifest: Any) -> list[str]:
     images = manifest.get("images", [])
     if not isinstance(images, list):
         return [f"`images` is a JSON {type(images).__name__}, not a list"]
-    problems = []
+    problems = [f"`{key}` is a JSON {type(manifest[key]).__name__}" for key, types in _TOP_TYPES.items()
+                if key in manifest and not isinstance(manifest[key], types)]
     for i, entry in enumerate(images):
         if not isinstance(entry, dict):
             problems.append(f"images[{i}] is a JSON {type(entry).__name__}, not an object")
-        elif not isinstance(entry.get("file"), str):
-            problems.append(f"images[{i}] has no \"file\" name")
-        elif Path(entry["file"]).name != entry["file"] or entry["file"].startswith("."):
-            problems.append(f"images[{i}].file {entry['file'][:80]!r} is not a plain file name in the run folder")
-    if not isinstance(manifest.get("failures", []), list):
+        else:
+            problems += _entry_problems(entry, f"images[{i}]")
+    failures = manifest.get("failures", [])
+    if not isinstance(failures, list):
         problems.append("`failures` is not a list")
+    else:
+        problems += [f"failures[{i}] is not an object with an integer index" for i, failure in enumerate(failures)
+                     if not isinstance(failure, dict) or not _is_int(failure.get("index", 0))]
+    model = manifest.get("model")
+    if isinstance(model, dict) and "name" in model and not isinstance(model["name"], str):
+        problems.append("`model.name` is not a name")
     return problems

@@ -7,6 +7,7 @@ before minutes are spent loading 17 GB of weights.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,16 +18,23 @@ from . import sweeps
 from .backends import REGISTRY, compile_wanted, get_backend, lora_for
 from .config import ModelSpec
 from .errors import InputError, RequestError
-from .lora_files import HOTSWAP_RANK, LoraChoice, check_loras, check_scale
+from .lora_files import HOTSWAP_RANK, LoraChoice, check_loras, check_scale, sha256_of
 from .step_cache import request_cache
 from .units import SIZE_MULTIPLE, is_image_side
-from .userfiles import describe_path, parse_yaml, read_text_file
+from .userfiles import MAX_MANIFEST_BYTES, describe_path, parse_yaml, read_text_file
 
 TEXT_TO_IMAGE = "text-to-image"
 IMAGE_TO_IMAGE = "image-to-image"
 MAX_IMAGES_PER_PROMPT = 64
 MAX_SEED = 2**63 - 1
 MAX_PROMPTS = 1000  # per request: a longer batch belongs in several runs (each run folder stays manageable)
+# Images per request, sweeps and every prompt counted: 10,000 FLUX images are days of an L4's time; a larger batch
+# belongs in several runs. And what the request's manifest will weigh (README "Guarantees"): each image's entry is
+# its prompt's JSON text plus about 2 KB of metadata (1.9 KB measured on the CPU, more with GPU figures and LoRA
+# records: counted as MANIFEST_ENTRY_BYTES), which must stay under three quarters of the manifest's read limit.
+MAX_IMAGES_PER_REQUEST = 10_000
+MANIFEST_ENTRY_BYTES = 3072
+MANIFEST_BUDGET = MAX_MANIFEST_BYTES * 3 // 4
 MAX_INIT_IMAGE_PIXELS = 64_000_000  # an init image is resized to width x height; larger files are refused unread
 
 
@@ -46,6 +54,8 @@ class GenerationRequest:
         loras / fuse_loras: LoRA adapters (fluxnb.lora_files) and whether to fuse them into the weights.
         sweep: ((axis, values), ...) expanded into the batch (fluxnb.sweeps); each image records its coordinates.
         cache: the cached mode for this request (None: the entry's; "off"; or a setting of fluxnb.step_cache).
+        init_image_sha256: the starting picture's SHA-256 (a resume refuses a picture changed since: see
+            changed_inputs; LoRA files carry theirs in `loras`).
     """
 
     mode: str
@@ -64,6 +74,7 @@ class GenerationRequest:
     fuse_loras: bool = False
     sweep: sweeps.Sweep = ()  # ((axis, values), ...): see fluxnb.sweeps
     cache: str | None = None  # cached mode for this request: None = the entry's, "off", or a setting (step_cache)
+    init_image_sha256: str | None = None
 
     def points(self) -> list[dict[str, Any]]:
         """Every image of the request with its sweep coordinates (fluxnb.sweeps.expand); without a sweep, the
@@ -237,9 +248,50 @@ def read_prompts_file(path: str | Path) -> list[str]:
 
 
 def request_from_dict(spec: ModelSpec, data: dict[str, Any]) -> GenerationRequest:
-    """Rebuild (and re-validate) a request from GenerationRequest.to_dict(), e.g. a manifest's parameters."""
+    """Rebuild (and re-validate) a request from GenerationRequest.to_dict(), e.g. a manifest's parameters.
+
+    Raises:
+        RequestError: a value make_request refuses, or a stored request that is not one (no prompts, unknown keys:
+            a manifest someone edited).
+    """
+    fields = {field.name for field in dataclasses.fields(GenerationRequest)}
+    unknown = sorted(str(key) for key in data if key not in fields)
+    if "prompts" not in data or unknown:
+        what = f"unknown keys {', '.join(unknown)[:200]}" if unknown else "no prompts"
+        raise RequestError("parameters", f"the stored request has {what}: it was not written by fluxnb, or was "
+                           "edited.", fix="start a new run with the request you want")
     data = dict(data)
+    data.pop("init_image_sha256", None)  # computed again from the file (changed_inputs compares the two)
     return make_request(spec, prompt=data.pop("prompts"), **data)
+
+
+def changed_inputs(stored: dict[str, Any]) -> list[tuple[str, str]]:
+    """The input files of a run's stored request (its init image, its LoRA files) whose content is not what the
+    run started from, as (parameter, "PATH: SHA-256 abc... when the run started, def... now" or "... missing now").
+    A resume of such a run would mix two pictures or two adapters in one batch."""
+    files = [("init_image", stored.get("init_image"), stored.get("init_image_sha256"))]
+    files += [("loras", lora.get("path"), lora.get("sha256")) for lora in stored.get("loras") or []
+              if isinstance(lora, dict)]
+    changes = []
+    for parameter, path, digest in files:
+        if not isinstance(path, str) or not isinstance(digest, str):
+            continue  # not recorded (a run from before digests, or a hub id)
+        file = Path(path).expanduser()
+        now = sha256_of(file) if file.is_file() else None
+        if now != digest:
+            changes.append((parameter, f"{path}: SHA-256 {digest[:12]}... when the run started, "
+                            + (f"{now[:12]}... now" if now else "missing now")))
+    return changes
+
+
+def refuse_changed_inputs(stored: dict[str, Any], run_dir: str | Path) -> None:
+    """A resume finishes the original request with its original files: refused (RequestError) when one changed."""
+    changes = changed_inputs(stored)
+    if changes:
+        raise RequestError(changes[0][0], f"the run in {run_dir} was started from other file contents than are there "
+                           f"now ({'; '.join(text for _, text in changes)}); resuming would mix both in one batch.",
+                           fix="put the original files back to resume, or start a new run (without --resume) for "
+                           "the new ones; the finished images of this run stay as they are")
 
 
 def _check_compiled_minimum(spec: ModelSpec, width: int, height: int, max_sequence_length: int) -> None:
@@ -400,7 +452,8 @@ def make_request(
     if problems:
         raise RequestError.several(problems)
     request = GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
-                                max_sequence_length, path, strength_value, cache=cache)
+                                max_sequence_length, path, strength_value, cache=cache,
+                                init_image_sha256=sha256_of(Path(path)))
     return _explore(spec, request, loras, fuse_loras, sweep)
 
 
@@ -436,11 +489,12 @@ def _explore(spec: ModelSpec, request: GenerationRequest, loras: Any, fuse_loras
     if choices:
         _check_lora_backend(spec, choices, fuse)
     if sweep in (None, {}, [], ()):
-        return dataclasses.replace(request, loras=choices, fuse_loras=fuse)
+        return _bounded(dataclasses.replace(request, loras=choices, fuse_loras=fuse))
     names = [choice.name for choice in choices]
-    base = dict(prompt=list(request.prompts), negative_prompt=request.negative_prompt, seed=request.seed,
+    # each axis value is checked as that parameter of a one-image request (the request's size is checked after)
+    base = dict(prompt=request.prompts[0], negative_prompt=request.negative_prompt, seed=request.seed,
                 steps=request.steps, guidance_scale=request.guidance_scale, width=request.width,
-                height=request.height, num_images=request.num_images, max_sequence_length=request.max_sequence_length,
+                height=request.height, num_images=1, max_sequence_length=request.max_sequence_length,
                 init_image=request.init_image, strength=request.strength, mode=request.mode, cache=request.cache)
 
     def validate(axis: str, value: Any) -> Any:
@@ -455,4 +509,38 @@ def _explore(spec: ModelSpec, request: GenerationRequest, loras: Any, fuse_loras
     if fuse and any(sweeps.lora_axis(axis, names) for axis, _ in checked):
         raise RequestError("sweep", "a LoRA scale cannot be swept with fuse_loras=True: fusing bakes one scale into "
                            "the weights.", fix="set fuse_loras=False for the sweep.")
-    return dataclasses.replace(request, loras=choices, fuse_loras=fuse, sweep=checked)
+    return _bounded(dataclasses.replace(request, loras=choices, fuse_loras=fuse, sweep=checked))
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+
+
+def manifest_estimate(request: GenerationRequest) -> int:
+    """An upper estimate of the bytes the request's manifest will hold: each image's entry (its prompt, negative
+    prompt and LoRA records as JSON, plus MANIFEST_ENTRY_BYTES of metadata), and the request itself once."""
+    per_prompt = request.num_images * math.prod(len(values) for _, values in request.sweep)
+    shared = MANIFEST_ENTRY_BYTES + _json_bytes(request.negative_prompt) + _json_bytes(
+        [choice.to_dict() for choice in request.loras])
+    return sum(per_prompt * (shared + _json_bytes(p)) for p in request.prompts) + _json_bytes(request.to_dict())
+
+
+def _bounded(request: GenerationRequest) -> GenerationRequest:
+    """Refuse, before anything loads, a request larger than one run folder holds (counted, never expanded)."""
+    sweep_points = math.prod(len(values) for _, values in request.sweep)
+    images = len(request.prompts) * request.num_images * sweep_points
+    shape = f"{len(request.prompts):,} prompt(s) x {request.num_images} image(s)" + (
+        f" x {sweep_points:,} sweep point(s)" if request.sweep else "")
+    if images > MAX_IMAGES_PER_REQUEST:
+        runs = math.ceil(images / MAX_IMAGES_PER_REQUEST)
+        raise RequestError("num_images", f"this request makes {images:,} images ({shape}); one run makes at most "
+                           f"{MAX_IMAGES_PER_REQUEST:,}.",
+                           fix=f"split it into {runs} runs or more (fewer prompts, images or sweep values each)")
+    weight = manifest_estimate(request)
+    if weight > MANIFEST_BUDGET:
+        runs = math.ceil(weight / MANIFEST_BUDGET)
+        raise RequestError("prompt", f"this request's manifest would hold about {weight / 2**20:,.1f} MiB ({shape}, "
+                           f"with their prompts); one run folder's manifest holds at most "
+                           f"{MANIFEST_BUDGET / 2**20:.0f} MiB.", fix=f"split it into {runs} runs or more, or shorten "
+                           "the prompts")
+    return request

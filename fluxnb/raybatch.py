@@ -145,6 +145,7 @@ def run_on_ray(run: RunFolder, *, address: str, asked: str | None, total: int, c
         launch.update(wall_seconds=round(time.perf_counter() - start, 3), workers_lost=lost)
     finally:
         ray.shutdown()
+    run.manifest["images"].sort(key=lambda e: e.get("index", 0))  # in item order, once the launch is over
     missing = pending_indexes(run.path, run.manifest, total)
     if missing:
         run.record(status="incomplete")
@@ -178,13 +179,16 @@ def _dispatch(ray, run: RunFolder, pending: list[int], workers: int, device: str
             queue.appendleft(index)
             log(f"a Ray worker died ({type(exc).__name__}); image {index} goes to another worker", flush=True)
             continue
-        for entry in result["images"]:
-            if (run.path / entry["file"]).is_file():
-                run.manifest["images"].append(entry)
-                log(f"worker {entry['parallel']['worker']}: {run.path / entry['file']}", flush=True)
-        for failure in result["failures"]:
-            run.manifest["failures"].append(failure)
-        run.manifest["images"].sort(key=lambda e: e.get("index", 0))
-        run.record()
+        except ray.exceptions.RayTaskError as exc:  # fluxnb's own error in an actor (a LoRA that does not fit):
+            if isinstance(exc.cause, FluxnbError):  # shown as it is, not as Ray's wrapper
+                raise exc.cause from None
+            raise
+        entries = [entry for entry in result["images"] if (run.path / entry["file"]).is_file()]
+        for entry in entries:
+            log(f"worker {entry['parallel']['worker']}: {run.path / entry['file']}", flush=True)
+        if result["failures"]:
+            run.manifest["failures"] += result["failures"]
+            run.record()
+        run.add_images(entries)  # a bounded cost per image (RunFolder's manifest log)
         idle.append(actor)
     return lost

@@ -14,6 +14,7 @@ import ast
 import difflib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,9 +29,10 @@ from .outputs import (
     check_run_folder,
     new_run_dir,
     read_manifest,
+    read_own_json,
 )
 from .packaged import NOTEBOOKS_DIR, SAMPLE_INIT_IMAGE, notebook_names
-from .params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request
+from .params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request, refuse_changed_inputs
 from .selection import resolve_model
 from .userfiles import load_yaml, parse_yaml
 
@@ -58,19 +60,26 @@ def find_notebook(name: str | os.PathLike) -> Path:
                      fix="give the path of a .ipynb file, or one of those names")
 
 
-def parse_cli_value(text: str) -> Any:
-    """`-p NAME VALUE`: YAML scalars and lists (28 -> int, None/null -> None, [a, b] -> list); else the text.
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
-    Read with the limits of fluxnb.userfiles: a value that is not YAML, or that exceeds them (an alias bomb), is
-    taken as the plain text it is.
-    """
-    if text.strip() in ("None", "null", "~"):
+
+def parse_cli_value(text: str) -> Any:
+    """`-p NAME VALUE`, as papermill's -p reads it: the text as typed (a prompt keeps its `#1` and `&word`), except
+    None/null, True/False and plain numbers (28 -> int, 3.5 -> float). Lists and mappings: -y (parse_yaml_value)."""
+    stripped = text.strip()
+    if stripped in ("None", "null", "~"):
         return None
-    try:
-        value = parse_yaml(text, "-p value")
-    except InputError:
-        return text
-    return text if value is None or isinstance(value, dict) else value
+    if stripped in ("True", "true", "False", "false"):
+        return stripped in ("True", "true")
+    if _NUMBER.fullmatch(stripped):
+        return int(stripped) if re.fullmatch(r"[+-]?\d+", stripped) else float(stripped)
+    return text
+
+
+def parse_yaml_value(text: str) -> Any:
+    """`-y NAME VALUE`: VALUE read as YAML ([a, b] -> list, {steps: [20, 28]} -> mapping), with the limits of
+    fluxnb.userfiles (an alias bomb or a document too deep is refused, naming -y)."""
+    return parse_yaml(text, "-y value")
 
 
 def read_parameters_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -213,6 +222,7 @@ def resume_notebook(
         manifest = read_manifest(run_dir)
         stored = _stored_parameters(path, run_dir, manifest)
         _refuse_new_parameters(run_dir, stored, parameters)
+        refuse_changed_inputs(manifest.get("parameters") or {}, run_dir)
         executed = run_dir / path.name
         if executed.is_file():
             attempt = 1
@@ -236,11 +246,11 @@ def _stored_parameters(notebook: Path, run_dir: Path, manifest: dict[str, Any]) 
 
     record_file = run_dir / RUN_RECORD
     if record_file.is_file():
+        fix = "start a new run (the finished images of this one stay where they are)"
         try:
-            record = json.loads(record_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{record_file} cannot be read ({exc}); it was damaged.",
-                             fix="start a new run (the finished images of this one stay where they are)") from None
+            record = read_own_json(record_file, fix)
+        except OSError as exc:
+            raise InputError(f"{record_file} cannot be read ({exc}); it was damaged.", fix=fix) from None
         if not isinstance(record, dict) or not isinstance(record.get("parameters"), dict):
             raise InputError(f"{record_file} is not a fluxnb run record.", fix="start a new run")
         if record.get("notebook") != notebook.stem:
@@ -347,12 +357,25 @@ def _execute(path: Path, run_dir: Path, parameters: dict[str, Any], kernel_name:
                 nbformat.read(executed, as_version=4)
             except Exception:  # noqa: BLE001 - half-written by this very command: no use to anyone
                 executed.unlink()
-        raise OutputWriteError(executed, exc) from None
+        error = OutputWriteError(executed, exc)
+        recorded = _recorded_error(run_dir)
+        if recorded:  # a full disk fails the notebook's own write first: its error is what the user must see
+            error.add_note(f"the notebook had failed before, as its manifest says: {recorded}")
+        raise error from None
     finally:
         if previous_token is None:
             os.environ.pop(LOCK_TOKEN_ENV, None)
         else:
             os.environ[LOCK_TOKEN_ENV] = previous_token
+
+
+def _recorded_error(run_dir: Path) -> str | None:
+    """The error the notebook recorded in its run folder's manifest, if it got that far."""
+    try:
+        error = read_manifest(run_dir).get("error")
+    except (InputError, OSError):
+        return None
+    return error if isinstance(error, str) else None
 
 
 def _mark_failed(run_dir: Path, ename: str, evalue: str) -> None:

@@ -112,8 +112,14 @@ def merge_parts(run: RunFolder, *, delete: bool) -> int:
     if not parts:
         return 0
     listed = {entry["file"] for entry in run.manifest["images"]}
-    added = 0
-    before = json.dumps([run.manifest["failures"], run.manifest.get("parallel", {}).get("ranks")], default=str)
+    new: list[dict[str, Any]] = []
+
+    def progress() -> str:  # what a rewrite is owed for: failures and launches, not each rank's image count
+        ranks = [{k: v for k, v in r.items() if k != "images_made"}
+                 for r in run.manifest.get("parallel", {}).get("ranks", [])]
+        return json.dumps([run.manifest["failures"], ranks], default=str)
+
+    before = progress()
     ranks = run.manifest.setdefault("parallel", {}).setdefault("ranks", [])
     for _file, part in parts:
         for entry in part.get("images", []):
@@ -122,9 +128,8 @@ def merge_parts(run: RunFolder, *, delete: bool) -> int:
                 continue
             if not (run.path / name).is_file() or png_problem(run.path / name):
                 continue  # an unfinished PNG: RunFolder.open sets it aside, the item is made again
-            run.manifest["images"].append(entry)
+            new.append(entry)
             listed.add(name)
-            added += 1
         for failure in part.get("failures", []):
             run.manifest["failures"] = [f for f in run.manifest["failures"] if f.get("index") != failure.get("index")]
             run.manifest["failures"].append(failure)
@@ -132,15 +137,16 @@ def merge_parts(run: RunFolder, *, delete: bool) -> int:
         summary["images_made"] = len(part.get("images", []))
         ranks[:] = [r for r in ranks if (r.get("launch"), r.get("rank")) != (part.get("launch"), part.get("rank"))]
         ranks.append(summary)
-    done = {entry.get("index") for entry in run.manifest["images"]}
+    done = {entry.get("index") for entry in (*run.manifest["images"], *new)}
     run.manifest["failures"] = [f for f in run.manifest["failures"] if f.get("index") not in done]
-    run.manifest["images"].sort(key=lambda e: e.get("index") if isinstance(e.get("index"), int) else 0)
-    after = json.dumps([run.manifest["failures"], run.manifest["parallel"]["ranks"]], default=str)
-    if added or after != before or delete:
-        run.record()  # the manifest is written (atomically) before any part goes
+    run.add_images(new)  # each at a bounded cost (RunFolder's manifest log)
+    if delete:  # the launch is over: in item order, written whole before any part goes
+        run.manifest["images"].sort(key=lambda e: e.get("index") if isinstance(e.get("index"), int) else 0)
+    if progress() != before or delete:
+        run.record()
     if delete:
         for file, _part in parts:
             file.unlink(missing_ok=True)
         for temp in (run.path / PARTS_DIR).glob(".*.tmp"):
             os.unlink(temp)  # a part write a kill interrupted: the part before it was complete, and merged
-    return added
+    return len(new)

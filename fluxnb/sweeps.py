@@ -30,6 +30,9 @@ def parse_cli(texts: list[str] | None) -> dict[str, list[Any]]:
         if not sep or not name.strip() or not values.strip():
             raise RequestError(PARAMETER, f"--sweep {text!r} is not NAME=V1,V2,...",
                                fix="e.g. --sweep guidance_scale=2,3.5,5 --sweep steps=20,28.")
+        if name.strip() in sweep:  # a dict would keep only the last values, without a word
+            raise RequestError(PARAMETER, f"axis {name.strip()!r} is given twice (--sweep {text!r}).",
+                               fix=f"give all its values once: --sweep {name.strip()}=V1,V2,...")
         sweep[name.strip()] = [_number(v.strip()) for v in values.split(",") if v.strip()]
     return sweep
 

@@ -25,6 +25,9 @@ from .errors import InputError
 MAX_YAML_BYTES = 512 * 1024  # far above any real parameters file, prompt list or model_config.yaml
 MAX_DEPTH = 32  # nesting levels (parameters are flat; model_config.yaml uses 4)
 MAX_NODES = 100_000  # scalars, lists and mappings, counted with every alias expanded
+# fluxnb's own JSON files read back (a run folder's manifest and log, fluxnb-run.json): the read limit, which the
+# write side keeps to (fluxnb.params bounds a request's manifest at validation, well under it).
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 
 
 def describe_path(path: Path) -> str | None:

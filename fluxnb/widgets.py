@@ -274,13 +274,21 @@ class GenerateForm:
     # -- image-to-image: the starting picture ----------------------------------------------------------------
 
     def take_upload(self) -> Path | None:
-        """An uploaded picture is saved into the run folder (inputs/) and becomes init_image."""
+        """An uploaded picture is saved into the run folder (inputs/) and becomes init_image. It never replaces an
+        earlier upload of the same name (images made from that one keep pointing at its pixels): another picture
+        under a taken name is saved as NAME-2.png, NAME-3.png..."""
         if not self.upload.value:
             return None
         upload = self.upload.value[0]
-        name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(upload["name"]).name) or "upload.png"
-        path = own_folder(self.run.path, UPLOADS_DIR, "the run folder's uploads folder") / name
-        atomic_write_bytes(path, bytes(upload["content"]))
+        data = bytes(upload["content"])
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(upload["name"]).name).lstrip(".") or "upload.png"
+        folder = own_folder(self.run.path, UPLOADS_DIR, "the run folder's uploads folder")
+        path, n = folder / name, 1
+        while path.exists() and path.read_bytes() != data:
+            n += 1
+            path = folder / f"{Path(name).stem}-{n}{Path(name).suffix}"
+        if not path.exists():
+            atomic_write_bytes(path, data)
         self.init_image.value = str(path)
         return path
 

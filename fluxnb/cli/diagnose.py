@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import sys
+import threading
 from typing import BinaryIO, TextIO
 
 from ..diagnosis import diagnose, format_diagnoses
@@ -17,6 +18,8 @@ from ..userfiles import describe_path
 # only that tail in memory, but never past MAX_STREAM_BYTES (/dev/zero has no end).
 TAIL_BYTES = 4 * 1024 * 1024
 MAX_STREAM_BYTES = 256 * 1024 * 1024
+# Opening a named pipe waits for a program to open it for writing: at most this long (--wait), never forever.
+PIPE_WAIT_SECONDS = 30.0
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -24,7 +27,30 @@ def add_parser(sub) -> argparse.ArgumentParser:
                             "exit 1 when none matches")
     parser.add_argument("file", nargs="?", metavar="FILE", help="file holding the traceback (default: stdin)")
     parser.add_argument("--json", action="store_true", help="print the matches as JSON")
+    parser.add_argument("--wait", type=float, default=PIPE_WAIT_SECONDS, metavar="SECONDS",
+                        help=f"FILE a named pipe: how long to wait for a program to write into it (default "
+                        f"{PIPE_WAIT_SECONDS:.0f})")
     return parser
+
+
+def open_within(path: str, seconds: float) -> BinaryIO | None:
+    """open(path, "rb") given at most `seconds`: a named pipe's open blocks until a writer comes, so it runs in a
+    helper thread; None when no writer came in time (the thread stays blocked until the process ends)."""
+    opened: list[BinaryIO] = []
+    failed: list[OSError] = []
+
+    def attempt() -> None:
+        try:
+            opened.append(open(path, "rb"))  # noqa: SIM115 - handed to the caller, who closes it
+        except OSError as exc:
+            failed.append(exc)
+
+    opener = threading.Thread(target=attempt, daemon=True)
+    opener.start()
+    opener.join(seconds)
+    if failed:
+        raise failed[0]
+    return opened[0] if opened else None
 
 
 def read_tail(handle: BinaryIO | TextIO, regular_size: int | None) -> tuple[bytes, str | None]:
@@ -58,7 +84,12 @@ def run(args: argparse.Namespace) -> int:
         if problem and not problem.startswith(("is a device", "is a pipe")):  # streams are read, bounded
             raise RequestError("FILE", f"{args.file} {problem}.", fix=fix)
         try:
-            with open(args.file, "rb") as handle:
+            handle = open_within(args.file, args.wait)
+            if handle is None:
+                raise RequestError("FILE", f"{args.file} is a named pipe and no program wrote into it within "
+                                   f"{args.wait:g} s.", fix="start the program that writes the traceback into it "
+                                   "first, or pipe it in: `PROGRAM 2>&1 | fluxnb diagnose`")
+            with handle:
                 mode = os.fstat(handle.fileno()).st_mode
                 data, note = read_tail(handle, os.fstat(handle.fileno()).st_size if stat.S_ISREG(mode) else None)
         except OSError as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from ..backends import get_backend
 from ..config import load_config
@@ -15,46 +14,59 @@ from ..dataparallel import DATA, plan_processes, run_data_parallel
 from ..display import model_banner
 from ..errors import InputError, RequestError
 from ..generation import generate
-from ..loading import load_model
+from ..loading import check_checkpoint, embedded_checkpoint, load_model
 from ..outputs import RunFolder, check_run_folder, read_manifest
-from ..params import IMAGE_TO_IMAGE, TEXT_TO_IMAGE, make_request, read_prompts_file, request_from_dict
+from ..params import (
+    IMAGE_TO_IMAGE,
+    TEXT_TO_IMAGE,
+    make_request,
+    read_prompts_file,
+    refuse_changed_inputs,
+    request_from_dict,
+)
 from ..raybatch import run_on_ray
 from ..selection import resolve_model
 from ..shards import merge_parts
 from ..sweep_grid import save_sweep_grid
 from ..sweeps import parse_cli
-from ..tiny import ensure_tiny_checkpoint
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser("generate", help="generate images without Jupyter (same functions as the notebooks)")
-    parser.add_argument("--model", default="auto", help="a name from model_config.yaml, or auto (default)")
-    parser.add_argument("--prompt", action="append", help="repeat for several prompts")
-    parser.add_argument("--prompts", metavar="FILE", help="batch: one prompt per line, or a YAML list (.yaml)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="finish a killed/interrupted/failed run with its own "
-                        "parameters: keeps every finished image, makes only the missing ones")
-    parser.add_argument("--negative-prompt")
-    parser.add_argument("--seed", type=int, help="seed of the first image of each prompt (default 0)")
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--guidance-scale", type=float)
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--num-images", type=int, help="images per prompt (seeds seed, seed+1, ...; default 1)")
-    parser.add_argument("--max-sequence-length", type=int)
-    parser.add_argument("--init-image", help="image-to-image: the starting picture")
-    parser.add_argument("--strength", type=float, help="image-to-image: how much to change it, in (0, 1]")
-    parser.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
-                        help="a LoRA adapter (.safetensors file or hub id), scale 1 unless given; repeatable")
-    parser.add_argument("--fuse-loras", action="store_true",
-                        help="fuse the adapters into the weights (faster steps; where the model type allows)")
-    parser.add_argument("--sweep", action="append", metavar="NAME=V1,V2,...",
-                        help="sweep a parameter (guidance_scale, steps, strength, width, height, lora_scale, "
-                        "lora:NAME); at most two, repeatable; a labelled grid goes into the run folder")
-    parser.add_argument("--cache", help="cached mode for this run: taylorseer@N, first-block@T or off (default: the "
-                        "model entry's `cache:`, off unless set)")
-    parser.add_argument("--output-dir", help="base folder for run folders (default: outputs/)")
-    parser.add_argument("--checkpoint", help="load the weights from this local folder (hub layout) instead of the "
-                        "entry's id, e.g. a synthetic checkpoint (fluxnb.synthetic)")
+                        "request: keeps every finished image, makes only the missing ones (the request options "
+                        "below are refused with it)")
+    # Everything that describes the images (what, where, from which weights) is a request option: one rule, a
+    # --resume takes the run's own request, so any of them given with --resume is refused (check_resumable).
+    request = parser.add_argument_group("the request (refused with --resume, which takes the run's own)")
+    options = [
+        request.add_argument("--model", default="auto", help="a name from model_config.yaml, or auto (default)"),
+        request.add_argument("--prompt", action="append", help="repeat for several prompts"),
+        request.add_argument("--prompts", metavar="FILE", help="batch: one prompt per line, or a YAML list (.yaml)"),
+        request.add_argument("--negative-prompt"),
+        request.add_argument("--seed", type=int, help="seed of the first image of each prompt (default 0)"),
+        request.add_argument("--steps", type=int),
+        request.add_argument("--guidance-scale", type=float),
+        request.add_argument("--width", type=int),
+        request.add_argument("--height", type=int),
+        request.add_argument("--num-images", type=int, help="images per prompt (seeds seed, seed+1, ...; default 1)"),
+        request.add_argument("--max-sequence-length", type=int),
+        request.add_argument("--init-image", help="image-to-image: the starting picture"),
+        request.add_argument("--strength", type=float, help="image-to-image: how much to change it, in (0, 1]"),
+        request.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
+                             help="a LoRA adapter (.safetensors file or hub id), scale 1 unless given; repeatable"),
+        request.add_argument("--fuse-loras", action="store_true",
+                             help="fuse the adapters into the weights (faster steps; where the model type allows)"),
+        request.add_argument("--sweep", action="append", metavar="NAME=V1,V2,...",
+                             help="sweep a parameter (guidance_scale, steps, strength, width, height, lora_scale, "
+                             "lora:NAME); at most two, repeatable; a labelled grid goes into the run folder"),
+        request.add_argument("--cache", help="cached mode for this run: taylorseer@N, first-block@T or off (default: "
+                             "the model entry's `cache:`, off unless set)"),
+        request.add_argument("--output-dir", help="base folder for run folders (default: ./outputs)"),
+        request.add_argument("--checkpoint", help="load the weights from this local folder (hub layout) instead of "
+                             "the entry's id, e.g. a synthetic checkpoint (fluxnb.synthetic)"),
+    ]
+    parser.set_defaults(request_options={o.dest: (o.option_strings[0], o.default) for o in options})
     parser.add_argument("--gpus", metavar="N|all", help="data parallel: one pipeline per GPU of this host, launched "
                         "through torchrun (with --resume: any N finishes the missing images)")
     parser.add_argument("--parallel", choices=CONTEXT_MODES, help="with --gpus N: each image on all N GPUs "
@@ -93,27 +105,26 @@ def new_request(args: argparse.Namespace, spec):
     )
 
 
-# Options that describe a request: a resume takes the run's own request, so giving one of them is refused.
-REQUEST_OPTIONS = ("model", "prompt", "prompts", "negative_prompt", "seed", "steps", "guidance_scale", "width",
-                   "height", "num_images", "max_sequence_length", "init_image", "strength", "output_dir", "checkpoint")
-
-
 def check_resumable(args: argparse.Namespace) -> None:
-    """--resume finishes the original request exactly: no new request options; a folder made by generate."""
-    given = [name for name in REQUEST_OPTIONS
-             if getattr(args, name) is not None and not (name == "model" and args.model == "auto")]
+    """--resume finishes the original request exactly: no request option (one rule: the parser's request group);
+    a folder made by generate."""
+    given = [flag for dest, (flag, default) in args.request_options.items() if getattr(args, dest) != default]
     if given:
-        options = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise RequestError(given[0], f"--resume finishes the run's original request exactly; {options} would change "
-                           "it, so it is refused.",
-                           fix=f"fluxnb generate --resume {args.resume} (nothing else), or start a new run without "
-                           "--resume for the new request")
+        raise RequestError(given[0].lstrip("-").replace("-", "_"), f"--resume finishes the run's original request "
+                           f"exactly; {', '.join(given)} would change it, so it is refused.",
+                           fix=f"fluxnb generate --resume {args.resume} (engine options such as --gpus may stay), or "
+                           "start a new run without --resume for the new request")
     manifest = read_manifest(check_run_folder(args.resume))
     job = manifest.get("job")
+    if not isinstance(job, str) or not job:
+        raise InputError(f"{args.resume}'s manifest names no job (`job` is missing or not a name): it was not written "
+                         "by fluxnb generate, or was edited.", fix="start a new run (the images there keep their own "
+                         "metadata: fluxnb.read_png_metadata)")
     if job != "generate":
         raise InputError(f"{args.resume} was made by `fluxnb run {job}`, not by fluxnb generate; a resume "
                          "finishes the run that made the folder.", fix=f"fluxnb run {job} --resume {args.resume}")
-    if not isinstance(manifest.get("model"), dict) or not isinstance(manifest.get("parameters"), dict):
+    if not isinstance(manifest.get("model"), dict) or not isinstance(manifest["model"].get("name"), str) or \
+            not isinstance(manifest.get("parameters"), dict):
         raise InputError(f"{args.resume} holds no generate parameters to resume (its manifest has no model or "
                          "parameters: the run stopped before it recorded them).",
                          fix="start a new run with the same options")
@@ -125,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         check_resumable(args)
         run_folder = RunFolder.open(args.resume)
         stored_model, stored = run_folder.manifest["model"], run_folder.manifest["parameters"]
+        refuse_changed_inputs(stored, run_folder.path)  # here for every engine (ranks and actors do not check)
+        run_folder.resumed_parameters = None  # checked: generate() need not hash the files again
         choice = resolve_model(stored_model["name"], config)
         request = request_from_dict(choice.spec, stored)
         check_parallel_options(args, choice.spec)
@@ -134,13 +147,13 @@ def run(args: argparse.Namespace) -> int:
         choice = resolve_model(args.model, config)
         request = new_request(args, choice.spec)
         check_parallel_options(args, choice.spec)
+        checkpoint = str(check_checkpoint(args.checkpoint).resolve()) if args.checkpoint else None
         run_folder = RunFolder.create("generate", base=args.output_dir)
-        checkpoint = str(Path(args.checkpoint).resolve()) if args.checkpoint else None
         run_folder.record(model={"name": choice.spec.name, "id": choice.spec.id, "reason": choice.reason,
                                  "checkpoint": checkpoint}, parameters=request.to_dict())
     print(model_banner(choice), flush=True)
     if (args.ray is not None or args.gpus is not None) and get_backend(choice.spec.type).embedded:
-        ensure_tiny_checkpoint()  # built once here: N processes building it at the same moment race
+        embedded_checkpoint()  # built once here: N processes building it at the same moment race
     if args.ray is not None:
         return run_ray(args, run_folder, len(request.points()))
     if args.gpus is not None:

@@ -12,6 +12,7 @@ from ..runner import (
     find_notebook,
     notebook_parameters,
     parse_cli_value,
+    parse_yaml_value,
     read_parameters_file,
     resume_notebook,
     run_notebook,
@@ -23,7 +24,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser("run", help="execute a notebook headlessly (papermill) into a new run folder")
     parser.add_argument("notebook", help="path, or a name in notebooks/ such as 01_text_to_image")
     parser.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                        help="set a parameter (VALUE read as YAML: 28, 3.5, null, [a, b], text)")
+                        help="set a parameter: VALUE as typed (a prompt keeps its # and &), except numbers, "
+                        "True/False and None")
+    parser.add_argument("-y", "--yaml", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                        help="set a parameter to VALUE read as YAML: lists and mappings, e.g. -y sweep "
+                        "'{guidance_scale: [2, 3.5, 5]}'")
     parser.add_argument("-f", "--file", action="append", help="YAML file of parameters (applied before -p)")
     parser.add_argument("--output-dir", help="base folder for run folders (default: outputs/)")
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's, i.e. this Python)")
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         parameters.update(read_parameters_file(file))
     for name, value in args.param or []:
         parameters[name] = parse_cli_value(value)
+    for name, value in args.yaml or []:
+        parameters[name] = parse_yaml_value(value)
     if args.gpus is not None:
         parameters["gpus"] = parse_cli_value(args.gpus)
     stream = sys.stdout if wants_progress(args) else None

@@ -205,7 +205,7 @@ def test_resume_refuses_new_parameters_and_other_commands_folders(capsys, tmp_pa
                                               "parameters": {"prompts": ["a fox"]}, "images": []})
     fails_with(capsys, ["generate", "--resume", str(generate_run), "--seed", "5"],
                "parameter `seed`: --resume finishes the run's original request exactly; --seed would change it",
-               f"Fix: fluxnb generate --resume {generate_run} (nothing else)")
+               f"Fix: fluxnb generate --resume {generate_run} (engine options such as --gpus may stay)")
     fails_with(capsys, ["generate", "--resume", str(generate_run), "--prompts", "p.txt", "--steps", "3"],
                "--prompts, --steps would change it")
     fails_with(capsys, ["run", "01_text_to_image", "--resume", str(generate_run)],

@@ -78,11 +78,30 @@ def test_run_refuses_unknown_parameter_names_and_files():
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("28", 28), ("3.5", 3.5), ("null", None), ("None", None), ("[a, b]", ["a", "b"]),
-     ("a cat: cute", "a cat: cute"), ("a red fox", "a red fox"), ("", "")],
+    [("28", 28), ("3.5", 3.5), ("-2", -2), ("1e3", 1000.0), ("null", None), ("None", None), ("True", True),
+     ("false", False), ("[a, b]", "[a, b]"), ("a cat: cute", "a cat: cute"), ("a red fox", "a red fox"), ("", ""),
+     ("a poster #1 of the series", "a poster #1 of the series"), ("&word and *alias", "&word and *alias"),
+     ("nan", "nan"), ("'quoted'", "'quoted'")],
 )
-def test_cli_values_are_read_as_yaml_scalars(text, value):
+def test_p_values_reach_the_notebook_as_typed(text, value):
+    """-p as papermill's -p: YAML used to drop everything from ` #` and an `&anchor`."""
     assert parse_cli_value(text) == value
+
+
+@pytest.mark.parametrize(("text", "value"), [("[a, b]", ["a", "b"]), ("{steps: [20, 28]}", {"steps": [20, 28]}),
+                                             ("28", 28)])
+def test_y_values_are_yaml(text, value):
+    from fluxnb.runner import parse_yaml_value
+
+    assert parse_yaml_value(text) == value
+
+
+def test_a_prompt_with_a_hash_reaches_the_images_as_typed(outputs_dir: Path):
+    prompt = "a poster #1 of the series & more"
+    done = fluxnb_cli("run", "01_text_to_image", "-p", "prompt", prompt, "-p", "steps", "1", "-y", "loras", "[]")
+    assert done.returncode == 0, done.stderr
+    run_dir = Path(done.stdout.strip().splitlines()[-1].removeprefix("run folder: "))
+    assert [e["prompt"] for e in fluxnb.read_manifest(run_dir)["images"]] == [prompt]
 
 
 def test_run_says_first_which_model_runs_and_makes_only_the_images_asked_for(outputs_dir: Path):
