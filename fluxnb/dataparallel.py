@@ -11,7 +11,6 @@ GPUs, gloo on CPUs), loads the model, and makes its shard of the still-missing i
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
 import socket
 import subprocess
@@ -27,7 +26,7 @@ from .contextparallel import check_context_parallel, enable_context_parallel
 from .errors import FluxnbError, GenerationFailed, InputError, RequestError
 from .generation import generate
 from .loading import load_model
-from .outputs import LOCK_FILE, LOCK_TOKEN_ENV, RunFolder, RunLock, read_manifest
+from .outputs import LOCK_TOKEN_ENV, RunFolder, RunLock, lock_holder, read_manifest
 from .params import request_from_dict
 from .selection import resolve_model
 from .shards import RankPart, merge_parts, pending_indexes, shard
@@ -154,31 +153,31 @@ def map_local_gpu() -> str | None:
 
 
 def owner_alive(run_dir: str | Path) -> bool:
-    """Whether the launching process still holds the run folder's lock. torchrun starts each rank in its own
-    session, so a rank outlives a SIGKILLed owner; it asks this at every denoising step and stops when the owner is
-    gone, so that a later resume is again the only writer. (A shared lock taken for an instant: a resume that
-    tries to lock at that very instant is refused as busy and can simply be run again.)"""
-    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # releases the shared lock if it was taken
-    return False
+    """Whether the process that launched this rank still holds the run folder: its lock is held, and by the holder
+    whose token this launch was given (LOCK_TOKEN_ENV). torchrun starts each rank in its own session, so a rank
+    outlives a SIGKILLed owner; a resume started at once then holds the lock under another token, and a rank that
+    only asked "is the lock held?" took that resume for its owner and made its items too. Asked before the load,
+    after it and at every denoising step. (A shared lock taken for an instant: a resume that tries to lock at that
+    very instant is refused as busy and can simply be run again.)"""
+    holder = lock_holder(run_dir)
+    return holder is not None and holder.get("token") == os.environ.get(LOCK_TOKEN_ENV)
 
 
 class OwnerGone(FluxnbError):
     """The launching process died: this rank stops (its finished images are kept for a resume)."""
 
 
+def _owner_gone(run_dir: str | Path) -> OwnerGone:
+    return OwnerGone(f"the process that launched this rank no longer holds {run_dir}; stopping",
+                     fix=f"fluxnb generate --resume {run_dir} --gpus N")
+
+
 def stop_when_owner_gone(run_dir: str | Path):
-    """A diffusers callback_on_step_end that raises OwnerGone once the owner no longer holds the lock."""
+    """A diffusers callback_on_step_end that raises OwnerGone once this rank's launcher no longer holds the lock."""
 
     def check(pipe, step, timestep, callback_kwargs):
         if not owner_alive(run_dir):
-            raise OwnerGone(f"the process that launched this rank no longer holds {run_dir}; stopping",
-                            fix=f"fluxnb generate --resume {run_dir} --gpus N")
+            raise _owner_gone(run_dir)
         return callback_kwargs
 
     return check
@@ -235,6 +234,8 @@ def rank_main(argv: list[str] | None = None) -> int:
         model = load_model(choice.spec, checkpoint=manifest["model"].get("checkpoint"), device=args.device,
                            config=config, progress=False)
         part.record(load_seconds=round(time.perf_counter() - start, 3), load_report=model.report.to_dict())
+        if not owner_alive(args.run_dir):  # the owner died while this rank loaded: a resume may be writing now
+            raise _owner_gone(args.run_dir)
         if split:
             check_context_parallel(args.mode, placement["world_size"], args.device, model.backend,
                                    bool(model.spec.compile))

@@ -176,6 +176,19 @@ def _command_line() -> str:
     return " ".join([name, *sys.argv[1:]])[:200]
 
 
+def lock_holder(folder: str | Path) -> dict[str, Any] | None:
+    """The record (pid, host, token, command) of the process holding `folder`'s writer lock, or None when no
+    process holds it. Asked by a data-parallel rank at every step: is the holder still the process that launched
+    me (the same token), or a later resume (another token), or no one?"""
+    fd = open_lock_file(Path(folder) / LOCK_FILE, "the run folder's lock file")
+    try:
+        if try_lock(fd, shared=True):  # free: the holder is gone (released at once, when fd closes)
+            return None
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
+
+
 def _read_holder(fd: int) -> dict[str, Any]:
     """The holder's record. It writes it right after locking, so for an instant the file is empty or still holds
     the previous holder's record (a process that is gone): both are read again, for at most a second."""

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -103,8 +106,9 @@ def connect(address: str, workers: int, device: str) -> Any:
     env = {k: v for k, v in os.environ.items() if k.startswith(("FLUXNB_", "HF_")) and "TOKEN" not in k}
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
     if address == LOCAL:
+        temp_dir = tempfile.mkdtemp(prefix="fluxnb-ray-")  # short: Ray's socket paths live under it
         kwargs.update(num_cpus=max(workers, 1) if device == "cpu" else None, include_dashboard=False,
-                      object_store_memory=80 * 2**20)
+                      object_store_memory=80 * 2**20, _temp_dir=temp_dir)
     else:
         kwargs["address"] = address
     try:
@@ -113,7 +117,58 @@ def connect(address: str, workers: int, device: str) -> Any:
         raise RayUnavailable(f"cannot start or reach the Ray cluster {address!r}: {type(exc).__name__}: {exc}",
                              fix="--ray local (a cluster on this machine), --ray auto on a cluster node, or "
                              "--ray ray://HEAD:10001") from None
+    if address == LOCAL:
+        watch_local_cluster(temp_dir)
     return ray
+
+
+# The local cluster's watchdog: a process of its own that blocks until the command has exited (its pidfd, or a
+# poll where there is none), then ends the cluster's processes it was given (the GCS, the raylet, Ray's agents:
+# the command's descendants once ray.init returned) and removes the cluster's temporary folder. A SIGKILLed command
+# runs no atexit: without this, Ray's agents lingered a minute after it (issue 22). After a normal exit,
+# ray.shutdown() has stopped them already.
+WATCHDOG = """
+import os, select, shutil, signal, sys, time
+pid, folder, cluster = int(sys.argv[1]), sys.argv[2], [int(p) for p in sys.argv[3:]]
+try:
+    handle = os.pidfd_open(pid)
+    select.select([handle], [], [])
+except (AttributeError, OSError):
+    while os.path.exists(f"/proc/{pid}"):
+        time.sleep(0.5)
+for member in cluster:
+    try:
+        os.kill(member, signal.SIGKILL)
+    except OSError:
+        pass
+shutil.rmtree(folder, ignore_errors=True)
+"""
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (read from /proc: children, their children...)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def watch_local_cluster(temp_dir: str) -> None:
+    """Start the watchdog (WATCHDOG) of the local cluster ray.init just started under this process."""
+    subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), temp_dir,
+                      *map(str, descendants(os.getpid()))], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def plan_workers(asked: str | None, ray: Any, device_hint: str) -> tuple[int, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 
 import fluxnb
-from fluxnb.outputs import image_file_name
+from fluxnb.outputs import LOCK_TOKEN_ENV, image_file_name
 from fluxnb.shards import PARTS_DIR
 
 from .waiting import wait_for
@@ -40,7 +40,7 @@ def consistent(run_dir: Path) -> dict:
     assert all(entry["file"] == image_file_name(entry) for entry in manifest["images"])
     assert not list(run_dir.glob(".*.tmp"))
     for entry in manifest["images"]:
-        assert fluxnb.read_png_metadata(run_dir / entry["file"])["parallel"] == entry["parallel"]
+        assert fluxnb.read_png_metadata(run_dir / entry["file"]).get("parallel") == entry.get("parallel")
     return manifest
 
 
@@ -111,3 +111,66 @@ def test_killing_the_whole_launch_leaves_parts_that_a_resume_merges_first(output
     assert {r["launch"] for r in manifest["parallel"]["ranks"]} == {0, 1}  # the killed launch's parts were merged
     assert not list((run_dir / PARTS_DIR).glob("*.json"))  # merged, then deleted
     assert {entry["parallel"]["world_size"] for entry in manifest["images"]} == {2}
+
+
+
+HOLD = """
+import sys, time
+from fluxnb.errors import RunFolderBusy
+from fluxnb.outputs import RunFolder
+while True:  # the writer that comes next (a resume): it takes the lock the moment it is free
+    try:
+        run = RunFolder.open(sys.argv[1])
+        break
+    except RunFolderBusy:
+        time.sleep(0.01)
+print(run._lock.token, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_rank_whose_launch_died_stops_although_another_writer_holds_the_lock(tiny_spec, tmp_path: Path):
+    """A rank outlives its launch (its own session); the next writer takes the lock at once (a resume). The rank
+    used to ask only "is the lock held?" and made its items beside that writer (issue 22). It now checks that the
+    holder is its own launch (the token), after its load and at every step, and stops without an image."""
+    import socket
+
+    run = fluxnb.RunFolder.create("generate", base=tmp_path)
+    request = fluxnb.make_request(tiny_spec, prompt=list(PROMPTS), num_images=2, steps=12, width=64, height=64)
+    run.record(model={"name": "flux-tiny", "reason": "test"}, parameters=request.to_dict())
+    run.close()
+    owner = subprocess.Popen([sys.executable, "-c", HOLD, str(run.path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    token = owner.stdout.readline().strip()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, LOCK_TOKEN_ENV: token, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
+           "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    rank = subprocess.Popen([sys.executable, "-m", "fluxnb.dataparallel", str(run.path), "--launch", "0", "--device",
+                             "cpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    part = run.path / PARTS_DIR / "000-rank0.json"
+
+    def loading() -> bool:
+        try:
+            data = json.loads(part.read_text())
+        except (OSError, ValueError):
+            return False
+        return "shard" in data and "load_seconds" not in data
+
+    wait_for(loading, rank)
+    nxt = subprocess.Popen([sys.executable, "-c", HOLD, str(run.path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True)
+    owner.kill()  # the launch dies while its rank loads
+    owner.wait(timeout=60)
+    assert nxt.stdout.readline().strip() not in ("", token)  # the next writer holds the lock, under its own token
+    try:
+        _out, err = rank.communicate(timeout=300)
+        assert rank.returncode != 0
+        data = json.loads(part.read_text())
+        assert data["status"] == "failed" and "OwnerGone" in data["error"], data
+        assert not data["images"] and not list(run.path.glob("*.png")), err  # nothing beside the next writer
+    finally:
+        nxt.stdin.close()
+        nxt.wait(timeout=60)

@@ -297,3 +297,47 @@ def test_following_the_corrupt_weights_fix_works(tiny_spec, tmp_path: Path, monk
     subprocess.run(command, shell=True, check=True)
     model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
     assert model.spec.name == "flux-tiny" and weights.is_file()
+
+
+def test_disk_full_inside_a_notebook_run_names_the_image_it_could_not_write(tiny_model, outputs_dir: Path):
+    """The kernel's image write fails (the executed notebook still fits): the notebook's own error names the PNG."""
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))  # the notebook fits, a 256x256 image does not
+
+    process = cli("run", "01_text_to_image", "-p", "steps", "2", "-p", "width", "256", "-p", "height", "256",
+                  preexec_fn=limit_file_size)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 1, stderr
+    error = stderr[stderr.index("fluxnb: error: "):]  # (IPython logs its own history file's trouble above it)
+    assert "Traceback" not in error
+    assert re.search(r"failed in cell \d+: OutputWriteError: cannot write .*0000-t2i-seed42-[0-9a-f]{8}\.png: File "
+                     r"too large", error), error
+
+
+def test_when_the_executed_notebook_cannot_be_written_either_the_notebooks_error_is_kept(outputs_dir: Path,
+                                                                                        monkeypatch):
+    """A full disk fails the kernel's image first, then papermill's write of the executed notebook: the message
+    used to name only the latter (issue 22). papermill is made to fail that way here (which write fails first on a
+    real disk depends on sizes); the kernel's error it records in the manifest is what the user must see."""
+    import errno
+
+    import papermill
+
+    from fluxnb.files import atomic_write_json
+    from fluxnb.runner import run_notebook
+
+    def kernel_then_disk_full(source, executed, parameters, **kwargs):
+        run_dir = Path(parameters["output_dir"])
+        atomic_write_json(run_dir / "manifest.json", {"job": "01_text_to_image", "status": "failed", "images": [],
+                                                      "error": "OutputWriteError: cannot write 0000.png: File too "
+                                                      "large (errno 27)"})
+        raise OSError(errno.EFBIG, "File too large", executed)
+
+    monkeypatch.setattr(papermill, "execute_notebook", kernel_then_disk_full)
+    with pytest.raises(fluxnb.FluxnbError) as info:
+        run_notebook("01_text_to_image", {"steps": 1})
+    shown = "\n".join([str(info.value), *getattr(info.value, "__notes__", ())])
+    assert "01_text_to_image.ipynb: File too large" in shown
+    assert ("the notebook had failed before, as its manifest says: OutputWriteError: cannot write 0000.png: File too "
+            "large (errno 27)") in shown

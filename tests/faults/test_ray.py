@@ -74,3 +74,18 @@ def test_ray_workers_killed_mid_batch_lose_nothing_and_a_resume_on_ray_finishes(
     assert {name: (run_dir / name).stat().st_ino for name in before} == before  # nothing made twice
     assert [launch["world_size"] for launch in manifest["parallel"]["launches"]] == [2, 1]
     assert {entry["parallel"]["mode"] for entry in manifest["images"]} == {"ray"}
+
+
+def test_a_killed_command_leaves_no_ray_process_behind(outputs_dir):
+    """`--ray local` starts a cluster for the run: when the command is SIGKILLed (no atexit runs), every process of
+    that cluster (GCS, raylet, agents, actors) must end too, not linger and hold the CPU or GPU (issue 22)."""
+    import psutil
+
+    process = cli(*BATCH, "--ray", "local", "--gpus", "2")
+    wait_for(lambda: worker_pids(outputs_dir), process)  # the cluster is up and its actors are making images
+    cluster = psutil.Process(process.pid).children(recursive=True)
+    assert any("raylet" in " ".join(child.cmdline()) for child in cluster)
+    process.kill()
+    process.communicate(timeout=60)
+    _gone, alive = psutil.wait_procs(cluster, timeout=20)  # Ray's agents alone used to linger about 60 s
+    assert not alive, [p.name() for p in alive]

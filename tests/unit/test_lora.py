@@ -277,3 +277,31 @@ def test_without_peft_the_message_says_what_to_install(adapters, tiny_spec, monk
         fluxnb.make_request(tiny_spec, prompt="a fox", loras=[str(adapters["a"])])
     assert "pip install 'peft>=" in str(caught.value)
     assert fluxnb.make_request(tiny_spec, prompt="a fox").loras == ()  # no adapters: peft is not needed
+
+
+def test_a_control_lora_is_refused_before_the_first_image_and_the_model_stays_usable(tiny_spec, tmp_path):
+    """A LoRA made for a 128-channel transformer (FLUX Control): diffusers widens the input layer to load it, and
+    the first image died with a raw RuntimeError (issue 22). Now refused, the layer restored, the model usable."""
+    from diffusers import FluxTransformer2DModel
+
+    from fluxnb import synthetic_lora
+    from fluxnb.synthetic import TINY_DIMS
+
+    wider = FluxTransformer2DModel(**{**TINY_DIMS["transformer"], "in_channels": 128})
+    control = tmp_path / "control.safetensors"
+    targets = synthetic_lora.TARGETS
+    try:
+        synthetic_lora.TARGETS = f"({targets})|x_embedder"  # the layer a Control LoRA widens
+        synthetic_lora.build_lora(wider, control)
+    finally:
+        synthetic_lora.TARGETS = targets
+    model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
+    good = synthetic_lora.build_lora(model.pipe.transformer, tmp_path / "good.safetensors")
+    request = fluxnb.make_request(tiny_spec, prompt="x", steps=1, width=32, height=32, loras=[str(control)])
+    with pytest.raises(fluxnb.RequestError, match="parameter `loras`: LoRA file 'control.safetensors' expects 128 "
+                       "input channels \\(a FLUX Control LoRA, made for the Canny or Depth model\\); this model "
+                       "takes 64"):
+        fluxnb.generate(model, request, progress=False)
+    assert model.pipe.transformer.config.in_channels == 64 and model.pipe.transformer.x_embedder.in_features == 64
+    plain = fluxnb.make_request(tiny_spec, prompt="x", steps=1, width=32, height=32, loras=[str(good)])
+    assert len(fluxnb.generate(model, plain, progress=False)) == 1
