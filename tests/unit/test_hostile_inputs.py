@@ -129,3 +129,22 @@ def test_uploads_of_the_same_name_never_replace_each_other(tiny_model):
     assert first.read_bytes() == red and second.read_bytes() == blue
     dotdot = upload("..", blue)  # used to end in a raw OSError
     assert dotdot.parent == run.path / "inputs" and dotdot.name == "upload.png" and dotdot.read_bytes() == blue
+
+
+def test_a_shard_is_read_once_whatever_the_batch(tiny_spec):
+    """The data-parallel shard filter built a set of the shard for every item: quadratic in the batch (32,000 items
+    took 15.3 s instead of 0.27 s). Counted, not timed: the shard is read once."""
+    from fluxnb.generation import shard_points
+
+    class Counted(list):
+        reads = 0
+
+        def __iter__(self):
+            Counted.reads += 1
+            return super().__iter__()
+
+    request = fluxnb.make_request(tiny_spec, prompt=[f"p {i}" for i in range(100)], num_images=64)
+    points = request.points()
+    shard = Counted(range(1, len(points), 2))
+    mine = shard_points(points, shard)
+    assert [p["index"] for p in mine] == list(shard) and Counted.reads == 2  # once to filter, once here to compare
