@@ -16,17 +16,8 @@ import pytest
 from PIL import Image
 
 import fluxnb
-from fluxnb.cli import main
 from fluxnb.outputs import LOCK_FILE, MANIFEST
-
-
-def refused(capsys, argv: list[str], *texts: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("fluxnb: error: ") and "Traceback" not in err, err
-    for text in texts:
-        assert text in err, err
-    return err
+from tests.cli_errors import refused
 
 
 def generate_folder(tmp_path: Path, manifest: dict) -> Path:

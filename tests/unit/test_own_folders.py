@@ -17,6 +17,7 @@ from fluxnb.files import own_folder
 from fluxnb.outputs import LOCK_FILE, SET_ASIDE
 from fluxnb.shards import PARTS_DIR
 from fluxnb.synthetic import TINY_DIMS, remove_synthetic_checkpoint, synthetic_dir
+from tests.cli_errors import refused
 
 
 @pytest.fixture
@@ -32,15 +33,6 @@ def untouched(folder: Path) -> bool:
     return sorted(p.name for p in folder.iterdir()) == ["keep.txt"] and \
         (folder / "keep.txt").read_text(encoding="utf-8") == "the user's file"
 
-
-def refused(capsys, argv: list[str], *texts: str) -> str:
-    """The CLI run in this process exits 2 with one error block holding each text (no traceback)."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("fluxnb: error: ") and "Traceback" not in err, err
-    for text in texts:
-        assert text in err, err
-    return err
 
 
 def finished_run(capsys) -> Path:

@@ -26,16 +26,7 @@ from fluxnb.outputs import MANIFEST, MANIFEST_LOG, RunFolder
 from fluxnb.params import MANIFEST_BUDGET, MAX_IMAGES_PER_REQUEST, manifest_estimate
 from fluxnb.runner import RUN_RECORD
 from fluxnb.userfiles import MAX_MANIFEST_BYTES
-
-
-def refused(capsys, argv: list[str], *texts: str) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("fluxnb: error: ") and "Traceback" not in err, err
-    for text in texts:
-        assert text in err, err
-    return err
-
+from tests.cli_errors import refused
 
 # ---------------------------------------------------------------- class 2: the manifest's cost per image
 
