@@ -261,7 +261,7 @@ def generate(
     if request.loras:
         common.update(loras=records(request.loras), lora_fused=lora_record["fused"])
     names = [choice.name for choice in request.loras]
-    if getattr(run, "resumed_parameters", None):  # a resumed run folder: its images came from these files
+    if run is not None and run.resumed_parameters:  # a resumed run folder: its images came from these files
         refuse_changed_inputs(run.resumed_parameters, run.path)
     done = _already_done(run) if run is not None else {}
     batch = _Batch()

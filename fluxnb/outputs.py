@@ -396,8 +396,7 @@ class RunFolder:
         """Add one image's entry: appended to the log, or the manifest rewritten (while it is small, or once the
         log has grown as large as it): a bounded cost per image, whatever the batch's size."""
         self.manifest["images"].append(entry)
-        if getattr(self, "_manifest_bytes", 0) <= SMALL_MANIFEST_BYTES or \
-                getattr(self, "_log_bytes", 0) >= self._manifest_bytes:
+        if self._manifest_bytes <= SMALL_MANIFEST_BYTES or self._log_bytes >= self._manifest_bytes:
             self._save_manifest()
             return
         line = json.dumps(entry, ensure_ascii=False, default=str).encode("utf-8")

@@ -40,6 +40,8 @@ class RayUnavailable(FluxnbError):
 class _Sink:
     """What generation.generate() writes into inside an actor: the PNGs (RunFolder.write_png), kept lines."""
 
+    resumed_parameters = None  # the launching command checked the run's input files (params.refuse_changed_inputs)
+
     def __init__(self, run_dir: str, placement: dict[str, Any]):
         self.path = Path(run_dir)
         self.placement = placement
@@ -124,50 +126,58 @@ def connect(address: str, workers: int, device: str) -> Any:
 
 # The local cluster's watchdog: a process of its own that blocks until the command has exited (its pidfd, or a
 # poll where there is none), then ends the cluster's processes it was given (the GCS, the raylet, Ray's agents:
-# the command's descendants once ray.init returned) and removes the cluster's temporary folder. A SIGKILLed command
-# runs no atexit: without this, Ray's agents lingered a minute after it (issue 22). After a normal exit,
-# ray.shutdown() has stopped them already.
+# the command's descendants once ray.init returned; each only if its start time is unchanged, so a pid reused
+# since is left alone) and removes the cluster's temporary folder. A SIGKILLed command runs no atexit: without
+# this, Ray's agents lingered a minute after it (issue 22). After a normal exit, ray.shutdown() has stopped them.
 WATCHDOG = """
 import os, select, shutil, signal, sys, time
-pid, folder, cluster = int(sys.argv[1]), sys.argv[2], [int(p) for p in sys.argv[3:]]
+pid, folder = int(sys.argv[1]), sys.argv[2]
+cluster = [tuple(map(int, member.split(":"))) for member in sys.argv[3:]]
 try:
     handle = os.pidfd_open(pid)
     select.select([handle], [], [])
 except (AttributeError, OSError):
     while os.path.exists(f"/proc/{pid}"):
         time.sleep(0.5)
-for member in cluster:
+for member, started in cluster:
     try:
-        os.kill(member, signal.SIGKILL)
-    except OSError:
+        with open(f"/proc/{member}/stat") as stat:
+            if int(stat.read().rsplit(")", 1)[1].split()[19]) == started:  # not a later process under a reused pid
+                os.kill(member, signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
         pass
 shutil.rmtree(folder, ignore_errors=True)
 """
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes below `pid` (read from /proc: children, their children...)."""
-    parents: dict[int, list[int]] = {}
+def _stat_fields(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name: [0] state, [1] parent pid, [19] start time."""
+    with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def descendants(pid: int) -> list[tuple[int, int]]:
+    """The processes below `pid` (read from /proc: children, their children...), as (pid, start time)."""
+    parents: dict[int, list[tuple[int, int]]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as stat:
-                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+                fields = _stat_fields(entry)
+                parents.setdefault(int(fields[1]), []).append((int(entry), int(fields[19])))
             except (OSError, ValueError, IndexError):
                 continue
-            parents.setdefault(ppid, []).append(int(entry))
     found, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
             found.append(child)
-            todo.append(child)
+            todo.append(child[0])
     return found
 
 
 def watch_local_cluster(temp_dir: str) -> None:
     """Start the watchdog (WATCHDOG) of the local cluster ray.init just started under this process."""
     subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), temp_dir,
-                      *map(str, descendants(os.getpid()))], start_new_session=True,
+                      *(f"{pid}:{started}" for pid, started in descendants(os.getpid()))], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -46,9 +46,11 @@ def part_path(run_dir: str | Path, launch: int, rank: int) -> Path:
 class RankPart:
     """What one rank writes: its images (PNGs named by item) and its part file; never manifest.json.
 
-    Stands in for the RunFolder that generation.generate() writes into (path, manifest, save_image, record_failure,
-    record), so a rank runs the very same generation code as a single-process batch.
+    Stands in for the RunFolder that generation.generate() writes into (path, manifest, resumed_parameters,
+    save_image, record_failure, record), so a rank runs the very same generation code as a single-process batch.
     """
+
+    resumed_parameters = None  # the launching command checked the run's input files (params.refuse_changed_inputs)
 
     def __init__(self, run_dir: str | Path, launch: int, rank: int, world_size: int, placement: dict[str, Any],
                  images: list[dict[str, Any]]):
