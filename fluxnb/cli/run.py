@@ -30,7 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         help="set a parameter to VALUE read as YAML: lists and mappings, e.g. -y sweep "
                         "'{guidance_scale: [2, 3.5, 5]}'")
     parser.add_argument("-f", "--file", action="append", help="YAML file of parameters (applied before -p)")
-    parser.add_argument("--output-dir", help="base folder for run folders (default: outputs/)")
+    parser.add_argument("--output-dir", help="base folder for run folders (default: ./outputs)")
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's, i.e. this Python)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="re-execute into this run folder with its parameters "
                         "(plus any -p/-f), making only the images it does not hold yet")
