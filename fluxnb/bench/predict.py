@@ -75,9 +75,11 @@ def uncalibrated_l4(row: dict[str, Any], model_type: str, card: Card) -> dict[st
     if model_type not in COMPUTE or "seconds_per_step" not in row:
         return None
     precision, weight_bytes = COMPUTE[model_type]
-    tflop = step_tflop(row["width"], row["height"])
-    efficiency = tflop / (row["seconds_per_step"] * _peak(card, precision))
-    compute = tflop / (efficiency * _peak(L4, precision))
+    # The same efficiency (FLOPs / (s/step x peak)) on both cards: the step's FLOPs cancel, and the L4's compute
+    # time is the measured step scaled by the ratio of the two peaks. The efficiency itself is reported (it says
+    # how well this card was used), from step_tflop.
+    compute = row["seconds_per_step"] * _peak(card, precision) / _peak(L4, precision)
+    efficiency = step_tflop(row["width"], row["height"]) / (row["seconds_per_step"] * _peak(card, precision))
     stream = TRANSFORMER_PARAMS * weight_bytes / (L4.bandwidth_gbs * 1e9)
     step = max(compute, stream)
     other = row["seconds_per_image"] - row["seconds_per_step"] * row["steps"]

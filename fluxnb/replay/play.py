@@ -41,17 +41,17 @@ def _recorded(attempt: Attempt, cause: str, seconds: float, device: str, note: s
     observed = g.error + (f" ({g.time})" if g.time else "")
     confirmed, ids = _diagnose(g.error, attempt.diagnosis_id)
     return AttemptResult(attempt.number, attempt.title, RECORDED, g.result, observed, False, "",
-                         attempt.diagnosis_id, confirmed, ids, cause, attempt.fix, round(seconds, 3), device,
-                         note=note)
+                         attempt.diagnosis_id, confirmed, ids, confirmed, cause, attempt.fix, round(seconds, 3),
+                         device, note=note)
 
 
 def _live(attempt: Attempt, outcome: LiveOutcome, cause: str, seconds: float, device: str) -> AttemptResult:
-    """A live run's outcome, diagnosed from what was observed here."""
+    """A live run's outcome, diagnosed from what was observed here only (a run that did not fail confirms nothing;
+    the guide's recorded error is diagnosed beside it, and shown as such)."""
     confirmed, ids = _diagnose(outcome.observed, attempt.diagnosis_id)
-    if not confirmed and not outcome.outcome.startswith("failed"):  # e.g. a success: the guide's words name it
-        confirmed, ids = _diagnose(outcome.observed + "\n" + attempt.guide.error, attempt.diagnosis_id)
+    guide_matches, _ = _diagnose(attempt.guide.error, attempt.diagnosis_id)
     return AttemptResult(attempt.number, attempt.title, LIVE, outcome.outcome, outcome.observed, outcome.differs,
-                         outcome.difference, attempt.diagnosis_id, confirmed, ids, cause, attempt.fix,
+                         outcome.difference, attempt.diagnosis_id, confirmed, ids, guide_matches, cause, attempt.fix,
                          round(seconds, 3), device, ran=outcome.ran, details=outcome.details, images=outcome.images)
 
 

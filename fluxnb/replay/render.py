@@ -26,6 +26,7 @@ class AttemptResult:
     diagnosis_id: str
     diagnosis_confirmed: bool  # fluxnb.diagnosis.diagnose() on the observed (or recorded) text found diagnosis_id
     diagnosis_ids: list[str]
+    guide_error_matches: bool  # the same, on the guide's recorded error (what a live run that did not fail lacks)
     cause: str
     fix: str
     seconds: float
@@ -34,6 +35,17 @@ class AttemptResult:
     note: str | None = None  # why recorded, and how to make it live
     details: dict[str, Any] = field(default_factory=dict)
     images: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def _diagnosis_status(self) -> str:
+        """How the diagnosis stands: matched on what was observed, or why not (a live run that did not fail has
+        no error to match: the guide's recorded error is then diagnosed, and said to be)."""
+        if self.diagnosis_confirmed:
+            return "confirmed by fluxnb.diagnosis"
+        if self.mode == LIVE and not self.outcome.startswith("failed"):
+            return ("the error did not occur here; the guide's recorded error "
+                    + ("is matched by fluxnb.diagnosis" if self.guide_error_matches else "is not matched either"))
+        return "not matched by the text"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -47,8 +59,7 @@ class AttemptResult:
             f"  outcome: {self.outcome}",
             f"  observed: {self.observed}",
             f"  differs from the guide: {'yes: ' + self.difference if self.differs_from_guide else 'no'}",
-            f"  diagnosis: {self.diagnosis_id} "
-            f"({'confirmed by fluxnb.diagnosis' if self.diagnosis_confirmed else 'not matched by the text'})",
+            f"  diagnosis: {self.diagnosis_id} ({self._diagnosis_status})",
             f"  cause: {self.cause}",
             f"  fix: {self.fix}",
         ]
@@ -63,8 +74,7 @@ class AttemptResult:
             ("outcome", e(self.outcome)),
             ("observed", f"<code>{e(self.observed)}</code>"),
             ("differs from the guide", e("yes: " + self.difference if self.differs_from_guide else "no")),
-            ("diagnosis", f"<code>{e(self.diagnosis_id)}</code>"
-                          + (" (confirmed by fluxnb.diagnosis)" if self.diagnosis_confirmed else "")),
+            ("diagnosis", f"<code>{e(self.diagnosis_id)}</code> ({e(self._diagnosis_status)})"),
             ("cause", e(self.cause)),
             ("fix", e(self.fix)),
         ]

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -16,8 +15,7 @@ import psutil
 import fluxnb
 from fluxnb.outputs import LOCK_TOKEN_ENV, image_file_name
 from fluxnb.shards import PARTS_DIR
-
-from .waiting import wait_for
+from tests.waiting import wait_for
 
 SLOW = ["--steps", "12", "--width", "64", "--height", "64", "--num-images", "2", "--seed", "7"]
 PROMPTS = ("a red fox", "a lighthouse", "a bowl of ramen")
@@ -95,10 +93,9 @@ def test_killing_the_whole_launch_leaves_parts_that_a_resume_merges_first(output
     os.killpg(process.pid, signal.SIGKILL)  # the owner and torchrun; the ranks live in sessions of their own
     process.communicate(timeout=60)
     run_dir = next(outputs_dir.glob("*-generate"))
-    deadline = time.monotonic() + 60  # orphaned ranks see the owner's lock gone at their next step and stop
-    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in ranks):
-        assert time.monotonic() < deadline, "ranks outlived their owner"
-        time.sleep(0.1)
+    # orphaned ranks see the owner's lock gone at their next step and stop
+    wait_for(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                             for pid in ranks), seconds=60, what="the orphaned ranks to stop")
     parts = [json.loads(p.read_text()) for p in (run_dir / PARTS_DIR).glob("*.json")]
     assert parts and all(part["status"] == "failed" and "OwnerGone" in part["error"] for part in parts), [
         (part["status"], part.get("error")) for part in parts]

@@ -22,8 +22,7 @@ import fluxnb
 from fluxnb.errors import GenerationFailed, ModelUnusable
 from fluxnb.outputs import MANIFEST, RunFolder
 from fluxnb.tiny import ensure_tiny_checkpoint
-
-from .waiting import wait_for_images
+from tests.waiting import wait_for_images
 
 
 def fail_at(seeds: set[int], error: BaseException, request_seeds: list[int]):
@@ -156,7 +155,7 @@ def test_sigkill_then_resume_keeps_every_image_and_duplicates_none(tiny_model, o
 
 
 def test_sigint_stops_the_cli_with_consistent_outputs(tiny_model, outputs_dir: Path):
-    process = cli("generate", "--prompt", "a fox", *BATCH)
+    process = cli("generate", "--prompt", "a fox", *BATCH, "--num-images", "12")  # far from done at the signal
     run_dir = wait_for_images(outputs_dir, 1, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

@@ -13,8 +13,7 @@ import pytest
 
 import fluxnb
 from fluxnb.outputs import image_file_name
-
-from .waiting import wait_for
+from tests.waiting import wait_for
 
 pytest.importorskip("ray", reason="the ray extra is installed in the default test lane only (requirements/extras.txt)")
 

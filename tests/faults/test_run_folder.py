@@ -18,8 +18,7 @@ from PIL import Image
 
 import fluxnb
 from fluxnb.outputs import LOCK_FILE, SET_ASIDE, image_file_name
-
-from .waiting import wait_for_images
+from tests.waiting import wait_for_images
 
 BATCH = ["--steps", "20", "--width", "192", "--height", "192", "--num-images", "4", "--seed", "100"]
 PROMPTS = ("a red fox in the snow", "a lighthouse")

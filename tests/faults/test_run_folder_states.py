@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 import fluxnb
 from fluxnb.outputs import image_file_name, png_problem
-
-from .waiting import wait_for
+from tests.waiting import wait_for
 
 BATCH = ["--model", "flux-tiny", "--prompt", "a red fox", "--prompt", "a lighthouse", "--num-images", "3",
          "--steps", "6", "--width", "64", "--height", "64", "--seed", "5"]

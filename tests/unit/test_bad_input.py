@@ -3,15 +3,13 @@ no traceback, nothing unbounded (alias bombs, huge files, /dev/zero)."""
 
 from __future__ import annotations
 
+import builtins
 import json
-import math
 import os
-import re
 import struct
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 
@@ -46,17 +44,23 @@ def fails_with(capsys, argv: list[str], *texts: str, code: int = 2) -> str:
 # ---------------------------------------------------------------- YAML limits (fluxnb.userfiles)
 
 
-def test_alias_bomb_is_refused_quickly_everywhere(capsys, tmp_path: Path):
+def test_alias_bomb_is_refused_quickly_everywhere(capsys, tmp_path: Path, monkeypatch):
+    """Refused while counting, never expanded: the count visits each distinct node once (memoized), a few hundred
+    steps for a document of 387 million expanded strings (counted, not timed: a loaded machine changes nothing)."""
+    from fluxnb import userfiles
+
+    steps = []
+    counting = userfiles._expanded_size
+    monkeypatch.setattr(userfiles, "_expanded_size", lambda *args: steps.append(1) or counting(*args))
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(ALIAS_BOMB, encoding="utf-8")
-    start = time.perf_counter()
     err = fails_with(capsys, ["run", "01_text_to_image", "-f", str(bomb)],
                      f"parameters file {bomb}: aliases that expand to more than 100,000 nodes (an alias bomb?)")
     assert len(err) < 500  # the message never expands the document
     err = fails_with(capsys, ["generate", "--prompts", str(bomb)], f"prompts file {bomb}: aliases that expand")
     assert len(err) < 500
     err = fails_with(capsys, ["doctor", "--config", str(bomb)], "aliases that expand to more than 100,000 nodes")
-    assert time.perf_counter() - start < 5
+    assert 0 < len(steps) < 3 * 1000  # three documents; an unmemoized count takes over 100,000 steps for each
     assert parse_cli_value(ALIAS_BOMB) == ALIAS_BOMB  # -p: taken as the plain text it is, unexpanded
 
 
@@ -99,15 +103,21 @@ def test_parameters_file_that_is_a_directory_a_device_or_a_loop(capsys, tmp_path
         fails_with(capsys, ["run", "01_text_to_image", "-f", str(path)], f"parameters file {path} {text}")
 
 
-def test_model_config_not_utf8_or_huge_is_one_config_error(capsys, tmp_path: Path):
+def test_model_config_not_utf8_or_huge_is_one_config_error(capsys, tmp_path: Path, monkeypatch):
+    from fluxnb import userfiles
+
+    opened: list[Path] = []  # the files fluxnb.userfiles opens (counted, not timed)
+    monkeypatch.setattr(userfiles, "open", lambda file, *args, **kwargs: opened.append(Path(file)) or
+                        builtins.open(file, *args, **kwargs), raising=False)
     config = tmp_path / "model_config.yaml"
     config.write_bytes(b"models:\n  caf\xe9: {}\n")
     fails_with(capsys, ["generate", "--prompt", "a fox", "--config", str(config)],
                f"{config} is not a valid fluxnb model config", "is not UTF-8: byte 0xe9 at line 2")
+    assert config in opened  # the control: a small file is read
+    opened.clear()
     config.write_bytes(b"models: {}\n" + b"# padding\n" * 1_000_000)  # 10 MB: refused unread
-    start = time.perf_counter()
     fails_with(capsys, ["generate", "--prompt", "a fox", "--config", str(config)], "the limit is 524,288 bytes")
-    assert time.perf_counter() - start < 2
+    assert config not in opened
 
 
 def test_prompts_files_are_bounded(tmp_path: Path):
@@ -308,11 +318,9 @@ def test_doctor_versions_refuses_what_is_not_name_equals_version(capsys, version
 
 
 def test_diagnose_reads_a_bounded_tail_of_an_endless_device(capsys):
-    start = time.perf_counter()
-    assert main(["diagnose", "/dev/zero"]) == 1
+    assert main(["diagnose", "/dev/zero"]) == 1  # an unbounded read would never return
     err = capsys.readouterr().err
     assert "stopped reading after 268,435,456 bytes (the input does not end)" in err
-    assert time.perf_counter() - start < 30
 
 
 def test_diagnose_searches_the_tail_of_a_large_file(capsys, tmp_path: Path):
@@ -323,27 +331,22 @@ def test_diagnose_searches_the_tail_of_a_large_file(capsys, tmp_path: Path):
     assert "cuda-out-of-memory" in out.out and "its last 4,194,304 were searched" in out.err
 
 
-def _search_seconds(pattern: re.Pattern, line: str) -> float:
-    """The fastest of three searches: the least disturbed by whatever else the machine is doing."""
-    best = math.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        pattern.search(line)
-        best = min(best, time.perf_counter() - start)
-    return best
+MAX_SYMPTOM_WIDTH = 4096  # characters; the knowledge base's widest symptom spans 486
 
 
 def test_every_symptom_pattern_is_linear_in_its_input():
-    """For each pattern, lines of 0.5 and 2 MB made of its own literal start repeated (the worst case of a `.*`): 4x
-    the input takes about 4x the time (a quadratic search, 16x; a backtracking one, far more). A ratio of two times
-    measured side by side, not a wall-clock limit: a loaded machine slows both alike."""
-    kb = load_knowledge()
-    for entry in kb.entries:
+    """A complexity check, not a timing (a loaded machine changes nothing): every symptom pattern matches at most
+    MAX_SYMPTOM_WIDTH characters (the regex parser's own width bound), so a match attempt at one position of a log
+    reads a bounded stretch of it, and a search is linear in the log's length. A `.*` has no bound: refused here."""
+    try:  # the stdlib's own regex parser: the only place a pattern's width is known
+        from re import _parser
+    except ImportError:  # Python 3.10
+        import sre_parse as _parser
+
+    for entry in load_knowledge().entries:
         for pattern in entry.symptoms:
-            prefix = re.split(r"[\\\[(.?*+{|]", pattern.pattern, maxsplit=1)[0] or "x"
-            small, large = ((prefix * (n // len(prefix) + 1))[:n] for n in (2**19, 2 * 2**20))
-            ratio = _search_seconds(pattern, large) / max(_search_seconds(pattern, small), 1e-4)
-            assert ratio < 8, f"{pattern.pattern}: 4x the input took {ratio:.1f}x the time"
+            low, high = _parser.parse(pattern.pattern).getwidth()
+            assert high <= MAX_SYMPTOM_WIDTH, f"{entry.id}: {pattern.pattern!r} can match {high:,} characters"
 
 
 def test_unbounded_symptom_patterns_are_refused(tmp_path: Path):

@@ -29,9 +29,8 @@ paths = st.sampled_from([
 ])
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(paths, values), min_size=1, max_size=4))
-def test_any_config_mutation_gives_a_config_or_a_config_error(mutations):
+def _mutated(mutations: list[tuple[tuple[str, ...], object]]) -> dict:
+    """The shipped config with each (path, value) set where the path leads through mappings."""
     data = copy.deepcopy(RAW)
     for path, value in mutations:
         node = data
@@ -42,6 +41,13 @@ def test_any_config_mutation_gives_a_config_or_a_config_error(mutations):
         else:
             if isinstance(node, dict):
                 node[path[-1]] = value
+    return data
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(paths, values), min_size=1, max_size=4))
+def test_any_config_mutation_gives_a_config_or_a_config_error(mutations):
+    data = _mutated(mutations)
     try:
         config = parse_config(data)
     except fluxnb.ConfigError as exc:
@@ -50,15 +56,35 @@ def test_any_config_mutation_gives_a_config_or_a_config_error(mutations):
         assert config.primary_model in config.models
 
 
+def _edited(text: str, cut: int, insert: str) -> str:
+    """A config's YAML text with a stretch cut out and something typed in its place (a slip of the editor)."""
+    at = cut % (len(text) + 1)
+    return text[:at] + insert + text[at + len(insert):]
+
+
+configs_as_text = st.lists(st.tuples(paths, values), max_size=3).map(
+    lambda mutations: yaml.safe_dump(_mutated(mutations), allow_unicode=True, sort_keys=False))
+yaml_texts = (configs_as_text  # a config someone edited: mostly valid YAML, often a valid config
+              | st.builds(_edited, configs_as_text, st.integers(0, 10_000), st.text(max_size=12))
+              | st.text(max_size=300))  # anything at all
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.text(max_size=300))
-def test_any_yaml_text_gives_a_config_or_a_config_error(tmp_path_factory, text):
+@given(yaml_texts)
+def test_any_yaml_text_gives_the_config_it_says_or_a_config_error(tmp_path_factory, text):
+    """Either a ConfigError, or the config the text says, read back independently of fluxnb by PyYAML."""
     path = tmp_path_factory.mktemp("cfg") / "model_config.yaml"
     path.write_bytes(text.encode("utf-8", errors="replace"))
     try:
-        fluxnb.load_config(path)
-    except fluxnb.ConfigError:
-        pass
+        config = fluxnb.load_config(path)
+    except fluxnb.ConfigError as exc:
+        assert exc.problems or str(exc)
+        return
+    said = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert sorted(config.models) == sorted(said["models"])
+    assert (config.primary_model, config.fallback_model) == (said["runtime"]["primary_model"],
+                                                             said["runtime"]["fallback_model"])
+    assert all(config.models[name].type == said["models"][name]["type"] for name in config.models)
 
 
 request_values = st.fixed_dictionaries({}, optional={
@@ -111,6 +137,19 @@ def test_korean_prompt_round_trip(tmp_path):
     assert prompt in (run.path / "manifest.json").read_text(encoding="utf-8")
 
 
-@given(st.text())
-def test_cli_values_never_raise(text):
-    parse_cli_value(text)
+@given(st.text() | st.from_regex(r"\s?[+-]?(\d{1,6}(\.\d{0,3})?|\.\d{1,3})([eE][+-]?\d{1,2})?\s?", fullmatch=True)
+       | st.sampled_from(["None", "null", "~", "True", "true", "False", "false", "#1", "&word", "[a, b]", "a: b"]))
+def test_cli_values_are_the_text_as_typed_or_its_literal(text):
+    """-p gives a string parameter exactly what was typed; only None, True/False and plain numbers become values."""
+    value = parse_cli_value(text)
+    word = text.strip()
+    if value is None:
+        assert word in ("None", "null", "~")
+    elif isinstance(value, bool):
+        assert value is (word in ("True", "true")) and word in ("True", "true", "False", "false")
+    elif isinstance(value, int):
+        assert word.lstrip("+-").isdigit() and value == int(word)
+    elif isinstance(value, float):
+        assert any(c in word for c in ".eE") and value == float(word)
+    else:
+        assert value == text

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from fluxnb.outputs import RunFolder
 from fluxnb.params import request_from_dict
 from fluxnb.sweep_grid import GRID_FILE, read_grid_layout, save_sweep_grid
 from fluxnb.sweeps import parse_cli
+from tests.waiting import wait_for_images
 
 SMALL = dict(width=64, height=64, steps=2)
 
@@ -121,18 +121,11 @@ def test_killed_sweep_resumes_with_only_the_missing_images(tiny_model, outputs_d
             "--sweep", "guidance_scale=2,5", "--sweep", "steps=6,8", "--num-images", "2"]
     process = subprocess.Popen([sys.executable, "-m", "fluxnb.cli", *args], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        runs = list(outputs_dir.glob("*-generate"))
-        if runs and len(list(runs[0].glob("*.png"))) >= 3:
-            break
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.05)
+    run_dir = wait_for_images(outputs_dir, 3, process)
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    run_dir = runs[0]
-    before = {p.name: p.read_bytes() for p in run_dir.glob("*.png")}
-    listed = len(fluxnb.read_manifest(run_dir)["images"])  # a PNG the kill kept from its manifest line is made again
+    before = {p.name: p.read_bytes() for p in run_dir.glob("*.png")}  # each complete: PNGs are written atomically
+    listed = len(fluxnb.read_manifest(run_dir)["images"])  # a PNG the kill kept from its manifest line is adopted
     assert 2 <= listed <= len(before) < 8 and not (run_dir / GRID_FILE).exists()
     done = subprocess.run([sys.executable, "-m", "fluxnb.cli", "generate", "--resume", str(run_dir)],
                           capture_output=True, text=True, timeout=600)
@@ -142,7 +135,8 @@ def test_killed_sweep_resumes_with_only_the_missing_images(tiny_model, outputs_d
     keys = [(e["seed"], e["sweep"]["guidance_scale"], e["sweep"]["steps"]) for e in manifest["images"]]
     assert sorted(keys) == sorted((s, g, n) for s in (0, 1) for g in (2.0, 5.0) for n in (6, 8))
     new_lines = [line for line in done.stdout.splitlines() if line.endswith(")") and ".png" in line]
-    assert len(new_lines) == 8 - listed  # only the missing images were generated
+    assert len(new_lines) == 8 - len(before)  # only the missing images were generated
+    assert all((run_dir / name).read_bytes() == data for name, data in before.items())  # the finished ones kept
     for name, data in before.items():
         assert (run_dir / name).read_bytes() == data
     layout = read_grid_layout(run_dir / GRID_FILE)
