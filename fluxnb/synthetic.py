@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from .files import remove_own_folder
-from .tiny import assemble_flux_pipeline, atomic_build, build_tokenizers, cache_root, library_lines
+from .tiny import TINY_DIMS, atomic_build, build_flux_pipeline, cache_root, library_lines
 
 SYNTHETIC_SEED = 20251122
 BUILD_MARKER = "fluxnb_synthetic.json"
@@ -209,56 +209,19 @@ def build_synthetic_pipeline(device: str = "cuda", dims: dict | None = None, see
     weight set is the Gaussian one with inject_outliers' defaults applied to the transformer."""
     check_weight_set(weight_set)
     import torch
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    dims = dims or FULL_DIMS
-    tokenizer, tokenizer_2 = build_tokenizers()
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            torch.manual_seed(seed)
-            transformer = FluxTransformer2DModel(**dims["transformer"])
-            _variance_preserving_init(transformer)
-            torch.manual_seed(seed + 1)
-            text_encoder = CLIPTextModel(
-                CLIPTextConfig(
-                    **dims["clip"],
-                    bos_token_id=tokenizer.bos_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            )
-            torch.manual_seed(seed + 2)
-            # T5's own init (normal, std d_model^-0.5 ...) is variance-preserving.
-            text_encoder_2 = T5EncoderModel(
-                T5Config(
-                    **dims["t5"],
-                    is_encoder_decoder=False,
-                    use_cache=False,
-                    decoder_start_token_id=0,
-                    pad_token_id=0,
-                    eos_token_id=1,
-                )
-            )
-            torch.manual_seed(seed + 3)
-            vae = AutoencoderKL(
-                in_channels=3,
-                out_channels=3,
-                down_block_types=["DownEncoderBlock2D"] * 4,
-                up_block_types=["UpDecoderBlock2D"] * 4,
-                act_fn="silu",
-                **dims["vae"],
-            )
+            pipe = build_flux_pipeline(dims or FULL_DIMS, seed, init=_variance_preserving_init)
     finally:
         torch.set_default_dtype(previous)
-    for module in (transformer, text_encoder, text_encoder_2, vae):
+    for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
         module.to(torch.bfloat16).eval().requires_grad_(False)
     if weight_set == "outliers":
-        inject_outliers(transformer)
-    return assemble_flux_pipeline(transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae)
+        inject_outliers(pipe.transformer)
+    return pipe
 
 
 def check_finite(pipe, height: int = 256, width: int = 256, steps: int = 1) -> dict:
@@ -401,18 +364,6 @@ def remove_weight_set(weight_set: str, root: str | os.PathLike | None = None, di
     return removed
 
 
-# The tiny model's dimensions (fluxnb.tiny.build_tiny_pipeline) for the synthetic builder: the bench's weight sets
-# and the GPU script's logic run on a CPU in seconds with them (FLUXNB_SYNTHETIC_DIMS=tiny).
-TINY_DIMS = {
-    "transformer": dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
-                        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
-                        axes_dims_rope=[4, 6, 6]),
-    "t5": dict(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-               relative_attention_num_buckets=8, feed_forward_proj="gated-gelu"),
-    "clip": dict(vocab_size=49408, hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2,
-                 num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu"),
-    "vae": dict(block_out_channels=[8, 8, 16, 16], layers_per_block=1, latent_channels=16, norm_num_groups=4,
-                sample_size=64, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
-                use_post_quant_conv=False),
-}
+# full: FLUX.1-dev's size; tiny: the tiny model's (fluxnb.tiny), so that the bench's weight sets and the GPU
+# script's logic run on a CPU in seconds (FLUXNB_SYNTHETIC_DIMS=tiny)
 DIMS_BY_NAME = {"full": None, "tiny": TINY_DIMS}

@@ -17,7 +17,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 TINY_SEED = 20251122  # the guide's date: the same weights on every machine with the same library lines
 BUILD_MARKER = "fluxnb_tiny.json"
@@ -146,77 +148,56 @@ def assemble_flux_pipeline(transformer, text_encoder, tokenizer, text_encoder_2,
     )
 
 
-def build_tiny_pipeline():
-    """Construct the tiny FluxPipeline in memory (deterministic for a given library line)."""
+# The tiny model's dimensions, FLUX.1-dev's shapes of reasoning at toy size: 16 latent channels, x8 VAE, 2x2
+# patches (in_channels 64), rotary axes summing to the head dim, guidance embedding (dev is guidance-distilled).
+# The text encoders' vocabularies are the tiny tokenizers' (build_flux_pipeline fills them in).
+TINY_DIMS: dict[str, dict[str, Any]] = {
+    "transformer": dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
+                        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                        axes_dims_rope=[4, 6, 6]),
+    "t5": dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+               feed_forward_proj="gated-gelu"),
+    "clip": dict(hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=77, hidden_act="quick_gelu"),
+    "vae": dict(block_out_channels=[8, 8, 16, 16], layers_per_block=1, latent_channels=16, norm_num_groups=4,
+                sample_size=64, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                use_post_quant_conv=False),
+}
+
+
+def build_flux_pipeline(dims: dict[str, dict[str, Any]], seed: int,
+                        init: Callable[[Any], None] | None = None):
+    """A FluxPipeline of the real diffusers/transformers classes with these dimensions and random weights: the
+    transformer, CLIP, T5 and VAE seeded with seed, seed+1, seed+2, seed+3 (the same weights for the same library
+    line), `init` applied to the transformer. The tiny model and the synthetic checkpoints (fluxnb.synthetic,
+    FLUX.1-dev's full size) are both built here; a vocabulary not in `dims` is the tiny tokenizers'."""
     import torch
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer, tokenizer_2 = build_tokenizers()
-    # Same shapes of reasoning as FLUX.1-dev: 16 latent channels, x8 VAE, 2x2 patches (in_channels 64),
-    # rotary axes summing to the head dim, guidance embedding (dev is guidance-distilled).
-    torch.manual_seed(TINY_SEED)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=64,
-        num_layers=1,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=True,
-        axes_dims_rope=[4, 6, 6],
-    )
-    torch.manual_seed(TINY_SEED + 1)
-    clip_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        projection_dim=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_act="quick_gelu",
-    )
-    text_encoder = CLIPTextModel(clip_config)
-    torch.manual_seed(TINY_SEED + 2)
-    t5_config = T5Config(
-        vocab_size=len(tokenizer_2),
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        feed_forward_proj="gated-gelu",
-        is_encoder_decoder=False,
-        use_cache=False,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    text_encoder_2 = T5EncoderModel(t5_config)
-    torch.manual_seed(TINY_SEED + 3)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 8, 16, 16],
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=64,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(**dims["transformer"])
+    if init is not None:
+        init(transformer)
+    torch.manual_seed(seed + 1)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**{"vocab_size": len(tokenizer), **dims["clip"]},
+                                                bos_token_id=tokenizer.bos_token_id,
+                                                eos_token_id=tokenizer.eos_token_id,
+                                                pad_token_id=tokenizer.pad_token_id))
+    torch.manual_seed(seed + 2)  # T5's own init (normal, std d_model^-0.5 ...) is variance-preserving
+    text_encoder_2 = T5EncoderModel(T5Config(**{"vocab_size": len(tokenizer_2), **dims["t5"]},
+                                             is_encoder_decoder=False, use_cache=False, decoder_start_token_id=0,
+                                             pad_token_id=0, eos_token_id=1))
+    torch.manual_seed(seed + 3)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, act_fn="silu", **dims["vae"])
     return assemble_flux_pipeline(transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae)
+
+
+def build_tiny_pipeline():
+    """Construct the tiny FluxPipeline in memory (deterministic for a given library line)."""
+    return build_flux_pipeline(TINY_DIMS, TINY_SEED)
 
 
 def atomic_build(target: Path, build, info: dict, marker: str = BUILD_MARKER) -> Path:

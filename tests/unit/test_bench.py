@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -76,22 +77,23 @@ def test_bench_cli_on_tiny_two_backends(tmp_path, capsys):
     from fluxnb.cli import main
 
     out = tmp_path / "bench.json"
+    start = time.perf_counter()
     code = main(["bench", "--backend", "flux-tiny", "--backend", "flux-tiny@bf16", "--size", "32x32",
                  "--steps", "2", "--warmup-steps", "1", "--device", "cpu", "--output", str(out)])
+    wall = time.perf_counter() - start
     assert code == 0
     results = load_results(out)
     assert results["weights"].startswith("embedded tiny model")
     assert results["settings"]["reference"] == "flux-tiny" and results["settings"]["baseline"] == "flux-tiny"
     rows = {r["backend"]: r for r in results["rows"]}
     ref, cast = rows["flux-tiny"], rows["flux-tiny@bf16"]
-    assert ref["latent_rel_error"] == 0.0 and ref["psnr_db"] is None and ref["speedup_vs_baseline"] == 1.0
+    assert ref["latent_rel_error"] == 0.0 and ref["psnr_db"] is None  # the reference against itself
     # random tiny weights drift in bf16 by an amount that depends on the CPU's bf16 kernels (0.2-0.3 on the CI
     # machine, 1.3-1.4 on the GPU lane's CPU): the cast must differ from the reference, finitely
     assert 0 < cast["latent_rel_error"] < 5 and cast["psnr_db"] > 0
-    assert cast["speedup_vs_baseline"] == pytest.approx(ref["seconds_per_image"] / cast["seconds_per_image"], rel=1e-2)
-    for row in (ref, cast):
+    for row in (ref, cast):  # the ratios themselves: test_comparisons_with_hand_numbers
         assert set(row["phases"]) == {"text_encoding", "denoising", "vae_decode"}
-        assert row["seconds_per_image"] == pytest.approx(sum(p["seconds"] for p in row["phases"].values()), abs=1e-2)
+        assert 0 < row["seconds_per_image"] < wall and row["speedup_vs_baseline"] > 0  # measured inside this call
         assert row["finite"] and row["peak_rss_bytes"] > 0
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert "| flux-tiny@bf16 | 32x32 |" in capsys.readouterr().out
@@ -197,3 +199,27 @@ def test_failed_rows_keep_whole_words_and_the_chart_is_closed(tmp_path):
     names = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert names[0] == f"{results['rows'][0]['backend']} ({results['rows'][0]['size']})"
     assert all(t.get_rotation() == 0 for t in fig.axes[0].get_yticklabels())  # horizontal, readable names
+
+
+def test_comparisons_with_hand_numbers():
+    """Speed ratios against the baseline and fidelity against the reference, on values worked out by hand."""
+    import numpy as np
+
+    from fluxnb.bench.fidelity import add_comparisons
+
+    rows = [{"backend": "base", "size": "32x32", "seconds_per_image": 2.0, "seconds_per_step": 0.5},
+            {"backend": "ref", "size": "32x32", "seconds_per_image": 4.0, "seconds_per_step": 1.0},
+            {"backend": "fast", "size": "32x32", "seconds_per_image": 0.5, "seconds_per_step": 0.2},
+            {"backend": "fast", "size": "32x32", "weights": "outliers", "seconds_per_image": 0.8,
+             "seconds_per_step": 0.25}]
+    image = np.full((8, 8, 3), 100, dtype=np.uint8)
+    outputs = {("ref", "32x32", "gaussian"): {"latents": [3.0, 4.0], "image": image},
+               ("fast", "32x32", "gaussian"): {"latents": [3.0, 4.5], "image": image + 1}}
+    add_comparisons({"settings": {"reference": "ref", "baseline": "base"}, "rows": rows}, outputs)
+    base, ref, fast, outliers = rows
+    assert (fast["speedup_vs_baseline"], fast["step_speedup_vs_baseline"]) == (4.0, 2.5)  # 2.0/0.5, 0.5/0.2
+    assert (ref["speedup_vs_baseline"], base["speedup_vs_baseline"]) == (0.5, 1.0)
+    assert outliers["speedup_vs_baseline"] == 2.5  # no baseline on outliers: the Gaussian one (2.0/0.8)
+    assert fast["latent_rel_error"] == 0.1 and fast["psnr_db"] == pytest.approx(48.13, abs=0.01)  # 0.5/5; 1 level
+    assert ref["latent_rel_error"] == 0.0 and ref["psnr_db"] is None
+    assert "latent_rel_error" not in outliers  # no outputs of that weight set: nothing compared

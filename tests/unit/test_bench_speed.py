@@ -13,7 +13,8 @@ from fluxnb.bench import load_results, parse_backend, summarize
 from fluxnb.bench.predict import add_predictions, card_for, step_tflop
 from fluxnb.bench.warm import first_call_in_new_process
 from fluxnb.errors import RequestError
-from fluxnb.synthetic import BUILD_MARKER, TINY_DIMS, synthetic_dir
+from fluxnb.synthetic import BUILD_MARKER, synthetic_dir
+from fluxnb.tiny import TINY_DIMS
 
 
 def test_cache_and_autotune_variants(config):

@@ -36,16 +36,30 @@ def test_shard_refuses_a_rank_outside_the_world():
         shard([1, 2, 3], 2, 2)
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.integers(1, 6), st.integers(1, 4), st.integers(0, 1000))
-def test_file_names_and_seeds_do_not_depend_on_the_number_of_ranks(prompts, per_prompt, seed):
-    """An item's name comes from its index, seed and parameters only: every N assigns the same names."""
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 3), st.integers(0, 1000))
+def test_file_names_and_seeds_do_not_depend_on_the_number_of_ranks(tmp_path_factory, prompts, per_prompt, seed):
+    """An item's name comes from its index, seed and parameters only: ranks of launches of 1, 2, 3 and 5 processes
+    (each writing its shard through RankPart, which adds its rank to the metadata) name every image alike."""
     items = [(p * per_prompt + k, f"prompt {p}", seed + k) for p in range(prompts) for k in range(per_prompt)]
-    by_index = {index: image_file_name({"index": index, "prompt": prompt, "seed": s, "steps": 2})
-                for index, prompt, s in items}
+    names = {}
     for world in (1, 2, 3, 5):
-        named = {i: by_index[i] for rank in range(world) for i in shard(list(by_index), world, rank)}
-        assert named == by_index
+        folder = tmp_path_factory.mktemp(f"world{world}")
+        for rank in range(world):
+            part = RankPart(folder, 0, rank, world, {"rank": rank, "world_size": world}, [])
+            for index in shard([index for index, _, _ in items], world, rank):
+                _, prompt, item_seed = items[index]
+                part.save_image(Image.new("RGB", (8, 8)), {"index": index, "prompt": prompt, "seed": item_seed,
+                                                           "steps": 2, "mode": "text-to-image"})
+        names[world] = sorted(p.name for p in folder.glob("*.png"))
+    assert len(names[1]) == len(items) and all(names[world] == names[1] for world in (2, 3, 5)), names
+
+
+def test_an_items_file_name_is_stable_across_versions():
+    """The name scheme is part of the run folder's format: a resume by a later fluxnb finds the images of an earlier
+    one by it. Pinned: the name fluxnb gives today (a change would strand the images of older run folders)."""
+    assert image_file_name({"index": 3, "prompt": "a red fox", "seed": 7, "steps": 2, "mode": "text-to-image"}) == \
+        "0003-t2i-seed7-15183458.png"
 
 
 def test_plan_processes_uses_what_the_host_has_and_says_so():

@@ -285,7 +285,7 @@ def test_a_control_lora_is_refused_before_the_first_image_and_the_model_stays_us
     from diffusers import FluxTransformer2DModel
 
     from fluxnb import synthetic_lora
-    from fluxnb.synthetic import TINY_DIMS
+    from fluxnb.tiny import TINY_DIMS
 
     wider = FluxTransformer2DModel(**{**TINY_DIMS["transformer"], "in_channels": 128})
     control = tmp_path / "control.safetensors"

@@ -16,7 +16,8 @@ from fluxnb.errors import InputError
 from fluxnb.files import own_folder
 from fluxnb.outputs import LOCK_FILE, SET_ASIDE
 from fluxnb.shards import PARTS_DIR
-from fluxnb.synthetic import TINY_DIMS, remove_synthetic_checkpoint, synthetic_dir
+from fluxnb.synthetic import remove_synthetic_checkpoint, synthetic_dir
+from fluxnb.tiny import TINY_DIMS
 from tests.cli_errors import refused
 
 
