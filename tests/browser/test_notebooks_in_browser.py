@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import nbformat
 
 from fluxnb.runner import KERNEL_DISPLAY_NAME
 from tests.paths import REPO_ROOT
+from tests.waiting import wait_for
 
 KOREAN = "붉은 여우, 눈 속의 수채화"
 
@@ -58,12 +58,17 @@ def saved_notebook(page, lab, name: str) -> nbformat.NotebookNode:
     before = path.stat().st_mtime_ns
     page.locator(".jp-NotebookPanel .jp-Notebook").first.click(position={"x": 5, "y": 5})
     page.keyboard.press("Control+s")
-    deadline = time.monotonic() + 60
-    while path.stat().st_mtime_ns == before:
-        assert time.monotonic() < deadline, "the notebook was not saved"
-        time.sleep(0.2)
-    time.sleep(0.5)
-    return nbformat.read(path, as_version=4)
+    def written() -> nbformat.NotebookNode | None:
+        """The notebook once the save has replaced it and it reads whole, the same on two reads in a row."""
+        if path.stat().st_mtime_ns == before:
+            return None
+        try:
+            first = nbformat.read(path, as_version=4)
+        except Exception:  # noqa: BLE001 - mid-write: read again
+            return None
+        return first if nbformat.read(path, as_version=4) == first else None
+
+    return wait_for(written, seconds=60, what=f"JupyterLab to save {name}.ipynb")
 
 
 def errors_of(nb: nbformat.NotebookNode) -> list[str]:

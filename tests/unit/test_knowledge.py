@@ -254,9 +254,8 @@ def test_mt5tokenizer_on_the_installed_transformers():
         assert "mt5tokenizer-transformers5" not in ids(evaluate({"diffusers": package_version("diffusers"),
                                                                  "transformers": package_version("transformers")}))
     else:
-        from transformers import MT5Tokenizer
+        from transformers import MT5Tokenizer  # noqa: F401 - the import is the check (4.x still has it)
 
-        assert MT5Tokenizer.__name__ == "MT5Tokenizer"
         assert "mt5tokenizer-transformers5" not in ids(evaluate({"transformers": package_version("transformers")}))
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 import fluxnb
 from fluxnb.config import DEFAULT_CONFIG_PATH, parse_config
 from fluxnb.outputs import RunFolder
+from fluxnb.packaged import SAMPLE_INIT_IMAGE
 from fluxnb.params import IMAGE_TO_IMAGE, make_request
 from fluxnb.runner import parse_cli_value
 
@@ -44,6 +45,14 @@ def _mutated(mutations: list[tuple[tuple[str, ...], object]]) -> dict:
     return data
 
 
+def _says(config, data: dict) -> None:
+    """The parsed config holds what the data said: its model names and types, its primary and fallback."""
+    assert sorted(config.models) == sorted(data["models"])
+    assert (config.primary_model, config.fallback_model) == (data["runtime"]["primary_model"],
+                                                             data["runtime"]["fallback_model"])
+    assert all(config.models[name].type == data["models"][name]["type"] for name in config.models)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(paths, values), min_size=1, max_size=4))
 def test_any_config_mutation_gives_a_config_or_a_config_error(mutations):
@@ -53,7 +62,7 @@ def test_any_config_mutation_gives_a_config_or_a_config_error(mutations):
     except fluxnb.ConfigError as exc:
         assert exc.problems and all(isinstance(p, str) for p in exc.problems)
     else:
-        assert config.primary_model in config.models
+        _says(config, data)
 
 
 def _edited(text: str, cut: int, insert: str) -> str:
@@ -80,11 +89,7 @@ def test_any_yaml_text_gives_the_config_it_says_or_a_config_error(tmp_path_facto
     except fluxnb.ConfigError as exc:
         assert exc.problems or str(exc)
         return
-    said = yaml.safe_load(path.read_text(encoding="utf-8"))
-    assert sorted(config.models) == sorted(said["models"])
-    assert (config.primary_model, config.fallback_model) == (said["runtime"]["primary_model"],
-                                                             said["runtime"]["fallback_model"])
-    assert all(config.models[name].type == said["models"][name]["type"] for name in config.models)
+    _says(config, yaml.safe_load(path.read_text(encoding="utf-8")))
 
 
 request_values = st.fixed_dictionaries({}, optional={
@@ -102,20 +107,42 @@ request_values = st.fixed_dictionaries({}, optional={
 })
 
 
+# Values a person would give (in range for both models), mixed with the wild ones above: the success path is
+# reached often, and must keep what was asked.
+sensible_values = st.fixed_dictionaries({}, optional={
+    "steps": st.integers(1, 50),
+    "width": st.sampled_from([64, 128, 256, 512]),
+    "height": st.sampled_from([64, 256, 512]),
+    "guidance_scale": st.floats(0.5, 10.0),
+    "seed": st.integers(0, 2**31),
+    "num_images": st.integers(1, 4),
+    "strength": st.floats(0.05, 1.0),
+    "init_image": st.just(str(SAMPLE_INIT_IMAGE)),
+})
+
+
 @settings(max_examples=400, deadline=None)
-@given(request_values, st.sampled_from(["flux-dev-bnb-8bit", "flux-tiny"]), st.booleans())
-def test_any_request_gives_a_request_or_a_request_error(kwargs, model, i2i):
+@given(request_values | sensible_values, st.sampled_from(["flux-dev-bnb-8bit", "flux-tiny"]), st.booleans())
+def test_any_request_gives_the_request_asked_or_a_request_error(kwargs, model, i2i):
     spec = fluxnb.load_config().get(model)
     kwargs.setdefault("prompt", "a fox")
     try:
         request = make_request(spec, mode=IMAGE_TO_IMAGE if i2i else "text-to-image", **kwargs)
     except fluxnb.RequestError as exc:
+        event("refused")
         assert exc.parameter in {*kwargs, "mode", "init_image"}  # init_image: required for i2i
-    else:
-        assert 1 <= request.steps <= spec.params.max_steps
-        assert request.width % 16 == 0 and request.height % 16 == 0
-        assert request.width <= spec.params.max_size[0] and request.height <= spec.params.max_size[1]
-        assert 0 < request.guidance_scale < float("inf")
+        return
+    event("accepted")
+    assert 1 <= request.steps <= spec.params.max_steps
+    assert request.width % 16 == 0 and request.height % 16 == 0
+    assert request.width <= spec.params.max_size[0] and request.height <= spec.params.max_size[1]
+    assert 0 < request.guidance_scale < float("inf")
+    for name in ("steps", "width", "height", "guidance_scale", "seed", "num_images"):  # what was asked, kept
+        if isinstance(kwargs.get(name), (int, float)) and not isinstance(kwargs[name], bool):
+            assert getattr(request, name) == kwargs[name], name
+    assert request.mode == (IMAGE_TO_IMAGE if i2i else "text-to-image")
+    if i2i:
+        assert request.strength == kwargs.get("strength", request.strength) and request.init_image
 
 
 @settings(max_examples=100, deadline=None)

@@ -13,14 +13,19 @@ from fluxnb.verification import SetupVerification, memory_figure, quantization_r
 pytestmark = pytest.mark.stack  # in both lanes: notebook 00's verification on each line
 
 
-def test_memory_figure_shows_the_guide_beside_the_measurement(tiny_model):
-    fig = memory_figure(tiny_model.report.components)
+def test_memory_figure_shows_the_guide_beside_the_measurement():
+    mib = 2**20
+    components = [ComponentFootprint("transformer", "FluxTransformer2DModel", "int8", "cuda:0", 3 * mib, 5, 1),
+                  ComponentFootprint("text_encoder", "CLIPTextModel", "bf16", "cuda:0", mib // 2, 0, 9),
+                  ComponentFootprint("text_encoder_2", "T5EncoderModel", "int8", "cuda:0", mib, 7, 0),
+                  ComponentFootprint("vae", "AutoencoderKL", "bf16", "cuda:0", mib // 2, 0, 0)]
+    fig = memory_figure(components)
     left, right = fig.axes
-    assert [round(p.get_height()) for p in left.patches] == [12, 5, 1, 1]
-    measured = {c.name: c.bytes for c in tiny_model.report.components}
-    assert len(right.patches) == 4 and all(p.get_height() > 0 for p in right.patches)
-    assert "KiB" in right.get_ylabel() or "MiB" in right.get_ylabel()
-    assert sum(measured.values()) == tiny_model.report.total_bytes
+    assert [p.get_height() for p in left.patches] == [12, 5, 1, 1]  # the guide's GB: transformer, T5, VAE, CLIP
+    assert [p.get_height() for p in right.patches] == [3.0, 1.0, 0.5, 0.5]  # the same order, in MiB
+    assert right.get_ylabel() == "MiB" and right.get_title() == "measured after loading here (5.00 MiB in all)"
+    assert [t.get_text() for t in right.get_xticklabels()] == ["transformer\nint8", "T5\nint8", "VAE\nbf16",
+                                                               "CLIP\nbf16"]
 
 
 def test_quantization_rows(tiny_model):
