@@ -450,7 +450,7 @@ class RunFolder:
         return target
 
     def add_images(self, entries: list[dict[str, Any]]) -> None:
-        """List images another process wrote (a Ray actor's), each at the cost of one (fluxnb.raybatch)."""
+        """List images another process wrote (a data-parallel rank's), each at the cost of one (fluxnb.shards)."""
         for entry in entries:
             self._list_image(entry)
 

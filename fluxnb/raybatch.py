@@ -1,57 +1,87 @@
 """Many hosts: the same batch on a Ray cluster, one actor per GPU holding a loaded pipeline (`--ray ADDRESS`).
 
 The launching process is the owner, as with torchrun (fluxnb.dataparallel): it holds the run folder's lock, hands
-out the missing items one at a time to idle actors, and is the only process that writes manifest.json. An actor
-writes only its images (atomically, named by their request item) into the run folder, which must therefore be on
-storage every host sees at the same path (a shared file system such as a GCS FUSE mount or Filestore). An actor
-that dies (its process killed, its host lost) has its item handed to another actor; when no actor is left, the
-owner lists the missing images and how to resume. Ray is an optional extra (`pip install -e ".[ray]"`).
+out the missing items one at a time to idle actors, and is the only process that reads or writes the run folder.
+Nothing is shared through a disk: the request's input files (init image, LoRA files) go to the actors through Ray's
+object store, each finished image (pixels and metadata) comes back the same way, and the actors import the fluxnb
+of the launching process, shipped by Ray's runtime_env (py_modules), not a checkout path. An actor that dies (its
+process killed, its host lost) has its item handed to another actor; when no actor is left, the owner lists the
+missing images and how to resume.
+
+Warm workers (`--keep-warm SECONDS`, on a cluster that outlives the command: `ray start --head`, `--ray auto`):
+the actors stay alive after the batch, named by what they loaded, so the next batch of the same model skips the
+load; each ends itself after SECONDS without work, and `fluxnb workers --ray ADDRESS --stop` ends them at once.
+Ray is an optional extra (`pip install "fluxnb[ray]"`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
+from .config import ModelConfig, ModelSpec, load_config
 from .dataparallel import DataParallelIncomplete
-from .errors import FluxnbError, GenerationFailed
+from .errors import FluxnbError, GenerationFailed, RequestError
 from .generation import generate
 from .loading import load_model
-from .outputs import RunFolder, read_manifest
+from .outputs import RunFolder, image_file_name
 from .params import request_from_dict
 from .selection import resolve_model
 from .shards import pending_indexes
 
 LOCAL = "local"  # `--ray local`: start a Ray cluster on this machine for the run
+NAMESPACE = "fluxnb"  # the Ray namespace of fluxnb's named (warm) actors
+# Settings that travel to the actors; not a token (give the cluster its own secret), not a path on this host (the
+# model config travels as its content; caches are each node's own).
+LOCAL_PATHS = ("FLUXNB_CONFIG", "FLUXNB_CACHE", "HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_TOKEN_PATH")
 
 
 class RayUnavailable(FluxnbError):
     """Ray is not installed, or the cluster cannot be reached."""
 
 
-class _Sink:
-    """What generation.generate() writes into inside an actor: the PNGs (RunFolder.write_png), kept lines."""
+@dataclasses.dataclass(frozen=True)
+class LoadOrder:
+    """What an actor loads; its key names warm actors, so a batch finds the ones that hold the same pipeline."""
 
+    spec: ModelSpec
+    checkpoint: str | None
+    device: str
+    config: ModelConfig
+
+    def key(self) -> str:
+        from . import __version__
+
+        text = repr((__version__, self.spec, self.checkpoint, self.device))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+class _Sink:
+    """What generation.generate() writes into inside an actor: the images and failures, kept in memory for the
+    owner (an actor writes no file of the run)."""
+
+    path = None
     resumed_parameters = None  # the launching command checked the run's input files (params.refuse_changed_inputs)
 
-    def __init__(self, run_dir: str, placement: dict[str, Any]):
-        self.path = Path(run_dir)
+    def __init__(self, placement: dict[str, Any]):
         self.placement = placement
-        self.manifest: dict[str, Any] = {"images": [], "failures": []}
+        self.manifest: dict[str, Any] = {"images": [], "failures": []}  # nothing to skip: the owner sends only
+        self.images: list[tuple[Any, dict[str, Any]]] = []  # missing items
 
     def save_image(self, image, metadata: dict[str, Any]) -> Path:
         metadata["parallel"] = dict(self.placement)
-        path = RunFolder.write_png(self.path, image, metadata)
-        self.manifest["images"].append({"file": path.name, **metadata})
-        return path
+        self.images.append((image, metadata))
+        return Path(image_file_name(metadata))  # the name the owner will give it
 
     def record_failure(self, failure: dict[str, Any]) -> None:
         self.manifest["failures"].append({**failure, "parallel": dict(self.placement)})
@@ -61,34 +91,93 @@ class _Sink:
 
 
 class Worker:
-    """One Ray actor: a loaded pipeline on its GPU (Ray sets CUDA_VISIBLE_DEVICES: it is cuda:0) or on the CPU."""
+    """One Ray actor: a loaded pipeline on its GPU (Ray sets CUDA_VISIBLE_DEVICES: it is cuda:0) or on the CPU.
 
-    def __init__(self, run_dir: str, worker: int, device: str, config: str | None):
+    keep_warm: seconds without work after which a warm (named, detached) actor ends itself; None: it lives as long
+    as the command that made it.
+    """
+
+    def __init__(self, order: LoadOrder, worker: int, keep_warm: float | None = None):
         import torch
 
-        manifest = read_manifest(run_dir)
-        cfg = load_config(config)
-        choice = resolve_model(manifest["model"]["name"], cfg)
-        self.run_dir = run_dir
-        self.request = request_from_dict(choice.spec, manifest["parameters"])
-        self.reason = manifest["model"].get("reason")
         start = time.perf_counter()
-        self.model = load_model(choice.spec, checkpoint=manifest["model"].get("checkpoint"), device=device,
-                                config=cfg, progress=False)
+        self.order = order
+        self.model = load_model(order.spec, checkpoint=order.checkpoint, device=order.device, config=order.config,
+                                progress=False)
+        device = order.device
         self.placement = {"mode": "ray", "worker": worker, "host": socket.gethostname(), "pid": os.getpid(),
                           "device": "cuda:0" if device == "cuda" else "cpu",
                           "physical_gpu": os.environ.get("CUDA_VISIBLE_DEVICES") if device == "cuda" else None,
                           "device_name": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
                           "load_seconds": round(time.perf_counter() - start, 3)}
+        self.inputs = Path(tempfile.mkdtemp(prefix="fluxnb-inputs-"))  # this node's copies of the input files
+        self.copies: dict[str, str] = {}
+        self.keep_warm, self.images_made, self.idle_since = keep_warm, 0, time.time()
+        self.timer: threading.Timer | None = None
+        self._arm()
 
-    def make(self, index: int) -> dict[str, Any]:
-        """Generate item `index` into the run folder; return its manifest line (or its failure)."""
-        sink = _Sink(self.run_dir, self.placement)
+    def describe(self) -> dict[str, Any]:
+        """What `fluxnb workers` lists."""
+        return {"model": self.order.spec.name, "checkpoint": self.order.checkpoint, **self.placement,
+                "keep_warm": self.keep_warm, "images_made": self.images_made,
+                "idle_seconds": round(time.time() - self.idle_since, 1)}
+
+    def make(self, parameters: dict[str, Any], files: dict[str, Any], index: int, reason: str | None
+             ) -> dict[str, Any]:
+        """Generate item `index` of the request `parameters`; return its image and metadata (or its failure).
+
+        files: each input file's path on the owner's host -> its content in the object store (a ray.ObjectRef).
+        """
+        self._disarm()
         try:
-            generate(self.model, self.request, sink, progress=False, model_reason=self.reason, only=[index])
-        except GenerationFailed:
-            pass  # out of memory: the failure is in sink.manifest["failures"]
-        return sink.manifest
+            request = request_from_dict(self.order.spec, self._localize(parameters, files))
+            sink = _Sink(self.placement)
+            try:
+                generate(self.model, request, sink, progress=False, model_reason=reason, only=[index])
+            except GenerationFailed:
+                pass  # out of memory: the failure is in sink.manifest["failures"]
+            for _image, metadata in sink.images:  # the owner's path, so the image is named as on one host
+                metadata["init_image"] = parameters.get("init_image")
+            self.images_made += len(sink.images)
+            return {"images": sink.images, "failures": sink.manifest["failures"]}
+        finally:
+            self._arm()
+
+    def _localize(self, parameters: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+        """The request with its input files' paths replaced by this node's copies of their content."""
+        import ray
+
+        def here(path: str) -> str:
+            ref = files[path]
+            if ref.hex() not in self.copies:
+                target = self.inputs / f"{len(self.copies)}-{Path(path).name}"
+                target.write_bytes(ray.get(ref))
+                self.copies[ref.hex()] = str(target)
+            return self.copies[ref.hex()]
+
+        local = dict(parameters)
+        if local.get("init_image"):
+            local["init_image"] = here(local["init_image"])
+        local["loras"] = [{**lora, "path": here(lora["path"])} for lora in local.get("loras") or []]
+        return local
+
+    def _arm(self) -> None:
+        """Start the idle clock of a warm actor: after keep_warm seconds without a call, the process ends."""
+        self.idle_since = time.time()
+        if self.keep_warm:
+            self.timer = threading.Timer(self.keep_warm, os._exit, args=(0,))
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def input_files(parameters: dict[str, Any]) -> list[str]:
+    """The paths of the request's input files on this host: its init image and its LoRA files."""
+    paths = [parameters["init_image"]] if parameters.get("init_image") else []
+    return paths + [lora["path"] for lora in parameters.get("loras") or []]
 
 
 def _ray():
@@ -96,17 +185,19 @@ def _ray():
         import ray
     except ImportError:
         raise RayUnavailable("--ray needs Ray, an optional extra that is not installed",
-                             fix='pip install -e ".[ray]" (or pip install -r requirements/extras.txt)') from None
+                             fix='pip install "fluxnb[ray]" (or pip install -r requirements/extras.txt)') from None
     return ray
 
 
 def connect(address: str, workers: int, device: str) -> Any:
     """ray.init: a local cluster sized for the run (`local`), or an existing one (`auto`, `ray://HOST:10001`)."""
+    import fluxnb
+
     ray = _ray()
-    # fluxnb's and the hub's settings travel to the actors; a token never does (give the cluster its own secret).
-    # The actors import the fluxnb installed on their node, never a checkout path.
-    env = {k: v for k, v in os.environ.items() if k.startswith(("FLUXNB_", "HF_")) and "TOKEN" not in k}
-    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": True}
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(("FLUXNB_", "HF_")) and "TOKEN" not in k and k not in LOCAL_PATHS}
+    runtime_env = {"env_vars": env, "py_modules": [fluxnb]}  # this process's fluxnb, whatever each node has
+    kwargs: dict[str, Any] = {"runtime_env": runtime_env, "namespace": NAMESPACE, "log_to_driver": True}
     if address == LOCAL:
         temp_dir = tempfile.mkdtemp(prefix="fluxnb-ray-")  # short: Ray's socket paths live under it
         kwargs.update(num_cpus=max(workers, 1) if device == "cpu" else None, include_dashboard=False,
@@ -122,7 +213,6 @@ def connect(address: str, workers: int, device: str) -> Any:
     if address == LOCAL:
         watch_local_cluster(temp_dir)
     return ray
-
 
 # The local cluster's watchdog: a process of its own that blocks until the command has exited (its pidfd, or a
 # poll where there is none), then ends the cluster's processes it was given (the GCS, the raylet, Ray's agents:
@@ -190,26 +280,66 @@ def plan_workers(asked: str | None, ray: Any, device_hint: str) -> tuple[int, st
     return int(asked), device
 
 
+def check_keep_warm(address: str | None, keep_warm: float | None) -> None:
+    """--keep-warm needs a cluster that outlives the command: refused with --ray local or without --ray."""
+    if keep_warm is None:
+        return
+    if address is None or address == LOCAL:
+        raise RequestError("keep-warm", "keeps Ray actors loaded after the batch, on a cluster that outlives the "
+                           f"command; {'--ray local ends its cluster with the command' if address else 'no --ray'}.",
+                           fix="start a cluster once (ray start --head) and pass --ray auto --keep-warm SECONDS")
+    if not keep_warm > 0:
+        raise RequestError("keep-warm", f"must be a number of seconds above 0, got {keep_warm}.",
+                           fix="--keep-warm 600 (ten idle minutes, then the actors end themselves)")
+
+
+def warm_names(ray: Any, order: LoadOrder | None = None) -> list[str]:
+    """The names of fluxnb's live warm actors on the cluster (those holding `order`'s pipeline, if given)."""
+    prefix = f"fluxnb-{order.key()}-" if order else "fluxnb-"
+    return sorted(n for n in ray.util.list_named_actors() if n.startswith(prefix))
+
+
+def gather_workers(ray: Any, order: LoadOrder, count: int, keep_warm: float | None) -> tuple[list[Any], int]:
+    """`count` actors holding `order`'s pipeline: the warm ones first, new ones for the rest (named and detached
+    with keep_warm, so they outlive this command). Returns (actors, how many were warm)."""
+    options = {"num_gpus": 1} if order.device == "cuda" else {"num_cpus": 1}
+    actor_class = ray.remote(**options, max_restarts=0)(Worker)
+    taken = warm_names(ray, order)[:count]
+    actors = [ray.get_actor(name) for name in taken]
+    numbers = (n for n in range(10**6) if f"fluxnb-{order.key()}-{n}" not in taken)
+    for number in (next(numbers) for _ in range(count - len(actors))):
+        named = {"name": f"fluxnb-{order.key()}-{number}", "lifetime": "detached"} if keep_warm else {}
+        actors.append(actor_class.options(**named).remote(order, number, keep_warm))
+    return actors, len(taken)
+
+
 def run_on_ray(run: RunFolder, *, address: str, asked: str | None, total: int, config: str | Path | None = None,
-               log=print) -> dict[str, Any]:
+               keep_warm: float | None = None, log=print) -> dict[str, Any]:
     """Make the run's missing items on Ray actors; the caller holds `run` and has recorded model and parameters."""
     import torch
 
+    start = time.perf_counter()
+    check_keep_warm(address, keep_warm)
     pending = pending_indexes(run.path, run.manifest, total)
     device_hint = "cuda" if torch.cuda.is_available() or address != LOCAL else "cpu"
     ray = connect(address, int(asked) if asked and str(asked).isdigit() else 2, device_hint)
     try:
         workers, device = plan_workers(asked, ray, device_hint)
+        cfg = load_config(config)
+        model = run.manifest["model"]
+        order = LoadOrder(resolve_model(model["name"], cfg).spec, model.get("checkpoint"), device, cfg)
         launches = run.manifest.setdefault("parallel", {}).setdefault("launches", [])
         launch = {"launch": len(launches), "mode": "ray", "address": address, "world_size": workers,
-                  "device": device, "pending": len(pending)}
+                  "device": device, "pending": len(pending), "keep_warm": keep_warm}
         launches.append(launch)
         run.record(status="running")
-        start = time.perf_counter()
-        lost = _dispatch(ray, run, pending, workers, device, config, log)
+        actors, launch["warm_workers"] = gather_workers(ray, order, workers, keep_warm)
+        job = {"parameters": run.manifest["parameters"], "reason": model.get("reason"),
+               "files": {path: ray.put(Path(path).read_bytes()) for path in input_files(run.manifest["parameters"])}}
+        lost = _dispatch(ray, run, pending, actors, job, log)
         launch.update(wall_seconds=round(time.perf_counter() - start, 3), workers_lost=lost)
     finally:
-        ray.shutdown()
+        ray.shutdown()  # ends the actors this command made, not the warm (detached) ones
     run.manifest["images"].sort(key=lambda e: e.get("index", 0))  # in item order, once the launch is over
     missing = pending_indexes(run.path, run.manifest, total)
     if missing:
@@ -223,16 +353,14 @@ def run_on_ray(run: RunFolder, *, address: str, asked: str | None, total: int, c
     return launch
 
 
-def _dispatch(ray, run: RunFolder, pending: list[int], workers: int, device: str, config, log) -> int:
-    """Hand items to idle actors until none is left; an item whose actor died goes back to the queue."""
-    options = {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}
-    actor_class = ray.remote(**options, max_restarts=0)(Worker)
-    idle = [actor_class.remote(str(run.path), i, device, str(config) if config else None) for i in range(workers)]
+def _dispatch(ray, run: RunFolder, pending: list[int], idle: list[Any], job: dict[str, Any], log) -> int:
+    """Hand items to idle actors until none is left; an item whose actor died goes back to the queue. Each image
+    comes back to this process, which writes it into the run folder."""
     queue, inflight, lost = deque(pending), {}, 0
     while queue or inflight:
         while idle and queue:
             actor, index = idle.pop(), queue.popleft()
-            inflight[actor.make.remote(index)] = (actor, index)
+            inflight[actor.make.remote(job["parameters"], job["files"], index, job["reason"])] = (actor, index)
         if not inflight:
             break  # no actor left
         ready, _ = ray.wait(list(inflight), num_returns=1)
@@ -248,12 +376,32 @@ def _dispatch(ray, run: RunFolder, pending: list[int], workers: int, device: str
             if isinstance(exc.cause, FluxnbError):  # shown as it is, not as Ray's wrapper
                 raise exc.cause from None
             raise
-        entries = [entry for entry in result["images"] if (run.path / entry["file"]).is_file()]
-        for entry in entries:
-            log(f"worker {entry['parallel']['worker']}: {run.path / entry['file']}", flush=True)
+        for image, metadata in result["images"]:
+            path = run.save_image(image, metadata)  # a bounded cost per image (RunFolder's manifest log)
+            log(f"worker {metadata['parallel']['worker']}: {path}", flush=True)
         if result["failures"]:
             run.manifest["failures"] += result["failures"]
             run.record()
-        run.add_images(entries)  # a bounded cost per image (RunFolder's manifest log)
         idle.append(actor)
     return lost
+
+
+def list_warm_workers(address: str) -> list[dict[str, Any]]:
+    """What each warm actor on the cluster holds (model, host, pid, images made, idle time)."""
+    ray = connect(address, 0, "cpu")
+    try:
+        return [{"name": name, **ray.get(ray.get_actor(name).describe.remote())} for name in warm_names(ray)]
+    finally:
+        ray.shutdown()
+
+
+def stop_warm_workers(address: str) -> list[str]:
+    """End every warm actor on the cluster now (their memory and GPUs are free again); returns their names."""
+    ray = connect(address, 0, "cpu")
+    try:
+        names = warm_names(ray)
+        for name in names:
+            ray.kill(ray.get_actor(name))
+        return names
+    finally:
+        ray.shutdown()

@@ -1,8 +1,9 @@
 """The `fluxnb` command: run notebooks headlessly, or generate without Jupyter.
 
-One module per subcommand (run, generate, doctor, diagnose, bench, replay), each with `add_parser(sub)` and
-`run(args)`. Errors fluxnb raises on purpose are printed as one block by `render_error` (exit 2 for bad input:
-InputError and its subclasses; 1 when a run failed); anything else keeps its traceback, because that is a bug to report.
+One module per subcommand (run, generate, doctor, diagnose, bench, replay, cache, notebooks, workers), each with
+`add_parser(sub)` and `run(args)`. Errors fluxnb raises on purpose are printed as one block by `render_error` (exit
+2 for bad input: InputError and its subclasses; 1 when a run failed); anything else keeps its traceback, because that
+is a bug to report.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 
 from ..config import CONFIG_ENV
 from ..errors import FluxnbError, InputError, render_error
-from . import bench, cache, diagnose, doctor, generate, notebooks, replay, run
+from . import bench, cache, diagnose, doctor, generate, notebooks, replay, run, workers
 
-SUBCOMMANDS = (run, generate, doctor, diagnose, bench, replay, cache, notebooks)
+SUBCOMMANDS = (run, generate, doctor, diagnose, bench, replay, cache, notebooks, workers)
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130

@@ -24,7 +24,7 @@ from ..params import (
     refuse_changed_inputs,
     request_from_dict,
 )
-from ..raybatch import run_on_ray
+from ..raybatch import check_keep_warm, run_on_ray
 from ..selection import resolve_model
 from ..shards import merge_parts
 from ..sweep_grid import save_sweep_grid
@@ -73,7 +73,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(diffusers context parallelism: lower latency per image) instead of one image per GPU")
     parser.add_argument("--ray", metavar="ADDRESS", help="many hosts: run the batch on a Ray cluster, one actor "
                         "per GPU (--gpus N actors; `local` starts a cluster on this machine, `auto` joins the one "
-                        "this node belongs to); the run folder must be on storage all hosts share")
+                        "this node belongs to); the actors share no disk with this command: files and images "
+                        "travel through Ray's object store")
+    parser.add_argument("--keep-warm", type=float, metavar="SECONDS", help="with --ray ADDRESS of a running cluster: "
+                        "keep the loaded actors after the batch, so the next batch of this model skips the load; "
+                        "each ends after SECONDS without work (`fluxnb workers --stop` ends them at once)")
     return parser
 
 
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
 def run_ray(args: argparse.Namespace, run_folder: RunFolder, total: int) -> int:
     """--ray: this process owns the run folder; Ray actors make the images (fluxnb.raybatch)."""
     return report_launch(run_folder, "Ray worker(s)", lambda: run_on_ray(
-        run_folder, address=args.ray, asked=args.gpus, total=total, config=args.config))
+        run_folder, address=args.ray, asked=args.gpus, total=total, config=args.config, keep_warm=args.keep_warm))
 
 
 def report_launch(run_folder: RunFolder, workers: str, launch: Callable[[], dict]) -> int:
@@ -202,6 +206,7 @@ def report_launch(run_folder: RunFolder, workers: str, launch: Callable[[], dict
 def check_parallel_options(args: argparse.Namespace, spec) -> None:
     """--parallel needs --gpus, and a stack, device and model that context parallelism supports: refused before
     anything loads."""
+    check_keep_warm(args.ray, args.keep_warm)
     if args.parallel is not None and args.ray is not None:
         raise RequestError("parallel", "--parallel runs under torchrun on one host; it cannot be combined with --ray.",
                            fix="--ray ADDRESS for a batch over many hosts, or --gpus N --parallel ulysses on one host")

@@ -45,6 +45,21 @@ def test_engine_options_stay_allowed_with_resume(capsys, tmp_path: Path):
     refused(capsys, ["generate", "--resume", str(run), "--gpus", "2"], "holds no generate parameters to resume")
 
 
+@pytest.mark.parametrize(("ray", "why"), [([], "no --ray"),
+                                          (["--ray", "local"], "--ray local ends its cluster with the command")])
+def test_keep_warm_without_a_cluster_that_outlives_the_command_is_refused_before_a_run_folder(capsys, tmp_path: Path,
+                                                                                               ray, why):
+    refused(capsys, ["generate", "--model", "flux-tiny", "--prompt", "x", "--output-dir", str(tmp_path), *ray,
+                     "--keep-warm", "60"], "parameter `keep-warm`: keeps Ray actors loaded after the batch", why,
+            "Fix: start a cluster once (ray start --head) and pass --ray auto --keep-warm SECONDS")
+    assert not list(tmp_path.iterdir())
+
+
+def test_keep_warm_of_no_time_is_refused(capsys, tmp_path: Path):
+    refused(capsys, ["generate", "--model", "flux-tiny", "--prompt", "x", "--output-dir", str(tmp_path), "--ray",
+                     "auto", "--keep-warm", "0"], "must be a number of seconds above 0, got 0.0", "--keep-warm 600")
+
+
 def test_a_manifest_without_its_job_is_named(capsys, tmp_path: Path):
     run = generate_folder(tmp_path, {"images": []})
     err = refused(capsys, ["generate", "--resume", str(run)], "manifest names no job")
