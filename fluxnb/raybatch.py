@@ -60,10 +60,20 @@ class LoadOrder:
     config: ModelConfig
 
     def key(self) -> str:
-        from . import __version__
-
-        text = repr((__version__, self.spec, self.checkpoint, self.device))
+        text = repr((code_digest(), self.spec, self.checkpoint, self.device))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+PACKAGE = Path(__file__).parent  # the fluxnb the actors run (runtime_env py_modules ships this folder)
+
+
+def code_digest() -> str:
+    """The SHA-256 of fluxnb's code: a warm actor runs the code it was started with, so a changed fluxnb is a new
+    key (its actors are not reused)."""
+    digest = hashlib.sha256()
+    for module in sorted(PACKAGE.rglob("*.py")):
+        digest.update(str(module.relative_to(PACKAGE)).encode() + b"\0" + module.read_bytes())
+    return digest.hexdigest()
 
 
 class _Sink:
@@ -191,12 +201,10 @@ def _ray():
 
 def connect(address: str, workers: int, device: str) -> Any:
     """ray.init: a local cluster sized for the run (`local`), or an existing one (`auto`, `ray://HOST:10001`)."""
-    import fluxnb
-
     ray = _ray()
     env = {k: v for k, v in os.environ.items()
            if k.startswith(("FLUXNB_", "HF_")) and "TOKEN" not in k and k not in LOCAL_PATHS}
-    runtime_env = {"env_vars": env, "py_modules": [fluxnb]}  # this process's fluxnb, whatever each node has
+    runtime_env = {"env_vars": env, "py_modules": [str(PACKAGE)]}  # this process's fluxnb, whatever each node has
     kwargs: dict[str, Any] = {"runtime_env": runtime_env, "namespace": NAMESPACE, "log_to_driver": True}
     if address == LOCAL:
         temp_dir = tempfile.mkdtemp(prefix="fluxnb-ray-")  # short: Ray's socket paths live under it
