@@ -232,7 +232,14 @@ def compile_if_wanted(pipe, spec, backend: Backend, ctx: LoadContext) -> bool:
                      "seconds with a warm compile cache: results/README.md); later images reuse the compiled code, and "
                      "each image's metadata says whether it paid the compile.")
     if ctx.device == "cuda" and backend.cuda_graph and cuda_graph.wanted():
-        cuda_graph.graph_forward(pipe.transformer)
+        marker = cuda_graph.failure_marker()
+        failed = cuda_graph.recorded_failures(marker).get(spec.name)
+        if failed is not None:  # a capture of this model failed in an earlier process (fatal there)
+            ctx.notes.append(f"CUDA graph off for {spec.name}: its capture failed on {failed.get('when')} "
+                             f"({failed.get('error')}); the compiled steps run without it. `fluxnb cache --clear` "
+                             f"(or deleting {marker}) tries the graph again")
+            return True
+        cuda_graph.graph_forward(pipe.transformer, spec.name, marker)
         ctx.notes.append("the compiled transformer's forward is captured as one CUDA graph at each image size and "
                          "replayed in the later steps (no kernel launch gaps; off with a step cache or "
                          "FLUXNB_CUDA_GRAPH=0); each image's metadata says how many steps replayed (cuda_graph)")

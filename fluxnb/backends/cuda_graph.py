@@ -13,16 +13,34 @@ A new key drops the old graph (one graph, one memory pool at a time); its first 
 the second runs on a side stream and is captured there, the later ones replay. Never captured: a step cache is on
 (its hooks decide per step in Python), extra attention arguments (a non-empty joint_attention_kwargs),
 return_dict=True, gradients. FLUXNB_CUDA_GRAPH=0 turns it off.
+
+A failed capture is fatal: on a GPU, every later step of that process failed after one (the CUDA context is left
+unusable), so the stand-in raises ModelUnusable instead of carrying on, after recording the model in the compile
+cache folder of this machine (`FAILED_INDEX`); the next load of that model skips the graph (`recorded_failures`), and
+`fluxnb cache --clear` forgets it.
+
+Why `transformer.forward` is replaced rather than a diffusers hook (`diffusers.hooks.HookRegistry` / `ModelHook`):
+the registry is where diffusers' step caches put their hooks on the same transformer, and `enable_cache`,
+`disable_cache` and `cache_context` rewire and walk that chain (diffusers issue #14037: its child list went stale),
+so the graph's bypass would depend on the order of hooks registered by others; the registry is also an internal
+fluxnb has no version bound for. One instance attribute, removed by `del transformer.forward`, keeps it separate.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
+import json
 import os
+import time
+from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from .. import compile_cache
+from ..errors import ModelUnusable
+from ..files import atomic_write_json, exclusive_lock, own_folder
+
+# In a compile cache key's folder: model name -> when and why its capture failed (the next load skips the graph).
+FAILED_INDEX = "fluxnb_cuda_graph_failed.json"
 
 
 def wanted() -> bool:
@@ -33,8 +51,10 @@ def wanted() -> bool:
 class GraphedForward:
     """Stands in for `transformer.forward`; `status()` says what it did (image metadata)."""
 
-    def __init__(self, transformer):
+    def __init__(self, transformer, model: str | None = None, marker: Path | None = None):
         self.transformer = transformer
+        self.model = model  # the model entry's name, recorded in `marker` when a capture fails
+        self.marker = marker
         self.eager_forward = transformer.forward
         self.key: tuple | None = None
         self.graph = None  # torch.cuda.CUDAGraph
@@ -95,31 +115,37 @@ class GraphedForward:
     def _capture(self, kwargs: dict):
         """This call, run on a side stream (where anything it still compiles or tunes runs outside the capture: the
         recipe of torch.cuda.graph's documentation), then the same work captured on that stream for the next calls.
-        Returns this call's result; a refused capture leaves the compiled forward running without the graph."""
+        Returns this call's result; a refused capture raises ModelUnusable (see `_failed`)."""
         import torch
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            result = self.eager_forward(**kwargs)
-        torch.cuda.current_stream().wait_stream(stream)
+        result, stream = run_aside(self.eager_forward, kwargs)
         result = tuple(t.clone() for t in result)
         self.static = {name: value.clone() if isinstance(value, torch.Tensor) else value
                        for name, value in kwargs.items()}
         try:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=stream):
-                output = self.eager_forward(**self.static)
-        except Exception as exc:  # noqa: BLE001 (anything the capture refuses: keep the plain compiled forward)
-            self.failure = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
-            logger.warning("CUDA graph capture failed; the compiled steps run without it: %s", self.failure)
-            self.drop()
-            return result
-        finally:
-            torch.cuda.empty_cache()  # the side stream's cached blocks (the graph keeps its own pool)
+            graph, output = record_graph(self.eager_forward, self.static, stream)
+        except Exception as exc:  # anything the capture refuses leaves the process's CUDA context unusable
+            raise self._failed(exc) from exc
         self.graph, self.output = graph, tuple(output)
         self.captures += 1
         return result
+
+    def _failed(self, exc: Exception) -> ModelUnusable:
+        """Record the failure (status, and the marker the next load reads), drop the graph; the error to raise."""
+        self.failure = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        self.drop()
+        model = self.model or "this model"
+        if self.model is not None and self.marker is not None:
+            record_failure(self.marker, self.model, self.failure)
+            later = (f"load {model} again in a new process: that load runs the compiled steps without the CUDA graph "
+                     f"(recorded in {self.marker}; `fluxnb cache --clear` or deleting that file tries the graph again)")
+        else:
+            later = "load the model again in a new process with FLUXNB_CUDA_GRAPH=0 (the compiled steps, no graph)"
+        return ModelUnusable(
+            f"the CUDA graph capture of {model}'s compiled transformer forward failed ({self.failure}); a failed "
+            "capture leaves this process's CUDA context unusable, so the process cannot generate any more.",
+            fix=f"restart the kernel (or the command), then {later}.",
+        )
 
     def drop(self) -> None:
         """Forget the captured graph (its memory pool goes back to the allocator)."""
@@ -130,11 +156,66 @@ class GraphedForward:
                 "failed": self.failure}
 
 
-def graph_forward(transformer) -> GraphedForward:
-    """Replace the transformer's forward with its graphed stand-in (idempotent); returns it."""
+def run_aside(forward, kwargs: dict) -> tuple[Any, Any]:
+    """One call of `forward` on a new side stream (the warm-up before a capture); (its result, the stream)."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        result = forward(**kwargs)
+    torch.cuda.current_stream().wait_stream(stream)
+    return result, stream
+
+
+def record_graph(forward, static: dict, stream) -> tuple[Any, Any]:
+    """The call `forward(**static)` captured on `stream`: (the torch.cuda.CUDAGraph, its static output). The CUDA
+    calls of a capture are here and in `run_aside`, so that CPU tests can make the capture fail."""
+    import torch
+
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            output = forward(**static)
+        return graph, output
+    finally:
+        torch.cuda.empty_cache()  # the side stream's cached blocks (the graph keeps its own pool)
+
+
+def failure_marker(root: str | Path | None = None, key: str | None = None) -> Path:
+    """Where failed captures are recorded: the compile cache folder of this machine's torch, triton and GPU (a new
+    line of any of them may capture where this one failed)."""
+    return compile_cache.cache_dir(root, key) / FAILED_INDEX
+
+
+def recorded_failures(marker: Path) -> dict[str, dict]:
+    """model -> {"when", "error"} ({} when none was recorded or the file is unreadable)."""
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_failure(marker: Path, model: str, error: str) -> None:
+    """Add `model` to the marker file (<fluxnb cache>/compile/<key>/: fluxnb's own folders, made when missing, a
+    symbolic link refused), under its lock."""
+    compile_root = marker.parent.parent
+    compile_root.parent.mkdir(parents=True, exist_ok=True)
+    folder = own_folder(own_folder(compile_root.parent, compile_root.name, "the compile cache folder"),
+                        marker.parent.name, "the compile cache folder")
+    with exclusive_lock(str(folder / FAILED_INDEX) + ".lock", "the CUDA graph failures' lock file"):
+        failures = recorded_failures(folder / FAILED_INDEX)
+        failures[model] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "error": error}
+        atomic_write_json(folder / FAILED_INDEX, failures)
+
+
+def graph_forward(transformer, model: str | None = None, marker: Path | None = None) -> GraphedForward:
+    """Replace the transformer's forward with its graphed stand-in (idempotent); returns it. With `model` and
+    `marker`, a failed capture is recorded there for the next load (`recorded_failures`)."""
     if isinstance(transformer.forward, GraphedForward):
         return transformer.forward
-    transformer.forward = GraphedForward(transformer)
+    transformer.forward = GraphedForward(transformer, model, marker)
     return transformer.forward
 
 

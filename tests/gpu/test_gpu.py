@@ -329,3 +329,42 @@ def test_float8_gelu_layers_quantize_in_one_kernel(tiny_checkpoint, config, monk
     assert torch.isfinite(outputs["fused"]).all() and difference < 0.02, float(difference)
     fluxnb.loading.release_session_model()
     torch._dynamo.reset()
+
+
+def gelu_fp8_rows_reference(b: torch.Tensor, a: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain torch of what fluxnb/backends/fp8_rows_triton.py documents: row = [a | GELU-tanh(b)] in float32, scale
+    = (row amax / 448) rounded to bf16 (at least 1e-12), values = row / scale clamped to +-448, rounded to float8
+    e4m3. (Triton's interpreter cannot check the kernel on the CPU: triton 3.6.0's interpreter rounds float32 to
+    float8e4nv / bf16 without carrying a rounded-up mantissa into the exponent, e.g. -127.9 -> -64.)"""
+    gelu = 0.5 * b.float() * (1 + torch.tanh(0.7978845608028654 * (b.float() + 0.044715 * b.float() ** 3)))
+    row = gelu if a is None else torch.cat([a.float(), gelu], dim=-1)
+    row = row.reshape(-1, row.shape[-1])
+    scale = (row.abs().amax(dim=-1, keepdim=True) / 448).to(torch.bfloat16).float().clamp(min=1e-12)
+    return (row / scale).clamp(-448, 448).to(torch.float8_e4m3fn), scale
+
+
+def test_float8_row_kernel_matches_the_torch_reference():
+    """The one-pass GELU + row quantization kernel against plain torch: the same scales, and float8 values equal
+    but where the kernel's exp-based GELU and torch's tanh differ by a float32 ulp at a rounding boundary (at most
+    one float8 step, in a handful of elements). Edges: K over the 1024 block, a strided slice, no attention part, a
+    zero row."""
+    pytest.importorskip("triton")
+    from fluxnb.backends import fp8_rows_triton
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    wide = torch.randn(3, 5000, device="cuda", generator=g).to(torch.bfloat16)
+    cases = [(torch.randn(2, 7, 300, device="cuda", generator=g).to(torch.bfloat16) * 3,
+              torch.randn(2, 7, 64, device="cuda", generator=g).to(torch.bfloat16) * 5),
+             (wide[:, :2100], wide[:, 2500:3530]),  # strided rows, K over the block
+             (torch.randn(4, 70, device="cuda", generator=g).to(torch.bfloat16), None)]
+    zero = torch.zeros(2, 40, device="cuda", dtype=torch.bfloat16)
+    cases.append((zero, zero[:, :8]))
+    for b, a in cases:
+        q, scale = fp8_rows_triton.launch(b, a)
+        expected_q, expected_scale = gelu_fp8_rows_reference(b, a)
+        assert q.dtype == torch.float8_e4m3fn and q.shape == expected_q.shape
+        torch.testing.assert_close(scale, expected_scale, rtol=2 ** -7, atol=0)  # a bf16 step at most
+        differ = q.view(torch.uint8) != expected_q.view(torch.uint8)
+        assert differ.float().mean().item() < 0.01, differ.sum()
+        assert ((q.float() - expected_q.float()).abs() <= expected_q.float().abs() / 8 + 2 ** -9).all()
+    assert torch.equal(q.float(), torch.zeros_like(q.float())) and torch.equal(scale, torch.full_like(scale, 1e-12))

@@ -6,6 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
+import json
+import re
+import sys
+import types
+from dataclasses import replace
 
 import pytest
 import torch
@@ -80,3 +86,77 @@ def test_the_pipelines_own_calls_are_graphable(tiny_model):
         pipe("a cat", num_inference_steps=1, width=64, height=64, output_type="latent",
              generator=torch.Generator().manual_seed(0))
     assert stand_in.status()["bypassed"] is None and stand_in.key is not None
+
+
+CAPTURE_ERROR = "CUDA error: operation not permitted when stream is capturing"
+
+
+def test_a_failed_capture_is_fatal_and_the_next_load_skips_the_graph(tiny_model, tiny_spec, tmp_path, monkeypatch):
+    """A capture that fails (on a GPU it left every later step failing) raises ModelUnusable naming the model and
+    the failure, records the model in this machine's compile cache folder, and the next load of that model does
+    not graph its forward (another model still does). The CUDA calls are replaced at their seam: the side-stream
+    warm-up runs the forward plainly, the recording raises what torch.cuda.graph raised on the GPU."""
+    from fluxnb.backends import cuda_graph
+    from fluxnb.backends.base import LoadContext, compile_if_wanted
+    from fluxnb.backends.bf16 import BACKENDS
+    from fluxnb.errors import ModelUnusable
+
+    monkeypatch.setenv("FLUXNB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FLUXNB_COMPILE", "1")
+    if importlib.util.find_spec("triton") is None:  # the guide lane: a CUDA load only checks that triton imports
+        monkeypatch.setitem(sys.modules, "triton", types.ModuleType("triton"))  # (nothing compiles in this test)
+
+    def refuse(forward, static, stream):
+        raise RuntimeError(CAPTURE_ERROR + "\nCUDA kernel errors might be asynchronously reported")
+
+    monkeypatch.setattr(cuda_graph, "run_aside", lambda forward, kwargs: (forward(**kwargs), None))
+    monkeypatch.setattr(cuda_graph, "record_graph", refuse)
+    backend = next(b for b in BACKENDS if b.type == "flux-bf16")  # a type whose compiled forward is graphed
+    assert backend.cuda_graph
+
+    def load(name: str):
+        """What a CUDA load of `name` does after loading: compile (lazily) and maybe the graph stand-in."""
+        pipe = copy.copy(tiny_model.pipe)
+        pipe.transformer = copy.deepcopy(tiny_model.pipe.transformer)
+        ctx = LoadContext(checkpoint="unused", device="cuda", torch_dtype=torch.float32)
+        assert compile_if_wanted(pipe, replace(tiny_spec, name=name), backend, ctx)
+        return pipe.transformer, ctx.notes
+
+    first, _ = load("flux-dev-bf16")
+    assert isinstance(first.forward, cuda_graph.GraphedForward) and first.forward.model == "flux-dev-bf16"
+    # its stand-in, on an eager copy of the transformer (so that this CPU test does not compile the blocks)
+    transformer = copy.deepcopy(tiny_model.pipe.transformer)
+    stand_in = cuda_graph.graph_forward(transformer, first.forward.model, first.forward.marker)
+    inputs = transformer_inputs(transformer.config, torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        transformer(**inputs)  # keys the graph
+        with pytest.raises(ModelUnusable) as caught:
+            transformer(**inputs)  # captures: refused
+    message = str(caught.value)
+    assert "flux-dev-bf16" in message and CAPTURE_ERROR in message and "CUDA context unusable" in message
+    marker = tmp_path / "cache" / "compile" / compile_cache_key() / "fluxnb_cuda_graph_failed.json"
+    assert str(marker) in caught.value.fix and "restart" in caught.value.fix
+    recorded = json.loads(marker.read_text(encoding="utf-8"))
+    failure = f"RuntimeError: {CAPTURE_ERROR}"  # the exception's first line
+    assert list(recorded) == ["flux-dev-bf16"] and recorded["flux-dev-bf16"]["error"] == failure
+    assert stand_in.status()["failed"] == failure and stand_in.graph is None
+
+    again, notes = load("flux-dev-bf16")
+    assert not isinstance(again.forward, cuda_graph.GraphedForward)
+    assert any("CUDA graph off for flux-dev-bf16" in note and str(marker) in note for note in notes)
+    other, _ = load("flux-dev-bf16-other")
+    assert isinstance(other.forward, cuda_graph.GraphedForward)
+
+
+def compile_cache_key() -> str:
+    """This CPU machine's compile cache key, spelled out: torch and triton versions, no GPU."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def slug(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9.]+", "-", text).lower()
+
+    try:
+        triton = version("triton")
+    except PackageNotFoundError:
+        triton = "none"
+    return slug(f"torch{version('torch')}-triton{triton}-cpu")
