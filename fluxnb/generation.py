@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.cuda_graph import graph_status
+from .compat import compile_counters as dynamo_compile_counters
 from .compile_cache import record_warm
 from .environment import device_info, package_versions
 from .errors import GenerationFailed, ModelUnusable
@@ -79,11 +80,9 @@ def compile_counters() -> tuple[int, float] | str:
     they do not exist, "unknown (...)" where reading them failed.
     """
     try:
-        from torch._dynamo.utils import compilation_time_metrics, counters
+        return dynamo_compile_counters()
     except ImportError:
         return 0, 0.0
-    seconds = sum(compilation_time_metrics.get("_compile.compile_inner", []))
-    return int(counters["stats"]["unique_graphs"]), float(seconds)
 
 
 def compile_record(before: tuple[int, float] | str, after: tuple[int, float] | str) -> dict[str, Any]:
