@@ -9,6 +9,7 @@ diffusers: the lookup only feeds the report, so a rename there makes it "unknown
 
 from __future__ import annotations
 
+from .compat import active_attention_backend, processor_attention_backend
 from .facts import report_only
 
 SDPA = "native (torch scaled_dot_product_attention)"
@@ -17,15 +18,11 @@ SDPA = "native (torch scaled_dot_product_attention)"
 @report_only("attention backend lookup")
 def attention_backend(transformer) -> str:
     """The backend name(s) the transformer's attention processors use (private diffusers registry: report only)."""
-    try:
-        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-    except ImportError:
+    active = active_attention_backend()
+    if active is None:  # diffusers before its registry (0.36) calls scaled_dot_product_attention itself
         return SDPA
-    chosen = {str(getattr(getattr(m, "processor", None), "_attention_backend", None) or "")
-              for m in transformer.modules() if hasattr(m, "processor")}
-    chosen.discard("")
+    chosen = {processor_attention_backend(m.processor) for m in transformer.modules() if hasattr(m, "processor")}
+    chosen.discard(None)
     if chosen:
         return ", ".join(sorted(chosen))
-    active, _ = _AttentionBackendRegistry.get_active_backend()
-    name = getattr(active, "value", active)
-    return SDPA if name == "native" else str(name)
+    return SDPA if active == "native" else active

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .compat import enable_inductor_local_caches, inductor_default_cache_dir
 from .environment import package_version
 from .files import atomic_write_json, exclusive_lock, own_folder, real_subfolders, remove_own_folder
 from .tiny import cache_root
@@ -142,17 +143,12 @@ def activate(root: str | Path | None = None, key: str | None = None) -> CompileC
 def _is_torch_default(path: str) -> bool:
     """Inductor writes its default folder into TORCHINDUCTOR_CACHE_DIR when it first looks (at import of some
     libraries): that value is torch's choice, not the user's."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-    return os.path.abspath(path) == os.path.abspath(default_cache_dir())
+    return os.path.abspath(path) == os.path.abspath(inductor_default_cache_dir())
 
 
 def _enable_local_caches() -> None:
     """Inductor's on-disk FX graph and autotune caches on (their defaults, stated so a changed default shows)."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fx_graph_cache = True
-    inductor_config.autotune_local_cache = True
+    enable_inductor_local_caches()
 
 
 def describe(root: str | Path | None = None) -> dict[str, Any]:

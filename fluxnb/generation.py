@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.cuda_graph import graph_status
+from .compat import compile_counters as dynamo_compile_counters
 from .compile_cache import record_warm
 from .environment import device_info, package_versions
 from .errors import GenerationFailed, ModelUnusable
@@ -79,11 +81,9 @@ def compile_counters() -> tuple[int, float] | str:
     they do not exist, "unknown (...)" where reading them failed.
     """
     try:
-        from torch._dynamo.utils import compilation_time_metrics, counters
+        return dynamo_compile_counters()
     except ImportError:
         return 0, 0.0
-    seconds = sum(compilation_time_metrics.get("_compile.compile_inner", []))
-    return int(counters["stats"]["unique_graphs"]), float(seconds)
 
 
 def compile_record(before: tuple[int, float] | str, after: tuple[int, float] | str) -> dict[str, Any]:
@@ -224,74 +224,35 @@ def generate(
     pipe = model.img2img_pipeline() if request.mode == IMAGE_TO_IMAGE else model.pipe
     pipe.set_progress_bar_config(disable=not progress)
     cache = effective(request.cache, model.spec.cache)  # the request's cached mode, else the entry's
-    extra: dict[str, Any] = {}
-    if request.mode == IMAGE_TO_IMAGE:
-        extra = {"image": _load_init_image(request), "strength": request.strength}
-    if callback_on_step_end is not None or on_step is not None:
-        extra["callback_on_step_end"] = _step_callback(callback_on_step_end, on_step)
+    extra = _call_extras(request, callback_on_step_end, on_step)
     # before any image: an adapter that does not fit the model fails here, with nothing generated (fluxnb.lora)
     lora_record = apply_loras(model, request.loras, request.fuse_loras)
-    common = {
-        "mode": request.mode,
-        "negative_prompt": request.negative_prompt,
-        "steps": request.steps,
-        "guidance_scale": request.guidance_scale,
-        "width": request.width,
-        "height": request.height,
-        "max_sequence_length": request.max_sequence_length,
-        "strength": request.strength,
-        "init_image": request.init_image,
-        "cache": cache and cache.text,
-        "model": {
-            "name": model.spec.name,
-            "id": model.spec.id,
-            "type": model.spec.type,
-            "weights": model.report.weights,
-            "checkpoint": model.report.checkpoint,
-            "reason": model_reason,
-        },
-        "backend": {c.name: c.format for c in model.report.components},
-        "offload": model.report.offload,
-        # speed options: compile mode, the persistent compile cache (warm before the load?), the cached mode
-        "speed": {"compile_mode": model.report.compile_mode, "compile_cache": model.report.compile_cache,
-                  "cache": cache and cache.to_dict(), "attention": model.report.attention},
-        "versions": package_versions(),
-        "device": device_info(),
-    }
-    if request.loras:
-        common.update(loras=records(request.loras), lora_fused=lora_record["fused"])
+    common = _common_metadata(model, request, cache, model_reason, lora_record)
     names = [choice.name for choice in request.loras]
     if run is not None and run.resumed_parameters:  # a resumed run folder: its images came from these files
         refuse_changed_inputs(run.resumed_parameters, run.path)
     done = _already_done(run) if run is not None else {}
     batch = _Batch()
     items = shard_points(request.points(), only)
-    for note in truncation_notes(pipe, request):
-        print(note, file=sys.stderr, flush=True)
-    echoing = [logging.getLogger(type(pipe).__module__), logging.getLogger("transformers.tokenization_utils_base")]
-    for logger in echoing:
-        logger.addFilter(_drop_truncation_echo)
-    try:
-        for point in items:
-            if stop is not None and stop():
-                break
-            item = {"index": point["index"], "prompt": point["prompt"], "seed": point["seed"], **common}
-            scales = _apply_point(item, point["sweep"], request, names)
-            if identity(item) in done:
-                batch.results.append(_reload(run, done[identity(item)]))
-                continue
-            if scales:
-                set_scales(model, scales)
-            result = _generate_one(model, request, run, pipe, extra, item, batch)
-            if result is not None and on_image is not None:
-                on_image(result)
-    except KeyboardInterrupt:  # wherever it lands, the run folder says so and stays consistent
-        if run is not None:
-            run.record(status="interrupted", error="KeyboardInterrupt: stopped by the user")
-        raise
-    finally:
-        for logger in echoing:
-            logger.removeFilter(_drop_truncation_echo)
+    with _truncation_said_once(pipe, request):
+        try:
+            for point in items:
+                if stop is not None and stop():
+                    break
+                item = {"index": point["index"], "prompt": point["prompt"], "seed": point["seed"], **common}
+                scales = _apply_point(item, point["sweep"], request, names)
+                if identity(item) in done:
+                    batch.results.append(_reload(run, done[identity(item)]))
+                    continue
+                if scales:
+                    set_scales(model, scales)
+                result = _generate_one(model, request, run, pipe, extra, item, batch)
+                if result is not None and on_image is not None:
+                    on_image(result)
+        except KeyboardInterrupt:  # wherever it lands, the run folder says so and stays consistent
+            if run is not None:
+                run.record(status="interrupted", error="KeyboardInterrupt: stopped by the user")
+            raise
     if batch.failures:
         if run is not None:
             run.record(status="incomplete")
@@ -326,6 +287,70 @@ def _apply_point(item: dict[str, Any], coordinates: dict[str, Any], request: Gen
         scales = {**full, **scales}
         item["loras"] = records(request.loras, scales)
     return scales
+
+
+def _call_extras(request: GenerationRequest, callback_on_step_end: Callable | None,
+                 on_step: Callable[[int, int], None] | None) -> dict[str, Any]:
+    """The pipeline call's arguments beyond each item's own: the init image and strength (image-to-image), the step
+    callback. The init image is read here, before any adapter is applied or image made."""
+    extra: dict[str, Any] = {}
+    if request.mode == IMAGE_TO_IMAGE:
+        extra = {"image": _load_init_image(request), "strength": request.strength}
+    if callback_on_step_end is not None or on_step is not None:
+        extra["callback_on_step_end"] = _step_callback(callback_on_step_end, on_step)
+    return extra
+
+
+def _common_metadata(model: LoadedModel, request: GenerationRequest, cache, model_reason: str | None,
+                     lora_record: dict[str, Any]) -> dict[str, Any]:
+    """What every image of the request records beside its own prompt and seed: parameters, model, backend,
+    speed options, versions and device (the PNG text chunk and the manifest)."""
+    common = {
+        "mode": request.mode,
+        "negative_prompt": request.negative_prompt,
+        "steps": request.steps,
+        "guidance_scale": request.guidance_scale,
+        "width": request.width,
+        "height": request.height,
+        "max_sequence_length": request.max_sequence_length,
+        "strength": request.strength,
+        "init_image": request.init_image,
+        "cache": cache and cache.text,
+        "model": {
+            "name": model.spec.name,
+            "id": model.spec.id,
+            "type": model.spec.type,
+            "weights": model.report.weights,
+            "checkpoint": model.report.checkpoint,
+            "reason": model_reason,
+        },
+        "backend": {c.name: c.format for c in model.report.components},
+        "offload": model.report.offload,
+        # speed options: compile mode, the persistent compile cache (warm before the load?), the cached mode
+        "speed": {"compile_mode": model.report.compile_mode, "compile_cache": model.report.compile_cache,
+                  "cache": cache and cache.to_dict(), "attention": model.report.attention},
+        "versions": package_versions(),
+        "device": device_info(),
+    }
+    if request.loras:
+        common.update(loras=records(request.loras), lora_fused=lora_record["fused"])
+    return common
+
+
+@contextmanager
+def _truncation_said_once(pipe, request: GenerationRequest) -> Iterator[None]:
+    """Our notes on prompts the tokenizers will cut, said once before the batch; the libraries' own echo of the
+    same warning dropped while it runs."""
+    for note in truncation_notes(pipe, request):
+        print(note, file=sys.stderr, flush=True)
+    echoing = [logging.getLogger(type(pipe).__module__), logging.getLogger("transformers.tokenization_utils_base")]
+    for logger in echoing:
+        logger.addFilter(_drop_truncation_echo)
+    try:
+        yield
+    finally:
+        for logger in echoing:
+            logger.removeFilter(_drop_truncation_echo)
 
 
 def _step_callback(callback_on_step_end: Callable | None, on_step: Callable[[int, int], None] | None) -> Callable:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import lora_for
+from .compat import set_hotswap_scaling
 from .errors import RequestError
 from .loading import LoadedModel
 from .lora_files import HOTSWAP_RANK, LoraChoice, local_path
@@ -77,12 +78,11 @@ def _scale_in_place(pipe, scale: float) -> None:
     specializes on; PEFT's hotswap helper updates them in place.
     """
     from peft.tuners.lora import LoraLayer
-    from peft.utils.hotswap import _update_scaling
 
     for module in pipe.transformer.modules():
         if isinstance(module, LoraLayer) and SLOT in module.scaling:
             base = module.lora_alpha[SLOT] / module.r[SLOT]
-            _update_scaling(module, SLOT, scale * base)
+            set_hotswap_scaling(module, SLOT, scale * base)
 
 
 def _apply_hotswap(pipe, state: AdapterState, loras: tuple[LoraChoice, ...]) -> None:

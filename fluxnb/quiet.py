@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from .compat import BNB_MATMUL_LOGGER
+
 
 @dataclass(frozen=True)
 class HarmlessLogLine:
@@ -33,7 +35,7 @@ HARMLESS = (
         "path without it, and fluxnb runs bitsandbytes models on CUDA.",
     ),
     HarmlessLogLine(
-        "bitsandbytes.autograd._functions",
+        BNB_MATMUL_LOGGER,
         ("MatMul8bitLt: inputs will be cast from",),
         "LLM.int8 quantizes its bf16 inputs through float16 by design (the guide's bnb 8-bit config); bitsandbytes "
         "0.50 logs this on every matmul, about 15,000 lines for one benchmark run (results/README.md, run 16).",

@@ -73,10 +73,24 @@ class GenerateForm:
         self.model_reason = model_reason
         self.results: list[GeneratedImage] = []  # every image this form showed, in order
         self.last_error: str | None = None
-        params = model.spec.params
-        width, height = (initial.width, initial.height) if initial else params.default_size
         label = {"description_width": "110px"}
         layout = w.Layout(width="460px")
+        controls = self._parameter_controls(w, initial, label, layout) + self._lora_controls(w, initial, label, layout)
+        self.init_image = None
+        self.strength = None
+        if mode == IMAGE_TO_IMAGE:
+            controls += self._init_image_controls(w, initial, init_image, label, layout)
+        elif mode != TEXT_TO_IMAGE:
+            raise ValueError(f"mode must be {TEXT_TO_IMAGE!r} or {IMAGE_TO_IMAGE!r}, got {mode!r}")
+        self._action_widgets(w)
+        self._assemble(w, controls)
+        self._stop_requested = False
+        self._thread: threading.Thread | None = None
+
+    def _parameter_controls(self, w, initial: GenerationRequest | None, label: dict, layout) -> list[Any]:
+        """Prompt, steps, guidance, seed, size and image count: the request's values, else the entry's defaults."""
+        params = self.model.spec.params
+        width, height = (initial.width, initial.height) if initial else params.default_size
         self.prompt = w.Textarea(
             value="\n".join(initial.prompts) if initial else "",
             placeholder="describe the picture (one prompt per line)",
@@ -104,38 +118,41 @@ class GenerateForm:
             value=min(initial.num_images, MAX_IMAGES_IN_UI) if initial else 1, min=1, max=MAX_IMAGES_IN_UI,
             description="images/prompt", style=label, layout=layout,
         )
-        controls: list[Any] = [self.prompt, self.steps, self.guidance_scale, self.seed, self.width, self.height,
-                               self.num_images]
-        # LoRA: one of the adapters the notebook's request loaded (or none), at a scale of the slider
+        return [self.prompt, self.steps, self.guidance_scale, self.seed, self.width, self.height, self.num_images]
+
+    def _lora_controls(self, w, initial: GenerationRequest | None, label: dict, layout) -> list[Any]:
+        """One of the adapters the notebook's request loaded (or none), at a scale of the slider; shown only when
+        the request has adapters."""
         adapters = list(initial.loras) if initial else []
         self.lora = w.Dropdown(options=[("none", None), *[(f"{a.name} ({a.file})", a) for a in adapters]],
                                value=adapters[0] if adapters else None, description="LoRA", style=label)
         self.lora_scale = w.FloatSlider(value=adapters[0].scale if adapters else 1.0, min=-1.0, max=2.0, step=0.05,
                                         description="LoRA scale", style=label, layout=layout)
-        if adapters:
-            controls += [self.lora, self.lora_scale]
-        self.init_image = None
-        self.strength = None
-        if mode == IMAGE_TO_IMAGE:
-            start = initial.init_image if initial and initial.init_image else init_image
-            self.init_image = w.Text(value=str(start or ""), description="init_image", style=label,
-                                     layout=w.Layout(width="480px"))
-            self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload",
-                                       tooltip="upload a picture: it is saved into the run folder")
-            self.upload.observe(lambda _change: self.take_upload(), names="value")
-            self.preview = w.Image(format="png", layout=w.Layout(max_width="96px", max_height="96px"))
-            self.path_note = w.HTML(f"<small>relative paths are read from <code>{Path.cwd()}</code>; an upload is "
-                                    f"saved into <code>{shown_path(run.path / UPLOADS_DIR)}</code></small>")
-            self.init_image.observe(lambda _change: self._preview(), names="value")
-            self._preview()
-            self.strength = w.FloatSlider(
-                value=initial.strength if initial and initial.strength else 0.6, min=0.05, max=1.0, step=0.05,
-                description="strength", style=label, layout=layout,
-            )
-            controls += [w.HBox([w.VBox([w.HBox([self.init_image, self.upload]), self.path_note]), self.preview]),
-                         self.strength]
-        elif mode != TEXT_TO_IMAGE:
-            raise ValueError(f"mode must be {TEXT_TO_IMAGE!r} or {IMAGE_TO_IMAGE!r}, got {mode!r}")
+        return [self.lora, self.lora_scale] if adapters else []
+
+    def _init_image_controls(self, w, initial: GenerationRequest | None, init_image: str | Path | None,
+                             label: dict, layout) -> list[Any]:
+        """Image-to-image: the init image's path or an upload (saved into the run folder), its preview, strength."""
+        start = initial.init_image if initial and initial.init_image else init_image
+        self.init_image = w.Text(value=str(start or ""), description="init_image", style=label,
+                                 layout=w.Layout(width="480px"))
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload",
+                                   tooltip="upload a picture: it is saved into the run folder")
+        self.upload.observe(lambda _change: self.take_upload(), names="value")
+        self.preview = w.Image(format="png", layout=w.Layout(max_width="96px", max_height="96px"))
+        self.path_note = w.HTML(f"<small>relative paths are read from <code>{Path.cwd()}</code>; an upload is "
+                                f"saved into <code>{shown_path(self.run.path / UPLOADS_DIR)}</code></small>")
+        self.init_image.observe(lambda _change: self._preview(), names="value")
+        self._preview()
+        self.strength = w.FloatSlider(
+            value=initial.strength if initial and initial.strength else 0.6, min=0.05, max=1.0, step=0.05,
+            description="strength", style=label, layout=layout,
+        )
+        return [w.HBox([w.VBox([w.HBox([self.init_image, self.upload]), self.path_note]), self.preview]),
+                self.strength]
+
+    def _action_widgets(self, w) -> None:
+        """The Generate and Stop buttons, the progress bar and status line, the output area."""
         self.button = w.Button(description="Generate", button_style="primary", icon="play")
         self.button.on_click(lambda _button: self.start())
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True,
@@ -146,17 +163,17 @@ class GenerateForm:
                                       layout=w.Layout(width="460px", visibility="hidden"))
         self.status = w.HTML("")
         self.output = w.Output(layout=w.Layout(padding="4px"))
-        header = w.HTML(
-            f"<b>{model.spec.name}</b> ({model.report.weights}); images go to <code>{shown_path(run.path)}</code>"
-        )
+
+    def _assemble(self, w, controls: list[Any]) -> None:
+        """The form's container: a header naming the model and the run folder, the controls, the actions."""
+        header = w.HTML(f"<b>{self.model.spec.name}</b> ({self.model.report.weights}); images go to "
+                        f"<code>{shown_path(self.run.path)}</code>")
         self.container = w.VBox([header, *controls, w.HBox([self.button, self.stop_button]),
                                  w.HBox([self.progress, self.status]), self.output])
         self.container.form = self  # reach the form (and its results) from the container the UI functions return
         for widget, name in ((self.container, "form"), (self.progress, "progress"), (self.status, "status"),
                              (self.output, "output"), (header, "header")):
             widget.add_class(f"fluxnb-{name}")  # stable names for the page's CSS and the browser tests
-        self._stop_requested = False
-        self._thread: threading.Thread | None = None
 
     # -- the action ---------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..compat import compiled_call, inductor_mode_options, repeated_blocks, set_compiled_call
 from ..errors import LoadError, ModelUnavailableError
 from ..hub import is_cached, offline_mode
 from . import cuda_graph
@@ -150,7 +151,7 @@ def compile_regionally(transformer, **compile_kwargs) -> int:
     `compile_repeated_blocks` where it exists, the same per-block `Module.compile` on diffusers lines without it."""
     if hasattr(transformer, "compile_repeated_blocks"):
         transformer.compile_repeated_blocks(**compile_kwargs)
-        count = sum(type(m).__name__ in transformer._repeated_blocks for m in transformer.modules())
+        count = sum(type(m).__name__ in (repeated_blocks(transformer) or ()) for m in transformer.modules())
     else:
         blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
         for block in blocks:
@@ -174,7 +175,7 @@ def _share_single_block_graph(transformer) -> None:
     import torch
 
     blocks = getattr(transformer, "single_transformer_blocks", None)
-    compiled = getattr(blocks[0], "_compiled_call_impl", None) if blocks else None
+    compiled = compiled_call(blocks[0]) if blocks else None
     if compiled is None or "encoder_hidden_states" not in inspect.signature(type(blocks[0]).forward).parameters:
         return  # older diffusers (the guide's 0.34) hands the single blocks one joint tensor: nothing to re-stride
 
@@ -188,7 +189,7 @@ def _share_single_block_graph(transformer) -> None:
         image_in[image_key], text_in[text_key] = joint[:, text.shape[1]:], joint[:, :text.shape[1]]
         return compiled(*args, **kwargs)
 
-    blocks[0]._compiled_call_impl = call
+    set_compiled_call(blocks[0], call)
 
 
 def compile_options(backend: Backend, mode: str | None = None) -> dict[str, Any]:
@@ -200,9 +201,7 @@ def compile_options(backend: Backend, mode: str | None = None) -> dict[str, Any]
     settings = backend.options.get("inductor")
     if not settings:
         return {"mode": mode} if mode else {}
-    import torch._inductor
-
-    return {"options": {**torch._inductor.list_mode_options(mode or "default"), **settings}}
+    return {"options": {**inductor_mode_options(mode), **settings}}
 
 
 def compile_blocks(transformer, backend: Backend, mode: str | None = None) -> int:

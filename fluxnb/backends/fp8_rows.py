@@ -19,6 +19,8 @@ import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
 
+from ..compat import add_repeated_block, scaled_mm_rows
+
 # torch.ops.fluxnb.gelu_fp8_rows where triton is installed, set by use_fused_fp8_rows
 _TRITON_OP = None
 
@@ -55,8 +57,7 @@ def gelu_float8_linear(linear, mlp: torch.Tensor, attention: torch.Tensor | None
     """linear([attention | GELU(mlp)]) with the row quantization in the kernel, then torchao's float8 matmul."""
     weight = linear.weight
     q, scale = _TRITON_OP(mlp, attention)
-    out = torch._scaled_mm(q, weight.qdata.t(), scale_a=scale, scale_b=weight.scale.t(), bias=linear.bias,
-                           out_dtype=mlp.dtype, use_fast_accum=weight.mm_config.use_fast_accum)
+    out = scaled_mm_rows(q, scale, weight, linear.bias, mlp.dtype)
     return out.reshape(*mlp.shape[:-1], out.shape[-1])
 
 
@@ -112,7 +113,6 @@ def use_fused_fp8_rows(transformer: torch.nn.Module) -> int:
         if swap is not None:
             module.__class__ = swap
             count += 1
-    repeated = getattr(transformer, "_repeated_blocks", None)
-    if count and repeated is not None and GeluFloat8SingleBlock.__name__ not in repeated:
-        transformer._repeated_blocks = [*repeated, GeluFloat8SingleBlock.__name__]
+    if count:
+        add_repeated_block(transformer, GeluFloat8SingleBlock.__name__)
     return count

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 import torch
 
+from ..compat import int8_rows
+
 # torch.ops.fluxnb.int8_matvec where triton is installed (fluxnb/backends/matvec_triton.py), set by use_matvecs
 _TRITON_OP = None
 
@@ -56,7 +58,7 @@ class Int8MatvecLinear(torch.nn.Linear):
             return super().forward(input)
         weight = self.weight
         product = _TRITON_OP if _TRITON_OP is not None and input.is_cuda else fused_matvec
-        return product(input, weight.qdata, weight.scale, self.bias)
+        return product(input, *int8_rows(weight), self.bias)
 
 
 def use_matvecs(transformer: torch.nn.Module, patterns: Iterable[str]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..compat import execution_device
 from ..memory import peak_memory, reset_peak_memory
 
 
@@ -39,7 +40,7 @@ def run_batch(pipe, *, prompts: list[str], seed: int, width: int, height: int, s
     sync()
     start = time.perf_counter()
     with torch.inference_mode():
-        embeddings = [pipe.encode_prompt(prompt=p, prompt_2=None, device=pipe._execution_device,
+        embeddings = [pipe.encode_prompt(prompt=p, prompt_2=None, device=execution_device(pipe),
                                          max_sequence_length=max_sequence_length)[:2] for p in prompts]
     sync()
     encoded = time.perf_counter() - start

@@ -29,6 +29,7 @@ from .. import compile_cache
 from ..backends import REGISTRY, get_backend, types_where
 from ..backends.cuda_graph import graph_status
 from ..backends.torchao import AUTOTUNE
+from ..compat import execution_device, unpack_latents
 from ..config import ModelConfig, ModelSpec
 from ..environment import device_info, nvidia_driver_version, package_versions
 from ..errors import RequestError
@@ -193,7 +194,7 @@ def run_phases(pipe, *, prompt: str, seed: int, width: int, height: int, steps: 
     with torch.inference_mode():
         start = _phase_start(device)
         prompt_embeds, pooled, _text_ids = pipe.encode_prompt(
-            prompt=prompt, prompt_2=None, device=pipe._execution_device, max_sequence_length=max_sequence_length
+            prompt=prompt, prompt_2=None, device=execution_device(pipe), max_sequence_length=max_sequence_length
         )
         phases["text_encoding"] = _phase_end(device, start)
 
@@ -212,7 +213,7 @@ def run_phases(pipe, *, prompt: str, seed: int, width: int, height: int, steps: 
         phases["denoising"] = _phase_end(device, start)
 
         start = _phase_start(device)
-        unpacked = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        unpacked = unpack_latents(pipe, latents, height, width)
         unpacked = unpacked / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
         decoded = pipe.vae.decode(unpacked.to(pipe.vae.dtype), return_dict=False)[0]
         image = pipe.image_processor.postprocess(decoded, output_type="np")[0]
@@ -234,10 +235,7 @@ def _free(device: str) -> None:
     import torch
 
     free_memory(device)
-    try:
-        torch._dynamo.reset()
-    except AttributeError:  # very old torch
-        pass
+    torch.compiler.reset()  # public since torch 2.1 (the floor is 2.4)
 
 
 def _set_cap(device: str, cap_bytes: int | None) -> float | None:

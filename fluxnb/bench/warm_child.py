@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from ..compat import fx_graph_cache_counts
 from ..config import load_config
 from ..generation import compile_counters, compile_record
 from ..loading import load_model
@@ -17,7 +18,6 @@ from .engine import parse_backend, run_phases
 def child(job: dict[str, Any]) -> dict[str, Any]:
     """Load the backend as the bench did and time its first (warm-up length) call with the shared cache."""
     import torch
-    from torch._dynamo.utils import counters
 
     config = load_config(job.get("config"))
     backend = parse_backend(job["label"], config, tuple(job.get("uncapped", ())))
@@ -32,10 +32,10 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     run_phases(model.pipe, steps=job["warmup_steps"], **job["generation"])
     seconds = time.perf_counter() - start
     compiled = compile_record(before, compile_counters())
+    hits, misses = fx_graph_cache_counts()
     return {"first_call_seconds": round(seconds, 3), "new_graphs": compiled.get("new_graphs"),
             "compile_seconds": compiled.get("seconds", compiled.get("unknown")),
-            "fxgraph_cache_hits": int(counters["inductor"]["fxgraph_cache_hit"]),
-            "fxgraph_cache_misses": int(counters["inductor"]["fxgraph_cache_miss"]),
+            "fxgraph_cache_hits": hits, "fxgraph_cache_misses": misses,
             "compile_cache": model.report.compile_cache}
 
 
