@@ -1,7 +1,7 @@
 """Transformer probe: what each quantization x compile variant costs and gains, and how far it drifts from bf16.
 
 A FLUX transformer with FLUX.1-dev's widths (all 19 + 38 blocks with --full-size, else few blocks) and random
-weights (optionally with activation outliers: fluxnb.synthetic.inject_outliers), one forward at 1024x1024 token
+weights (optionally with activation outliers: fluxnb.models.synthetic.inject_outliers), one forward at 1024x1024 token
 counts (4096 image + 512 text). Each variant runs in its own process under a time limit, so one slow compile cannot
 eat the others' time; with --cache-dir the processes share inductor's on-disk caches and --twice runs each variant
 again in a fresh process to measure the warm first call. Prints one JSON line per variant: first-call seconds
@@ -9,8 +9,8 @@ again in a fresh process to measure the warm first call. Prints one JSON line pe
 counters (or the timeout / error).
 
 Variants are BACKEND-MODE[@ATTENTION]. BACKEND: bf16, int8wo, int8dq, fp8dq (the loader's own torchao configs: the
-records of fluxnb/backends/torchao.py), bnb8 (bitsandbytes LLM.int8, threshold 6). MODE: eager; regional (diffusers'
-compile_repeated_blocks, the loader's way); full (torch.compile of the whole transformer); suffix -at for
+records of fluxnb/models/backends/torchao.py), bnb8 (bitsandbytes LLM.int8, threshold 6). MODE: eager; regional
+(diffusers' compile_repeated_blocks, the loader's way); full (torch.compile of the whole transformer); suffix -at for
 mode="max-autotune-no-cudagraphs", -cg for mode="max-autotune" (CUDA graphs), -ro for mode="reduce-overhead" (CUDA
 graphs, default kernels; it failed with regional compile: run 15). ATTENTION: a diffusers attention backend
 (transformer.set_attention_backend), e.g. _native_cudnn. The variant `attention` times torch's SDPA kernels alone
@@ -84,11 +84,11 @@ def run_one(variant: str, double: int, single: int, outliers: tuple[float, int] 
     import torch._dynamo as dynamo
     from diffusers import FluxTransformer2DModel
 
-    from fluxnb.backends import REGISTRY
-    from fluxnb.backends.base import compile_blocks
-    from fluxnb.backends.matvec import use_matvecs
-    from fluxnb.backends.torchao import MAIN_LAYERS, ONE_ROW_LAYERS, transformer_config
-    from fluxnb.synthetic import _variance_preserving_init, inject_outliers, scaled_dims
+    from fluxnb.models.backends import REGISTRY
+    from fluxnb.models.backends.base import compile_blocks
+    from fluxnb.models.backends.matvec import use_matvecs
+    from fluxnb.models.backends.torchao import MAIN_LAYERS, ONE_ROW_LAYERS, transformer_config
+    from fluxnb.models.synthetic import _variance_preserving_init, inject_outliers, scaled_dims
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokens = 4096 if device == "cuda" else 64
@@ -123,11 +123,11 @@ def run_one(variant: str, double: int, single: int, outliers: tuple[float, int] 
         if os.environ.get("PROBE_MATVEC", "1") != "0":  # the loader's one-row int8 matvecs
             use_matvecs(model, ONE_ROW_LAYERS)
         if os.environ.get("PROBE_FP8_ROWS", "1") == "1":  # the loader's fused GELU + float8 row quantization
-            from fluxnb.backends.fp8_rows import use_fused_fp8_rows
+            from fluxnb.models.backends.fp8_rows import use_fused_fp8_rows
 
             use_fused_fp8_rows(model)
         if os.environ.get("PROBE_MATVEC") == "fused":  # run 18's fused multiply-and-sum instead of the Triton kernel
-            import fluxnb.backends.matvec as matvec
+            import fluxnb.models.backends.matvec as matvec
 
             matvec._TRITON_OP = None
     compile_mode = COMPILE_MODES[tuning]
@@ -169,11 +169,11 @@ def run_one(variant: str, double: int, single: int, outliers: tuple[float, int] 
 
 
 def _cuda_graph_seconds(model, inputs, sync) -> dict | str:
-    """The whole forward through fluxnb's CUDA graph stand-in (fluxnb/backends/cuda_graph.py: the loader's): its
+    """The whole forward through fluxnb's CUDA graph stand-in (fluxnb/models/backends/cuda_graph.py: the loader's): its
     s/forward once replaying, its status, and its output's difference from the uncaptured compiled forward."""
     import torch
 
-    from fluxnb.backends.cuda_graph import graph_forward
+    from fluxnb.models.backends.cuda_graph import graph_forward
 
     try:
         with torch.inference_mode():
@@ -202,8 +202,8 @@ def matvec_kernels() -> dict:
     kernel at a few tile shapes, with each one's max difference from torchao's eager product."""
     import torch
 
-    from fluxnb.backends import matvec_triton
-    from fluxnb.backends.matvec import fused_matvec
+    from fluxnb.models.backends import matvec_triton
+    from fluxnb.models.backends.matvec import fused_matvec
 
     fused = torch.compile(fused_matvec)
     result = {}
@@ -303,7 +303,7 @@ def vae_decode() -> dict:
     import torch
     from diffusers import AutoencoderKL
 
-    from fluxnb.synthetic import FULL_DIMS
+    from fluxnb.models.synthetic import FULL_DIMS
 
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -340,12 +340,12 @@ def vae_decode() -> dict:
 def fp8_rows_kernels() -> dict:
     """The float8 row quantization of a GELU branch alone, at FLUX's single-block ([attention 3072 | GELU 12288],
     4608 rows) and double-block (GELU 12288, 4096 rows) shapes: torchao's own quantization compiled by inductor vs
-    the one-pass Triton kernel (fluxnb/backends/fp8_rows_triton.py); ms per call, GB/s moved, and the relative error
-    of each dequantized result against the exact row."""
+    the one-pass Triton kernel (fluxnb/models/backends/fp8_rows_triton.py); ms per call, GB/s moved, and the relative
+    error of each dequantized result against the exact row."""
     import torch
     from torchao.quantization.quant_primitives import _choose_scale_float8, _quantize_affine_float8
 
-    from fluxnb.backends import fp8_rows_triton
+    from fluxnb.models.backends import fp8_rows_triton
 
     def torchao_rows(b, a):
         row = torch.nn.functional.gelu(b, approximate="tanh")

@@ -10,7 +10,7 @@
 #   baseline), float8 per-row compiled (the recommended fast backend: cold first call here, warm first call in a
 #   new process sharing the compile cache, images/minute for a batch of 3 with T5 offloaded), float8 + TaylorSeer
 #   (the cached mode, fixed schedule).
-#   Outlier weights (fluxnb.synthetic.inject_outliers): bf16, float8 per-row, bnb 8-bit.
+#   Outlier weights (fluxnb.models.synthetic.inject_outliers): bf16, float8 per-row, bnb 8-bit.
 #   Then the predicted L4 seconds per image (fluxnb/bench/predict.py) in the table, labelled "predicted".
 # Disk: each weight set is bf16 (~34 GB) + bnb 8-bit (~17 GB); the 8-bit one is deleted after its backend ran and a
 # weight set's bf16 once its backends ran, so at most ~51 GB sit on disk (or /dev/shm) at a time.
@@ -53,7 +53,7 @@ if [ -f "$OUT/bench.json" ]; then
 import sys
 
 from fluxnb.bench import load_results, summarize
-from fluxnb.config import load_config
+from fluxnb.models.config import load_config
 
 results = load_results(sys.argv[1])
 print("\n".join(summarize(results, recommended=load_config().recommended)["lines"]))

@@ -39,7 +39,7 @@ elif [ "$SET" = 3 ]; then  # third call (run 17): the record's coordinate-descen
     export PROBE_CUDA_GRAPH=1
     probe 130 --twice fp8dq-regional
     PROBE_INDUCTOR='{"use_static_cuda_launcher": false}' probe 130 --twice fp8dq-regional
-elif [ "$SET" = 4 ]; then  # fourth call (run 18): the one-row layers as fused int8 matvecs (fluxnb/backends/matvec.py), no tuning
+elif [ "$SET" = 4 ]; then  # fourth call (run 18): the one-row layers as fused int8 matvecs (fluxnb/models/backends/matvec.py), no tuning
     export PROBE_PROFILE=1
     probe 100 --twice fp8dq-regional
     probe 80 int8dq-regional
@@ -60,7 +60,7 @@ elif [ "$SET" = 7 ]; then  # seventh call (run 23): persistent reductions up to 
     PROBE_INDUCTOR='{"triton.multi_kernel": 1}' probe 150 --twice fp8dq-regional
     PROBE_INDUCTOR='{"triton.multi_kernel": 2}' probe 150 fp8dq-regional
 elif [ "$SET" = 8 ]; then  # eighth call (run 25): the GELU branches' float8 row quantization in one pass
-      # (fluxnb/backends/fp8_rows.py) alone and in the step, against torchao's own; with the CUDA graph
+      # (fluxnb/models/backends/fp8_rows.py) alone and in the step, against torchao's own; with the CUDA graph
     probe 90 fp8rows
     export PROBE_CUDA_GRAPH=1 PROBE_PROFILE=1
     PROBE_FP8_ROWS=0 probe 120 fp8dq-regional

@@ -5,7 +5,7 @@
 #   bash scripts/issue16_gpu.sh            # on a bare 2- or 4-GPU host; results (JSON, chart, run folders) in $OUT
 #   ISSUE16_TINY=1 bash scripts/issue16_gpu.sh   # the same logic on the CPU: tiny model, 64x64, 2 steps, gloo
 #
-# GPU mode: the full-size synthetic bf16 checkpoint (random weights, FLUX.1-dev dimensions: fluxnb.synthetic) is
+# GPU mode: the full-size synthetic bf16 checkpoint (random weights, FLUX.1-dev dimensions: fluxnb.models.synthetic) is
 # built once into /dev/shm; the batch is 8 prompts x 2 images, 1024x1024, 28 steps, model flux-dev (type
 # flux-bf16) with --checkpoint; the GPU counts follow `nvidia-smi -L`. Stages run in order of importance (1, 2
 # GPUs, Ulysses-2, then 4 GPUs and Ulysses-4) and a stage that would not finish before ISSUE16_DEADLINE seconds is
@@ -46,7 +46,7 @@ else
         if [ "${shm:-0}" -ge 40 ]; then export FLUXNB_SYNTHETIC=/dev/shm/fluxnb-synthetic; else export FLUXNB_SYNTHETIC=/tmp/fluxnb-synthetic; fi
     fi
     echo "== building the synthetic bf16 checkpoint in $FLUXNB_SYNTHETIC ($(date -u +%FT%TZ))"
-    ck=$($PY -c "from fluxnb.synthetic import ensure_synthetic_checkpoint as e; import sys; print(e('bf16', log=lambda m: print(m, file=sys.stderr)))" | tail -1) || exit 1
+    ck=$($PY -c "from fluxnb.models.synthetic import ensure_synthetic_checkpoint as e; import sys; print(e('bf16', log=lambda m: print(m, file=sys.stderr)))" | tail -1) || exit 1
     CHECKPOINT=(--checkpoint "$ck")
     echo "checkpoint: $ck ($((SECONDS - START)) s)"
 fi

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from fluxnb.bench.fidelity import psnr
-from fluxnb.environment import gpu_facts, package_versions
+from fluxnb.core.environment import gpu_facts, package_versions
 
 
 def run_folder(parent: Path) -> Path | None:

@@ -174,8 +174,8 @@ def hub_cache(hf_home: Path, checkpoints: dict[str, Path]) -> None:
 def build_checkpoints(python: str, env: dict[str, str], tiny: bool, log: Path, kinds: list[str]) -> dict[str, Path]:
     """The synthetic checkpoints `kinds` (bf16, bnb-8bit), built once in FLUXNB_SYNTHETIC (a warm machine keeps
     them: a later call finds them)."""
-    code = ("import json, sys; from fluxnb.synthetic import ensure_synthetic_checkpoint as e; "
-            "from fluxnb.tiny import TINY_DIMS; "
+    code = ("import json, sys; from fluxnb.models.synthetic import ensure_synthetic_checkpoint as e; "
+            "from fluxnb.models.tiny import TINY_DIMS; "
             "d = TINY_DIMS if sys.argv[1] == 'tiny' else None; dev = 'cpu' if d else 'cuda'; "
             "print(json.dumps({k: str(e(k, dims=d, device=dev)) for k in sys.argv[2:]}))")
     start = time.perf_counter()

@@ -1,15 +1,15 @@
 """LoRA on the full-size synthetic FLUX (FLUX.1-dev's dimensions, random weights): what an adapter costs per backend.
 
 For each model entry (default: the guide's bnb 8-bit and the compiled torchao int8 dynamic entry) it loads the model
-through fluxnb's loader from the synthetic checkpoint (fluxnb.synthetic), then measures with fluxnb.generate:
+through fluxnb's loader from the synthetic checkpoint (fluxnb.models.synthetic), then measures with fluxnb.generate:
 
-- load seconds of the model, and of the first adapter (diffusers' load_lora_weights through fluxnb.lora);
+- load seconds of the model, and of the first adapter (diffusers' load_lora_weights through fluxnb.models.lora);
 - seconds per image and peak GPU memory: no adapter, adapter unfused, adapter fused (where the backend allows);
 - for hotswap entries (compiled): graphs compiled by the first adapter, and by a swap to a second adapter and by a
   new scale (both must be 0: no recompile).
 
-The adapters are synthetic too (fluxnb.synthetic_lora, rank --rank), so no download is needed. Writes JSON with the
-card, the library versions and every figure (default results/lora-bench-synthetic.json).
+The adapters are synthetic too (fluxnb.models.synthetic_lora, rank --rank), so no download is needed. Writes JSON with
+the card, the library versions and every figure (default results/lora-bench-synthetic.json).
 
 Usage (GPU): python scripts/lora_bench.py [--model flux-dev-bnb-8bit --model flux-dev-torchao-int8dq]
              [--size 1024x1024] [--steps 28] [--images 2] [--rank 16] [--out FILE] [--synthetic-root DIR]
@@ -30,14 +30,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fluxnb  # noqa: E402
-from fluxnb.backends import get_backend  # noqa: E402
-from fluxnb.environment import device_info, package_versions  # noqa: E402
-from fluxnb.generation import peak_memory_bytes  # noqa: E402
-from fluxnb.lora import apply_loras  # noqa: E402
-from fluxnb.memory import free_memory  # noqa: E402
-from fluxnb.outputs import default_outputs_dir  # noqa: E402
-from fluxnb.synthetic import ensure_synthetic_checkpoint  # noqa: E402
-from fluxnb.synthetic_lora import build_lora  # noqa: E402
+from fluxnb.core.environment import device_info, package_versions  # noqa: E402
+from fluxnb.core.memory import free_memory  # noqa: E402
+from fluxnb.models.backends import get_backend  # noqa: E402
+from fluxnb.models.lora import apply_loras  # noqa: E402
+from fluxnb.models.synthetic import ensure_synthetic_checkpoint  # noqa: E402
+from fluxnb.models.synthetic_lora import build_lora  # noqa: E402
+from fluxnb.runs.generation import peak_memory_bytes  # noqa: E402
+from fluxnb.runs.outputs import default_outputs_dir  # noqa: E402
 
 DEFAULT_MODELS = ("flux-dev-bnb-8bit", "flux-dev-torchao-int8dq")
 PROMPT = "a photo of a cat sitting on a red chair in the sun"

@@ -1,5 +1,5 @@
 """Where the repository's own files are: the tests of a checkout read them (scripts/, results/, requirements/);
-fluxnb itself never does (the product is the wheel: fluxnb/packaged.py)."""
+fluxnb itself never does (the product is the wheel: fluxnb/core/packaged.py)."""
 
 from pathlib import Path
 

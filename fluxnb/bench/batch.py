@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..compat import execution_device
-from ..memory import peak_memory, reset_peak_memory
+from ..core.compat import execution_device
+from ..core.memory import peak_memory, reset_peak_memory
 
 
 def batch_prompts(prompt: str, n: int) -> list[str]:

@@ -12,7 +12,7 @@ cap (torch.cuda.set_per_process_memory_fraction: 22 GB by default, as on an L4),
 
 Fidelity (fluxnb.bench.fidelity): every backend uses the same prompt and seed; the final latents and the decoded
 images are compared with the reference backend's. With `--synthetic` the weights are random with FLUX.1-dev's real
-dimensions (fluxnb.synthetic); every output says which weights were used.
+dimensions (fluxnb.models.synthetic); every output says which weights were used.
 """
 
 from __future__ import annotations
@@ -25,19 +25,19 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from .. import compile_cache
-from ..backends import REGISTRY, get_backend, types_where
-from ..backends.cuda_graph import graph_status
-from ..backends.torchao import AUTOTUNE
-from ..compat import execution_device, unpack_latents
-from ..config import ModelConfig, ModelSpec
-from ..environment import device_info, nvidia_driver_version, package_versions
-from ..errors import RequestError
-from ..generation import compile_counters, compile_record, free_memory, peak_memory, reset_peak_memory
-from ..loading import LoadedModel, load_model
-from ..step_cache import parse_cache
-from ..synthetic import WEIGHT_SETS, ensure_synthetic_checkpoint, remove_synthetic_checkpoint, remove_weight_set
-from ..units import GIB, SIZE_MULTIPLE, is_image_side
+from ..core.compat import execution_device, unpack_latents
+from ..core.environment import device_info, nvidia_driver_version, package_versions
+from ..core.errors import RequestError
+from ..core.units import GIB, SIZE_MULTIPLE, is_image_side
+from ..models import compile_cache
+from ..models.backends import REGISTRY, get_backend, types_where
+from ..models.backends.cuda_graph import graph_status
+from ..models.backends.torchao import AUTOTUNE
+from ..models.config import ModelConfig, ModelSpec
+from ..models.loading import LoadedModel, load_model
+from ..models.step_cache import parse_cache
+from ..models.synthetic import WEIGHT_SETS, ensure_synthetic_checkpoint, remove_synthetic_checkpoint, remove_weight_set
+from ..runs.generation import compile_counters, compile_record, free_memory, peak_memory, reset_peak_memory
 from .batch import batch_prompts, run_batch
 from .fidelity import add_comparisons
 from .predict import add_predictions
@@ -80,7 +80,7 @@ class BenchSettings:
     log: Callable[[str], None]
     weight_sets: tuple[str, ...] = ("gaussian",)
     outlier_backends: tuple[str, ...] = ()  # backends run on the non-Gaussian sets (empty: all)
-    synthetic_dims: dict | None = None  # None: FLUX.1-dev's full size; fluxnb.synthetic.TINY_DIMS for CPU checks
+    synthetic_dims: dict | None = None  # None: FLUX.1-dev's full size; fluxnb.models.synthetic.TINY_DIMS for CPU checks
     cleanup_weight_sets: tuple[str, ...] = ()  # weight sets whose checkpoints are deleted once their backends ran
     warm_compile: bool = False
     warm_backends: tuple[str, ...] = ()  # the compiled backends whose first call is repeated (empty: all)
@@ -120,7 +120,7 @@ VARIANTS = {
     "compiled": "compile: true",
     "offload-t5": "offload_text_encoder: true",
     "autotune": f"compile: true, compile_mode: {AUTOTUNE}",
-    "cache=SETTING": "the cached mode, e.g. cache=taylorseer@2 (fluxnb/step_cache.py)",
+    "cache=SETTING": "the cached mode, e.g. cache=taylorseer@2 (fluxnb/models/step_cache.py)",
 }
 
 
@@ -268,7 +268,7 @@ def _roles(backends: list[BenchEntry], reference: str | None, baseline: str | No
 def _weights_text(backends: list[BenchEntry], synthetic: bool) -> str:
     """Which weights ran: said in every output."""
     if synthetic:
-        return "synthetic: random weights with FLUX.1-dev's real dimensions (fluxnb.synthetic); images are noise"
+        return "synthetic: random weights with FLUX.1-dev's real dimensions (fluxnb.models.synthetic); images are noise"
     if all(get_backend(b.spec.type).embedded for b in backends):
         return "embedded tiny model (random weights)"
     return "hub checkpoints (real weights)"

@@ -10,9 +10,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from ..errors import RequestError
-from ..files import atomic_write_json
-from ..units import GIB, human_bytes
+from ..core.errors import RequestError
+from ..core.files import atomic_write_json
+from ..core.units import GIB, human_bytes
 from .engine import FORMAT_VERSION, PHASES
 
 GOAL_SPEEDUP = 5.0  # the recommended fast backend: at least 5x faster per image than bnb 8-bit, within the cap

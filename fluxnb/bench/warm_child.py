@@ -8,10 +8,10 @@ import sys
 import time
 from typing import Any
 
-from ..compat import fx_graph_cache_counts
-from ..config import load_config
-from ..generation import compile_counters, compile_record
-from ..loading import load_model
+from ..core.compat import fx_graph_cache_counts
+from ..models.config import load_config
+from ..models.loading import load_model
+from ..runs.generation import compile_counters, compile_record
 from .engine import parse_backend, run_phases
 
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..config import CONFIG_ENV
-from ..errors import FluxnbError, InputError, render_error
+from ..core.errors import FluxnbError, InputError, render_error
+from ..models.config import CONFIG_ENV
 from . import bench, cache, diagnose, doctor, generate, notebooks, replay, run, workers
 
 SUBCOMMANDS = (run, generate, doctor, diagnose, bench, replay, cache, notebooks, workers)

@@ -20,10 +20,10 @@ from ..bench import (
     summarize,
     write_results,
 )
-from ..config import load_config
-from ..errors import RequestError
-from ..outputs import new_run_dir
-from ..synthetic import DIMS_BY_NAME, WEIGHT_SETS
+from ..core.errors import RequestError
+from ..models.config import load_config
+from ..models.synthetic import DIMS_BY_NAME, WEIGHT_SETS
+from ..runs.outputs import new_run_dir
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -48,7 +48,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         help="delete each quantized synthetic checkpoint after its backend ran (saves disk)")
     parser.add_argument("--weights", default="gaussian",
                         help=f"synthetic weight sets, comma-separated: {', '.join(WEIGHT_SETS)} (default gaussian); "
-                        "outliers = the Gaussian weights with activation outliers (fluxnb.synthetic.inject_outliers)")
+                        "outliers = the Gaussian weights with activation outliers "
+                        "(fluxnb.models.synthetic.inject_outliers)")
     parser.add_argument("--outlier-backend", action="append", default=[],
                         help="backend also run on the non-Gaussian weight sets, repeatable (default: every backend)")
     parser.add_argument("--cleanup-outliers", action="store_true",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import compile_cache
-from ..units import human_bytes
+from ..core.units import human_bytes
+from ..models import compile_cache
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -10,9 +10,9 @@ import sys
 import threading
 from typing import BinaryIO, TextIO
 
-from ..diagnosis import diagnose, format_diagnoses
-from ..errors import RequestError
-from ..userfiles import describe_path
+from ..core.errors import RequestError
+from ..core.userfiles import describe_path
+from ..knowledge.diagnosis import diagnose, format_diagnoses
 
 # Tracebacks end a log: the last TAIL_BYTES are searched. A stream (stdin, a device) is read to its end, keeping
 # only that tail in memory, but never past MAX_STREAM_BYTES (/dev/zero has no end).

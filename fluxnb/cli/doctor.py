@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import load_config
-from ..doctor import check_environment, report_json
+from ..doctor.checks import check_environment, report_json
+from ..models.config import load_config
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -6,17 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from ..backends import get_backend
-from ..config import load_config
-from ..contextparallel import MODES as CONTEXT_MODES
-from ..contextparallel import check_context_parallel
-from ..dataparallel import DATA, plan_processes, run_data_parallel
-from ..display import model_banner
-from ..errors import InputError, RequestError
-from ..generation import generate
-from ..loading import check_checkpoint, embedded_checkpoint, load_model
-from ..outputs import RunFolder, check_run_folder, read_manifest
-from ..params import (
+from ..core.errors import InputError, RequestError
+from ..models.backends import get_backend
+from ..models.config import load_config
+from ..models.loading import check_checkpoint, embedded_checkpoint, load_model
+from ..models.params import (
     IMAGE_TO_IMAGE,
     TEXT_TO_IMAGE,
     make_request,
@@ -24,11 +18,17 @@ from ..params import (
     refuse_changed_inputs,
     request_from_dict,
 )
-from ..raybatch import check_keep_warm, run_on_ray
-from ..selection import resolve_model
-from ..shards import merge_parts
-from ..sweep_grid import save_sweep_grid
-from ..sweeps import parse_cli
+from ..models.selection import resolve_model
+from ..models.sweeps import parse_cli
+from ..runs.contextparallel import MODES as CONTEXT_MODES
+from ..runs.contextparallel import check_context_parallel
+from ..runs.dataparallel import DATA, plan_processes, run_data_parallel
+from ..runs.generation import generate
+from ..runs.outputs import RunFolder, check_run_folder, read_manifest
+from ..runs.raybatch import check_keep_warm, run_on_ray
+from ..runs.shards import merge_parts
+from ..ui.display import model_banner
+from ..ui.sweep_grid import save_sweep_grid
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                              "the model entry's `cache:`, off unless set)"),
         request.add_argument("--output-dir", help="base folder for run folders (default: ./outputs)"),
         request.add_argument("--checkpoint", help="load the weights from this local folder (hub layout) instead of "
-                             "the entry's id, e.g. a synthetic checkpoint (fluxnb.synthetic)"),
+                             "the entry's id, e.g. a synthetic checkpoint (fluxnb.models.synthetic)"),
     ]
     parser.set_defaults(request_options={o.dest: (o.option_strings[0], o.default) for o in options})
     parser.add_argument("--gpus", metavar="N|all", help="data parallel: one pipeline per GPU of this host, launched "
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_ray(args: argparse.Namespace, run_folder: RunFolder, total: int) -> int:
-    """--ray: this process owns the run folder; Ray actors make the images (fluxnb.raybatch)."""
+    """--ray: this process owns the run folder; Ray actors make the images (fluxnb.runs.raybatch)."""
     return report_launch(run_folder, "Ray worker(s)", lambda: run_on_ray(
         run_folder, address=args.ray, asked=args.gpus, total=total, config=args.config, keep_warm=args.keep_warm))
 
@@ -222,7 +222,7 @@ def check_parallel_options(args: argparse.Namespace, spec) -> None:
 
 
 def run_parallel(args: argparse.Namespace, run_folder: RunFolder, total: int) -> int:
-    """--gpus: this process owns the run folder; torchrun's ranks make the images (fluxnb.dataparallel)."""
+    """--gpus: this process owns the run folder; torchrun's ranks make the images (fluxnb.runs.dataparallel)."""
     import torch
 
     processes, device, note = plan_processes(args.gpus, torch.cuda.device_count())

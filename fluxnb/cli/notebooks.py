@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..display import shown_path
-from ..runner import KERNEL_DISPLAY_NAME, KERNEL_NAME
-from ..workspace import copy_notebooks
+from ..runs.runner import KERNEL_DISPLAY_NAME, KERNEL_NAME
+from ..runs.workspace import copy_notebooks
+from ..ui.display import shown_path
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import RequestError
-from ..files import atomic_write_json
+from ..core.errors import RequestError
+from ..core.files import atomic_write_json
 from ..replay import ReplayContext, results_record, run_all, summary
 
 

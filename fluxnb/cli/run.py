@@ -7,8 +7,8 @@ import ast
 import os
 import sys
 
-from ..display import model_banner
-from ..runner import (
+from ..models.selection import resolve_model
+from ..runs.runner import (
     find_notebook,
     notebook_parameters,
     parse_cli_value,
@@ -17,7 +17,7 @@ from ..runner import (
     resume_notebook,
     run_notebook,
 )
-from ..selection import resolve_model
+from ..ui.display import model_banner
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

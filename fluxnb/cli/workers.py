@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..raybatch import list_warm_workers, stop_warm_workers
+from ..runs.raybatch import list_warm_workers, stop_warm_workers
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config
-from ..loading import load_model
-from ..sanity import check_image
+from ..core.sanity import check_image
+from ..models.config import load_config
+from ..models.loading import load_model
 from .context import (
     EXPECTED_ERRORS,
     LiveOutcome,

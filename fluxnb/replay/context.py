@@ -12,8 +12,8 @@ from typing import Any
 
 from packaging.version import Version
 
-from ..environment import device_info, package_versions
-from ..tiny import ensure_tiny_checkpoint
+from ..core.environment import device_info, package_versions
+from ..models.tiny import ensure_tiny_checkpoint
 
 # Exceptions the attempts are expected to raise (or that a live run on an unforeseen version may raise):
 # recorded as the observed outcome, never swallowed silently.

@@ -8,11 +8,11 @@ from typing import Any
 
 import yaml
 
-from ..backends import get_backend
-from ..config import load_config
-from ..diagnosis import diagnose
-from ..environment import package_versions
-from ..knowledge import torch_torchvision_mismatch
+from ..core.environment import package_versions
+from ..knowledge.base import torch_torchvision_mismatch
+from ..knowledge.diagnosis import diagnose
+from ..models.backends import get_backend
+from ..models.config import load_config
 from .context import version
 from .record import load_replay
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib.util
 import time
 
-from ..diagnosis import diagnose
-from ..environment import device_info
-from ..knowledge import load_knowledge
+from ..core.environment import device_info
+from ..knowledge.base import load_knowledge
+from ..knowledge.diagnosis import diagnose
 from .attempts import RUNNERS
 from .context import LiveOutcome, NotLiveHere, ReplayContext, quiet
 from .record import ATTEMPTS, LIVE, OPTIONAL, RECORDED, Attempt, get_attempt

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import KnowledgeError, UnknownAttemptError
+from ..core.errors import KnowledgeError, UnknownAttemptError
 
 REPLAY_FILE = "replay.yaml"
 LIVE = "live here"

@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..environment import device_info, package_versions
-from ..knowledge import load_knowledge
+from ..core.environment import device_info, package_versions
+from ..knowledge.base import load_knowledge
 from .record import ATTEMPTS, LIVE, load_replay
 
 
@@ -24,7 +24,8 @@ class AttemptResult:
     differs_from_guide: bool
     difference: str
     diagnosis_id: str
-    diagnosis_confirmed: bool  # fluxnb.diagnosis.diagnose() on the observed (or recorded) text found diagnosis_id
+    # fluxnb.knowledge.diagnosis.diagnose() on the observed (or recorded) text found diagnosis_id
+    diagnosis_confirmed: bool
     diagnosis_ids: list[str]
     guide_error_matches: bool  # the same, on the guide's recorded error (what a live run that did not fail lacks)
     cause: str
@@ -41,10 +42,11 @@ class AttemptResult:
         """How the diagnosis stands: matched on what was observed, or why not (a live run that did not fail has
         no error to match: the guide's recorded error is then diagnosed, and said to be)."""
         if self.diagnosis_confirmed:
-            return "confirmed by fluxnb.diagnosis"
+            return "confirmed by fluxnb.knowledge.diagnosis"
         if self.mode == LIVE and not self.outcome.startswith("failed"):
             return ("the error did not occur here; the guide's recorded error "
-                    + ("is matched by fluxnb.diagnosis" if self.guide_error_matches else "is not matched either"))
+                    + ("is matched by fluxnb.knowledge.diagnosis" if self.guide_error_matches
+                       else "is not matched either"))
         return "not matched by the text"
 
     def to_dict(self) -> dict[str, Any]:

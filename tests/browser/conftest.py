@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from fluxnb.runner import KERNEL_DISPLAY_NAME, KERNEL_NAME
-from fluxnb.workspace import copy_notebooks
+from fluxnb.runs.runner import KERNEL_DISPLAY_NAME, KERNEL_NAME
+from fluxnb.runs.workspace import copy_notebooks
 from tests.paths import REPO_ROOT
 
 SCREENSHOTS = REPO_ROOT / "outputs" / "browser"

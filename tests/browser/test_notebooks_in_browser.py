@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-from fluxnb.runner import KERNEL_DISPLAY_NAME
+from fluxnb.runs.runner import KERNEL_DISPLAY_NAME
 from tests.paths import REPO_ROOT
 from tests.waiting import wait_for
 
@@ -91,7 +91,7 @@ def check_opened_and_ran(page, lab, shot, name: str) -> nbformat.NotebookNode:
     stderr = "".join(o.text for c in nb.cells if c.cell_type == "code" for o in c.outputs
                      if o.output_type == "stream" and o.name == "stderr")
     print(f"{name} stderr:", stderr)
-    # the known-harmless lines the load cells used to print in pink (fluxnb.quiet)
+    # the known-harmless lines the load cells used to print in pink (fluxnb.core.quiet)
     assert "requires torchvision (not installed)" not in stderr and "gemm_4bit_forward" not in stderr
     assert executed_everything(nb)
     assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",

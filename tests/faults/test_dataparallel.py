@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 
 import fluxnb
-from fluxnb.outputs import LOCK_TOKEN_ENV, image_file_name
-from fluxnb.shards import PARTS_DIR
+from fluxnb.runs.outputs import LOCK_TOKEN_ENV, image_file_name
+from fluxnb.runs.shards import PARTS_DIR
 from tests.waiting import wait_for
 
 SLOW = ["--steps", "12", "--width", "64", "--height", "64", "--num-images", "2", "--seed", "7"]
@@ -113,8 +113,8 @@ def test_killing_the_whole_launch_leaves_parts_that_a_resume_merges_first(output
 
 HOLD = """
 import sys, time
-from fluxnb.errors import RunFolderBusy
-from fluxnb.outputs import RunFolder
+from fluxnb.core.errors import RunFolderBusy
+from fluxnb.runs.outputs import RunFolder
 while True:  # the writer that comes next (a resume): it takes the lock the moment it is free
     try:
         run = RunFolder.open(sys.argv[1])
@@ -144,8 +144,8 @@ def test_a_rank_whose_launch_died_stops_although_another_writer_holds_the_lock(t
         port = probe.getsockname()[1]
     env = {**os.environ, LOCK_TOKEN_ENV: token, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
            "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
-    rank = subprocess.Popen([sys.executable, "-m", "fluxnb.dataparallel", str(run.path), "--launch", "0", "--device",
-                             "cpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    rank = subprocess.Popen([sys.executable, "-m", "fluxnb.runs.dataparallel", str(run.path), "--launch", "0",
+                             "--device", "cpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     part = run.path / PARTS_DIR / "000-rank0.json"
 

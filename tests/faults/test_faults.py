@@ -19,9 +19,9 @@ import pytest
 import torch
 
 import fluxnb
-from fluxnb.errors import GenerationFailed, ModelUnusable
-from fluxnb.outputs import MANIFEST, RunFolder
-from fluxnb.tiny import ensure_tiny_checkpoint
+from fluxnb.core.errors import GenerationFailed, ModelUnusable
+from fluxnb.models.tiny import ensure_tiny_checkpoint
+from fluxnb.runs.outputs import MANIFEST, RunFolder
 from tests.waiting import wait_for_images
 
 
@@ -323,8 +323,8 @@ def test_when_the_executed_notebook_cannot_be_written_either_the_notebooks_error
 
     import papermill
 
-    from fluxnb.files import atomic_write_json
-    from fluxnb.runner import run_notebook
+    from fluxnb.core.files import atomic_write_json
+    from fluxnb.runs.runner import run_notebook
 
     def kernel_then_disk_full(source, executed, parameters, **kwargs):
         run_dir = Path(parameters["output_dir"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import fluxnb
-from fluxnb.outputs import image_file_name
+from fluxnb.runs.outputs import image_file_name
 from tests.waiting import wait_for
 
 pytest.importorskip("ray", reason="the ray extra is installed in the default test lane only (requirements/extras.txt)")

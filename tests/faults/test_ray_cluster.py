@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 import fluxnb
-from fluxnb.outputs import image_file_name
+from fluxnb.runs.outputs import image_file_name
 from tests.waiting import wait_for, wait_for_images
 
 pytest.importorskip("ray", reason="the ray extra is installed in the default test lane only (requirements/extras.txt)")

@@ -17,7 +17,7 @@ import psutil
 from PIL import Image
 
 import fluxnb
-from fluxnb.outputs import LOCK_FILE, SET_ASIDE, image_file_name
+from fluxnb.runs.outputs import LOCK_FILE, SET_ASIDE, image_file_name
 from tests.waiting import wait_for_images
 
 BATCH = ["--steps", "20", "--width", "192", "--height", "192", "--num-images", "4", "--seed", "100"]
@@ -103,7 +103,7 @@ def test_two_notebook_resumes_at_once_one_is_refused(tiny_model, outputs_dir: Pa
 
 KILL_AFTER_PNG = textwrap.dedent("""
     import os, signal, sys
-    import fluxnb.outputs as outputs
+    import fluxnb.runs.outputs as outputs
     real, landed = outputs.atomic_write_bytes, []
 
     def write_then_die(path, data):  # the PNG lands (renamed into place); the process dies before its manifest line

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fluxnb
-from fluxnb.outputs import image_file_name, png_problem
+from fluxnb.runs.outputs import image_file_name, png_problem
 from tests.waiting import wait_for
 
 BATCH = ["--model", "flux-tiny", "--prompt", "a red fox", "--prompt", "a lighthouse", "--num-images", "3",

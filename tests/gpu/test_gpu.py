@@ -23,7 +23,7 @@ QUANTIZED_KINDS = {"bnb-8bit": ("flux-dev-bnb-8bit", "int8"), "bnb-nf4": ("flux-
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_cache):
-    from fluxnb.tiny import ensure_tiny_checkpoint
+    from fluxnb.models.tiny import ensure_tiny_checkpoint
 
     return ensure_tiny_checkpoint()
 
@@ -31,7 +31,7 @@ def tiny_checkpoint(tiny_cache):
 @pytest.fixture(scope="module", params=sorted(QUANTIZED_KINDS))
 def prequantized(request, tiny_checkpoint, tmp_path_factory):
     """The tiny pipeline quantized at load (transformer + T5) and saved: the hub's pre-quantized layout."""
-    from fluxnb.synthetic import quantize_checkpoint
+    from fluxnb.models.synthetic import quantize_checkpoint
 
     kind = request.param
     target = tmp_path_factory.mktemp(f"tiny-{kind}")
@@ -48,8 +48,8 @@ def _generate(pipe, **kwargs):
 def test_quantize_at_load_and_generate(kind, tiny_checkpoint):
     from diffusers import FluxPipeline
 
-    from fluxnb.footprint import pipeline_footprint
-    from fluxnb.synthetic import _quantization_mapping
+    from fluxnb.core.footprint import pipeline_footprint
+    from fluxnb.models.synthetic import _quantization_mapping
 
     pipe = FluxPipeline.from_pretrained(
         tiny_checkpoint, torch_dtype=torch.bfloat16, quantization_config=_quantization_mapping(kind)
@@ -66,7 +66,7 @@ def test_quantize_at_load_and_generate(kind, tiny_checkpoint):
 def test_prequantized_reload_through_the_guide_loader(prequantized, config):
     """The saved checkpoint reloads through the exact flux-bnb-* loader, and its verification passes."""
     import fluxnb
-    from fluxnb.loading import verify_quantization
+    from fluxnb.models.loading import verify_quantization
 
     kind, checkpoint = prequantized
     spec = config.get(QUANTIZED_KINDS[kind][0])
@@ -109,7 +109,7 @@ def test_unquantized_checkpoint_through_the_8bit_loader_is_refused(tiny_checkpoi
 
 
 def _torchao_types():
-    from fluxnb.backends import REGISTRY
+    from fluxnb.models.backends import REGISTRY
 
     return sorted(t for t, backend in REGISTRY.items() if backend.family == "torchao")
 
@@ -119,7 +119,7 @@ def test_torchao_backends_load_verify_and_generate(model_type, tiny_checkpoint, 
     """Quantize-at-load with torchao on the tiny model (eager here: the benchmark covers compile at full size)."""
     pytest.importorskip("torchao")
     import fluxnb
-    from fluxnb.backends import REGISTRY
+    from fluxnb.models.backends import REGISTRY
 
     capability = torch.cuda.get_device_capability()
     if capability < REGISTRY[model_type].min_capability:
@@ -139,7 +139,7 @@ def test_torchao_backends_load_verify_and_generate(model_type, tiny_checkpoint, 
 def test_synthetic_builder_at_scaled_size_on_gpu(tmp_path):
     """The full-size builder's code path with fewer blocks: bf16 build, then the 8-bit checkpoint from it."""
     import fluxnb
-    from fluxnb.synthetic import BUILD_MARKER, ensure_synthetic_checkpoint, scaled_dims
+    from fluxnb.models.synthetic import BUILD_MARKER, ensure_synthetic_checkpoint, scaled_dims
 
     dims = scaled_dims(layers=1, single_layers=1, t5_layers=1, clip_layers=1)
     path = ensure_synthetic_checkpoint("bnb-8bit", tmp_path, dims=dims, log=lambda _: None)
@@ -172,11 +172,11 @@ def test_compiled_entry_compiles_once_then_reuses(tiny_checkpoint, config, monke
     assert first.metadata["compile"]["new_graphs"] > 0 and first.metadata["compile"]["seconds"] > 0
     assert second.metadata["compile"] == {"new_graphs": 0, "seconds": 0.0}
     again = fluxnb.load_model(spec, checkpoint=tiny_checkpoint, progress=False, reuse=True)
-    assert again is model and fluxnb.loading.REUSED_NOTE in again.report.notes
+    assert again is model and fluxnb.models.loading.REUSED_NOTE in again.report.notes
     (third,) = fluxnb.generate(again, fluxnb.make_request(spec, prompt="a dog", steps=2, width=128, height=128),
                                progress=False)
     assert third.metadata["compile"]["new_graphs"] == 0
-    fluxnb.loading.release_session_model()
+    fluxnb.models.loading.release_session_model()
 
 
 def test_offloaded_text_encoder_gives_the_same_image_from_the_cpu(tiny_checkpoint, config):
@@ -202,7 +202,7 @@ def test_bnb_threshold_zero_loader(tiny_checkpoint, config, tmp_path):
     from bitsandbytes.nn import Linear8bitLt
 
     import fluxnb
-    from fluxnb.synthetic import quantize_checkpoint
+    from fluxnb.models.synthetic import quantize_checkpoint
 
     quantize_checkpoint(tiny_checkpoint, tmp_path / "q", "bnb-8bit")
     spec = dataclasses.replace(config.get("flux-dev-bnb-8bit"), type="flux-bnb-8bit-threshold0")
@@ -213,14 +213,14 @@ def test_bnb_threshold_zero_loader(tiny_checkpoint, config, tmp_path):
 
 
 def test_one_row_layers_run_the_triton_matvec_when_compiled():
-    """The AdaLN layers' Triton kernel (fluxnb/backends/matvec_triton.py) is what the compiled layer runs on the GPU,
-    and it gives torchao's product (eager) within bf16 rounding, with and without bias, for 1 and 3 input rows."""
+    """The AdaLN layers' Triton kernel (fluxnb/models/backends/matvec_triton.py) is what the compiled layer runs on the
+    GPU, and it gives torchao's product (eager) within bf16 rounding, with and without bias, for 1 and 3 input rows."""
     pytest.importorskip("torchao")
     import torchao.quantization as tq
     from torch.profiler import ProfilerActivity, profile
 
-    from fluxnb.backends import matvec
-    from fluxnb.backends.torchao import weight_only_config
+    from fluxnb.models.backends import matvec
+    from fluxnb.models.backends.torchao import weight_only_config
 
     torch.manual_seed(0)
     for bias, rows in ((True, 1), (False, 3)):
@@ -244,12 +244,13 @@ def test_one_row_layers_run_the_triton_matvec_when_compiled():
 
 
 def test_cuda_graph_replays_the_compiled_steps(tiny_checkpoint, config, monkeypatch):
-    """A compiled entry's transformer forward is captured at each size and replayed (fluxnb/backends/cuda_graph.py):
+    """A compiled entry's transformer forward is captured at each size and replayed
+    (fluxnb/models/backends/cuda_graph.py):
     the same latents as the compiled forward without it, a new capture at a new size, and no replay under a step
     cache (its hooks decide per step). Each image's metadata says what it did."""
     pytest.importorskip("torchao")
     import fluxnb
-    from fluxnb.backends.cuda_graph import GraphedForward
+    from fluxnb.models.backends.cuda_graph import GraphedForward
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("float8 needs compute capability 8.9")
@@ -276,12 +277,12 @@ def test_cuda_graph_replays_the_compiled_steps(tiny_checkpoint, config, monkeypa
     assert meta["replayed_steps"] == 0 and "step cache" in meta["bypassed"]
     model.pipe.transformer.forward = graphed.eager_forward  # the same compiled blocks, no graph
     assert np.array_equal(image()[0], first) and np.array_equal(image(seed=1)[0], again)
-    fluxnb.loading.release_session_model()
+    fluxnb.models.loading.release_session_model()
     torch._dynamo.reset()
 
 
 def test_float8_gelu_layers_quantize_in_one_kernel(tiny_checkpoint, config, monkeypatch):
-    """flux-dev-torchao-fp8 (compiled): the GELU-then-float8-linear layers (fluxnb/backends/fp8_rows.py) run the
+    """flux-dev-torchao-fp8 (compiled): the GELU-then-float8-linear layers (fluxnb/models/backends/fp8_rows.py) run the
     one-pass kernel, and the transformer's output stays within float8 rounding of torchao's own compiled path."""
     pytest.importorskip("torchao")
     import copy
@@ -289,8 +290,8 @@ def test_float8_gelu_layers_quantize_in_one_kernel(tiny_checkpoint, config, monk
     from torch.profiler import ProfilerActivity, profile
 
     import fluxnb
-    from fluxnb.backends.base import compile_regionally
-    from fluxnb.backends.fp8_rows import GeluFloat8FeedForward, GeluFloat8SingleBlock, _swap_for
+    from fluxnb.models.backends.base import compile_regionally
+    from fluxnb.models.backends.fp8_rows import GeluFloat8FeedForward, GeluFloat8SingleBlock, _swap_for
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("float8 needs compute capability 8.9")
@@ -327,13 +328,13 @@ def test_float8_gelu_layers_quantize_in_one_kernel(tiny_checkpoint, config, monk
         assert any("gelu_fp8_rows_kernel" in k for k in kernels) == (name == "fused"), kernels
     difference = (outputs["fused"] - outputs["plain"]).norm() / outputs["plain"].norm()
     assert torch.isfinite(outputs["fused"]).all() and difference < 0.02, float(difference)
-    fluxnb.loading.release_session_model()
+    fluxnb.models.loading.release_session_model()
     torch._dynamo.reset()
 
 
 def gelu_fp8_rows_reference(b: torch.Tensor, a: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain torch of what fluxnb/backends/fp8_rows_triton.py documents: row = [a | GELU-tanh(b)] in float32, scale
-    = (row amax / 448) rounded to bf16 (at least 1e-12), values = row / scale clamped to +-448, rounded to float8
+    """Plain torch of what fluxnb/models/backends/fp8_rows_triton.py documents: row = [a | GELU-tanh(b)] in float32,
+    scale = (row amax / 448) rounded to bf16 (at least 1e-12), values = row / scale clamped to +-448, rounded to float8
     e4m3. (Triton's interpreter cannot check the kernel on the CPU: triton 3.6.0's interpreter rounds float32 to
     float8e4nv / bf16 without carrying a rounded-up mantissa into the exponent, e.g. -127.9 -> -64.)"""
     gelu = 0.5 * b.float() * (1 + torch.tanh(0.7978845608028654 * (b.float() + 0.044715 * b.float() ** 3)))
@@ -349,7 +350,7 @@ def test_float8_row_kernel_matches_the_torch_reference():
     one float8 step, in a handful of elements). Edges: K over the 1024 block, a strided slice, no attention part, a
     zero row."""
     pytest.importorskip("triton")
-    from fluxnb.backends import fp8_rows_triton
+    from fluxnb.models.backends import fp8_rows_triton
 
     g = torch.Generator(device="cuda").manual_seed(0)
     wide = torch.randn(3, 5000, device="cuda", generator=g).to(torch.bfloat16)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import fluxnb
-from fluxnb.errors import GenerationFailed
-from fluxnb.outputs import RunFolder
+from fluxnb.core.errors import GenerationFailed
+from fluxnb.runs.outputs import RunFolder
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

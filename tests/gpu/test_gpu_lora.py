@@ -20,7 +20,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_cache):
-    from fluxnb.tiny import ensure_tiny_checkpoint
+    from fluxnb.models.tiny import ensure_tiny_checkpoint
 
     return ensure_tiny_checkpoint()
 
@@ -30,7 +30,7 @@ def adapters(tiny_checkpoint, tmp_path_factory):
     """Two synthetic adapters for the tiny transformer, built with PEFT on a copy loaded for the purpose."""
     from diffusers import FluxTransformer2DModel
 
-    from fluxnb.synthetic_lora import build_lora
+    from fluxnb.models.synthetic_lora import build_lora
 
     transformer = FluxTransformer2DModel.from_pretrained(tiny_checkpoint, subfolder="transformer")
     folder = tmp_path_factory.mktemp("loras")
@@ -48,7 +48,7 @@ def _pixels(model, spec, **kwargs):
 
 def test_lora_on_bnb_8bit_layers(tiny_checkpoint, adapters, config, tmp_path):
     import fluxnb
-    from fluxnb.synthetic import quantize_checkpoint
+    from fluxnb.models.synthetic import quantize_checkpoint
 
     quantize_checkpoint(tiny_checkpoint, tmp_path / "bnb", "bnb-8bit")
     spec = dataclasses.replace(config.get("flux-dev-bnb-8bit"), requires_auth=False)

@@ -7,9 +7,9 @@ import papermill
 import pytest
 
 import fluxnb
-from fluxnb.errors import NotebookFailed
-from fluxnb.runner import NOTEBOOKS_DIR, run_notebook
-from fluxnb.verification import read_verdict
+from fluxnb.core.errors import NotebookFailed
+from fluxnb.doctor.verification import read_verdict
+from fluxnb.runs.runner import NOTEBOOKS_DIR, run_notebook
 
 NOTEBOOK = NOTEBOOKS_DIR / "00_setup_verification.ipynb"
 
@@ -59,7 +59,7 @@ def test_a_blocked_model_fails_the_run_with_a_recorded_reason(outputs_dir):
     assert fluxnb.read_manifest(run_dir)["status"] == "failed"
     (error,) = _outputs(run_dir / NOTEBOOK.name, "error")
     assert error.ename == "ModelUnavailableError"
-    # one block (fluxnb.errors.render_error), no library stack: the message, then the diagnosis under it
+    # one block (fluxnb.core.errors.render_error), no library stack: the message, then the diagnosis under it
     assert error.traceback[0].startswith("error: model 'flux-dev-bnb-8bit' (flux-bnb-8bit) needs a CUDA GPU")
     traceback = "\n".join(error.traceback)
     assert "[bnb-no-gpu]" in traceback and "site-packages" not in traceback

@@ -9,8 +9,8 @@ from pathlib import Path
 import nbformat
 
 from fluxnb.cli import main
-from fluxnb.errors import InputError
-from fluxnb.runner import run_notebook
+from fluxnb.core.errors import InputError
+from fluxnb.runs.runner import run_notebook
 
 
 def test_multi_gpu_notebook_runs_a_batch_on_what_the_host_has(outputs_dir: Path, capsys):

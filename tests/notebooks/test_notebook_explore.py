@@ -8,8 +8,8 @@ import nbformat
 import pytest
 
 import fluxnb
-from fluxnb.runner import run_notebook
-from fluxnb.sweep_grid import GRID_FILE, read_grid_layout
+from fluxnb.runs.runner import run_notebook
+from fluxnb.ui.sweep_grid import GRID_FILE, read_grid_layout
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +17,8 @@ def adapter(tiny_cache, tmp_path_factory) -> Path:
     """A synthetic LoRA for the tiny transformer (loaded on its own: the shared tiny model is not touched)."""
     from diffusers import FluxTransformer2DModel
 
-    from fluxnb.synthetic_lora import build_lora
-    from fluxnb.tiny import ensure_tiny_checkpoint
+    from fluxnb.models.synthetic_lora import build_lora
+    from fluxnb.models.tiny import ensure_tiny_checkpoint
 
     transformer = FluxTransformer2DModel.from_pretrained(ensure_tiny_checkpoint(), subfolder="transformer")
     return build_lora(transformer, tmp_path_factory.mktemp("lora") / "style.safetensors", seed=5)

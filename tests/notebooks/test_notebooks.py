@@ -1,4 +1,4 @@
-"""The notebooks, executed headlessly with papermill (through fluxnb.runner) on the real tiny FLUX.
+"""The notebooks, executed headlessly with papermill (through fluxnb.runs.runner) on the real tiny FLUX.
 
 Each run uses non-default parameters, and the assertions read what the run recorded: manifest.json, the PNGs and
 their metadata, and the executed notebook kept in the run folder.
@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 import fluxnb
-from fluxnb.errors import NotebookFailed, RequestError
-from fluxnb.generation import peak_memory_bytes
-from fluxnb.runner import NOTEBOOKS_DIR, run_notebook, this_python_kernel
+from fluxnb.core.errors import NotebookFailed, RequestError
+from fluxnb.runs.generation import peak_memory_bytes
+from fluxnb.runs.runner import NOTEBOOKS_DIR, run_notebook, this_python_kernel
 
 COMMITTED = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 GENERATION_PARAMETERS = {"model", "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
@@ -218,7 +218,7 @@ def test_image_to_image_notebook_records_the_run(i2i_run: Path):
     for entry in entries:
         assert (entry["mode"], entry["steps"], entry["strength"]) == (fluxnb.IMAGE_TO_IMAGE, 4, 0.5)
         assert entry["init_image"] == str(fluxnb.SAMPLE_INIT_IMAGE)
-        assert entry["file"] == fluxnb.outputs.image_file_name(entry)  # named by its request item
+        assert entry["file"] == fluxnb.runs.outputs.image_file_name(entry)  # named by its request item
         assert re.fullmatch(rf"\d{{4}}-i2i-seed{entry['seed']}-[0-9a-f]{{8}}\.png", entry["file"])
     check_images(i2i_run, manifest, (80, 64))
     cells = check_executed_notebook(i2i_run, "02_image_to_image")
@@ -333,7 +333,7 @@ def test_missing_init_image_names_the_parameter(outputs_dir: Path):
 def test_interactive_run_then_resume_after_a_kill(outputs_dir: Path):
     """interactive=True (the JupyterLab default) shows the form in a real kernel; then a run killed before its last
     image is finished by `fluxnb run --resume`, which re-executes the notebook and generates just that image."""
-    from fluxnb.runner import resume_notebook
+    from fluxnb.runs.runner import resume_notebook
 
     run_dir = run_notebook("01_text_to_image", {"prompt": ["a fox", "a boat"], "steps": 1, "seed": 5,
                                                 "interactive": True}, outputs_dir=outputs_dir)

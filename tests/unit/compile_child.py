@@ -11,7 +11,7 @@ def main() -> None:
     from torch._dynamo.utils import counters
 
     import fluxnb
-    from fluxnb import compile_cache
+    from fluxnb.models import compile_cache
 
     state = compile_cache.activate(key=sys.argv[1])  # a test's own key: the session cache stays untouched
     model = fluxnb.load_model("flux-tiny", device="cpu", progress=False)

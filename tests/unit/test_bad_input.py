@@ -19,12 +19,12 @@ from PIL import Image
 
 import fluxnb
 from fluxnb.cli import main
-from fluxnb.errors import KnowledgeError
-from fluxnb.knowledge import KNOWLEDGE_FILE, load_knowledge, parse_knowledge
-from fluxnb.outputs import MANIFEST
-from fluxnb.params import load_image_file, read_prompts_file
-from fluxnb.runner import RUN_RECORD, parse_cli_value, read_parameters_file
-from fluxnb.userfiles import MAX_DEPTH, load_yaml, parse_yaml
+from fluxnb.core.errors import KnowledgeError
+from fluxnb.core.userfiles import MAX_DEPTH, load_yaml, parse_yaml
+from fluxnb.knowledge.base import KNOWLEDGE_FILE, load_knowledge, parse_knowledge
+from fluxnb.models.params import load_image_file, read_prompts_file
+from fluxnb.runs.outputs import MANIFEST
+from fluxnb.runs.runner import RUN_RECORD, parse_cli_value, read_parameters_file
 
 # 234 bytes that expand to 9**9 (387 million) strings: refused, never expanded, not even in the message
 ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
@@ -41,13 +41,13 @@ def fails_with(capsys, argv: list[str], *texts: str, code: int = 2) -> str:
     return err
 
 
-# ---------------------------------------------------------------- YAML limits (fluxnb.userfiles)
+# ---------------------------------------------------------------- YAML limits (fluxnb.core.userfiles)
 
 
 def test_alias_bomb_is_refused_quickly_everywhere(capsys, tmp_path: Path, monkeypatch):
     """Refused while counting, never expanded: the count visits each distinct node once (memoized), a few hundred
     steps for a document of 387 million expanded strings (counted, not timed: a loaded machine changes nothing)."""
-    from fluxnb import userfiles
+    from fluxnb.core import userfiles
 
     steps = []
     counting = userfiles._expanded_size
@@ -104,9 +104,9 @@ def test_parameters_file_that_is_a_directory_a_device_or_a_loop(capsys, tmp_path
 
 
 def test_model_config_not_utf8_or_huge_is_one_config_error(capsys, tmp_path: Path, monkeypatch):
-    from fluxnb import userfiles
+    from fluxnb.core import userfiles
 
-    opened: list[Path] = []  # the files fluxnb.userfiles opens (counted, not timed)
+    opened: list[Path] = []  # the files fluxnb.core.userfiles opens (counted, not timed)
     monkeypatch.setattr(userfiles, "open", lambda file, *args, **kwargs: opened.append(Path(file)) or
                         builtins.open(file, *args, **kwargs), raising=False)
     config = tmp_path / "model_config.yaml"

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fluxnb.bench import load_results, parse_backend, parse_size, psnr, relative_error, results_table
-from fluxnb.errors import ModelUnavailableError, RequestError
+from fluxnb.core.errors import ModelUnavailableError, RequestError
 
 pytestmark = pytest.mark.stack  # in both lanes: the bench engine calls the pipeline's phases directly
 
@@ -46,7 +46,7 @@ def test_backend_variants_change_one_option(config):
 
 
 def test_compile_follows_the_entry_and_the_override(config, monkeypatch):
-    from fluxnb.backends import compile_wanted, get_backend
+    from fluxnb.models.backends import compile_wanted, get_backend
 
     fast, weight_only = config.get("flux-dev-torchao-int8dq"), config.get("flux-dev-torchao-int8")
     fast_record, weight_only_record = get_backend(fast.type), get_backend(weight_only.type)
@@ -115,8 +115,8 @@ def test_committed_results_are_readable():
 
 def test_backend_refusals_before_any_weight_is_read(config, monkeypatch):
     import fluxnb
-    from fluxnb.backends import REGISTRY, check_device
-    from fluxnb.backends.torchao import require_torchao
+    from fluxnb.models.backends import REGISTRY, check_device
+    from fluxnb.models.backends.torchao import require_torchao
 
     spec = dataclasses.replace(config.get("flux-dev"), name="t", type="flux-torchao-fp8dq")
     fp8, int8dq, int8wo = (REGISTRY[t] for t in ("flux-torchao-fp8dq", "flux-torchao-int8dq", "flux-torchao-int8wo"))
@@ -130,7 +130,8 @@ def test_backend_refusals_before_any_weight_is_read(config, monkeypatch):
     check_device(spec, fp8, "cuda", (8, 9))  # an L4 is allowed
     check_device(spec, int8wo, "cuda", (7, 5))
     # torchao missing: the message names the extra to install
-    monkeypatch.setattr("fluxnb.backends.torchao.package_version", lambda name: None if name == "torchao" else "0.42.1")
+    monkeypatch.setattr("fluxnb.models.backends.torchao.package_version",
+                        lambda name: None if name == "torchao" else "0.42.1")
     with pytest.raises(ModelUnavailableError, match=r'pip install -e "\.\[torchao\]"'):
         require_torchao(spec)
     # no CUDA: refused before any weight is read (the checkpoint path does not even exist)
@@ -141,7 +142,7 @@ def test_backend_refusals_before_any_weight_is_read(config, monkeypatch):
 def test_synthetic_builder_scaled_on_cpu(tmp_path):
     """The full-size builder's code path (real classes, real vocab sizes, the FLUX VAE), fewer and narrower blocks."""
     import fluxnb
-    from fluxnb.synthetic import BUILD_MARKER, FLUX_DEV_VAE, ensure_synthetic_checkpoint, scaled_dims
+    from fluxnb.models.synthetic import BUILD_MARKER, FLUX_DEV_VAE, ensure_synthetic_checkpoint, scaled_dims
 
     dims = scaled_dims(layers=1, single_layers=1, t5_layers=1, clip_layers=1)
     dims["transformer"].update(num_attention_heads=2, joint_attention_dim=256)
@@ -160,7 +161,7 @@ def test_benchmark_notebook_runs_headless(tmp_path):
     """notebooks/04_benchmark.ipynb on the committed device result (or a tiny CPU one when none is committed)."""
     from fluxnb.bench import default_results_path
     from fluxnb.cli import main
-    from fluxnb.runner import run_notebook
+    from fluxnb.runs.runner import run_notebook
 
     parameters = {}
     if not default_results_path().is_file():

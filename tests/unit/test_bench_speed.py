@@ -13,9 +13,9 @@ from fluxnb.bench import load_results, parse_backend, summarize
 from fluxnb.bench.fidelity import add_comparisons
 from fluxnb.bench.predict import add_predictions, card_for, step_tflop
 from fluxnb.bench.warm import first_call_in_new_process
-from fluxnb.errors import RequestError
-from fluxnb.synthetic import BUILD_MARKER, synthetic_dir
-from fluxnb.tiny import TINY_DIMS
+from fluxnb.core.errors import RequestError
+from fluxnb.models.synthetic import BUILD_MARKER, synthetic_dir
+from fluxnb.models.tiny import TINY_DIMS
 
 
 def test_cache_and_autotune_variants(config):
@@ -63,7 +63,7 @@ def test_the_outlier_set_on_disk_has_the_outliers_its_marker_records(tmp_path):
     input columns (of the tiny model's 32 channels) are 50x smaller, the rest identical; the marker says so."""
     from safetensors.torch import load_file
 
-    from fluxnb.synthetic import ensure_synthetic_checkpoint
+    from fluxnb.models.synthetic import ensure_synthetic_checkpoint
 
     def to_q(weight_set: str):
         path = ensure_synthetic_checkpoint("bf16", tmp_path, device="cpu", dims=TINY_DIMS, log=lambda _: None,

@@ -1,5 +1,5 @@
-"""The bf16 backend's offload ladder (fluxnb/backends/bf16.py): which rung each amount of free GPU memory gets, the
-boundaries included. The real tiny pipeline's weights, the GPU's free memory injected where the ladder reads it
+"""The bf16 backend's offload ladder (fluxnb/models/backends/bf16.py): which rung each amount of free GPU memory gets,
+the boundaries included. The real tiny pipeline's weights, the GPU's free memory injected where the ladder reads it
 (torch.cuda.mem_get_info)."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def sizes(tiny_model) -> dict[str, int]:
     pytest.param(lambda s: 0, "sequential", id="nothing-free"),
 ])
 def test_each_rung_of_the_offload_ladder(tiny_model, sizes, monkeypatch, free, rung):
-    from fluxnb.backends.bf16 import offload_for
+    from fluxnb.models.backends.bf16 import offload_for
 
     free_bytes = free(sizes)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *device: (free_bytes, 80 * 2**30))

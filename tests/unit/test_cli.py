@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import fluxnb
-from fluxnb.runner import parse_cli_value
+from fluxnb.runs.runner import parse_cli_value
 
 
 def fluxnb_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -91,7 +91,7 @@ def test_p_values_reach_the_notebook_as_typed(text, value):
 @pytest.mark.parametrize(("text", "value"), [("[a, b]", ["a", "b"]), ("{steps: [20, 28]}", {"steps": [20, 28]}),
                                              ("28", 28)])
 def test_y_values_are_yaml(text, value):
-    from fluxnb.runner import parse_yaml_value
+    from fluxnb.runs.runner import parse_yaml_value
 
     assert parse_yaml_value(text) == value
 

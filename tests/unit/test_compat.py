@@ -1,4 +1,5 @@
-"""Each library internal behind fluxnb/compat.py still exists, with the shape fluxnb uses, in the installed versions.
+"""Each library internal behind fluxnb/core/compat.py still exists, with the shape fluxnb uses, in the installed
+versions.
 
 An upgrade that drops or reshapes one fails here, by name, instead of in a user's load. The ranges compat.py states
 are pyproject.toml's bounds, and the installed versions lie within them. No module but compat.py names a private
@@ -25,7 +26,7 @@ try:
 except ImportError:  # Python 3.10: pytest's own dependency
     import tomli as tomllib
 
-from fluxnb import compat
+from fluxnb.core import compat
 from tests.paths import REPO_ROOT
 
 pytestmark = pytest.mark.stack  # the diffusers line decides what some lookups find: the guide lane runs it too
@@ -77,7 +78,7 @@ def test_installed_versions_lie_within_the_checked_ranges():
         version = Version(Version(_installed(name)).base_version)  # 2.13.0+cpu -> 2.13.0
         if version < Version(checked.lowest) or (checked.below and version >= Version(checked.below)):
             outside[name] = str(version)
-    assert outside == {}, f"installed outside the ranges fluxnb/compat.py was checked on: {outside}"
+    assert outside == {}, f"installed outside the ranges fluxnb/core/compat.py was checked on: {outside}"
 
 
 # --- torch ----------------------------------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ def test_fp8_rows_recognizes_the_torchao_float8_weight_it_fuses():
     from torchao.quantization import Float8Tensor, PerRow, PerTensor
     from torchao.quantization.quantize_.workflows.float8.float8_tensor import QuantizeTensorToFloat8Kwargs
 
-    from fluxnb.backends.fp8_rows import _per_row_float8
+    from fluxnb.models.backends.fp8_rows import _per_row_float8
 
     def linear_with(act_granularity) -> torch.nn.Linear:
         linear = torch.nn.Linear(32, 16, dtype=torch.bfloat16)

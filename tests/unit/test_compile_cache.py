@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fluxnb import compile_cache
 from fluxnb.cli import main
-from fluxnb.errors import InputError
+from fluxnb.core.errors import InputError
+from fluxnb.models import compile_cache
 from tests.paths import REPO_ROOT
 
 

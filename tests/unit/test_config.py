@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import fluxnb
-from fluxnb.config import DEFAULT_CONFIG_PATH, load_config, parse_config
+from fluxnb.models.config import DEFAULT_CONFIG_PATH, load_config, parse_config
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""When the compiled forward's CUDA graph stand-in (fluxnb/backends/cuda_graph.py) must not replay, and that it
+"""When the compiled forward's CUDA graph stand-in (fluxnb/models/backends/cuda_graph.py) must not replay, and that it
 passes calls through unchanged: the real tiny FLUX transformer on the CPU. Capture and replay themselves need a
 GPU: tests/gpu/test_gpu.py runs them (same latents as without the graph, a new capture per size)."""
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.stack  # in both lanes: the pipeline's own calls into t
 
 @pytest.fixture
 def graphed(tiny_model):
-    from fluxnb.backends.cuda_graph import graph_forward
+    from fluxnb.models.backends.cuda_graph import graph_forward
 
     transformer = copy.deepcopy(tiny_model.pipe.transformer)
     inputs = transformer_inputs(transformer.config, torch.Generator().manual_seed(0))
@@ -51,7 +51,7 @@ def test_first_call_at_a_size_runs_the_forward_and_keys_the_graph(graphed):
     ("gradients", "gradients are on"),
 ])
 def test_calls_the_graph_cannot_serve_run_the_forward_as_it_is(graphed, case, reason):
-    from fluxnb.step_cache import disable, enable, parse_cache
+    from fluxnb.models.step_cache import disable, enable, parse_cache
 
     transformer, inputs, expected = graphed
     stand_in = transformer.forward
@@ -77,7 +77,7 @@ def test_calls_the_graph_cannot_serve_run_the_forward_as_it_is(graphed, case, re
 def test_the_pipelines_own_calls_are_graphable(tiny_model):
     """FluxPipeline calls the transformer with return_dict=False and joint_attention_kwargs={}: a call the graph
     serves (bench run 24 on an H100 never replayed because `{}` was refused)."""
-    from fluxnb.backends.cuda_graph import graph_forward
+    from fluxnb.models.backends.cuda_graph import graph_forward
 
     pipe = copy.copy(tiny_model.pipe)
     pipe.transformer = copy.deepcopy(tiny_model.pipe.transformer)
@@ -96,10 +96,10 @@ def test_a_failed_capture_is_fatal_and_the_next_load_skips_the_graph(tiny_model,
     the failure, records the model in this machine's compile cache folder, and the next load of that model does
     not graph its forward (another model still does). The CUDA calls are replaced at their seam: the side-stream
     warm-up runs the forward plainly, the recording raises what torch.cuda.graph raised on the GPU."""
-    from fluxnb.backends import cuda_graph
-    from fluxnb.backends.base import LoadContext, compile_if_wanted
-    from fluxnb.backends.bf16 import BACKENDS
-    from fluxnb.errors import ModelUnusable
+    from fluxnb.core.errors import ModelUnusable
+    from fluxnb.models.backends import cuda_graph
+    from fluxnb.models.backends.base import LoadContext, compile_if_wanted
+    from fluxnb.models.backends.bf16 import BACKENDS
 
     monkeypatch.setenv("FLUXNB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("FLUXNB_COMPILE", "1")

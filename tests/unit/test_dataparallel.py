@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fluxnb.backends import get_backend
-from fluxnb.contextparallel import check_context_parallel, context_parallel_available
-from fluxnb.dataparallel import plan_processes
-from fluxnb.errors import RequestError
-from fluxnb.outputs import RunFolder, image_file_name, read_manifest
-from fluxnb.shards import PARTS_DIR, RankPart, merge_parts, pending_indexes, shard
+from fluxnb.core.errors import RequestError
+from fluxnb.models.backends import get_backend
+from fluxnb.runs.contextparallel import check_context_parallel, context_parallel_available
+from fluxnb.runs.dataparallel import plan_processes
+from fluxnb.runs.outputs import RunFolder, image_file_name, read_manifest
+from fluxnb.runs.shards import PARTS_DIR, RankPart, merge_parts, pending_indexes, shard
 
 
 @settings(max_examples=200, deadline=None)
@@ -156,7 +156,7 @@ def test_a_part_whose_png_is_missing_or_truncated_is_not_listed(tmp_path):
 
 
 def test_doctor_says_which_multi_gpu_modes_a_host_can_use():
-    from fluxnb.doctor import check_environment, multi_gpu_modes
+    from fluxnb.doctor.checks import check_environment, multi_gpu_modes
 
     four = multi_gpu_modes(4, None, ray=True)
     assert four[0].startswith("data parallel: fluxnb generate --gpus 4")

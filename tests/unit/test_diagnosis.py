@@ -11,7 +11,7 @@ import pytest
 
 import fluxnb
 from fluxnb.cli import main
-from fluxnb.diagnosis import format_diagnoses
+from fluxnb.knowledge.diagnosis import format_diagnoses
 
 # (text as the field guide quotes it (the entries' `guide` field), the entry that must come first)
 GUIDE_TEXTS = [

@@ -1,4 +1,5 @@
-"""fluxnb.display (grids, timing charts) and fluxnb.widgets (the Generate form) on the real tiny model, headless."""
+"""fluxnb.ui.display (grids, timing charts) and fluxnb.ui.widgets (the Generate form) on the real tiny model,
+headless."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ matplotlib.use("Agg")  # headless, as in CI and under papermill
 from PIL import Image  # noqa: E402
 
 import fluxnb  # noqa: E402
-from fluxnb.display import caption, model_banner, plot_timings, show_grid, timing_summary  # noqa: E402
-from fluxnb.packaged import SAMPLE_INIT_IMAGE  # noqa: E402
-from fluxnb.widgets import GenerateForm, image_to_image_ui, text_to_image_ui  # noqa: E402
+from fluxnb.core.packaged import SAMPLE_INIT_IMAGE  # noqa: E402
+from fluxnb.ui.display import caption, model_banner, plot_timings, show_grid, timing_summary  # noqa: E402
+from fluxnb.ui.widgets import GenerateForm, image_to_image_ui, text_to_image_ui  # noqa: E402
 
 INIT_IMAGE = SAMPLE_INIT_IMAGE
 
@@ -75,7 +76,7 @@ def test_plot_timings_shows_seconds_and_peak_memory_per_image(three_images):
 def test_plot_timings_with_known_figures():
     """Hand-set metadata: the bars are these seconds and memories, in the unit that reads best; a GPU's allocated
     peak wins over the process RSS; a first compiled image shows its compile time."""
-    from fluxnb.generation import GeneratedImage
+    from fluxnb.runs.generation import GeneratedImage
 
     def image(index: int, seconds: float, memory: dict, compile_seconds: float = 0.0) -> GeneratedImage:
         return GeneratedImage(Image.new("RGB", (8, 8)), {"index": index, "seed": index, "steps": 4,
@@ -277,7 +278,7 @@ def test_caption_shows_a_slider_strength_as_a_person_reads_it():
 
 
 def test_paths_inside_the_current_folder_are_shown_relative(tmp_path: Path, monkeypatch):
-    from fluxnb.display import shown_path
+    from fluxnb.ui.display import shown_path
 
     monkeypatch.chdir(tmp_path)
     assert shown_path(tmp_path / "outputs" / "run-1" / "0000.png") == "outputs/run-1/0000.png"

@@ -13,9 +13,9 @@ import pytest
 
 import fluxnb
 from fluxnb.cli import main
-from fluxnb.doctor import FAIL, OK, torch_index_for_driver
-from fluxnb.environment import nvidia_driver_version
-from fluxnb.verification import memory_figure
+from fluxnb.core.environment import nvidia_driver_version
+from fluxnb.doctor.checks import FAIL, OK, torch_index_for_driver
+from fluxnb.doctor.verification import memory_figure
 
 from .test_knowledge import write_mismatched_torchvision
 
@@ -105,7 +105,7 @@ def test_offline_and_not_cached_blocks_a_hub_model(hf_home, monkeypatch):
 @pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
 def test_offline_mode_is_the_hubs_own_flag(variable: str):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    code = "from fluxnb.hub import offline_mode; print(offline_mode())"
+    code = "from fluxnb.core.hub import offline_mode; print(offline_mode())"
     for value, expected in (("1", "True"), ("", "False")):
         done = subprocess.run([sys.executable, "-c", code], env={**env, variable: value}, capture_output=True,
                               text=True, check=True)
@@ -168,8 +168,8 @@ def test_cli_doctor_versions_and_json(capsys):
 
 def test_every_backend_is_known_to_the_doctor_and_the_knowledge_base(config):
     """The doctor reads each type's needs from its backend record; the paths a record takes are knowledge paths."""
-    from fluxnb.backends import REGISTRY
-    from fluxnb.knowledge import load_knowledge
+    from fluxnb.knowledge.base import load_knowledge
+    from fluxnb.models.backends import REGISTRY
 
     kb = load_knowledge()
     for backend in REGISTRY.values():
@@ -182,8 +182,8 @@ def test_every_backend_is_known_to_the_doctor_and_the_knowledge_base(config):
 
 def test_doctor_on_a_gpu_too_old_for_the_fast_entries(monkeypatch):
     """A T4 (7.5): the int8 dynamic entry is blocked by its compute capability; the weight-only one would run."""
-    from fluxnb import doctor
-    from fluxnb.knowledge import GpuFacts
+    from fluxnb.doctor import checks as doctor
+    from fluxnb.knowledge.base import GpuFacts
 
     info = {"torch": "2.13.0", "torch_cuda": "13.0", "cuda": True, "driver": "580.159.04", "gpu": "Tesla T4",
             "capability": "7.5", "free": 15 * 2**30, "total": 15 * 2**30, "count": 1}
@@ -223,7 +223,7 @@ def test_a_model_type_without_a_backend_is_a_project_error_with_the_fix(config):
     """No bare KeyError reaches a user: an entry whose type has no backend record names the types that exist."""
     import dataclasses
 
-    from fluxnb.config import ModelConfig
+    from fluxnb.models.config import ModelConfig
 
     odd = dataclasses.replace(config.get("flux-tiny"), name="odd", type="flux-nope")
     broken = ModelConfig(models={**config.models, "odd": odd}, primary_model=config.primary_model,
@@ -233,14 +233,14 @@ def test_a_model_type_without_a_backend_is_a_project_error_with_the_fix(config):
     assert not isinstance(info.value, KeyError)
     message = str(info.value)
     assert message.startswith("unknown model type 'flux-nope'.")
-    assert "Fix: use one of: flux-bnb-8bit, " in message and "(fluxnb/backends/)" in message
+    assert "Fix: use one of: flux-bnb-8bit, " in message and "(fluxnb/models/backends/)" in message
 
 
 def test_driver_version_from_nvml_first_then_nvidia_smi(monkeypatch, tmp_path):
     """NVML (nvidia-ml-py) answers first where a driver does; without it, a real nvidia-smi process is asked."""
     import types
 
-    from fluxnb import environment
+    from fluxnb.core import environment
 
     # nvidia-ml-py is installed here but there is no NVIDIA driver: NVML refuses, and nothing else answers.
     if importlib.util.find_spec("pynvml") is not None and not Path("/proc/driver/nvidia/version").exists():
@@ -265,9 +265,9 @@ def test_doctor_says_whether_the_compile_cache_is_warm_for_the_entry():
 
     import yaml
 
-    from fluxnb import compile_cache
-    from fluxnb.config import DEFAULT_CONFIG_PATH, parse_config
-    from fluxnb.doctor import WARN, check_environment
+    from fluxnb.doctor.checks import WARN, check_environment
+    from fluxnb.models import compile_cache
+    from fluxnb.models.config import DEFAULT_CONFIG_PATH, parse_config
 
     raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
     eager = check_environment("flux-tiny", config=parse_config(raw))

@@ -1,6 +1,7 @@
 """CPU coverage of the float8 fast path's logic, which only a GPU runs for real.
 
-fluxnb/backends/fp8_rows.py copies the body of diffusers' FluxSingleTransformerBlock.forward (and calls FeedForward's
+fluxnb/models/backends/fp8_rows.py copies the body of diffusers' FluxSingleTransformerBlock.forward (and calls
+FeedForward's
 layers itself) so that a kernel can take the GELU and the row quantization: here its forward runs on the real tiny
 FLUX blocks with the kernel's float8 linear replaced by the same product in float32, and must give diffusers' own
 output bit for bit; a change of diffusers' block body breaks it. The kernels themselves (fp8_rows_triton.py) run
@@ -27,7 +28,7 @@ def float32_gelu_linear(linear, mlp: torch.Tensor, attention: torch.Tensor | Non
 @pytest.fixture
 def fused_in_float32(monkeypatch):
     """fp8_rows' classes take their fused path (as compiled on a GPU), with the float32 product for the kernel."""
-    from fluxnb.backends import fp8_rows
+    from fluxnb.models.backends import fp8_rows
 
     monkeypatch.setattr(fp8_rows, "_fused", lambda x, linear: True)
     monkeypatch.setattr(fp8_rows, "gelu_float8_linear", float32_gelu_linear)

@@ -13,9 +13,9 @@ matplotlib.use("Agg")  # headless, as in CI and under papermill
 
 from PIL import Image  # noqa: E402
 
-from fluxnb.display import figure_png, show_grid  # noqa: E402
-from fluxnb.fonts import CJK_FAMILY, cjk_font_path, use_cjk_fallback  # noqa: E402
-from fluxnb.generation import GeneratedImage  # noqa: E402
+from fluxnb.runs.generation import GeneratedImage  # noqa: E402
+from fluxnb.ui.display import figure_png, show_grid  # noqa: E402
+from fluxnb.ui.fonts import CJK_FAMILY, cjk_font_path, use_cjk_fallback  # noqa: E402
 
 KOREAN = "붉은 여우, 눈 속의 수채화"
 

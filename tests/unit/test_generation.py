@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 import fluxnb
-from fluxnb.outputs import MANIFEST, RunFolder, atomic_write_bytes, new_run_dir
-from fluxnb.params import IMAGE_TO_IMAGE
+from fluxnb.models.params import IMAGE_TO_IMAGE
+from fluxnb.runs.outputs import MANIFEST, RunFolder, atomic_write_bytes, new_run_dir
 
 pytestmark = pytest.mark.stack  # in both lanes: the pipelines generate on both lines
 
@@ -104,9 +104,9 @@ def test_compiled_blocks_compile_once_and_the_metadata_says_which_image_paid(tin
     The same accounting runs on the GPU lane with the shipped compiled entry (tests/gpu/test_gpu.py)."""
     import torch
 
-    from fluxnb.backends import get_backend
-    from fluxnb.backends.base import compile_blocks
-    from fluxnb.display import timing_summary
+    from fluxnb.models.backends import get_backend
+    from fluxnb.models.backends.base import compile_blocks
+    from fluxnb.ui.display import timing_summary
 
     model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
     if not hasattr(model.pipe.transformer, "compile_repeated_blocks"):
@@ -148,7 +148,7 @@ def test_regional_compile_single_blocks_share_one_graph_and_keep_the_output(tiny
     import torch
     from torch._dynamo.utils import counters
 
-    from fluxnb.backends.base import compile_regionally
+    from fluxnb.models.backends.base import compile_regionally
 
     transformer = tiny_model.pipe.transformer
     if not hasattr(transformer, "compile_repeated_blocks"):
@@ -187,7 +187,7 @@ def test_eager_images_record_no_compile(tiny_model, tiny_spec):
 def test_out_of_memory_advice_names_t5_offload_where_the_entry_can_use_it(tiny_model, tiny_spec, config):
     import dataclasses
 
-    from fluxnb.generation import out_of_memory_advice
+    from fluxnb.runs.generation import out_of_memory_advice
 
     request = fluxnb.make_request(tiny_spec, prompt="a cat", steps=1)
     fast = dataclasses.replace(tiny_model, spec=config.get("flux-dev-torchao-int8dq"))
@@ -227,7 +227,7 @@ def test_a_long_prompt_is_said_once_with_the_token_counts(tiny_model, tiny_spec,
 
 
 def test_grid_of_a_long_batch_draws_a_bounded_number_of_images(tiny_model, tiny_spec):
-    from fluxnb.display import MAX_GRID_IMAGES, show_grid
+    from fluxnb.ui.display import MAX_GRID_IMAGES, show_grid
 
     request = fluxnb.make_request(tiny_spec, prompt="a fox", steps=1, width=32, height=32, num_images=20)
     images = fluxnb.generate(tiny_model, request, RunFolder.create("grid"), progress=False)
@@ -273,8 +273,8 @@ def test_compile_options_scope_a_records_inductor_settings_to_its_own_compile(ti
     import torch
     import torch._inductor.config as inductor_config
 
-    from fluxnb.backends import get_backend
-    from fluxnb.backends.base import compile_blocks, compile_options
+    from fluxnb.models.backends import get_backend
+    from fluxnb.models.backends.base import compile_blocks, compile_options
 
     int8 = get_backend("flux-torchao-int8dq")
     assert compile_options(int8) == {"options": {"force_fuse_int_mm_with_mul": True}}

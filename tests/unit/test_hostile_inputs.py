@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import fluxnb
-from fluxnb.outputs import LOCK_FILE, MANIFEST
+from fluxnb.runs.outputs import LOCK_FILE, MANIFEST
 from tests.cli_errors import refused
 
 
@@ -116,8 +116,8 @@ def _png(color: str) -> bytes:
 
 
 def test_uploads_of_the_same_name_never_replace_each_other(tiny_model):
-    from fluxnb.packaged import SAMPLE_INIT_IMAGE
-    from fluxnb.widgets import image_to_image_ui
+    from fluxnb.core.packaged import SAMPLE_INIT_IMAGE
+    from fluxnb.ui.widgets import image_to_image_ui
 
     run = fluxnb.RunFolder.create("uploads")
     form = image_to_image_ui(tiny_model, run, SAMPLE_INIT_IMAGE).form
@@ -140,7 +140,7 @@ def test_uploads_of_the_same_name_never_replace_each_other(tiny_model):
 def test_a_shard_is_read_once_whatever_the_batch(tiny_spec):
     """The data-parallel shard filter built a set of the shard for every item: quadratic in the batch (32,000 items
     took 15.3 s instead of 0.27 s). Counted, not timed: the shard is read once."""
-    from fluxnb.generation import shard_points
+    from fluxnb.runs.generation import shard_points
 
     class Counted(list):
         reads = 0

@@ -22,9 +22,9 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 import fluxnb
-from fluxnb.environment import package_version
-from fluxnb.errors import KnowledgeError
-from fluxnb.knowledge import evaluate, load_knowledge, parse_knowledge, parse_versions, supported_line
+from fluxnb.core.environment import package_version
+from fluxnb.core.errors import KnowledgeError
+from fluxnb.knowledge.base import evaluate, load_knowledge, parse_knowledge, parse_versions, supported_line
 from tests.paths import REPO_ROOT
 
 pytestmark = pytest.mark.stack  # in both lanes: version rules and the import chain of each line
@@ -52,7 +52,7 @@ STABLE_IDS = [
     "torchao-extra-missing",  # the fast torchao entries need the torchao extra and triton
     "compile-needs-triton",
     "compiled-int8-small-input",
-    "cuda-graph-capture-failed",  # the compiled forward's CUDA graph (fluxnb/backends/cuda_graph.py)
+    "cuda-graph-capture-failed",  # the compiled forward's CUDA graph (fluxnb/models/backends/cuda_graph.py)
 ]
 TRANSFORMERS_5 = Version(package_version("transformers")) >= Version("5")
 
@@ -81,7 +81,7 @@ def test_every_guide_failure_has_an_entry():
 
 def test_knowledge_keeps_no_copy_of_the_model_types(config):
     """Type facts live in the backend records only; the knowledge base keeps the known issues and version rules."""
-    from fluxnb.backends import REGISTRY
+    from fluxnb.models.backends import REGISTRY
 
     raw = yaml.safe_load((Path(fluxnb.__file__).parent / "knowledge.yaml").read_text(encoding="utf-8"))
     assert "model_types" not in raw
@@ -187,7 +187,7 @@ def test_the_supported_lines_are_not_blocked(line, config):
 
 
 def test_the_installed_versions_are_a_supported_line():
-    from fluxnb.environment import installed_versions
+    from fluxnb.core.environment import installed_versions
 
     versions = installed_versions()
     assert supported_line(versions) in ("default", "guide")
@@ -297,7 +297,7 @@ def test_a_mismatched_torchvision_breaks_importing_flux_and_is_diagnosed(tmp_pat
 
 def test_fast_entries_need_torchao_and_triton_on_a_gpu():
     """The doctor's rules for the compiled torchao entries (flux-dev-torchao-*): missing extras named on a GPU."""
-    from fluxnb.knowledge import GpuFacts
+    from fluxnb.knowledge.base import GpuFacts
 
     kb = load_knowledge()
     gpu = GpuFacts(cuda=True, capability="8.9")
@@ -306,7 +306,7 @@ def test_fast_entries_need_torchao_and_triton_on_a_gpu():
     ready = {"diffusers": "0.42.1", "torchao": "0.17.0", "triton": "3.6.0"}
     found = ids(evaluate(ready, gpu, "flux-torchao-int8dq", kb))
     assert "torchao-extra-missing" not in found and "compile-needs-triton" not in found
-    from fluxnb.backends import REGISTRY
+    from fluxnb.models.backends import REGISTRY
 
     assert "compile" not in REGISTRY["flux-torchao-int8wo"].uses  # int8 weight-only stays eager
 

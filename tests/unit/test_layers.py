@@ -35,8 +35,17 @@ def test_the_layers_hold():
 def test_an_upward_import_breaks_the_layers(tmp_path: Path):
     shutil.copytree(REPO_ROOT / "fluxnb", tmp_path / "fluxnb", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "pyproject.toml", tmp_path)
-    config = tmp_path / "fluxnb" / "config.py"
-    config.write_text(config.read_text() + "\n\nfrom .generation import generate  # upward: config is below it\n")
+    config = tmp_path / "fluxnb" / "models" / "config.py"
+    config.write_text(config.read_text() + "\n\nfrom ..runs.generation import generate  # upward: models is below\n")
     done = _lint_imports(tmp_path)
     assert done.returncode != 0
-    assert "fluxnb.config is not allowed to import fluxnb.generation" in done.stdout
+    assert "fluxnb.models is not allowed to import fluxnb.runs" in done.stdout
+    assert "fluxnb.models.config -> fluxnb.runs.generation" in done.stdout
+
+
+def test_importing_one_module_of_a_lower_room_loads_no_higher_room():
+    """The package root imports nothing on its own (PEP 562): `import fluxnb.core.units` loads core only."""
+    code = ("import sys, fluxnb.core.units; print(sorted({m.split('.')[1] for m in sys.modules "
+            "if m.startswith('fluxnb.')}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['core']"

@@ -12,9 +12,9 @@ import torch
 from safetensors import safe_open
 
 import fluxnb
-from fluxnb.footprint import component_footprint, pipeline_footprint
-from fluxnb.loading import derive_img2img, verify_quantization
-from fluxnb.tiny import build_tiny_pipeline, ensure_tiny_checkpoint
+from fluxnb.core.footprint import component_footprint, pipeline_footprint
+from fluxnb.models.loading import derive_img2img, verify_quantization
+from fluxnb.models.tiny import build_tiny_pipeline, ensure_tiny_checkpoint
 
 from ..bnb_convert import convert_linears
 
@@ -138,7 +138,7 @@ def test_auto_on_a_cpu_chooses_the_tiny_model_and_says_why(config):
 
 def test_reuse_returns_the_loaded_model_and_lets_it_go_for_another(tiny_spec, config, tiny_cache):
     """load_model(reuse=True), as the notebooks call it: re-running the load cell neither reloads nor recompiles."""
-    from fluxnb import loading
+    from fluxnb.models import loading
 
     first = fluxnb.load_model(tiny_spec, device="cpu", progress=False, reuse=True)
     again = fluxnb.load_model(tiny_spec, device="cpu", progress=False, reuse=True)

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import fluxnb
-from fluxnb.backends import REGISTRY, get_backend
-from fluxnb.errors import RequestError
-from fluxnb.loading import LoadedModel
-from fluxnb.lora import SLOT, state_of
-from fluxnb.lora_files import check_loras
-from fluxnb.outputs import RunFolder
-from fluxnb.synthetic_lora import build_lora, to_kohya
+from fluxnb.core.errors import RequestError
+from fluxnb.models.backends import REGISTRY, get_backend
+from fluxnb.models.loading import LoadedModel
+from fluxnb.models.lora import SLOT, state_of
+from fluxnb.models.lora_files import check_loras
+from fluxnb.models.synthetic_lora import build_lora, to_kohya
+from fluxnb.runs.outputs import RunFolder
 
 pytestmark = pytest.mark.stack  # in both lanes: diffusers' LoRA loading (PEFT) differs between the lines
 
@@ -199,7 +199,7 @@ def test_every_backend_says_how_it_applies_loras():
     assert modes["flux-torchao-int8wo"] == "unfused"
     assert modes["flux-torchao-int8dq"] == modes["flux-torchao-fp8dq"] == "hotswap"  # compiled by their entries
     # any entry whose blocks are compiled takes adapters by hotswap, a compiled bf16 entry too (no recompile)
-    from fluxnb.backends import lora_for
+    from fluxnb.models.backends import lora_for
 
     for t, backend in REGISTRY.items():
         if backend.compilable and backend.lora_mode != "no":
@@ -225,8 +225,8 @@ def test_compiled_model_swaps_adapter_and_scale_without_recompiling(tiny_spec, a
     changing the adapter or its scale compiles nothing (the GPU lane repeats this on the torchao entry)."""
     import torch
 
-    from fluxnb.backends.base import compile_blocks
-    from fluxnb.generation import compile_counters
+    from fluxnb.models.backends.base import compile_blocks
+    from fluxnb.runs.generation import compile_counters
 
     model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
     if not hasattr(model.pipe.transformer, "compile_repeated_blocks"):
@@ -252,7 +252,7 @@ def test_compiled_model_swaps_adapter_and_scale_without_recompiling(tiny_spec, a
 
 
 def test_widget_form_chooses_among_the_loaded_adapters_with_a_scale_slider(model, adapters):
-    from fluxnb.widgets import GenerateForm
+    from fluxnb.ui.widgets import GenerateForm
 
     initial = fluxnb.make_request(model.spec, prompt="a red fox", loras=[f"{adapters['a']}:0.8", str(adapters["b"])],
                                   **SMALL)
@@ -270,7 +270,7 @@ def test_widget_form_chooses_among_the_loaded_adapters_with_a_scale_slider(model
 
 
 def test_without_peft_the_message_says_what_to_install(adapters, tiny_spec, monkeypatch):
-    import fluxnb.lora_files as lora_files
+    import fluxnb.models.lora_files as lora_files
 
     monkeypatch.setattr(lora_files, "package_version", lambda name: None if name == "peft" else "1")
     with pytest.raises(RequestError, match=r"through PEFT, which is not installed") as caught:
@@ -284,8 +284,8 @@ def test_a_control_lora_is_refused_before_the_first_image_and_the_model_stays_us
     the first image died with a raw RuntimeError (issue 22). Now refused, the layer restored, the model usable."""
     from diffusers import FluxTransformer2DModel
 
-    from fluxnb import synthetic_lora
-    from fluxnb.tiny import TINY_DIMS
+    from fluxnb.models import synthetic_lora
+    from fluxnb.models.tiny import TINY_DIMS
 
     wider = FluxTransformer2DModel(**{**TINY_DIMS["transformer"], "in_channels": 128})
     control = tmp_path / "control.safetensors"

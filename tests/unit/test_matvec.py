@@ -1,4 +1,4 @@
-"""The torchao types' one-row int8 layers compile to a fused matvec (fluxnb/backends/matvec.py), not to aten's
+"""The torchao types' one-row int8 layers compile to a fused matvec (fluxnb/models/backends/matvec.py), not to aten's
 _weight_int8pack_mm: the real tiny FLUX transformer, real torchao int8 weights, real inductor on the CPU."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def _quantized_tiny(tiny_model):
     pytest.importorskip("torchao", reason="torchao is an optional extra (the default lane installs it)")
     import torchao.quantization as tq
 
-    from fluxnb.backends.torchao import ONE_ROW_LAYERS, weight_only_config
+    from fluxnb.models.backends.torchao import ONE_ROW_LAYERS, weight_only_config
 
     transformer = copy.deepcopy(tiny_model.pipe.transformer).to(torch.bfloat16)
     tq.quantize_(transformer, tq.FqnToConfig({p: weight_only_config() for p in ONE_ROW_LAYERS}), filter_fn=None)
@@ -30,7 +30,7 @@ def _compiled_run(transformer, inputs):
     import torch._inductor.config as inductor_config
     from torch._dynamo.utils import counters
 
-    from fluxnb.backends.base import compile_regionally
+    from fluxnb.models.backends.base import compile_regionally
 
     torch._dynamo.reset()
     counters.clear()
@@ -45,8 +45,8 @@ def _compiled_run(transformer, inputs):
 
 
 def test_one_row_int8_layers_compile_to_a_fused_matvec(tiny_model):
-    from fluxnb.backends.matvec import Int8MatvecLinear, use_matvecs
-    from fluxnb.backends.torchao import ONE_ROW_LAYERS
+    from fluxnb.models.backends.matvec import Int8MatvecLinear, use_matvecs
+    from fluxnb.models.backends.torchao import ONE_ROW_LAYERS
 
     plain, inputs = _quantized_tiny(tiny_model)
     with torch.inference_mode():
@@ -69,8 +69,8 @@ def test_one_row_int8_layers_compile_to_a_fused_matvec(tiny_model):
 
 KERNEL_CHECK = r"""
 import torch
-from fluxnb.backends import matvec_triton
-from fluxnb.backends.matvec import fused_matvec
+from fluxnb.models.backends import matvec_triton
+from fluxnb.models.backends.matvec import fused_matvec
 
 g = torch.Generator().manual_seed(0)
 for rows, n, k, bias, tile in ((1, 40, 96, True, (16, 64)), (3, 37, 1000, False, (16, 64)), (2, 70, 3072, True, None)):
@@ -87,8 +87,8 @@ print("kernel ok")
 
 
 def test_the_triton_matvec_kernel_computes_the_product():
-    """The GPU kernel's own code (fluxnb/backends/matvec_triton.py) run by Triton's interpreter on the CPU: masked
-    edges (N and K not multiples of the tile), bias or none, several input rows, the default tile; against the
+    """The GPU kernel's own code (fluxnb/models/backends/matvec_triton.py) run by Triton's interpreter on the CPU:
+    masked edges (N and K not multiples of the tile), bias or none, several input rows, the default tile; against the
     multiply-and-sum within bf16 rounding. tests/gpu runs it compiled on a GPU."""
     import os
     import subprocess
@@ -101,9 +101,9 @@ def test_the_triton_matvec_kernel_computes_the_product():
 
 
 def test_only_float8_gelu_layers_get_the_one_pass_quantization(tiny_model):
-    """fluxnb/backends/fp8_rows.py swaps classes only where a GELU feeds a per-row float8 linear: not in bf16, not in
-    the int8 types (float8 itself needs a GPU of compute capability 8.9: tests/gpu runs it)."""
-    from fluxnb.backends.fp8_rows import use_fused_fp8_rows
+    """fluxnb/models/backends/fp8_rows.py swaps classes only where a GELU feeds a per-row float8 linear: not in bf16,
+    not in the int8 types (float8 itself needs a GPU of compute capability 8.9: tests/gpu runs it)."""
+    from fluxnb.models.backends.fp8_rows import use_fused_fp8_rows
 
     plain, _ = _quantized_tiny(tiny_model)  # bf16, with int8 one-row layers
     assert use_fused_fp8_rows(plain) == 0

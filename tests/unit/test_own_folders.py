@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from fluxnb import compile_cache
 from fluxnb.cli import main
-from fluxnb.errors import InputError
-from fluxnb.files import own_folder
-from fluxnb.outputs import LOCK_FILE, SET_ASIDE
-from fluxnb.shards import PARTS_DIR
-from fluxnb.synthetic import remove_synthetic_checkpoint, synthetic_dir
-from fluxnb.tiny import TINY_DIMS
+from fluxnb.core.errors import InputError
+from fluxnb.core.files import own_folder
+from fluxnb.models import compile_cache
+from fluxnb.models.synthetic import remove_synthetic_checkpoint, synthetic_dir
+from fluxnb.models.tiny import TINY_DIMS
+from fluxnb.runs.outputs import LOCK_FILE, SET_ASIDE
+from fluxnb.runs.shards import PARTS_DIR
 from tests.cli_errors import refused
 
 
@@ -132,7 +132,7 @@ def test_the_notebook_copy_never_writes_through_a_link(capsys, tmp_path: Path, v
     assert untouched(victim) and [p.name for p in folder.iterdir()] == ["01_text_to_image.ipynb"]
 
 
-# ---------------------------------------------------------------- the rule itself (fluxnb.files)
+# ---------------------------------------------------------------- the rule itself (fluxnb.core.files)
 
 
 def test_own_folder_refuses_names_that_leave_the_parent_and_links(tmp_path: Path, victim: Path):

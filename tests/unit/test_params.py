@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import fluxnb
-from fluxnb.params import IMAGE_TO_IMAGE, make_request
+from fluxnb.models.params import IMAGE_TO_IMAGE, make_request
 
 
 @pytest.fixture(scope="module")

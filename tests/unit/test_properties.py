@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import fluxnb
-from fluxnb.config import DEFAULT_CONFIG_PATH, parse_config
-from fluxnb.outputs import RunFolder
-from fluxnb.packaged import SAMPLE_INIT_IMAGE
-from fluxnb.params import IMAGE_TO_IMAGE, make_request
-from fluxnb.runner import parse_cli_value
+from fluxnb.core.packaged import SAMPLE_INIT_IMAGE
+from fluxnb.models.config import DEFAULT_CONFIG_PATH, parse_config
+from fluxnb.models.params import IMAGE_TO_IMAGE, make_request
+from fluxnb.runs.outputs import RunFolder
+from fluxnb.runs.runner import parse_cli_value
 
 RAW = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
 scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fluxnb.quiet import HARMLESS
+from fluxnb.core.quiet import HARMLESS
 
 pytestmark = pytest.mark.stack  # in both lanes: the libraries' log lines differ between the lines
 

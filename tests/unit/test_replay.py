@@ -17,9 +17,9 @@ import pytest
 from packaging.version import Version
 
 from fluxnb import replay
-from fluxnb.environment import package_version
-from fluxnb.knowledge import load_knowledge
-from fluxnb.runner import run_notebook
+from fluxnb.core.environment import package_version
+from fluxnb.knowledge.base import load_knowledge
+from fluxnb.runs.runner import run_notebook
 
 pytestmark = pytest.mark.stack  # in both lanes: the guide's attempts fail differently on each line
 
@@ -69,7 +69,7 @@ def test_recorded_mode_needs_no_model_and_still_diagnoses():
         result = replay.run_attempt(number, live=False)
         assert result.mode == replay.RECORDED and result.note == "live runs turned off (live=False)"
         assert result.diagnosis_confirmed and result.guide_error_matches, (number, result.diagnosis_ids)
-        assert "(confirmed by fluxnb.diagnosis)" in str(result)
+        assert "(confirmed by fluxnb.knowledge.diagnosis)" in str(result)
     with pytest.raises(KeyError, match="attempts 1-6"):
         replay.get_attempt(7)
 
@@ -126,7 +126,7 @@ def test_attempts_1_and_2_with_a_torchao_checkpoint_made_here(results):
     assert first.mode == replay.LIVE and first.outcome == "succeeded"
     assert first.details["weight_class"].startswith("Float8") and first.details["sanity"]["ok"]
     assert "diagnosis: torchao-" in str(first) and "(the error did not occur here; the guide's recorded error is " \
-        "matched by fluxnb.diagnosis)" in str(first)  # said so, never shown as confirmed by a run that worked
+        "matched by fluxnb.knowledge.diagnosis)" in str(first)  # said so, never shown as confirmed by a run that worked
     assert second.mode == replay.LIVE and second.outcome == "failed"
     assert second.observed.startswith(f"ValueError: {OFFLOAD_REFUSAL}")
     assert second.details["fix_works"] is True
@@ -139,7 +139,7 @@ def test_fluxnb_footprint_agrees_with_torchao_on_a_quantized_transformer(ctx):
     from torchao.quantization import Float8WeightOnlyConfig, quantize_
     from torchao.utils import get_model_size_in_bytes
 
-    from fluxnb.footprint import component_footprint
+    from fluxnb.core.footprint import component_footprint
 
     transformer = FluxTransformer2DModel.from_pretrained(ctx.checkpoint, subfolder="transformer",
                                                          torch_dtype=torch.bfloat16)
@@ -191,7 +191,7 @@ def test_tables_and_working_configuration(results):
     assert len(replay.timeline().rows) == 6
     working = replay.working_configuration()
     assert working["type"] == "flux-bnb-8bit" and "def load_prequantized" in working["loader_source"]
-    assert working["loader"] == "fluxnb.backends.bnb.load_prequantized"
+    assert working["loader"] == "fluxnb.models.backends.bnb.load_prequantized"
     assert "diffusers/FLUX.1-dev-bnb-8bit" in working["model_config_entry"]
     assert all(r._repr_html_().count(r.mode) == 1 for r in ordered)
 
@@ -267,7 +267,7 @@ def test_a_broken_replay_yaml_lists_every_problem_at_once(tmp_path: Path):
 
     import yaml
 
-    from fluxnb.errors import KnowledgeError
+    from fluxnb.core.errors import KnowledgeError
 
     data = yaml.safe_load(resources.files("fluxnb").joinpath("replay.yaml").read_text(encoding="utf-8"))
     del data["attempts"][0]["fix"]
@@ -292,7 +292,7 @@ def test_a_broken_replay_yaml_lists_every_problem_at_once(tmp_path: Path):
 
 
 def test_an_unknown_attempt_is_a_project_error_with_the_allowed_numbers():
-    from fluxnb.errors import FluxnbError
+    from fluxnb.core.errors import FluxnbError
 
     with pytest.raises(FluxnbError) as info:
         replay.get_attempt(0)

@@ -1,4 +1,4 @@
-"""Facts that only feed a report never break the main path (fluxnb.facts): each lookup is forced to fail the way a
+"""Facts that only feed a report never break the main path (fluxnb.core.facts): each lookup is forced to fail the way a
 library rename would make it fail, and the load, the image or the doctor goes on with "unknown (why)"."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import types
 import pytest
 
 import fluxnb
-from fluxnb import environment
-from fluxnb.display import plot_timings, timing_summary
+from fluxnb.core import environment
+from fluxnb.ui.display import plot_timings, timing_summary
 
 
 def test_a_changed_attention_registry_leaves_the_load_working(tiny_spec, monkeypatch):
@@ -76,20 +76,20 @@ def test_a_broken_nvml_binding_makes_the_driver_unknown_with_the_reason(monkeypa
 
 
 def test_a_report_only_failure_is_said_once_in_the_log(caplog):
-    from fluxnb.facts import report_only
+    from fluxnb.core.facts import report_only
 
     @report_only("an example lookup")
     def lookup() -> str:
         raise ValueError("boom")
 
-    with caplog.at_level("WARNING", logger="fluxnb.facts"):
+    with caplog.at_level("WARNING", logger="fluxnb.core.facts"):
         assert lookup() == "unknown (an example lookup failed: ValueError: boom)"
     assert [r.getMessage() for r in caplog.records] == ["fluxnb: unknown (an example lookup failed: ValueError: boom)"]
 
 
 @pytest.mark.parametrize("broken", [False, True])
 def test_the_fallback_can_keep_the_shape_a_caller_reads(broken):
-    from fluxnb.facts import report_only
+    from fluxnb.core.facts import report_only
 
     @report_only("links", fallback=lambda reason: {"kind": reason, "pairs": []})
     def links() -> dict:

@@ -20,12 +20,12 @@ import pytest
 from PIL import Image
 
 import fluxnb
-from fluxnb import outputs
 from fluxnb.cli import main
-from fluxnb.outputs import MANIFEST, MANIFEST_LOG, RunFolder
-from fluxnb.params import MANIFEST_BUDGET, MAX_IMAGES_PER_REQUEST, manifest_estimate
-from fluxnb.runner import RUN_RECORD
-from fluxnb.userfiles import MAX_MANIFEST_BYTES
+from fluxnb.core.userfiles import MAX_MANIFEST_BYTES
+from fluxnb.models.params import MANIFEST_BUDGET, MAX_IMAGES_PER_REQUEST, manifest_estimate
+from fluxnb.runs import outputs
+from fluxnb.runs.outputs import MANIFEST, MANIFEST_LOG, RunFolder
+from fluxnb.runs.runner import RUN_RECORD
 from tests.cli_errors import refused
 
 # ---------------------------------------------------------------- class 2: the manifest's cost per image
@@ -107,7 +107,7 @@ def test_a_request_whose_manifest_would_outgrow_the_read_limit_is_refused(tiny_s
 def test_the_manifest_estimate_bounds_a_real_manifest(tiny_model, tiny_spec, tmp_path: Path):
     """The estimate is an upper bound on what the request's images really write (with a LoRA and a sweep), so the
     largest accepted request stays under the read limit."""
-    from fluxnb.synthetic_lora import build_lora
+    from fluxnb.models.synthetic_lora import build_lora
 
     adapter = build_lora(tiny_model.pipe.transformer, tmp_path / "style.safetensors")
     request = fluxnb.make_request(tiny_spec, prompt=["a lighthouse at dusk, 灯台", "a fox"], num_images=2,
@@ -223,7 +223,7 @@ def test_a_changed_init_image_stops_the_resume_with_what_changed(capsys, tmp_pat
 
 
 def test_a_replaced_lora_stops_the_resume(capsys, tiny_model, tmp_path: Path):
-    from fluxnb.synthetic_lora import build_lora
+    from fluxnb.models.synthetic_lora import build_lora
 
     adapter = build_lora(tiny_model.pipe.transformer, tmp_path / "style.safetensors", seed=1)
     assert main(["generate", "--model", "flux-tiny", "--prompt", "a fox", "--num-images", "3", "--steps", "1",

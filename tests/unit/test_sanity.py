@@ -1,4 +1,4 @@
-"""The image sanity check (fluxnb.sanity) on images made to fail and to pass, including real tiny-FLUX outputs."""
+"""The image sanity check (fluxnb.core.sanity) on images made to fail and to pass, including real tiny-FLUX outputs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fluxnb.sanity import MOSAIC_RATIO, blockiness, check_image
+from fluxnb.core.sanity import MOSAIC_RATIO, blockiness, check_image
 
 pytestmark = pytest.mark.stack  # in both lanes: images from each line
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import fluxnb
-from fluxnb.runner import read_parameters_file, run_notebook
+from fluxnb.runs.runner import read_parameters_file, run_notebook
 
 pytestmark = pytest.mark.stack  # in both lanes: the hub's token lookup (huggingface_hub 0.x and 2.x)
 

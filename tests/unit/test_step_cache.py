@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import fluxnb
-import fluxnb.attention
-from fluxnb import step_cache
-from fluxnb.errors import RequestError
-from fluxnb.step_cache import parse_cache
+import fluxnb.models.attention
+from fluxnb.core.errors import RequestError
+from fluxnb.models import step_cache
+from fluxnb.models.step_cache import parse_cache
 
 pytestmark = pytest.mark.stack  # in both lanes: the cache hooks exist from diffusers 0.36 on (the guide line refuses)
 
@@ -106,7 +106,7 @@ def test_entry_cache_reaches_the_load_report_and_image_metadata(tiny_spec):
     image = fluxnb.generate(model, request, progress=False)[0]
     assert image.metadata["speed"]["cache"]["setting"] == "taylorseer@2"
     assert image.metadata["speed"]["compile_cache"] is None  # the tiny model is not compiled
-    assert image.metadata["speed"]["attention"] == model.report.attention == fluxnb.attention.SDPA
+    assert image.metadata["speed"]["attention"] == model.report.attention == fluxnb.models.attention.SDPA
 
 
 def test_model_config_checks_cache_and_compile_mode(config):
@@ -114,8 +114,8 @@ def test_model_config_checks_cache_and_compile_mode(config):
 
     import yaml
 
-    from fluxnb.config import DEFAULT_CONFIG_PATH, parse_config
-    from fluxnb.errors import ConfigError
+    from fluxnb.core.errors import ConfigError
+    from fluxnb.models.config import DEFAULT_CONFIG_PATH, parse_config
 
     raw = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
     bad = copy.deepcopy(raw)
@@ -146,7 +146,7 @@ def test_request_cache_overrides_the_entry_for_that_request_only(tiny_spec):
         return
     model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
     cached = fluxnb.make_request(tiny_spec, prompt="a cat", steps=6, width=32, height=32, cache="taylorseer@2")
-    assert fluxnb.params.request_from_dict(tiny_spec, cached.to_dict()) == cached
+    assert fluxnb.models.params.request_from_dict(tiny_spec, cached.to_dict()) == cached
     image = fluxnb.generate(model, cached, progress=False)[0]
     assert image.metadata["cache"] == "taylorseer@2" and image.metadata["speed"]["cache"]["fixed_schedule"]
     assert not model.pipe.transformer.is_cache_enabled  # back to the entry's setting (off) after the request

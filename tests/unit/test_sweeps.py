@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 import fluxnb
-from fluxnb.errors import RequestError
-from fluxnb.outputs import RunFolder
-from fluxnb.params import request_from_dict
-from fluxnb.sweep_grid import GRID_FILE, read_grid_layout, save_sweep_grid
-from fluxnb.sweeps import parse_cli
+from fluxnb.core.errors import RequestError
+from fluxnb.models.params import request_from_dict
+from fluxnb.models.sweeps import parse_cli
+from fluxnb.runs.outputs import RunFolder
+from fluxnb.ui.sweep_grid import GRID_FILE, read_grid_layout, save_sweep_grid
 from tests.waiting import wait_for_images
 
 SMALL = dict(width=64, height=64, steps=2)
@@ -96,7 +96,7 @@ def test_sweep_images_carry_their_coordinates_and_the_grid_has_one_cell_each(tin
 
 
 def test_lora_scale_is_a_sweep_axis(tiny_spec, tmp_path):
-    from fluxnb.synthetic_lora import build_lora
+    from fluxnb.models.synthetic_lora import build_lora
 
     model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
     adapter = build_lora(model.pipe.transformer, tmp_path / "style.safetensors", seed=3)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fluxnb
-from fluxnb.synthetic import inject_outliers
+from fluxnb.models.synthetic import inject_outliers
 
 pytestmark = pytest.mark.stack  # in both lanes: checkpoints written and read by each line
 

@@ -1,13 +1,14 @@
-"""The units every layer shares (fluxnb.units) and the one package list (fluxnb.environment)."""
+"""The units every layer shares (fluxnb.core.units) and the one package list (fluxnb.core.environment)."""
 
 from __future__ import annotations
 
 import pytest
 
-from fluxnb import environment, knowledge
 from fluxnb.bench import parse_size
-from fluxnb.errors import ConfigError, RequestError
-from fluxnb.units import GIB, byte_unit, human_bytes, is_image_side
+from fluxnb.core import environment
+from fluxnb.core.errors import ConfigError, RequestError
+from fluxnb.core.units import GIB, byte_unit, human_bytes, is_image_side
+from fluxnb.knowledge import base as knowledge
 
 
 def test_one_byte_formatter_for_tiny_and_full_size_models():
@@ -25,11 +26,11 @@ def test_one_image_side_rule_for_requests_config_and_bench(tiny_spec):
     assert [v for v in (0, 8, 16, 100, 1024, -16) if is_image_side(v)] == [16, 1024]
     with pytest.raises(RequestError, match="must be a positive multiple of 16"):
         parse_size("1000x1024")
-    from fluxnb.params import make_request
+    from fluxnb.models.params import make_request
 
     with pytest.raises(RequestError, match="is not a multiple of 16"):
         make_request(tiny_spec, prompt="x", width=72, height=64)
-    from fluxnb.config import parse_config
+    from fluxnb.models.config import parse_config
 
     with pytest.raises(ConfigError, match="width 100 must be a positive multiple of 16"):
         parse_config({"models": {"m": {"id": "x/y", "type": "flux-tiny", "params": {"default_size": [100, 64]}}}},

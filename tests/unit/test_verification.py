@@ -1,14 +1,14 @@
-"""Notebook 00's verification helpers (fluxnb.verification): memory picture, weight formats, verdict file."""
+"""Notebook 00's verification helpers (fluxnb.doctor.verification): memory picture, weight formats, verdict file."""
 
 from __future__ import annotations
 
 import pytest
 
 import fluxnb
-from fluxnb.doctor import FAIL, OK
-from fluxnb.footprint import ComponentFootprint
-from fluxnb.loading import LoadReport
-from fluxnb.verification import SetupVerification, memory_figure, quantization_rows, read_verdict
+from fluxnb.core.footprint import ComponentFootprint
+from fluxnb.doctor.checks import FAIL, OK
+from fluxnb.doctor.verification import SetupVerification, memory_figure, quantization_rows, read_verdict
+from fluxnb.models.loading import LoadReport
 
 pytestmark = pytest.mark.stack  # in both lanes: notebook 00's verification on each line
 

@@ -1,0 +1,170 @@
+"""Cached mode: diffusers' own step-caching hooks on the FLUX transformer, opt-in, off by default.
+
+A cache setting is a short text (model entry key `cache:`, bench variant `NAME@cache=...`):
+
+- `taylorseer@N`: TaylorSeer (arXiv 2503.06923) in diffusers' lite mode: the transformer's blocks are skipped and
+  its output forecast by a first-order Taylor expansion on every step but one in N, after `TAYLORSEER_WARMUP`
+  full steps. The skipping follows a fixed schedule, so the speed-up holds for any weights (the headline setting).
+- `first-block@T`: FirstBlockCache (ParaAttention): all blocks after the first are skipped while the first block's
+  residual changes by less than T. Adaptive: how many steps it skips depends on the weights, so a speed-up
+  measured on random weights says little about real FLUX (labelled "depends on the weights").
+
+The hooks are in the default line's diffusers (0.42); the guide's diffusers 0.34 has neither, so a setting is refused
+there with the fix. Both combine with regional torch.compile (tests/unit/test_step_cache.py runs them on the
+tiny model's compiled blocks: the hooks' step bookkeeping runs outside the compiled graphs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from ..core.environment import package_version
+from ..core.errors import RequestError
+
+TAYLORSEER_WARMUP = 3  # full steps before the first forecast (diffusers' default disable_cache_before_step)
+KINDS = {
+    "taylorseer": "TaylorSeer lite (fixed schedule: one full step in N, the others forecast)",
+    "first-block": "FirstBlockCache (adaptive: skips while the first block's residual changes less than T; "
+                   "depends on the weights)",
+}
+HOOK_CLASSES = {"taylorseer": "TaylorSeerCacheConfig", "first-block": "FirstBlockCacheConfig"}
+EXAMPLES = "taylorseer@2, taylorseer@3, first-block@0.08"
+
+
+@dataclass(frozen=True)
+class CacheSetting:
+    """A parsed cache setting: which hook and its one number (interval N or threshold T)."""
+
+    kind: str
+    value: float
+    text: str
+
+    @property
+    def fixed_schedule(self) -> bool:
+        """The skipped steps do not depend on the weights (so random-weight speed-ups carry over)."""
+        return self.kind == "taylorseer"
+
+    def computed_steps(self, steps: int) -> int | None:
+        """Full transformer forwards in `steps` steps (None for an adaptive cache: it depends on the weights)."""
+        if not self.fixed_schedule:
+            return None
+        interval = int(self.value)
+        return sum(1 for step in range(steps)
+                   if step < TAYLORSEER_WARMUP or (step - TAYLORSEER_WARMUP - 1) % interval == 0)
+
+    def describe(self) -> str:
+        schedule = "fixed schedule" if self.fixed_schedule else "adaptive: depends on the weights"
+        return f"{self.text}: {KINDS[self.kind].split(' (')[0]} ({schedule})"
+
+    def to_dict(self) -> dict:
+        return {"setting": self.text, "hook": HOOK_CLASSES[self.kind], "fixed_schedule": self.fixed_schedule,
+                "depends_on_weights": not self.fixed_schedule}
+
+
+def parse_cache(text: str | None, parameter: str = "cache") -> CacheSetting | None:
+    """'taylorseer@2' -> CacheSetting; None/''/'none'/'off' -> None; anything else: a RequestError with the fix."""
+    if text is None or str(text).strip().lower() in ("", "none", "off"):
+        return None
+    text = str(text).strip()
+    kind, sep, number = text.partition("@")
+    allowed = f"allowed: {', '.join(f'{k}@<number> ({v})' for k, v in KINDS.items())}; none to turn it off"
+    if kind not in KINDS or not sep:
+        raise RequestError(parameter, f"{text!r} is not a cache setting; {allowed}", fix=f"e.g. {EXAMPLES}")
+    try:
+        value = float(number)
+    except ValueError:
+        raise RequestError(parameter, f"{text!r}: {number!r} is not a number; {allowed}",
+                           fix=f"e.g. {EXAMPLES}") from None
+    if kind == "taylorseer" and (value != int(value) or not 2 <= value <= 10):
+        raise RequestError(parameter, f"{text!r}: the TaylorSeer interval must be a whole number from 2 to 10 (one "
+                                      "full step in N)", fix="e.g. taylorseer@2 or taylorseer@3")
+    if kind == "first-block" and not 0 < value < 1:
+        raise RequestError(parameter, f"{text!r}: the FirstBlockCache threshold must be between 0 and 1",
+                           fix="e.g. first-block@0.08 (ParaAttention's FLUX setting)")
+    return CacheSetting(kind=kind, value=value, text=f"{kind}@{int(value) if kind == 'taylorseer' else value}")
+
+
+def unavailable_reason(setting: CacheSetting) -> str | None:
+    """Why this diffusers cannot run the setting's hook (None when it can)."""
+    try:
+        import diffusers
+    except ImportError:
+        return "diffusers is not installed"
+    if not hasattr(diffusers, HOOK_CLASSES[setting.kind]):
+        return (f"diffusers {package_version('diffusers')} has no {HOOK_CLASSES[setting.kind]} (the guide's line "
+                "predates diffusers' cache hooks)")
+    return None
+
+
+def require_available(setting: CacheSetting, parameter: str = "cache") -> None:
+    """Refuse a setting this diffusers cannot run, with the fix."""
+    why = unavailable_reason(setting)
+    if why:
+        raise RequestError(parameter, f"cache {setting.text!r} cannot run here: {why}",
+                           fix="use the default dependency line (diffusers 0.42, requirements/default.txt), or "
+                           "leave the cache off")
+
+
+def hook_config(setting: CacheSetting):
+    """The diffusers config object of a setting."""
+    import torch
+    from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+    if setting.kind == "taylorseer":
+        # lite mode: whole blocks skipped, only the transformer's output forecast (float32 Taylor factors: the
+        # differences of bf16 outputs lose their low bits otherwise)
+        return TaylorSeerCacheConfig(cache_interval=int(setting.value), disable_cache_before_step=TAYLORSEER_WARMUP,
+                                     max_order=1, use_lite_mode=True, taylor_factors_dtype=torch.float32)
+    return FirstBlockCacheConfig(threshold=setting.value)
+
+
+def enable(transformer, setting: CacheSetting) -> None:
+    """Turn the hook on (after any regional compile: the hooks wrap the compiled blocks' forward)."""
+    require_available(setting)
+    if transformer.is_cache_enabled:
+        transformer.disable_cache()
+    transformer.enable_cache(hook_config(setting))
+
+
+def disable(transformer) -> None:
+    """Turn any cache hook off."""
+    if getattr(transformer, "is_cache_enabled", False):
+        transformer.disable_cache()
+
+
+def request_cache(value: str | None) -> str | None:
+    """A request's `cache`: None keeps the model entry's setting, "off" turns it off for the request, else a setting
+    (checked, and refused where this diffusers has no hook for it). Returns the normalized text."""
+    if value is None:
+        return None
+    setting = parse_cache(value)
+    if setting is None:
+        return "off"
+    require_available(setting)
+    return setting.text
+
+
+def effective(request_value: str | None, entry_value: str | None) -> CacheSetting | None:
+    """The setting an image runs with: the request's when it names one ("off" included), else the entry's."""
+    return parse_cache(entry_value if request_value is None else request_value)
+
+
+@contextmanager
+def switched(transformer, wanted: CacheSetting | None, loaded: CacheSetting | None) -> Iterator[None]:
+    """Run with `wanted` on the transformer, then put back the setting the model was loaded with."""
+    if wanted == loaded:
+        yield
+        return
+    if wanted is None:
+        disable(transformer)
+    else:
+        enable(transformer, wanted)
+    try:
+        yield
+    finally:
+        if loaded is None:
+            disable(transformer)
+        else:
+            enable(transformer, loaded)
