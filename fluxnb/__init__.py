@@ -33,8 +33,9 @@ _EXPORTS = {
     "LoadedModel": "models.loading", "LoadReport": "models.loading", "load_model": "models.loading",
     "RunFolder": "runs.outputs", "read_manifest": "runs.outputs", "read_png_metadata": "runs.outputs",
     "SAMPLE_INIT_IMAGE": "core.packaged",
-    **dict.fromkeys(["IMAGE_TO_IMAGE", "TEXT_TO_IMAGE", "GenerationRequest", "load_image_file", "make_request"],
-                    "models.params"),
+    **dict.fromkeys(["GenerationRequest", "make_request"], "models.params"),
+    **dict.fromkeys(["IMAGE_TO_IMAGE", "TEXT_TO_IMAGE", "INPAINT", "OUTPAINT", "EDIT", "CONTROL"], "models.tasks"),
+    "load_image_file": "models.images",
     "SanityReport": "core.sanity", "check_image": "core.sanity",
     "ModelChoice": "models.selection", "resolve_model": "models.selection",
 }

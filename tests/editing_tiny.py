@@ -1,33 +1,19 @@
 """Tiny random-weight FluxFillPipeline / FluxControlPipeline / FluxKontextPipeline for the knowledge tests.
 
-fluxnb's own builders for the editing pipelines are written elsewhere (issue 24); this copies what the knowledge
-base's tests need from the issue's prototype: the tiny FLUX's components with the transformer's channels changed.
-  Fill:    in_channels 384 = 64 noise latents (16 channels, 2x2 packed) + 64 masked-image latents + 256 mask
-  Control: in_channels 128 = 64 noise latents + 64 VAE latents of the control image
-  Kontext: in_channels 64, as FLUX.1-dev (the reference image is appended as extra tokens)
+fluxnb's tiny components (fluxnb.models.tiny.tiny_components: the transformer's channels those of each task) put into
+any pipeline class, including a mismatched one (a FLUX.1-dev transformer in FluxFillPipeline) as users' mistakes do.
 They run in milliseconds on the CPU.
 """
 
 from __future__ import annotations
 
-import inspect
-from copy import deepcopy
-
-from fluxnb.models.tiny import TINY_DIMS, TINY_SEED, build_flux_pipeline
+from fluxnb.models.tiny import TINY_DIMS, pipeline_of, tiny_components
 
 PIPELINES = {"fill": "FluxFillPipeline", "control": "FluxControlPipeline", "kontext": "FluxKontextPipeline",
              "dev": "FluxPipeline", "img2img": "FluxImg2ImgPipeline"}
+TASKS = {"fill": "fill", "control": "control", "kontext": "kontext", "dev": "text-to-image",
+         "img2img": "text-to-image"}  # whose transformer each kind has (fluxnb.models.tasks)
 PACKED = 4 * TINY_DIMS["vae"]["latent_channels"]  # 64, as FLUX.1-dev's x_embedder input
-VAE_SCALE = 2 ** (len(TINY_DIMS["vae"]["block_out_channels"]) - 1)  # 8
-IN_CHANNELS = {"fill": 2 * PACKED + 4 * VAE_SCALE * VAE_SCALE, "control": 2 * PACKED, "kontext": PACKED,
-               "dev": PACKED}
-
-
-def editing_dims(in_channels: int) -> dict:
-    """The tiny dims with the transformer's in_channels changed (out_channels stays 64)."""
-    dims = deepcopy(TINY_DIMS)
-    dims["transformer"].update(in_channels=in_channels, out_channels=PACKED)
-    return dims
 
 
 def pipeline_class(kind: str):
@@ -39,11 +25,8 @@ def pipeline_class(kind: str):
 def build(kind: str, transformer: str | None = None):
     """The tiny pipeline `kind` ("fill", "control", "kontext", "dev", "img2img") with the transformer of
     `transformer` (default: its own; e.g. build("fill", transformer="dev") puts a FLUX.1-dev-shaped transformer
-    into FluxFillPipeline)."""
-    base = build_flux_pipeline(editing_dims(IN_CHANNELS[transformer or kind]), TINY_SEED)
-    cls = pipeline_class(kind)
-    wanted = inspect.signature(cls.__init__).parameters  # Fill/Control take no image_encoder/feature_extractor
-    pipe = cls(**{k: v for k, v in base.components.items() if k in wanted})
+    into FluxFillPipeline): fluxnb's tiny components (fluxnb.models.tiny) in another pipeline class."""
+    pipe = pipeline_of(pipeline_class(kind), tiny_components(TASKS[transformer or kind]))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

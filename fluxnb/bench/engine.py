@@ -133,6 +133,11 @@ def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()
                                       f"{', '.join(f'{k} ({v})' for k, v in VARIANTS.items())}")
     if name in config.models:
         spec = config.get(name)
+        if spec.task != "text-to-image":  # its pipeline needs pictures and masks: not this bench's FluxPipeline calls
+            raise RequestError("backend", f"{text!r} is a {spec.task} model; fluxnb bench times text-to-image "
+                               "entries (and loader types on FLUX.1-dev).", fix="bench its loader type instead "
+                               f"(--backend {spec.type}: the same transformer format on FLUX.1-dev's shapes); timing "
+                               "the editing pipelines themselves is not part of fluxnb bench yet")
     elif name in REGISTRY:
         base = config.get(BASE_ENTRY_FOR_TYPES)
         spec = dataclasses.replace(base, name=name, type=name, description=f"{base.id} loaded as {name}")

@@ -20,6 +20,7 @@ from ..models.params import (
 )
 from ..models.selection import resolve_model
 from ..models.sweeps import parse_cli
+from ..models.tasks import CONTROL, CONTROL_TYPES, EDIT, INPAINT, OUTPAINT
 from ..runs.contextparallel import MODES as CONTEXT_MODES
 from ..runs.contextparallel import check_context_parallel
 from ..runs.dataparallel import DATA, plan_processes, run_data_parallel
@@ -29,6 +30,8 @@ from ..runs.raybatch import check_keep_warm, run_on_ray
 from ..runs.shards import merge_parts
 from ..ui.display import model_banner
 from ..ui.sweep_grid import save_sweep_grid
+
+EDITING_MODES = (INPAINT, OUTPAINT, EDIT, CONTROL)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -51,8 +54,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
         request.add_argument("--height", type=int),
         request.add_argument("--num-images", type=int, help="images per prompt (seeds seed, seed+1, ...; default 1)"),
         request.add_argument("--max-sequence-length", type=int),
-        request.add_argument("--init-image", help="image-to-image: the starting picture"),
+        request.add_argument("--mode", choices=EDITING_MODES, help="edit a picture (--init-image) with an editing "
+                             "model: inpaint (--mask), outpaint (--expand), edit (the prompt is the instruction), "
+                             "control (--control; default: text-to-image, image-to-image with --init-image)"),
+        request.add_argument("--init-image", help="image-to-image, or an editing mode's picture"),
         request.add_argument("--strength", type=float, help="image-to-image: how much to change it, in (0, 1]"),
+        request.add_argument("--mask", help="inpaint: the mask image, the picture's size (white = repaint)"),
+        request.add_argument("--expand", type=_margins, metavar="LEFT,TOP,RIGHT,BOTTOM",
+                             help="outpaint: pixels added on each side (multiples of 16), e.g. 0,0,256,0"),
+        request.add_argument("--control", choices=CONTROL_TYPES, help="control: the kind of map (the model's own "
+                             "by default); canny is computed from --init-image unless --control-image gives it"),
+        request.add_argument("--control-image", help="control: the edge or depth map itself, the result's size"),
         request.add_argument("--lora", action="append", metavar="PATH[:SCALE]",
                              help="a LoRA adapter (.safetensors file or hub id), scale 1 unless given; repeatable"),
         request.add_argument("--fuse-loras", action="store_true",
@@ -81,6 +93,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
+def _margins(text: str) -> tuple[int, ...]:
+    """--expand LEFT,TOP,RIGHT,BOTTOM as four whole numbers (make_request checks the rest)."""
+    try:
+        margins = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        margins = ()
+    if len(margins) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r} is not four whole numbers LEFT,TOP,RIGHT,BOTTOM, e.g. 0,0,256,0")
+    return margins
+
+
 def new_request(args: argparse.Namespace, spec):
     """The request the command line describes, validated against the model entry before anything loads."""
     prompts = list(args.prompt or [])
@@ -101,7 +124,11 @@ def new_request(args: argparse.Namespace, spec):
         max_sequence_length=args.max_sequence_length,
         init_image=args.init_image,
         strength=args.strength,
-        mode=IMAGE_TO_IMAGE if args.init_image else TEXT_TO_IMAGE,
+        mode=args.mode or (IMAGE_TO_IMAGE if args.init_image else TEXT_TO_IMAGE),
+        mask=args.mask,
+        expand=args.expand,
+        control=args.control,
+        control_image=args.control_image,
         loras=args.lora,
         fuse_loras=args.fuse_loras,
         sweep=parse_cli(args.sweep),
@@ -157,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
                                  "checkpoint": checkpoint}, parameters=request.to_dict())
     print(model_banner(choice), flush=True)
     if (args.ray is not None or args.gpus is not None) and get_backend(choice.spec.type).embedded:
-        embedded_checkpoint()  # built once here: N processes building it at the same moment race
+        embedded_checkpoint(choice.spec.task)  # built once here: N processes building it at the same moment race
     if args.ray is not None:
         return run_ray(args, run_folder, len(request.points()))
     if args.gpus is not None:

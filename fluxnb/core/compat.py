@@ -153,6 +153,13 @@ def processor_attention_backend(processor) -> str | None:
     return str(backend) if backend else None
 
 
+def kontext_keep_size() -> dict[str, Any]:
+    """FluxKontextPipeline's argument that keeps the reference picture at the given size instead of stretching it to
+    the nearest of Kontext's preferred resolutions (`_auto_resize`, a leading-underscore parameter of its __call__,
+    diffusers >= 0.35; tests/unit/test_compat.py checks the signature)."""
+    return {"_auto_resize": False}
+
+
 # --- peft (>= 0.15, < 0.22) -----------------------------------------------------------------------------------------
 
 

@@ -41,6 +41,7 @@ from ..models import compile_cache
 from ..models.backends import Backend, compile_wanted, get_backend
 from ..models.config import ModelConfig, ModelSpec, load_config
 from ..models.selection import resolve_model
+from ..models.tasks import TASKS, TEXT_TO_IMAGE, missing_pipeline
 from ..models.tiny import tiny_cache_dir
 from ..runs.contextparallel import context_parallel_available
 
@@ -303,15 +304,19 @@ def _check_models(rows: list[Check], config: ModelConfig, info: dict[str, Any]) 
     parts = []
     for spec in config.models.values():
         needs = get_backend(spec.type)
-        if needs.needs_cuda and not info["cuda"]:
-            parts.append(f"{spec.name}: needs a CUDA GPU ({needs.why_gpu})")
+        name = spec.name if spec.task == TEXT_TO_IMAGE else f"{spec.name} ({spec.task})"
+        missing = missing_pipeline(TASKS[spec.task])
+        if missing:
+            parts.append(f"{name}: {missing}")
+        elif needs.needs_cuda and not info["cuda"]:
+            parts.append(f"{name}: needs a CUDA GPU ({needs.why_gpu})")
         elif needs.min_capability and Version(info["capability"]) < Version(needs.capability_text):
-            parts.append(f"{spec.name}: needs compute capability {needs.capability_text}+ (this GPU: "
+            parts.append(f"{name}: needs compute capability {needs.capability_text}+ (this GPU: "
                          f"{info['capability']})")
         elif needs.needs_cuda and needs.vram_gib and info["total"] / GIB < needs.vram_gib and not needs.offload_ok:
-            parts.append(f"{spec.name}: needs ~{needs.vram_gib:g} GiB of GPU memory")
+            parts.append(f"{name}: needs ~{needs.vram_gib:g} GiB of GPU memory")
         else:
-            parts.append(f"{spec.name}: runs here")
+            parts.append(f"{name}: runs here")
     runnable = sum(p.endswith("runs here") for p in parts)
     rows.append(Check("models on this machine", OK if runnable else WARN, "; ".join(parts),
                       "" if runnable == len(parts) else "the GPU models need a CUDA GPU with a matching torch build"))

@@ -19,6 +19,8 @@ from ..core.units import SIZE_MULTIPLE, is_image_side
 from ..core.userfiles import load_yaml
 from .backends import REGISTRY, types_where
 from .step_cache import parse_cache
+from .tasks import CONTROL_TYPES, TASKS
+from .tasks import TEXT_TO_IMAGE as TEXT_TO_IMAGE_TASK
 
 # The model config in use is found in this order (README "Models"; `fluxnb doctor` says which one it read):
 # --config (any subcommand; it sets CONFIG_ENV for the process and the kernels and ranks it starts), the CONFIG_ENV
@@ -72,6 +74,8 @@ class ModelSpec:
     offload_text_encoder: bool = False
     compile_mode: str | None = None
     cache: str | None = None
+    task: str = TEXT_TO_IMAGE_TASK  # fluxnb.models.tasks.TASKS: which pipeline, which request modes
+    controls: tuple[str, ...] = ()  # a control model's control types (canny, depth)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +115,8 @@ _OPTIONAL_MODEL_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "offload_text_encoder": ((bool,), "true or false"),
     "compile_mode": ((str,), "a torch.compile mode the type allows"),
     "cache": ((str,), "a cache setting such as taylorseer@2 (fluxnb/models/step_cache.py)"),
+    "task": ((str,), f"a task: {', '.join(TASKS)} (fluxnb/models/tasks.py; text-to-image when absent)"),
+    "controls": ((list,), f"a list of control types ({', '.join(CONTROL_TYPES)}) the control model was trained on"),
 }
 _PARAM_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "default_steps": ((int,), "an integer"),
@@ -247,12 +253,33 @@ def _parse_model(name: Any, raw: Any, problems: list[str]) -> ModelSpec | None:
     if isinstance(mtype, str) and mtype not in REGISTRY:
         problems.append(f"{where}.type: unknown type {mtype!r}. Allowed: {', '.join(REGISTRY)}")
     _unsupported_options(raw, mtype, where, problems)
+    _task_keys(raw, params, where, problems)
     if len(problems) != before or params is None:
         return None
     return ModelSpec(name=str(name), id=raw["id"], type=mtype, requires_auth=raw["requires_auth"], params=params,
                      description=raw["description"], compile=raw.get("compile", False),
                      offload_text_encoder=raw.get("offload_text_encoder", False),
-                     compile_mode=raw.get("compile_mode"), cache=raw.get("cache"))
+                     compile_mode=raw.get("compile_mode"), cache=raw.get("cache"),
+                     task=raw.get("task", TEXT_TO_IMAGE_TASK), controls=tuple(raw.get("controls", ())))
+
+
+def _task_keys(raw: dict, params: ModelParams | None, where: str, problems: list[str]) -> None:
+    """`task` (a known task), `controls` (a control model's, each a known type) and image-to-image (FLUX.1-dev's)."""
+    task = raw.get("task", TEXT_TO_IMAGE_TASK)
+    if isinstance(task, str) and task not in TASKS:
+        problems.append(f"{where}.task: unknown task {task!r}. Allowed: {', '.join(TASKS)}")
+        return
+    controls = raw.get("controls")
+    if task == "control" and not controls:
+        problems.append(f"{where}.controls: a control model needs the control types it was trained on. Fix: "
+                        f"controls: [canny] (or [depth])")
+    elif controls is not None and task != "control":
+        problems.append(f"{where}.controls: only a control model (task: control) takes controls. Fix: remove it")
+    elif isinstance(controls, list) and not set(controls) <= set(CONTROL_TYPES):
+        problems.append(f"{where}.controls: {controls!r}; allowed: {', '.join(CONTROL_TYPES)}")
+    if params is not None and params.supports_i2i and task != TEXT_TO_IMAGE_TASK:
+        problems.append(f"{where}.params.supports_i2i: image-to-image runs on text-to-image models only; a {task} "
+                        "model edits through its own modes. Fix: supports_i2i: false")
 
 
 def _parse_runtime(runtime: Any, model_names: list[str], problems: list[str]) -> None:

@@ -25,6 +25,7 @@ from .backends import Backend, LoadContext, check_device, compile_wanted, get_ba
 from .config import ModelConfig, ModelSpec, load_config
 from .load_report import LoadReport
 from .selection import resolve_model
+from .tasks import TASKS, TEXT_TO_IMAGE, missing_pipeline
 from .tiny import ensure_tiny_checkpoint, tiny_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -153,17 +154,18 @@ def _weights_source(spec: ModelSpec, backend: Backend, checkpoint: str | os.Path
     if checkpoint is not None:
         return str(check_checkpoint(checkpoint)), "local checkpoint"
     if backend.embedded:
-        return str(embedded_checkpoint()), TINY_WEIGHTS
+        return str(embedded_checkpoint(spec.task)), TINY_WEIGHTS
     return spec.id, "hub checkpoint"
 
 
-def embedded_checkpoint() -> Path:
-    """The tiny checkpoint, built on first use into fluxnb's cache; a cache fluxnb cannot write (a read-only
+def embedded_checkpoint(task: str = TEXT_TO_IMAGE) -> Path:
+    """The tiny checkpoint of `task`, built on first use into fluxnb's cache; a cache fluxnb cannot write (a read-only
     folder or home) is named with the fix, not a traceback."""
     try:
-        return ensure_tiny_checkpoint()
+        return ensure_tiny_checkpoint(task=task)
     except OSError as exc:
-        raise InputError(f"cannot build the embedded tiny model in {tiny_cache_dir()}: {exc.strerror or exc}.",
+        raise InputError(f"cannot build the embedded tiny model in {tiny_cache_dir(task=task)}: "
+                         f"{exc.strerror or exc}.",
                          fix="point FLUXNB_CACHE at a folder you can write (e.g. export FLUXNB_CACHE=/tmp/fluxnb-cache)"
                          ) from None
 
@@ -255,6 +257,11 @@ def load_model(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     token = _token_for(spec, checkpoint)
     check_device(spec, backend, device, *_gpu_capability(device))
+    missing = missing_pipeline(TASKS[spec.task])
+    if missing:
+        raise ModelUnavailableError(f"model {spec.name!r} is a {spec.task} model: {missing}.",
+                                    fix=f"pip install 'diffusers>={TASKS[spec.task].since_diffusers}' (the default "
+                                    "stack, requirements/default.txt, has it)")
     source, weights = _weights_source(spec, backend, checkpoint)
     key = (spec, source, device)
     if reuse and key in _SESSION_MODEL:
@@ -265,7 +272,7 @@ def load_model(
     if reuse:
         release_session_model()
     ctx = LoadContext(checkpoint=source, device=device, torch_dtype=torch.bfloat16 if device == "cuda" else
-                      torch.float32, token=token)
+                      torch.float32, token=token, task=spec.task)
     cache_setting, compile_state = _speed_setup(spec, backend, ctx)
     cap = apply_gpu_memory_limit(device)  # FLUXNB_GPU_MEMORY_LIMIT: the process stays inside the user's limit
     if cap is not None:

@@ -16,15 +16,25 @@ from typing import Any
 
 from ..core.errors import InputError, RequestError
 from ..core.units import SIZE_MULTIPLE, is_image_side
-from ..core.userfiles import MAX_MANIFEST_BYTES, describe_path, parse_yaml, read_text_file
+from ..core.userfiles import MAX_MANIFEST_BYTES, parse_yaml, read_text_file
 from . import sweeps
 from .backends import REGISTRY, compile_wanted, get_backend, lora_for
 from .config import ModelSpec
+from .editing import (
+    check_control,
+    check_control_size,
+    check_expand,
+    check_mask,
+    check_mode,
+    default_size,
+    editing_files,
+    picture_size,
+)
+from .images import check_image_file
 from .lora_files import HOTSWAP_RANK, LoraChoice, check_loras, check_scale, sha256_of
 from .step_cache import request_cache
+from .tasks import CONTROL, EDIT, IMAGE_TO_IMAGE, INPAINT, OUTPAINT, TEXT_TO_IMAGE
 
-TEXT_TO_IMAGE = "text-to-image"
-IMAGE_TO_IMAGE = "image-to-image"
 MAX_IMAGES_PER_PROMPT = 64
 MAX_SEED = 2**63 - 1
 MAX_PROMPTS = 1000  # per request: a longer batch belongs in several runs (each run folder stays manageable)
@@ -35,7 +45,6 @@ MAX_PROMPTS = 1000  # per request: a longer batch belongs in several runs (each 
 MAX_IMAGES_PER_REQUEST = 10_000
 MANIFEST_ENTRY_BYTES = 3072
 MANIFEST_BUDGET = MAX_MANIFEST_BYTES * 3 // 4
-MAX_INIT_IMAGE_PIXELS = 64_000_000  # an init image is resized to width x height; larger files are refused unread
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,8 @@ class GenerationRequest:
     """What to generate, checked against one model entry by make_request (build it through make_request).
 
     Attributes:
-        mode: TEXT_TO_IMAGE or IMAGE_TO_IMAGE.
+        mode: TEXT_TO_IMAGE, IMAGE_TO_IMAGE, or an editing mode (INPAINT, OUTPAINT, EDIT, CONTROL: the entry's task
+            must serve it, fluxnb.models.tasks).
         prompts: one or more prompts; each makes `num_images` images.
         negative_prompt: None for FLUX.1-dev (guidance-distilled: it has no negative prompt).
         seed: image k of each prompt uses seed + k, so any one image can be made again on its own.
@@ -56,6 +66,9 @@ class GenerationRequest:
         cache: the cached mode for this request (None: the entry's; "off"; or a setting of fluxnb.models.step_cache).
         init_image_sha256: the starting picture's SHA-256 (a resume refuses a picture changed since: see
             changed_inputs; LoRA files carry theirs in `loras`).
+        mask / expand / control / control_image (+ their files' SHA-256): the editing modes' inputs
+            (fluxnb.models.editing): inpaint's mask, outpaint's margins (left, top, right, bottom), control's type
+            and its given control image.
     """
 
     mode: str
@@ -75,6 +88,12 @@ class GenerationRequest:
     sweep: sweeps.Sweep = ()  # ((axis, values), ...): see fluxnb.models.sweeps
     cache: str | None = None  # cached mode for this request: None = the entry's, "off", or a setting (step_cache)
     init_image_sha256: str | None = None
+    mask: str | None = None
+    mask_sha256: str | None = None
+    expand: tuple[int, ...] | None = None
+    control: str | None = None
+    control_image: str | None = None
+    control_image_sha256: str | None = None
 
     def points(self) -> list[dict[str, Any]]:
         """Every image of the request with its sweep coordinates (fluxnb.models.sweeps.expand); without a sweep, the
@@ -145,82 +164,6 @@ def _prompts(value: Any) -> tuple[str, ...]:
     return tuple(prompts)
 
 
-def _open_image(name: str, file: Path):
-    """PIL's lazy open (header only), with its decompression-bomb guard turned into a clear refusal."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    fix = "Fix: give a PNG or JPEG file."
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(file)
-    except Image.DecompressionBombError as exc:
-        raise RequestError(name, f"file {str(file)!r} is too large to decode safely ({exc}). Fix: downscale it "
-                           "(it is resized to width x height anyway).") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise RequestError(name, f"file {str(file)!r} is not an image that can be read ({exc}). {fix}") from None
-    width, height = image.size
-    if width * height > MAX_INIT_IMAGE_PIXELS:
-        image.close()
-        raise RequestError(name, f"file {str(file)!r} is {width}x{height} pixels ({width * height / 1e6:.0f} "
-                           f"megapixels); the limit is {MAX_INIT_IMAGE_PIXELS / 1e6:.0f} megapixels. Fix: downscale "
-                           "it (it is resized to width x height anyway).")
-    return image
-
-
-def check_image_file(name: str, path: Any) -> str:
-    """An existing regular file that PIL can read as an image of sane size; its path as a string."""
-    if not isinstance(path, (str, Path)) or not str(path).strip():
-        raise RequestError(name, f"must be the path of an image file, got {str(path)[:100]!r}.")
-    file = Path(path).expanduser()
-    problem = describe_path(file)
-    if problem:
-        where = "(relative paths are taken from the working directory)" if file.is_absolute() else \
-            f"(looked for as {str(file.absolute())!r}: relative paths are read from the working directory " \
-            f"{str(Path.cwd())!r})"
-        raise RequestError(name, f"{str(file)!r} {problem}. Fix: give the path of a PNG or JPEG file {where}.")
-    with _open_image(name, file) as image:
-        try:
-            image.verify()
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise RequestError(name, f"file {str(file)!r} is not an image that can be read ({exc}). "
-                               "Fix: give a PNG or JPEG file.") from None
-    return str(file)
-
-
-def load_image_file(name: str, path: str | Path):
-    """The picture an init image shows, as 8-bit RGB: EXIF orientation applied (a phone photo stands upright)
-    and 16-bit data scaled to 8 bits (a plain convert("RGB") would clip nearly every pixel to white).
-
-    Returns:
-        PIL.Image.Image: an RGB image, EXIF orientation applied, 16-bit data scaled to 8 bits.
-
-    Raises:
-        RequestError: the file is missing, not a regular file, not an image, or too large (named, with the fix).
-    """
-    import numpy as np
-    from PIL import Image, ImageOps
-
-    file = Path(check_image_file(name, path))
-    with _open_image(name, file) as image:
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise RequestError(name, f"file {str(file)!r} cannot be decoded ({exc}). Fix: give a PNG or JPEG "
-                               "file.") from None
-        upright = ImageOps.exif_transpose(image)
-        if upright.mode.startswith("I") or upright.mode == "F":
-            values = np.asarray(upright, dtype=np.float64)
-            top = 65535.0 if upright.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-            if upright.mode == "F":
-                top = 1.0 if values.max(initial=0) <= 1.0 else values.max()
-            eight = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
-            upright = Image.fromarray(eight, mode="L")
-        return upright.convert("RGB")
-
-
 def read_prompts_file(path: str | Path) -> list[str]:
     """Prompts for a batch: a YAML list (.yaml/.yml) or a text file with one prompt per line (# comments)."""
     file = Path(path)
@@ -261,15 +204,17 @@ def request_from_dict(spec: ModelSpec, data: dict[str, Any]) -> GenerationReques
         raise RequestError("parameters", f"the stored request has {what}: it was not written by fluxnb, or was "
                            "edited.", fix="start a new run with the request you want")
     data = dict(data)
-    data.pop("init_image_sha256", None)  # computed again from the file (changed_inputs compares the two)
+    for digest in ("init_image_sha256", "mask_sha256", "control_image_sha256"):
+        data.pop(digest, None)  # computed again from the files (changed_inputs compares the two)
     return make_request(spec, prompt=data.pop("prompts"), **data)
 
 
 def changed_inputs(stored: dict[str, Any]) -> list[tuple[str, str]]:
-    """The input files of a run's stored request (its init image, its LoRA files) whose content is not what the
-    run started from, as (parameter, "PATH: SHA-256 abc... when the run started, def... now" or "... missing now").
+    """The input files of a run's stored request (its init image, mask, control image, LoRA files) whose content is
+    not what the run started from, as (parameter, "PATH: SHA-256 abc... when the run started, def... now" or "...
+    missing now").
     A resume of such a run would mix two pictures or two adapters in one batch."""
-    files = [("init_image", stored.get("init_image"), stored.get("init_image_sha256"))]
+    files = [("init_image", stored.get("init_image"), stored.get("init_image_sha256")), *editing_files(stored)]
     files += [("loras", lora.get("path"), lora.get("sha256")) for lora in stored.get("loras") or []
               if isinstance(lora, dict)]
     changes = []
@@ -405,11 +350,17 @@ def make_request(
     fuse_loras: bool = False,
     sweep: Any = None,
     cache: str | None = None,
+    mask: str | Path | None = None,
+    expand: Any = None,
+    control: str | None = None,
+    control_image: str | Path | None = None,
 ) -> GenerationRequest:
     """Validate parameters against `spec.params`; None means the model's default.
 
     loras: LoRA adapters, [{path, scale, name}] or ["PATH[:SCALE]"] (fluxnb.models.lora_files); fuse_loras: fuse them
     into the weights (faster steps, where the backend allows); sweep: {axis: [values]} (fluxnb.models.sweeps).
+    mask (inpaint), expand (outpaint), control and control_image (control): the editing modes' inputs
+    (fluxnb.models.editing); for those modes width and height default to the picture's size.
     Every bad value is reported at once: one RequestError listing each problem (RequestError.several), its
     `parameter` the first of them and `parameters` all of them.
 
@@ -421,8 +372,7 @@ def make_request(
             CLI); raised before any model loads.
     """
     params = spec.params
-    if mode not in (TEXT_TO_IMAGE, IMAGE_TO_IMAGE):
-        raise RequestError("mode", f"must be {TEXT_TO_IMAGE!r} or {IMAGE_TO_IMAGE!r}, got {mode!r}.")
+    check_mode(spec, mode)
     problems: list[RequestError] = []
     prompts = _collect(problems, _prompts, prompt)
     negative = _collect(problems, _negative_prompt, spec, negative_prompt)
@@ -430,7 +380,17 @@ def make_request(
     steps = _collect(problems, _int, "steps", params.default_steps if steps is None else steps, 1, params.max_steps,
                      f"Fix: use 1..{params.max_steps} (default {params.default_steps}).")
     guidance = _collect(problems, _guidance, spec, guidance_scale)
+    inputs = _collect(problems, _mode_inputs, spec, mode, init_image, strength, mask, expand, control,
+                      control_image) or {}
+    if mode == OUTPAINT and inputs.get("size") and (width, height) not in ((None, None), inputs["size"]):
+        problems.append(RequestError("width", f"outpaint's size is the picture grown by expand: "
+                                     f"{inputs['size'][0]}x{inputs['size'][1]}, not {width}x{height}.",
+                                     fix="leave width and height unset (or change expand)"))
+    if width is None and height is None and inputs.get("size"):
+        width, height = inputs["size"]
     width, height = _collect(problems, _sizes, spec, width, height) or (None, None)
+    if inputs.get("control_image") and None not in (width, height):
+        _collect(problems, check_control_size, inputs["control_image"], width, height)
     num_images = _collect(problems, _int, "num_images", num_images, 1, MAX_IMAGES_PER_PROMPT,
                           f"Fix: ask for 1..{MAX_IMAGES_PER_PROMPT} images per prompt.")
     max_sequence_length = _collect(
@@ -441,20 +401,82 @@ def make_request(
     if None not in (width, height, max_sequence_length):
         _collect(problems, _check_compiled_minimum, spec, width, height, max_sequence_length)
     cache = _collect(problems, request_cache, cache)
-    if mode == TEXT_TO_IMAGE:
-        _collect(problems, _text_only, init_image, strength)
-        if problems:
-            raise RequestError.several(problems)
-        request = GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
-                                    max_sequence_length, cache=cache)
-        return _explore(spec, request, loras, fuse_loras, sweep)
-    path, strength_value = _collect(problems, _image_to_image, spec, init_image, strength) or (None, None)
     if problems:
         raise RequestError.several(problems)
+    inputs.pop("size", None)
     request = GenerationRequest(mode, prompts, negative, seed, steps, guidance, width, height, num_images,
-                                max_sequence_length, path, strength_value, cache=cache,
-                                init_image_sha256=sha256_of(Path(path)))
+                                max_sequence_length, cache=cache, **inputs)
     return _explore(spec, request, loras, fuse_loras, sweep)
+
+
+def _mode_inputs(spec: ModelSpec, mode: str, init_image: Any, strength: Any, mask: Any, expand: Any, control: Any,
+                 control_image: Any) -> dict[str, Any]:
+    """The mode's pictures and settings as GenerationRequest fields (with their files' SHA-256), and `size`: the
+    result's default size where the mode has one. Every problem is listed at once."""
+    if mode == TEXT_TO_IMAGE:
+        _text_only(init_image, strength)
+        _none_given(mode, mask=mask, expand=expand, control=control, control_image=control_image)
+        return {}
+    if mode == IMAGE_TO_IMAGE:
+        _none_given(mode, mask=mask, expand=expand, control=control, control_image=control_image)
+        path, strength_value = _image_to_image(spec, init_image, strength)
+        return {"init_image": path, "strength": strength_value, "init_image_sha256": sha256_of(Path(path))}
+    return _editing_inputs(spec, mode, init_image, strength, mask, expand, control, control_image)
+
+
+def _editing_inputs(spec: ModelSpec, mode: str, init_image: Any, strength: Any, mask: Any, expand: Any,
+                    control: Any, control_image: Any) -> dict[str, Any]:
+    """inpaint, outpaint, edit and control (fluxnb.models.editing)."""
+    problems: list[RequestError] = []
+    if strength is not None:
+        problems.append(RequestError("strength", f"{mode} repaints what its inputs say; strength is "
+                                     "image-to-image's.", fix="leave strength unset"))
+    others = {name: value for name, value in {"mask": mask, "expand": expand, "control": control,
+                                               "control_image": control_image}.items()
+              if name not in EDITING_INPUTS[mode]}
+    _collect(problems, lambda: _none_given(mode, **others))
+    needs_picture = mode != CONTROL or control_image is None
+    picture = None
+    if init_image is None and needs_picture:
+        problems.append(RequestError("init_image", f"{mode} needs the picture to work on.",
+                                     fix="init_image=PATH of a PNG or JPEG"))
+    elif init_image is not None:
+        picture = _collect(problems, check_image_file, "init_image", init_image)
+    fields: dict[str, Any] = {"init_image": picture,
+                              "init_image_sha256": sha256_of(Path(picture)) if picture else None}
+    canvas = None
+    if mode == INPAINT:
+        fields["mask"] = _collect(problems, check_mask, mask, picture) if mask is not None else None
+        if mask is None:
+            problems.append(RequestError("mask", "inpaint needs a mask: white where the picture is repainted.",
+                                         fix="mask=PATH (paint it in notebook 06_edit), or mode='outpaint'"))
+    elif mode == OUTPAINT and picture is not None:
+        fields["expand"], canvas = _collect(problems, check_expand, expand, picture_size(picture),
+                                            spec.params.max_size) or (None, None)
+    elif mode == CONTROL:
+        fields["control"], fields["control_image"] = _collect(problems, check_control, spec, control, control_image,
+                                                              picture) or (None, None)
+    if problems:
+        raise RequestError.several(problems)
+    for name in ("mask", "control_image"):
+        if fields.get(name):
+            fields[f"{name}_sha256"] = sha256_of(Path(fields[name]))
+    fields["size"] = default_size(mode, picture, fields.get("control_image"), canvas, spec.params.max_size)
+    return fields
+
+
+# What each editing mode takes besides the picture (init_image); any other editing input is refused.
+EDITING_INPUTS = {INPAINT: ("mask",), OUTPAINT: ("expand",), EDIT: (), CONTROL: ("control", "control_image")}
+
+
+def _none_given(mode: str, **inputs: Any) -> None:
+    """Editing inputs a mode does not take, refused by name (a mask given to text-to-image is a mistake)."""
+    given = [name for name, value in inputs.items() if value is not None]
+    if given:
+        takers = {name: [m for m, takes in EDITING_INPUTS.items() if name in takes] for name in given}
+        raise RequestError.several([RequestError(name, f"is not an input of {mode}; it belongs to "
+                                                 f"{' or '.join(takers[name])}.", fix=f"leave {name} unset, or "
+                                                 f"mode={takers[name][0]!r}") for name in given])
 
 
 def _check_lora_backend(spec: ModelSpec, choices: tuple[LoraChoice, ...], fuse: bool) -> None:
@@ -495,7 +517,8 @@ def _explore(spec: ModelSpec, request: GenerationRequest, loras: Any, fuse_loras
     base = dict(prompt=request.prompts[0], negative_prompt=request.negative_prompt, seed=request.seed,
                 steps=request.steps, guidance_scale=request.guidance_scale, width=request.width,
                 height=request.height, num_images=1, max_sequence_length=request.max_sequence_length,
-                init_image=request.init_image, strength=request.strength, mode=request.mode, cache=request.cache)
+                init_image=request.init_image, strength=request.strength, mode=request.mode, cache=request.cache,
+                mask=request.mask, expand=request.expand, control=request.control, control_image=request.control_image)
 
     def validate(axis: str, value: Any) -> Any:
         if sweeps.lora_axis(axis, names) is not None:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .tasks import TASKS, TEXT_TO_IMAGE, pipeline_class
+
 TINY_SEED = 20251122  # the guide's date: the same weights on every machine with the same library lines
 BUILD_MARKER = "fluxnb_tiny.json"
 
@@ -55,9 +57,10 @@ def library_lines() -> str:
     return f"transformers{line(transformers.__version__)}-diffusers{line(diffusers.__version__)}"
 
 
-def tiny_cache_dir(root: str | Path | None = None) -> Path:
-    """Where the tiny checkpoint for the installed library lines lives."""
-    return cache_root(root) / f"flux-tiny-{library_lines()}"
+def tiny_cache_dir(root: str | Path | None = None, task: str = TEXT_TO_IMAGE) -> Path:
+    """Where the tiny checkpoint of `task` (flux-tiny; flux-tiny-fill...) for the installed library lines lives."""
+    name = "flux-tiny" if task == TEXT_TO_IMAGE else f"flux-tiny-{task}"
+    return cache_root(root) / f"{name}-{library_lines()}"
 
 
 def _byte_symbols() -> list[str]:
@@ -195,9 +198,30 @@ def build_flux_pipeline(dims: dict[str, dict[str, Any]], seed: int,
     return assemble_flux_pipeline(transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae)
 
 
-def build_tiny_pipeline():
-    """Construct the tiny FluxPipeline in memory (deterministic for a given library line)."""
-    return build_flux_pipeline(TINY_DIMS, TINY_SEED)
+def tiny_components(task: str = TEXT_TO_IMAGE) -> dict[str, Any]:
+    """The tiny FLUX's components (deterministic for a given library line), the transformer's input channels those of
+    `task`'s model (fluxnb.models.tasks: Fill 384, Control 128), its output channels FLUX.1-dev's."""
+    dims = TINY_DIMS
+    if task != TEXT_TO_IMAGE:
+        packed = TINY_DIMS["transformer"]["in_channels"]
+        dims = {**TINY_DIMS, "transformer": {**TINY_DIMS["transformer"], "in_channels": TASKS[task].in_channels,
+                                             "out_channels": packed}}
+    return build_flux_pipeline(dims, TINY_SEED).components
+
+
+def pipeline_of(cls, components: dict[str, Any]):
+    """A pipeline of class `cls` from the components it takes (Fill and Control take no image encoder)."""
+    import inspect
+
+    takes = inspect.signature(cls.__init__).parameters
+    return cls(**{name: part for name, part in components.items() if name in takes})
+
+
+def build_tiny_pipeline(task: str = TEXT_TO_IMAGE):
+    """The tiny pipeline of `task` in memory, in the task's pipeline class (FluxPipeline, FluxFillPipeline...)."""
+    if task == TEXT_TO_IMAGE:
+        return build_flux_pipeline(TINY_DIMS, TINY_SEED)
+    return pipeline_of(pipeline_class(task), tiny_components(task))
 
 
 def atomic_build(target: Path, build, info: dict, marker: str = BUILD_MARKER) -> Path:
@@ -221,12 +245,12 @@ def atomic_build(target: Path, build, info: dict, marker: str = BUILD_MARKER) ->
     return target
 
 
-def ensure_tiny_checkpoint(root: str | Path | None = None) -> Path:
-    """Build the tiny checkpoint once and return its path."""
+def ensure_tiny_checkpoint(root: str | Path | None = None, task: str = TEXT_TO_IMAGE) -> Path:
+    """Build the tiny checkpoint of `task` once and return its path."""
     import diffusers
     import transformers
 
-    target = tiny_cache_dir(root)
+    target = tiny_cache_dir(root, task)
     if (target / BUILD_MARKER).is_file():
         return target
     info = {
@@ -237,6 +261,6 @@ def ensure_tiny_checkpoint(root: str | Path | None = None) -> Path:
     }
 
     def build(staging: Path) -> None:
-        build_tiny_pipeline().save_pretrained(staging, safe_serialization=True)
+        build_tiny_pipeline(task).save_pretrained(staging, safe_serialization=True)
 
     return atomic_build(target, build, info)

@@ -18,17 +18,20 @@ from typing import Any
 
 from ..core.compat import compile_counters as dynamo_compile_counters
 from ..core.environment import device_info, package_versions
-from ..core.errors import GenerationFailed, ModelUnusable
+from ..core.errors import GenerationFailed, ModelUnusable, RequestError
 from ..core.facts import report_only
 from ..core.memory import apply_gpu_memory_limit, free_memory, peak_memory, reset_peak_memory
 from ..core.sanity import check_image
 from ..models.backends.cuda_graph import graph_status
 from ..models.compile_cache import record_warm
+from ..models.editing import is_editing, pipeline_inputs
+from ..models.images import load_image_file
 from ..models.loading import LoadedModel
 from ..models.lora import apply_loras, records, set_scales
-from ..models.params import IMAGE_TO_IMAGE, GenerationRequest, load_image_file, refuse_changed_inputs
+from ..models.params import GenerationRequest, refuse_changed_inputs
 from ..models.step_cache import effective, parse_cache, switched
 from ..models.sweeps import lora_axis
+from ..models.tasks import IMAGE_TO_IMAGE, MODES
 from .outputs import IDENTITY_KEYS, RunFolder, identity
 
 __all__ = ["IDENTITY_KEYS", "GeneratedImage", "generate", "identity"]  # generate() skips items already held
@@ -221,6 +224,10 @@ def generate(
         list[GeneratedImage]: every image of the request (reloaded from the run folder where it already held them).
     """
 
+    if MODES[request.mode].name != model.spec.task:
+        raise RequestError("mode", f"the request is for {request.mode}, a mode of {MODES[request.mode].name} models; "
+                           f"the loaded model {model.spec.name!r} is a {model.spec.task} model.",
+                           fix="make the request with the loaded model's entry (make_request(model.spec, ...))")
     pipe = model.img2img_pipeline() if request.mode == IMAGE_TO_IMAGE else model.pipe
     pipe.set_progress_bar_config(disable=not progress)
     cache = effective(request.cache, model.spec.cache)  # the request's cached mode, else the entry's
@@ -291,11 +298,14 @@ def _apply_point(item: dict[str, Any], coordinates: dict[str, Any], request: Gen
 
 def _call_extras(request: GenerationRequest, callback_on_step_end: Callable | None,
                  on_step: Callable[[int, int], None] | None) -> dict[str, Any]:
-    """The pipeline call's arguments beyond each item's own: the init image and strength (image-to-image), the step
-    callback. The init image is read here, before any adapter is applied or image made."""
+    """The pipeline call's arguments beyond each item's own: the init image and strength (image-to-image), an
+    editing mode's inputs, the step callback. The pictures are read here, before any adapter is applied or image
+    made."""
     extra: dict[str, Any] = {}
     if request.mode == IMAGE_TO_IMAGE:
         extra = {"image": _load_init_image(request), "strength": request.strength}
+    elif is_editing(request.mode):
+        extra = pipeline_inputs(request)  # the picture, mask, grown canvas or control image (fluxnb.models.editing)
     if callback_on_step_end is not None or on_step is not None:
         extra["callback_on_step_end"] = _step_callback(callback_on_step_end, on_step)
     return extra
@@ -334,7 +344,15 @@ def _common_metadata(model: LoadedModel, request: GenerationRequest, cache, mode
     }
     if request.loras:
         common.update(loras=records(request.loras), lora_fused=lora_record["fused"])
+    if is_editing(request.mode):  # what the picture was edited with: each input file with its SHA-256
+        values = {key: getattr(request, key) for key in EDITING_RECORD if getattr(request, key) is not None}
+        common.update({key: list(v) if isinstance(v, tuple) else v for key, v in values.items()})  # as JSON reads it
     return common
+
+
+# The editing inputs an image of an editing mode records (absent from other images, which keep their identity).
+EDITING_RECORD = ("init_image_sha256", "mask", "mask_sha256", "expand", "control", "control_image",
+                  "control_image_sha256")
 
 
 @contextmanager

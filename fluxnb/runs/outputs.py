@@ -28,6 +28,7 @@ from typing import Any
 from ..core.errors import FluxnbError, InputError, OutputWriteError, RunFolderBusy
 from ..core.files import append_line, atomic_write_bytes, open_lock_file, own_folder, try_lock
 from ..core.userfiles import MAX_MANIFEST_BYTES, decode_utf8, describe_path
+from ..models.tasks import file_kind
 
 MANIFEST = "manifest.json"
 # A batch's images are listed without rewriting the whole manifest after each one (that would cost a batch of n
@@ -49,9 +50,10 @@ IDENTITY_KEYS = ("mode", "prompt", "negative_prompt", "seed", "steps", "guidance
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
 
 
-# LoRA adapters (file sha256 and scale each), fused or not, sweep coordinates: absent from images without them (and
-# from images made before they existed), which therefore keep their identity.
-EXPLORATION_KEYS = ("loras", "lora_fused", "sweep")
+# LoRA adapters (file sha256 and scale each), fused or not, sweep coordinates, the editing modes' inputs (mask,
+# outpaint margins, control type and image): absent from images without them (and from images made before they
+# existed), which therefore keep their identity.
+EXPLORATION_KEYS = ("loras", "lora_fused", "sweep", "mask", "expand", "control", "control_image")
 
 
 def identity(metadata: dict[str, Any]) -> tuple:
@@ -62,13 +64,14 @@ def identity(metadata: dict[str, Any]) -> tuple:
 
 
 def image_file_name(metadata: dict[str, Any]) -> str:
-    """The one file name of a request item: `INDEX-t2i|i2i-seedSEED-DIGEST.png`, whatever is on disk already.
+    """The one file name of a request item: `INDEX-KIND-seedSEED-DIGEST.png` (KIND: t2i, i2i, inp, out, edit, ctl:
+    fluxnb.models.tasks), whatever is on disk already.
 
     The digest (of the identity) tells apart items of different requests written into one run folder (the
     notebooks' widget forms); the same item always gets the same name, so a resume can find an image whose
     manifest line a crash prevented.
     """
-    kind = "i2i" if metadata.get("mode") == "image-to-image" else "t2i"
+    kind = file_kind(metadata.get("mode"))
     digest = hashlib.sha256(json.dumps(identity(metadata), ensure_ascii=False).encode("utf-8")).hexdigest()[:8]
     index = metadata.get("index")
     index = index if isinstance(index, int) and index >= 0 else 0

@@ -146,8 +146,8 @@ class Worker:
                 generate(self.model, request, sink, progress=False, model_reason=reason, only=[index])
             except GenerationFailed:
                 pass  # out of memory: the failure is in sink.manifest["failures"]
-            for _image, metadata in sink.images:  # the owner's path, so the image is named as on one host
-                metadata["init_image"] = parameters.get("init_image")
+            for _image, metadata in sink.images:  # the owner's paths, so the image is named as on one host
+                metadata.update({name: parameters[name] for name in PICTURES if name in metadata})
             self.images_made += len(sink.images)
             return {"images": sink.images, "failures": sink.manifest["failures"]}
         finally:
@@ -166,8 +166,9 @@ class Worker:
             return self.copies[ref.hex()]
 
         local = dict(parameters)
-        if local.get("init_image"):
-            local["init_image"] = here(local["init_image"])
+        for name in PICTURES:
+            if local.get(name):
+                local[name] = here(local[name])
         local["loras"] = [{**lora, "path": here(lora["path"])} for lora in local.get("loras") or []]
         return local
 
@@ -184,9 +185,12 @@ class Worker:
             self.timer.cancel()
 
 
+PICTURES = ("init_image", "mask", "control_image")  # a request's pictures (its LoRA files are in `loras`)
+
+
 def input_files(parameters: dict[str, Any]) -> list[str]:
-    """The paths of the request's input files on this host: its init image and its LoRA files."""
-    paths = [parameters["init_image"]] if parameters.get("init_image") else []
+    """The paths of the request's input files on this host: its pictures and its LoRA files."""
+    paths = [parameters[name] for name in PICTURES if parameters.get(name)]
     return paths + [lora["path"] for lora in parameters.get("loras") or []]
 
 

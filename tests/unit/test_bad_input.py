@@ -22,7 +22,8 @@ from fluxnb.cli import main
 from fluxnb.core.errors import KnowledgeError
 from fluxnb.core.userfiles import MAX_DEPTH, load_yaml, parse_yaml
 from fluxnb.knowledge.base import KNOWLEDGE_FILE, load_knowledge, parse_knowledge
-from fluxnb.models.params import load_image_file, read_prompts_file
+from fluxnb.models.images import load_image_file
+from fluxnb.models.params import read_prompts_file
 from fluxnb.runs.outputs import MANIFEST
 from fluxnb.runs.runner import RUN_RECORD, parse_cli_value, read_parameters_file
 

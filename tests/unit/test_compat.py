@@ -239,6 +239,17 @@ def test_execution_device_is_diffusers_property():
     assert compat.execution_device(SimpleNamespace(_execution_device=torch.device("cpu"))) == torch.device("cpu")
 
 
+def test_kontext_keeps_the_size_through_its_auto_resize_argument():
+    import diffusers
+
+    kontext = getattr(diffusers, "FluxKontextPipeline", None)
+    if kontext is None:  # the guide's diffusers 0.34: the edit mode is refused before loading (tests/unit/test_editing)
+        assert diffusers.__version__.startswith("0.34")
+        return
+    parameter = inspect.signature(kontext.__call__).parameters["_auto_resize"]
+    assert parameter.default is True and compat.kontext_keep_size() == {"_auto_resize": False}
+
+
 def test_unpack_latents_puts_each_2x2_patch_back():
     from diffusers import FluxPipeline
 

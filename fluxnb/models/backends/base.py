@@ -19,6 +19,7 @@ from typing import Any
 from ...core.compat import compiled_call, inductor_mode_options, repeated_blocks, set_compiled_call
 from ...core.errors import LoadError, ModelUnavailableError
 from ...core.hub import is_cached, offline_mode
+from ..tasks import TEXT_TO_IMAGE, pipeline_class
 from . import cuda_graph
 
 # Load-time log text that means weights were not loaded from the checkpoint (they are random).
@@ -36,6 +37,7 @@ class LoadContext:
         token: the hub token for gated models (never logged).
         notes: what the load did that a user should know (shown in the load report).
         offload: "none", "model" or "sequential" (CPU offload chosen by the backend).
+        task: the entry's task: its diffusers pipeline class (fluxnb.models.tasks).
     """
 
     checkpoint: str
@@ -45,6 +47,7 @@ class LoadContext:
     cache_dir: str | None = None
     notes: list[str] = field(default_factory=list)
     offload: str = "none"
+    task: str = TEXT_TO_IMAGE  # which diffusers pipeline (fluxnb.models.tasks): FluxPipeline, FluxFillPipeline...
 
     def hub_options(self) -> dict[str, Any]:
         """What every from_pretrained gets: the token, the cache, and offline mode said explicitly (diffusers' model
@@ -85,9 +88,10 @@ class Backend:
         reference: full precision, the fidelity reference of the bench.
         baseline: the guide's verified configuration, the speed baseline of the bench.
         options: family-specific settings (e.g. the torchao config name).
-        lora: how LoRA adapters apply (fluxnb/models/lora.py): "yes" (loaded through PEFT, `fuse` allowed), "unfused:
-        why"     (PEFT layers beside the weights, no fuse), "hotswap: why" (one adapter slot swapped in place: compiled
-            blocks never recompile when the adapter or its scale changes), or "no: why" (refused before loading).
+        lora: how LoRA adapters apply (fluxnb/models/lora.py): "yes" (loaded through PEFT, `fuse` allowed),
+            "unfused: why" (PEFT layers beside the weights, no fuse), "hotswap: why" (one adapter slot swapped in
+            place: compiled blocks never recompile when the adapter or its scale changes), or "no: why" (refused
+            before loading).
     """
 
     type: str
@@ -290,9 +294,8 @@ def refuse_unloaded_weights(checkpoint: str):
 
 
 def from_pretrained(ctx: LoadContext, **kwargs):
-    """FluxPipeline.from_pretrained with fluxnb's checks: offline and not cached, weights not loaded."""
-    from diffusers import FluxPipeline
-
+    """The task's pipeline (FluxPipeline, FluxFillPipeline...) from_pretrained with fluxnb's checks: offline and not
+    cached, weights not loaded."""
     if not Path(ctx.checkpoint).is_dir() and offline_mode() and not is_cached(ctx.checkpoint):
         raise ModelUnavailableError(
             f"{ctx.checkpoint} is not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE or "
@@ -301,4 +304,5 @@ def from_pretrained(ctx: LoadContext, **kwargs):
             "pointing at the same cache), or unset HF_HUB_OFFLINE; model='flux-tiny' runs offline.",
         )
     with refuse_unloaded_weights(ctx.checkpoint):
-        return FluxPipeline.from_pretrained(ctx.checkpoint, torch_dtype=ctx.torch_dtype, **ctx.hub_options(), **kwargs)
+        return pipeline_class(ctx.task).from_pretrained(ctx.checkpoint, torch_dtype=ctx.torch_dtype,
+                                                        **ctx.hub_options(), **kwargs)

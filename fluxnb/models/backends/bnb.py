@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Backend, LoadContext, from_pretrained
+from .base import Backend, LoadContext, from_pretrained, refuse_unloaded_weights
 
 NO_GPU = "diffusers refuses bitsandbytes-quantized loading without a GPU ('No GPU found')"
 
@@ -30,6 +30,28 @@ def load_threshold0(spec, ctx: LoadContext, backend: Backend):
     return pipe
 
 
+def load_8bit_at_load(spec, ctx: LoadContext, backend: Backend):
+    """bf16 weights quantized to LLM.int8 while they load (transformer and T5, as the guide's 8-bit checkpoint
+    holds them): for the models no pre-quantized copy exists of (FLUX.1-Fill, Kontext, Canny, Depth; the
+    pre-quantized FLUX.1-dev transformer has 64 input channels, Fill's 384 and Control's 128)."""
+    from diffusers import BitsAndBytesConfig as DiffusersBitsAndBytesConfig
+    from diffusers import FluxTransformer2DModel
+    from transformers import BitsAndBytesConfig, T5EncoderModel
+
+    with refuse_unloaded_weights(ctx.checkpoint):
+        text_encoder_2 = T5EncoderModel.from_pretrained(
+            ctx.checkpoint, subfolder="text_encoder_2", torch_dtype=ctx.torch_dtype, **ctx.hub_options(),
+            quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+        transformer = FluxTransformer2DModel.from_pretrained(
+            ctx.checkpoint, subfolder="transformer", torch_dtype=ctx.torch_dtype, **ctx.hub_options(),
+            quantization_config=DiffusersBitsAndBytesConfig(load_in_8bit=True))
+    pipe = from_pretrained(ctx, transformer=transformer, text_encoder_2=text_encoder_2)
+    pipe.to("cuda")
+    ctx.notes.append("the bf16 checkpoint was quantized to LLM.int8 while loading (transformer and T5): the 8-bit "
+                     "format of the guide's configuration, for a model that has no pre-quantized copy")
+    return pipe
+
+
 # PEFT wraps bitsandbytes' Linear8bitLt / Linear4bit; fusing dequantizes, adds and re-quantizes (rounding: the fused
 # image differs slightly from the unfused one).
 LORA = "yes"
@@ -53,6 +75,14 @@ BACKENDS = (
         load=load_threshold0,
         **_COMMON,
         **_INT8,
+    ),
+    Backend(
+        type="flux-bnb-8bit-at-load",
+        what="LLM.int8 (transformer and T5) quantized while the bf16 checkpoint loads: the guide's 8-bit format for "
+        "the models without a pre-quantized copy (Fill, Kontext, Canny, Depth), about 21 GB",
+        load=load_8bit_at_load,
+        **_COMMON,
+        **{**_INT8, "synthetic_kind": None, "download_gib": 33.7},
     ),
     Backend(
         type="flux-bnb-4bit",
