@@ -109,6 +109,17 @@ def int8_rows(weight) -> tuple[Any, Any]:
     return weight.qdata, weight.scale
 
 
+def activation_quantization(weight) -> Any:
+    """How a torchao quantized weight's layer quantizes its input (its `act_quant_kwargs` field: None for
+    weight-only; for float8, `granularity`, `float8_dtype`, `hp_value_lb`/`hp_value_ub`), or None."""
+    return getattr(weight, "act_quant_kwargs", None)
+
+
+def weight_scale_shape(weight) -> tuple[int, ...]:
+    """The shape of a torchao quantized weight's scales (its `scale` field): (rows, 1) when scaled per row."""
+    return tuple(weight.scale.shape)
+
+
 # --- diffusers (>= 0.31, < 0.43) ------------------------------------------------------------------------------------
 
 

@@ -310,15 +310,18 @@ def test_bnb_matmul_logger_is_the_module_that_logs_the_cast():
 # --- nothing else names a library internal --------------------------------------------------------------------------
 
 PRIVATE_NAMES = {"_repeated_blocks", "_compiled_call_impl", "_execution_device", "_unpack_latents", "_update_scaling",
-                 "_AttentionBackendRegistry", "_attention_backend", "_scaled_mm", "_int_mm", "_dynamo", "_inductor"}
+                 "_AttentionBackendRegistry", "_attention_backend", "_scaled_mm", "_int_mm", "_dynamo", "_inductor",
+                 "act_quant_kwargs", "_auto_resize"}
 
 
 def _private_uses(path: Path) -> list[str]:
-    """`.name` or `import ...name` tokens of PRIVATE_NAMES in code (comments and strings are not code)."""
+    """Tokens of PRIVATE_NAMES in code: a name (`.name`, `import ...name`) or a string that is exactly one
+    (`getattr(x, "name")`); comments and prose are not code."""
     tokens = [t for t in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
-              if t.type not in (tokenize.COMMENT, tokenize.STRING, tokenize.NL, tokenize.NEWLINE)]
+              if t.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE)]
     return [f"{path.relative_to(REPO_ROOT)}:{t.start[0]}: {t.string}" for t in tokens
-            if t.type == tokenize.NAME and t.string in PRIVATE_NAMES]
+            if (t.type == tokenize.NAME and t.string in PRIVATE_NAMES)
+            or (t.type == tokenize.STRING and t.string.strip("'\"") in PRIVATE_NAMES)]
 
 
 def test_no_module_but_compat_names_a_library_internal():

@@ -19,7 +19,7 @@ import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
 
-from ...core.compat import add_repeated_block, scaled_mm_rows
+from ...core.compat import activation_quantization, add_repeated_block, scaled_mm_rows, weight_scale_shape
 
 # torch.ops.fluxnb.gelu_fp8_rows where triton is installed, set by use_fused_fp8_rows
 _TRITON_OP = None
@@ -40,11 +40,12 @@ def _triton_op():
 def _per_row_float8(linear) -> bool:
     """A plain Linear whose weight is a torchao Float8Tensor with per-row scales and per-row dynamic activations."""
     weight = getattr(linear, "weight", None)
-    kwargs = getattr(weight, "act_quant_kwargs", None)
-    return (type(linear) is torch.nn.Linear and type(weight).__name__ == "Float8Tensor" and kwargs is not None
-            and type(kwargs.granularity).__name__ == "PerRow" and kwargs.float8_dtype == torch.float8_e4m3fn
-            and kwargs.hp_value_lb is None and kwargs.hp_value_ub is None
-            and tuple(weight.scale.shape) == (weight.shape[0], 1))
+    if type(linear) is not torch.nn.Linear or type(weight).__name__ != "Float8Tensor":
+        return False
+    kwargs = activation_quantization(weight)
+    return (kwargs is not None and type(kwargs.granularity).__name__ == "PerRow"
+            and kwargs.float8_dtype == torch.float8_e4m3fn and kwargs.hp_value_lb is None
+            and kwargs.hp_value_ub is None and weight_scale_shape(weight) == (weight.shape[0], 1))
 
 
 def _fused(x: torch.Tensor, linear) -> bool:

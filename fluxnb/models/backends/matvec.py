@@ -15,12 +15,13 @@ triton) the compiled layers run the fused multiply-and-sum, and eager layers run
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
 import torch
 
-from ...core.compat import int8_rows
+from ...core.compat import activation_quantization, int8_rows, weight_scale_shape
 
 # torch.ops.fluxnb.int8_matvec where triton is installed (fluxnb/models/backends/matvec_triton.py), set by use_matvecs
 _TRITON_OP = None
@@ -71,7 +72,8 @@ def use_matvecs(transformer: torch.nn.Module, patterns: Iterable[str]) -> int:
     for name, module in transformer.named_modules():
         weight = getattr(module, "weight", None)
         if (type(module) is torch.nn.Linear and type(weight).__name__ == "Int8Tensor"
-                and getattr(weight, "act_quant_kwargs", None) is None and weight.scale.numel() == weight.shape[0]
+                and activation_quantization(weight) is None
+                and math.prod(weight_scale_shape(weight)) == weight.shape[0]
                 and any(r.fullmatch(name) for r in regexes)):
             module.__class__ = Int8MatvecLinear
             count += 1
