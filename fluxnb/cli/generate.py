@@ -20,7 +20,7 @@ from ..models.params import (
 )
 from ..models.selection import resolve_model
 from ..models.sweeps import parse_cli
-from ..models.tasks import CONTROL, CONTROL_TYPES, EDIT, INPAINT, OUTPAINT
+from ..models.tasks import CONTROL, CONTROL_TYPES, EDIT, INPAINT, OUTPAINT, task_for
 from ..runs.contextparallel import MODES as CONTEXT_MODES
 from ..runs.contextparallel import check_context_parallel
 from ..runs.dataparallel import DATA, plan_processes, run_data_parallel
@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         merge_parts(run_folder, delete=True)  # a data-parallel launch's leftover parts
         print(f"resuming {run_folder.path}: {len(run_folder.manifest['images'])} image(s) already done", flush=True)
     else:
-        choice = resolve_model(args.model, config)
+        mode = args.mode or (IMAGE_TO_IMAGE if args.init_image else TEXT_TO_IMAGE)
+        choice = resolve_model(args.model, config, task=task_for(mode).name)
         request = new_request(args, choice.spec)
         check_parallel_options(args, choice.spec)
         checkpoint = str(check_checkpoint(args.checkpoint).resolve()) if args.checkpoint else None

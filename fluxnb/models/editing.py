@@ -16,7 +16,7 @@ from ..core.errors import RequestError
 from ..core.units import SIZE_MULTIPLE
 from .config import ModelSpec
 from .images import check_image_file, load_image_file
-from .tasks import CONTROL, CONTROL_TYPES, EDIT, INPAINT, MODES, OUTPAINT, TASKS, missing_pipeline
+from .tasks import CONTROL, CONTROL_TYPES, EDIT, INPAINT, OUTPAINT, TASKS, missing_pipeline, task_for
 
 MASK_THRESHOLD = 128  # a mask pixel at or above it is repainted (the pipelines binarize masks the same way)
 CANNY_THRESHOLDS = (50, 200)  # the low and high hysteresis thresholds of the FLUX.1-Canny model card's detector
@@ -24,9 +24,7 @@ CANNY_THRESHOLDS = (50, 200)  # the low and high hysteresis thresholds of the FL
 
 def check_mode(spec: ModelSpec, mode: str) -> None:
     """The mode exists, the entry's task serves it, and this diffusers has the task's pipeline."""
-    if mode not in MODES:
-        raise RequestError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}.")
-    task = MODES[mode]
+    task = task_for(mode)
     if spec.task != task.name:
         raise RequestError("mode", f"{mode} needs a {task.name} model ({task.what}); model {spec.name!r} is a "
                            f"{spec.task} model.", fix=f"a model of task {task.name} (`fluxnb doctor` lists each model "

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.errors import RequestError
 from ..core.hub import hub_reachable, is_cached
+from .backends import get_backend
 from .config import ModelConfig, ModelSpec, load_config
+from .tasks import TEXT_TO_IMAGE
 
 AUTO = "auto"
 
@@ -25,12 +28,14 @@ class ModelChoice:
         return f"model: {self.spec.name} ({self.spec.id}) - {self.reason}"
 
 
-def resolve_model(name: str = AUTO, config: ModelConfig | None = None) -> ModelChoice:
+def resolve_model(name: str = AUTO, config: ModelConfig | None = None, task: str = TEXT_TO_IMAGE) -> ModelChoice:
     """Turn a `model` parameter into a model entry, with the reason for the choice.
 
     Args:
         name: a model name from model_config.yaml, or "auto".
         config: the model config (default: the project's).
+        task: what "auto" chooses for (fluxnb.models.tasks): text-to-image's primary and fallback are the runtime's;
+            an editing task's are its first entry in the guide's 8-bit format and its tiny entry.
 
     Returns:
         ModelChoice: the entry and the reason it was chosen (printed first in every run).
@@ -43,8 +48,7 @@ def resolve_model(name: str = AUTO, config: ModelConfig | None = None) -> ModelC
     config = config or load_config()
     if name != AUTO:
         return ModelChoice(config.get(name), name, "chosen by name")
-    primary = config.get(config.primary_model)
-    fallback = config.get(config.fallback_model)
+    primary, fallback = _auto_pair(config, task)
     if not torch.cuda.is_available():
         return ModelChoice(
             fallback,
@@ -63,3 +67,17 @@ def resolve_model(name: str = AUTO, config: ModelConfig | None = None) -> ModelC
         f"auto: {primary.id} is not cached and the hub is not reachable ({why}); using the {fallback.name} "
         f"fallback ({fallback.description})",
     )
+
+
+def _auto_pair(config: ModelConfig, task: str) -> tuple[ModelSpec, ModelSpec]:
+    """(primary, fallback) of "auto" for `task`."""
+    if task == TEXT_TO_IMAGE:
+        return config.get(config.primary_model), config.get(config.fallback_model)
+    entries = [spec for spec in config.models.values() if spec.task == task]
+    primary = next((s for s in entries if get_backend(s.type).family == "bnb"), None)
+    fallback = next((s for s in entries if get_backend(s.type).embedded), None)
+    if primary is None or fallback is None:
+        raise RequestError("model", f"model 'auto' needs a {task} entry in the guide's 8-bit format and a tiny one in "
+                           f"{config.path}; it has {', '.join(s.name for s in entries) or 'none'}.",
+                           fix="name the model to use (model=NAME)")
+    return primary, fallback

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.environment import package_version
+from ..core.errors import RequestError
+
 TEXT_TO_IMAGE = "text-to-image"
 IMAGE_TO_IMAGE = "image-to-image"
 INPAINT = "inpaint"  # repaint the masked region of a picture (FLUX.1-Fill)
@@ -57,16 +60,24 @@ TASKS: dict[str, Task] = {task.name: task for task in (
 MODES: dict[str, Task] = {mode: task for task in TASKS.values() for mode in task.modes}
 
 
+def task_for(mode: str) -> Task:
+    """The task whose models serve a request mode (RequestError naming the modes for an unknown one)."""
+    if mode not in MODES:
+        raise RequestError("mode", f"must be one of {', '.join(MODES)}, got {mode!r}.",
+                           fix='e.g. mode="inpaint" (a Fill model repaints the white part of a mask)')
+    return MODES[mode]
+
+
 def missing_pipeline(task: Task) -> str | None:
-    """Why this environment's diffusers cannot run `task` (None when it can)."""
-    import diffusers
+    """Why this environment's diffusers cannot run `task` (None when it can). Read from the installed version, not
+    by importing diffusers: a request is refused in milliseconds, without the libraries' import-time noise."""
     from packaging.version import Version
 
-    if Version(diffusers.__version__).release >= Version(task.since_diffusers).release and hasattr(diffusers,
-                                                                                                  task.pipeline):
+    version = package_version("diffusers")
+    if version is not None and Version(version).release >= Version(task.since_diffusers).release:
         return None
-    return (f"{task.pipeline} arrived in diffusers {task.since_diffusers}; this environment has diffusers "
-            f"{diffusers.__version__}")
+    return (f"{task.pipeline} arrived in diffusers {task.since_diffusers}; this environment has "
+            + (f"diffusers {version}" if version else "no diffusers"))
 
 
 def pipeline_class(task_name: str):
