@@ -50,17 +50,20 @@ IDENTITY_KEYS = ("mode", "prompt", "negative_prompt", "seed", "steps", "guidance
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk every complete PNG ends with
 
 
-# LoRA adapters (file sha256 and scale each), fused or not, sweep coordinates, the editing modes' inputs (mask,
-# outpaint margins, control type and image): absent from images without them (and from images made before they
-# existed), which therefore keep their identity.
-EXPLORATION_KEYS = ("loras", "lora_fused", "sweep", "mask", "expand", "control", "control_image")
+# LoRA adapters (file sha256 and scale each), fused or not, sweep coordinates: absent from images without them (and
+# from images made before they existed), which therefore keep their identity.
+EXPLORATION_KEYS = ("loras", "lora_fused", "sweep")
+# The editing modes' inputs (mask, outpaint margins, control type and image): part of an image's identity only where
+# present, so the identity (and file name) of every other image stays what earlier versions gave it.
+EDITING_KEYS = ("mask", "expand", "control", "control_image")
 
 
 def identity(metadata: dict[str, Any]) -> tuple:
-    """What makes an image's pixels (its IDENTITY_KEYS and EXPLORATION_KEYS values), comparable across runs and
-    processes."""
+    """What makes an image's pixels (its IDENTITY_KEYS, EXPLORATION_KEYS and editing inputs), comparable across runs
+    and processes."""
     return (tuple(str(metadata.get(key)) for key in IDENTITY_KEYS)
-            + tuple(str(metadata.get(key) or None) for key in EXPLORATION_KEYS))
+            + tuple(str(metadata.get(key) or None) for key in EXPLORATION_KEYS)
+            + tuple(f"{key}={metadata[key]}" for key in EDITING_KEYS if metadata.get(key) is not None))
 
 
 def image_file_name(metadata: dict[str, Any]) -> str:

@@ -56,7 +56,7 @@ def test_the_wheel_holds_the_whole_product(wheel: Path):
             "fluxnb/notebooks/assets/init_image.png", "fluxnb/bench/bench-h100-run26.json",
             *(f"fluxnb/notebooks/{p.name}" for p in (REPO_ROOT / "fluxnb" / "notebooks").glob("*.ipynb"))}
     assert data - names == set()
-    assert len([n for n in names if n.endswith(".ipynb")]) == 6
+    assert len([n for n in names if n.endswith(".ipynb")]) == 7  # 00-06
     assert not [n for n in names if n.startswith(("tests/", "scripts/", "results/"))]
 
 
