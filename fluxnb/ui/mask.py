@@ -98,6 +98,20 @@ def free_name(path: Path, data: bytes) -> Path:
     return candidate
 
 
+def save_mask(mask: Image.Image, path: str | Path) -> Path:
+    """Write `mask` as a PNG (atomically) at `path`, or at a free NAME-2.png... when `path` holds another mask (an
+    image made from that one keeps pointing at its pixels). Returns where it is."""
+    path = Path(path).expanduser()
+    if not path.parent.is_dir():
+        raise InputError(f"mask file {path}: the folder {path.parent} does not exist",
+                         fix="save into an existing folder, e.g. the run folder's inputs/")
+    data = png_bytes(mask)
+    target = free_name(path, data)
+    if not target.exists():
+        atomic_write_bytes(target, data)
+    return target
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -280,15 +294,7 @@ class MaskPainter:
     def save(self, path: str | Path) -> Path:
         """Write the mask as a PNG (atomically) and return where: a file holding another mask is never replaced
         (NAME-2.png... is used instead, so an image made from the earlier mask keeps pointing at its pixels)."""
-        path = Path(path).expanduser()
-        if not path.parent.is_dir():
-            raise InputError(f"mask file {path}: the folder {path.parent} does not exist",
-                             fix="save into an existing folder, e.g. the run folder's inputs/")
-        data = png_bytes(self.mask_image())
-        target = free_name(path, data)
-        if not target.exists():
-            atomic_write_bytes(target, data)
-        return target
+        return save_mask(self.mask_image(), path)
 
     def _ipython_display_(self) -> None:
         from IPython.display import display

@@ -67,12 +67,8 @@ class GenerateForm:
     ):
         import ipywidgets as w
 
-        self.model = model
-        self.run = run
+        self._setup(model, run, model_reason)
         self.mode = mode
-        self.model_reason = model_reason
-        self.results: list[GeneratedImage] = []  # every image this form showed, in order
-        self.last_error: str | None = None
         label = {"description_width": "110px"}
         layout = w.Layout(width="460px")
         controls = self._parameter_controls(w, initial, label, layout) + self._lora_controls(w, initial, label, layout)
@@ -84,6 +80,15 @@ class GenerateForm:
             raise ValueError(f"mode must be {TEXT_TO_IMAGE!r} or {IMAGE_TO_IMAGE!r}, got {mode!r}")
         self._action_widgets(w)
         self._assemble(w, controls)
+
+    def _setup(self, model: LoadedModel | None, run: RunFolder, model_reason: str | None) -> None:
+        """What every form holds besides its widgets (a subclass with other controls starts here too): the model
+        (None for a form that loads one per Generate, see `model_for`), the run folder, the images shown."""
+        self.model = model
+        self.run = run
+        self.model_reason = model_reason
+        self.results: list[GeneratedImage] = []  # every image this form showed, in order
+        self.last_error: str | None = None
         self._stop_requested = False
         self._thread: threading.Thread | None = None
 
@@ -166,14 +171,17 @@ class GenerateForm:
 
     def _assemble(self, w, controls: list[Any]) -> None:
         """The form's container: a header naming the model and the run folder, the controls, the actions."""
-        header = w.HTML(f"<b>{self.model.spec.name}</b> ({self.model.report.weights}); images go to "
-                        f"<code>{shown_path(self.run.path)}</code>")
+        header = self.header = w.HTML(self._header_html())
         self.container = w.VBox([header, *controls, w.HBox([self.button, self.stop_button]),
                                  w.HBox([self.progress, self.status]), self.output])
         self.container.form = self  # reach the form (and its results) from the container the UI functions return
         for widget, name in ((self.container, "form"), (self.progress, "progress"), (self.status, "status"),
                              (self.output, "output"), (header, "header")):
             widget.add_class(f"fluxnb-{name}")  # stable names for the page's CSS and the browser tests
+
+    def _header_html(self) -> str:
+        return (f"<b>{self.model.spec.name}</b> ({self.model.report.weights}); images go to "
+                f"<code>{shown_path(self.run.path)}</code>")
 
     # -- the action ---------------------------------------------------------------------------------------
 
@@ -202,6 +210,10 @@ class GenerateForm:
                     "scale": round(self.lora_scale.value, 4)}] if self.lora.value is not None else None,
             **extra,
         )
+
+    def model_for(self, request: GenerationRequest) -> LoadedModel:
+        """The model that makes `request`: this form's own (a subclass may load the request's, see EditForm)."""
+        return self.model
 
     def start(self) -> None:
         """What the Generate button does: in a kernel, generate() in a background thread (the kernel stays free
@@ -244,11 +256,12 @@ class GenerateForm:
         self.last_error = None
         try:
             request = self.request()
+            model = self.model_for(request)
         except FluxnbError as exc:
             self.progress.layout.visibility = "hidden"  # the last run's bar would read as this one's
             return self._show_error(exc)
         count = len(request.items())
-        self._text(f"generating {count} image(s) with {self.model.spec.name} "
+        self._text(f"generating {count} image(s) with {model.spec.name} "
                    f"({request.steps} steps, {request.width}x{request.height})...\n")
         images: list[GeneratedImage] = []
         self._stop_requested = False
@@ -256,7 +269,7 @@ class GenerateForm:
         self.stop_button.disabled = False
         progress = _Progress(self, count, request.steps)
         try:
-            images = generate(self.model, request, self.run, progress=False, model_reason=self.model_reason,
+            images = generate(model, request, self.run, progress=False, model_reason=self.model_reason,
                               on_step=progress.step, on_image=progress.image_done, stop=lambda: self._stop_requested)
         except FluxnbError as exc:
             self.progress.bar_style = "danger"
