@@ -11,6 +11,12 @@ layout of `diffusers/FLUX.1-dev-bnb-8bit` / `-bnb-4bit`. So
 
 runs the guide's exact loader on 12 B parameters.
 
+The editing models (issue 24) have the same components and FLUX.1-dev's dimensions but for the transformer's input
+channels (fluxnb.models.tasks: FLUX.1-Fill 384, Kontext 64): `ensure_synthetic_checkpoint("bf16", task="fill")`
+builds that transformer (fluxnb.models.tiny.task_dims) in the task's pipeline class (FluxFillPipeline...), so that
+`load_model(config.get("flux-fill-bnb-8bit"), checkpoint=...)` runs the entry's real loader. Only bf16 is built for
+them: their 8-bit and float8 entries quantize the bf16 checkpoint while it loads.
+
 Weights are random (seeded): pictures are noise, and figures measured on them are speed and memory
 figures, plus fidelity *between backends* on the same random model. Say so wherever they are shown.
 The tokenizers are the tiny model's (their ids fit the real vocabularies).
@@ -28,7 +34,8 @@ import time
 from pathlib import Path
 
 from ..core.files import remove_own_folder
-from .tiny import TINY_DIMS, atomic_build, build_flux_pipeline, cache_root, library_lines
+from .tasks import TASKS, TEXT_TO_IMAGE, pipeline_class
+from .tiny import TINY_DIMS, atomic_build, build_flux_pipeline, cache_root, library_lines, pipeline_of, task_dims
 
 SYNTHETIC_SEED = 20251122
 BUILD_MARKER = "fluxnb_synthetic.json"
@@ -110,16 +117,28 @@ def check_weight_set(weight_set: str) -> str:
     return weight_set
 
 
+def check_task(task: str, kind: str) -> str:
+    """A known task; an editing task only in bf16 (its quantized entries quantize the bf16 checkpoint at load)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
+    if task != TEXT_TO_IMAGE and kind != "bf16":
+        raise ValueError(f"the {task} synthetic checkpoint is built in bf16 only, not {kind!r}: its 8-bit and float8 "
+                         "entries quantize the bf16 checkpoint while it loads")
+    return task
+
+
 def synthetic_dir(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None,
-                  weight_set: str = "gaussian") -> Path:
-    """Folder of one kind and weight set, keyed by size and by the library lines that write it (knowledge entry
-    transformers5-checkpoint-on-4x). The Gaussian set keeps the folder names it always had."""
+                  weight_set: str = "gaussian", task: str = TEXT_TO_IMAGE) -> Path:
+    """Folder of one kind, weight set and task, keyed by size and by the library lines that write it (knowledge entry
+    transformers5-checkpoint-on-4x). Text-to-image and the Gaussian set keep the folder names they always had."""
     if kind not in KINDS:
         raise ValueError(f"unknown synthetic checkpoint kind {kind!r}; allowed: {', '.join(KINDS)}")
     check_weight_set(weight_set)
+    check_task(task, kind)
     size = "full" if dims is None or dims == FULL_DIMS else "tiny" if dims == TINY_DIMS else "scaled"
     weights = "" if weight_set == "gaussian" else f"{weight_set}-"
-    return synthetic_root(root) / f"flux-dev-synthetic-{size}-{weights}{kind}-{library_lines()}"
+    model = "flux-dev" if task == TEXT_TO_IMAGE else f"flux-{task}"
+    return synthetic_root(root) / f"{model}-synthetic-{size}-{weights}{kind}-{library_lines()}"
 
 
 def _variance_preserving_init(module) -> None:
@@ -204,9 +223,10 @@ def inject_outliers(transformer, channels: int = OUTLIER_CHANNELS, scale: float 
 
 
 def build_synthetic_pipeline(device: str = "cuda", dims: dict | None = None, seed: int = SYNTHETIC_SEED,
-                             weight_set: str = "gaussian"):
+                             weight_set: str = "gaussian", task: str = TEXT_TO_IMAGE):
     """Construct the pipeline in bf16 directly on `device` (seconds on a GPU; ~34 GB at full size); the "outliers"
-    weight set is the Gaussian one with inject_outliers' defaults applied to the transformer."""
+    weight set is the Gaussian one with inject_outliers' defaults applied to the transformer. An editing `task`: the
+    same components, the transformer shaped for it (task_dims), in the task's pipeline class."""
     check_weight_set(weight_set)
     import torch
 
@@ -214,9 +234,11 @@ def build_synthetic_pipeline(device: str = "cuda", dims: dict | None = None, see
     torch.set_default_dtype(torch.bfloat16)
     try:
         with torch.device(device):
-            pipe = build_flux_pipeline(dims or FULL_DIMS, seed, init=_variance_preserving_init)
+            pipe = build_flux_pipeline(task_dims(dims or FULL_DIMS, task), seed, init=_variance_preserving_init)
     finally:
         torch.set_default_dtype(previous)
+    if task != TEXT_TO_IMAGE:
+        pipe = pipeline_of(pipeline_class(task), pipe.components)
     for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
         module.to(torch.bfloat16).eval().requires_grad_(False)
     if weight_set == "outliers":
@@ -224,20 +246,39 @@ def build_synthetic_pipeline(device: str = "cuda", dims: dict | None = None, see
     return pipe
 
 
-def check_finite(pipe, height: int = 256, width: int = 256, steps: int = 1) -> dict:
+def smoke_inputs(task: str, height: int, width: int) -> dict:
+    """The pictures an editing pipeline's call needs for check_finite: a grey picture and, for Fill, a mask of its
+    middle (Kontext keeps the reference at the given size); nothing for text-to-image."""
+    from PIL import Image
+
+    from ..core.compat import kontext_keep_size
+
+    if task == TEXT_TO_IMAGE:
+        return {}
+    picture = Image.new("RGB", (width, height), (120, 130, 140))
+    if task == "kontext":
+        return {"image": picture, "max_area": width * height, **kontext_keep_size()}
+    mask = Image.new("L", (width, height), 0)
+    mask.paste(255, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    inputs = {"image": picture, "mask_image": mask}
+    return inputs if task == "fill" else {"control_image": picture}
+
+
+def check_finite(pipe, height: int = 256, width: int = 256, steps: int = 1, task: str = TEXT_TO_IMAGE) -> dict:
     """One short generation; raise if any latent is NaN/inf (random weights must not blow up)."""
     import torch
 
     generator = torch.Generator(device="cpu").manual_seed(0)
     with torch.inference_mode():
         latents = pipe(
-            "a photo of a cat",
+            prompt="a photo of a cat",
             num_inference_steps=steps,
             height=height,
             width=width,
             max_sequence_length=512,
             generator=generator,
             output_type="latent",
+            **smoke_inputs(task, height, width),
         ).images
     latents = latents.float()
     if not torch.isfinite(latents).all():
@@ -282,6 +323,33 @@ def quantize_checkpoint(source: str | os.PathLike, target: str | os.PathLike, ki
         torch.cuda.empty_cache()
 
 
+def _build_info(kind: str, dims: dict | None, weight_set: str, task: str) -> dict:
+    """What the marker file of a synthetic checkpoint records about how it was built."""
+    import diffusers
+    import torch
+    import transformers
+
+    info = {
+        "kind": kind,
+        "seed": SYNTHETIC_SEED,
+        "dims": task_dims(dims or FULL_DIMS, task),
+        "transformers": transformers.__version__,
+        "diffusers": diffusers.__version__,
+        "torch": torch.__version__,
+        "note": "random weights (FLUX.1-dev architecture and dimensions): images are noise",
+        "weight_set": weight_set,
+        "task": task,
+    }
+    if task != TEXT_TO_IMAGE:
+        info["note"] = (f"random weights ({TASKS[task].pipeline}: FLUX.1-dev's dimensions, transformer in_channels "
+                        f"{TASKS[task].in_channels}): images are noise")
+    if weight_set == "outliers":  # what inject_outliers did (its defaults), for the record
+        info["outliers"] = {"outlier_channels": OUTLIER_CHANNELS, "outlier_scale": OUTLIER_SCALE,
+                            "outlier_seed": SYNTHETIC_SEED, "method": "inject_outliers: AdaLN shift/scale rows x S, "
+                            "consuming linears' input columns / S (function-preserving)"}
+    return info
+
+
 def ensure_synthetic_checkpoint(
     kind: str = "bf16",
     root: str | os.PathLike | None = None,
@@ -290,38 +358,25 @@ def ensure_synthetic_checkpoint(
     dims: dict | None = None,
     log=print,
     weight_set: str = "gaussian",
+    task: str = TEXT_TO_IMAGE,
 ) -> Path:
-    """Return the folder of a synthetic checkpoint of `kind` and `weight_set`, building it (and the bf16 one it comes
-    from) once."""
-    import diffusers
+    """Return the folder of a synthetic checkpoint of `kind`, `weight_set` and `task` (an editing task: bf16 only),
+    building it (and the bf16 one it comes from) once."""
     import torch
-    import transformers
 
-    target = synthetic_dir(kind, root, dims, weight_set)
+    target = synthetic_dir(kind, root, dims, weight_set, task)
     if (target / BUILD_MARKER).is_file():
         return target
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    info = {
-        "kind": kind,
-        "seed": SYNTHETIC_SEED,
-        "dims": dims or FULL_DIMS,
-        "transformers": transformers.__version__,
-        "diffusers": diffusers.__version__,
-        "torch": torch.__version__,
-        "note": "random weights (FLUX.1-dev architecture and dimensions): images are noise",
-        "weight_set": weight_set,
-    }
-    if weight_set == "outliers":  # what inject_outliers did (its defaults), for the record
-        info["outliers"] = {"outlier_channels": OUTLIER_CHANNELS, "outlier_scale": OUTLIER_SCALE,
-                            "outlier_seed": SYNTHETIC_SEED, "method": "inject_outliers: AdaLN shift/scale rows x S, "
-                            "consuming linears' input columns / S (function-preserving)"}
+    info = _build_info(kind, dims, weight_set, task)
     if kind == "bf16":
 
         def build(staging: Path) -> dict:
             start = time.perf_counter()
-            pipe = build_synthetic_pipeline(device=device, dims=dims, weight_set=weight_set)
+            pipe = build_synthetic_pipeline(device=device, dims=dims, weight_set=weight_set, task=task)
             built = time.perf_counter() - start
-            smoke = check_finite(pipe, 128, 128) if dims is None or dims == FULL_DIMS else check_finite(pipe, 64, 64)
+            side = 128 if dims is None or dims == FULL_DIMS else 64
+            smoke = check_finite(pipe, side, side, task=task)
             start = time.perf_counter()
             pipe.save_pretrained(staging, safe_serialization=True)
             saved = time.perf_counter() - start
@@ -330,7 +385,7 @@ def ensure_synthetic_checkpoint(
                 torch.cuda.empty_cache()
             return {"construct_seconds": round(built, 1), "save_seconds": round(saved, 1), "smoke": smoke}
 
-        log(f"building synthetic bf16 checkpoint ({weight_set} weights) into {target} ...")
+        log(f"building synthetic bf16 {task} checkpoint ({weight_set} weights) into {target} ...")
     else:
         source = ensure_synthetic_checkpoint("bf16", root, device=device, dims=dims, log=log, weight_set=weight_set)
         info["source"] = str(source)
@@ -346,10 +401,10 @@ def ensure_synthetic_checkpoint(
 
 
 def remove_synthetic_checkpoint(kind: str, root: str | os.PathLike | None = None, dims: dict | None = None,
-                                weight_set: str = "gaussian") -> None:
+                                weight_set: str = "gaussian", task: str = TEXT_TO_IMAGE) -> None:
     """Delete one kind's folder (disk is scarce: bf16 + 8-bit + NF4 take about 60 GB): only a real folder that
     fluxnb built under the synthetic root; a symbolic link there is refused (fluxnb.core.files.remove_own_folder)."""
-    folder = synthetic_dir(kind, root, dims, weight_set)
+    folder = synthetic_dir(kind, root, dims, weight_set, task)
     if os.path.lexists(folder):
         remove_own_folder(folder.parent, folder.name, "synthetic checkpoint")
 

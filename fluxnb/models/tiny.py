@@ -198,15 +198,20 @@ def build_flux_pipeline(dims: dict[str, dict[str, Any]], seed: int,
     return assemble_flux_pipeline(transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, vae)
 
 
+def task_dims(dims: dict[str, dict[str, Any]], task: str = TEXT_TO_IMAGE) -> dict[str, dict[str, Any]]:
+    """`dims` with the transformer's input channels those of `task`'s model (fluxnb.models.tasks: Fill 384, Control
+    128), its output channels FLUX.1-dev's packed latent channels; `dims` itself for text-to-image. The tiny editing
+    models and the full-size synthetic editing checkpoints (fluxnb.models.synthetic) both take their shapes here."""
+    if task == TEXT_TO_IMAGE:
+        return dims
+    packed = dims["transformer"]["in_channels"]
+    return {**dims, "transformer": {**dims["transformer"], "in_channels": TASKS[task].in_channels,
+                                    "out_channels": packed}}
+
+
 def tiny_components(task: str = TEXT_TO_IMAGE) -> dict[str, Any]:
-    """The tiny FLUX's components (deterministic for a given library line), the transformer's input channels those of
-    `task`'s model (fluxnb.models.tasks: Fill 384, Control 128), its output channels FLUX.1-dev's."""
-    dims = TINY_DIMS
-    if task != TEXT_TO_IMAGE:
-        packed = TINY_DIMS["transformer"]["in_channels"]
-        dims = {**TINY_DIMS, "transformer": {**TINY_DIMS["transformer"], "in_channels": TASKS[task].in_channels,
-                                             "out_channels": packed}}
-    return build_flux_pipeline(dims, TINY_SEED).components
+    """The tiny FLUX's components (deterministic for a given library line), shaped for `task` (task_dims)."""
+    return build_flux_pipeline(task_dims(TINY_DIMS, task), TINY_SEED).components
 
 
 def pipeline_of(cls, components: dict[str, Any]):
