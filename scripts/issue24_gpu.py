@@ -152,18 +152,6 @@ class LatentCatcher:
 # ----------------------------------------------------------------------------------------------- one role
 
 
-def set_cap(device: str, cap_bytes: int | None) -> float | None:
-    """The bench's cap: torch's allocator limited to `cap_bytes` (None: the whole card); nothing on a CPU."""
-    import torch
-
-    if device != "cuda":
-        return None
-    total = torch.cuda.get_device_properties(0).total_memory
-    fraction = 1.0 if cap_bytes is None else min(1.0, cap_bytes / total)
-    torch.cuda.set_per_process_memory_fraction(fraction)
-    return fraction
-
-
 def free(device: str) -> None:
     """Between roles: fluxnb's free_memory, and compiled graphs dropped."""
     import torch
@@ -179,6 +167,7 @@ def load_role(label: str, checkpoint: Path, capped: bool, s: Settings, row: dict
     import torch
 
     import fluxnb
+    from fluxnb.bench.engine import set_cap
 
     name, _, cast = label.partition("@")
     if cast and cast not in CASTS:
@@ -307,6 +296,7 @@ def write_results(results: dict[str, Any], path: Path) -> None:
 
 
 def run_task(task: str, s: Settings, results: dict[str, Any]) -> None:
+    from fluxnb.bench.engine import set_cap
     from fluxnb.models.synthetic import ensure_synthetic_checkpoint, remove_synthetic_checkpoint
 
     checkpoint = ensure_synthetic_checkpoint("bf16", s.synthetic_root, dims=s.dims, log=s.log, task=task,

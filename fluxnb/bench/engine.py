@@ -243,7 +243,8 @@ def _free(device: str) -> None:
     torch.compiler.reset()  # public since torch 2.1 (the floor is 2.4)
 
 
-def _set_cap(device: str, cap_bytes: int | None) -> float | None:
+def set_cap(device: str, cap_bytes: int | None) -> float | None:
+    """The bench's cap: torch's allocator limited to `cap_bytes` (None: the whole card); nothing on a CPU."""
     import torch
 
     if device != "cuda":
@@ -317,7 +318,7 @@ def _load_backend(backend: BenchEntry, entry: dict[str, Any], checkpoint, s: Ben
     """One backend's load, under its memory cap, with its seconds, peak memory and load report in `entry`."""
     import torch
 
-    entry["memory_fraction"] = _set_cap(s.device, s.cap_bytes if entry["capped"] else None)
+    entry["memory_fraction"] = set_cap(s.device, s.cap_bytes if entry["capped"] else None)
     _free(s.device)
     if s.cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -556,7 +557,7 @@ def run_bench(
             add_comparisons(results, outputs)
             add_predictions(results)
             on_backend_done(results)
-    _set_cap(device, None)
+    set_cap(device, None)
     add_comparisons(results, outputs)
     add_predictions(results)
     return results
