@@ -155,7 +155,11 @@ def test_sigkill_then_resume_keeps_every_image_and_duplicates_none(tiny_model, o
 
 
 def test_sigint_stops_the_cli_with_consistent_outputs(tiny_model, outputs_dir: Path):
-    process = cli("generate", "--prompt", "a fox", *BATCH, "--num-images", "12")  # far from done at the signal
+    # 64 images: far from done at the signal even when this test process is starved of CPU for seconds (it was,
+    # twice, in clean-clone runs); SIGINT's default disposition restored (a test run started in the background by a
+    # shell without job control inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler)
+    process = cli("generate", "--prompt", "a fox", *BATCH, "--num-images", "64",
+                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run_dir = wait_for_images(outputs_dir, 1, process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

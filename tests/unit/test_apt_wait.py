@@ -54,10 +54,10 @@ def test_apt_waits_for_the_lock_and_then_runs():
 def test_apt_gives_up_after_its_bound_with_apts_own_message():
     holder = start_holder()
     try:
-        apt = apt_get(wait=1)
+        apt = apt_get(wait=5)  # long enough that apt-get's first try returns inside it, even on a loaded machine
         out, err = apt.communicate(timeout=120)
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
     assert apt.returncode == 1
-    assert "Could not get lock /var/lib/apt/lists/lock" in err and "waiting (at most 1s in all)" in out
+    assert "Could not get lock /var/lib/apt/lists/lock" in err and "waiting (at most 5s in all)" in out
