@@ -316,13 +316,19 @@ def gather_workers(ray: Any, order: LoadOrder, count: int, keep_warm: float | No
     with keep_warm, so they outlive this command). Returns (actors, how many were warm)."""
     options = {"num_gpus": 1} if order.device == "cuda" else {"num_cpus": 1}
     actor_class = ray.remote(**options, max_restarts=0)(Worker)
-    taken = warm_names(ray, order)[:count]
-    actors = [ray.get_actor(name) for name in taken]
-    numbers = (n for n in range(10**6) if f"fluxnb-{order.key()}-{n}" not in taken)
-    for number in (next(numbers) for _ in range(count - len(actors))):
+    listed = warm_names(ray, order)
+    actors = []
+    for name in listed[:count]:
+        try:
+            actors.append(ray.get_actor(name))
+        except ValueError:
+            continue  # it ended (its idle time ran out) since it was listed: a new one takes its place
+    warm = len(actors)
+    numbers = (n for n in range(10**6) if f"fluxnb-{order.key()}-{n}" not in listed)
+    for number in (next(numbers) for _ in range(count - warm)):
         named = {"name": f"fluxnb-{order.key()}-{number}", "lifetime": "detached"} if keep_warm else {}
         actors.append(actor_class.options(**named).remote(order, number, keep_warm))
-    return actors, len(taken)
+    return actors, warm
 
 
 def run_on_ray(run: RunFolder, *, address: str, asked: str | None, total: int, config: str | Path | None = None,
