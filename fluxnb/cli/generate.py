@@ -20,7 +20,7 @@ from ..models.params import (
 )
 from ..models.selection import resolve_model
 from ..models.sweeps import parse_cli
-from ..models.tasks import CONTROL, CONTROL_TYPES, EDIT, INPAINT, OUTPAINT, task_for
+from ..models.tasks import CONTROL_TYPES, EDITING_MODES, task_for
 from ..runs.contextparallel import MODES as CONTEXT_MODES
 from ..runs.contextparallel import check_context_parallel
 from ..runs.dataparallel import DATA, plan_processes, run_data_parallel
@@ -30,8 +30,6 @@ from ..runs.raybatch import check_keep_warm, run_on_ray
 from ..runs.shards import merge_parts
 from ..ui.display import model_banner
 from ..ui.sweep_grid import save_sweep_grid
-
-EDITING_MODES = (INPAINT, OUTPAINT, EDIT, CONTROL)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

@@ -15,9 +15,10 @@ from typing import Any
 from ..core.errors import RequestError
 from ..core.units import SIZE_MULTIPLE
 from .config import ModelSpec
-from .images import check_image_file, load_image_file
-from .tasks import CONTROL, CONTROL_TYPES, EDIT, INPAINT, OUTPAINT, TASKS, missing_pipeline, task_for
+from .images import check_image_file, load_image_file, picture_size
+from .tasks import CONTROL, CONTROL_TYPES, EDIT, EDITING_MODES, INPAINT, OUTPAINT, TASKS, missing_pipeline, task_for
 
+PICTURE_INPUTS = ("init_image", "mask", "control_image")  # a request's pictures, each with its `NAME_sha256`
 MASK_THRESHOLD = 128  # a mask pixel at or above it is repainted (the pipelines binarize masks the same way)
 CANNY_THRESHOLDS = (50, 200)  # the low and high hysteresis thresholds of the FLUX.1-Canny model card's detector
 
@@ -35,11 +36,6 @@ def check_mode(spec: ModelSpec, mode: str) -> None:
                            "default stack, requirements/default.txt, has it)")
 
 
-def picture_size(path: str) -> tuple[int, int]:
-    """The picture's upright size (EXIF orientation applied)."""
-    return load_image_file("init_image", path).size
-
-
 def fitted_size(size: tuple[int, int], max_size: tuple[int, int]) -> tuple[int, int]:
     """A picture's size as the result's default: scaled down to fit max_size (aspect kept), then each side rounded
     down to a multiple of 16 (at least 16)."""
@@ -53,8 +49,8 @@ def check_mask(mask: Any, init_image: str | None) -> str:
 
     path = check_image_file("mask", mask)
     picture = load_image_file("mask", path).convert("L")
-    if init_image is not None and picture.size != picture_size(init_image):
-        w, h = picture_size(init_image)
+    w, h = picture_size("init_image", init_image) if init_image is not None else picture.size
+    if picture.size != (w, h):
         raise RequestError("mask", f"{path!r} is {picture.size[0]}x{picture.size[1]}; the picture (init_image) is "
                            f"{w}x{h}.", fix=f"paint or resize the mask at {w}x{h} (white = repaint, black = keep)")
     selected = float((np.asarray(picture) >= MASK_THRESHOLD).mean())
@@ -141,15 +137,15 @@ def default_size(mode: str, init_image: str | None, control_image: str | None, e
     if mode == OUTPAINT:
         return expand_canvas
     if mode == CONTROL and control_image is not None:
-        return load_image_file("control_image", control_image).size
+        return picture_size("control_image", control_image)
     if init_image is not None:
-        return fitted_size(picture_size(init_image), max_size)
+        return fitted_size(picture_size("init_image", init_image), max_size)
     return None
 
 
 def check_control_size(control_image: str, width: int, height: int) -> None:
     """A given control image must have the result's size (the pipeline would otherwise stretch or refuse it)."""
-    size = load_image_file("control_image", control_image).size
+    size = picture_size("control_image", control_image)
     if size != (width, height):
         raise RequestError("control_image", f"{control_image!r} is {size[0]}x{size[1]}; the result is "
                            f"{width}x{height}.", fix=f"make the control image {width}x{height}, or leave width and "
@@ -193,11 +189,11 @@ def outpaint_inputs(picture, expand: tuple[int, ...], canvas: tuple[int, int]) -
     return {"image": grown, "mask_image": mask}
 
 
-def editing_files(parameters: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
-    """The editing inputs of a stored request as (parameter, path, SHA-256 when the run started)."""
-    return [(name, parameters.get(name), parameters.get(f"{name}_sha256")) for name in ("mask", "control_image")]
+def picture_files(parameters: dict[str, Any]) -> list[tuple[str, str | None, str | None]]:
+    """The pictures of a stored request as (parameter, path, SHA-256 when the run started)."""
+    return [(name, parameters.get(name), parameters.get(f"{name}_sha256")) for name in PICTURE_INPUTS]
 
 
 def is_editing(mode: str) -> bool:
-    return mode in (INPAINT, OUTPAINT, EDIT, CONTROL)
+    return mode in EDITING_MODES
 

@@ -9,6 +9,7 @@ from typing import Any
 from ..core.errors import RequestError
 from ..core.userfiles import describe_path
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag; values 5-8 turn the picture by a quarter
 MAX_INIT_IMAGE_PIXELS = 64_000_000  # a picture is resized to width x height; larger files are refused unread
 
 
@@ -55,6 +56,15 @@ def check_image_file(name: str, path: Any) -> str:
             raise RequestError(name, f"file {str(file)!r} is not an image that can be read ({exc}). "
                                "Fix: give a PNG or JPEG file.") from None
     return str(file)
+
+
+def picture_size(name: str, path: str | Path) -> tuple[int, int]:
+    """The size of the picture load_image_file returns, read from the file's header and EXIF orientation (a
+    quarter turn swaps width and height), without decoding the pixels."""
+    with _open_image(name, Path(check_image_file(name, path))) as image:
+        width, height = image.size
+        turned = image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
+    return (height, width) if turned else (width, height)
 
 
 def load_image_file(name: str, path: str | Path):

@@ -21,16 +21,16 @@ from . import sweeps
 from .backends import REGISTRY, compile_wanted, get_backend, lora_for
 from .config import ModelSpec
 from .editing import (
+    PICTURE_INPUTS,
     check_control,
     check_control_size,
     check_expand,
     check_mask,
     check_mode,
     default_size,
-    editing_files,
-    picture_size,
+    picture_files,
 )
-from .images import check_image_file
+from .images import check_image_file, picture_size
 from .lora_files import HOTSWAP_RANK, LoraChoice, check_loras, check_scale, sha256_of
 from .step_cache import request_cache
 from .tasks import CONTROL, EDIT, IMAGE_TO_IMAGE, INPAINT, OUTPAINT, TEXT_TO_IMAGE
@@ -204,8 +204,8 @@ def request_from_dict(spec: ModelSpec, data: dict[str, Any]) -> GenerationReques
         raise RequestError("parameters", f"the stored request has {what}: it was not written by fluxnb, or was "
                            "edited.", fix="start a new run with the request you want")
     data = dict(data)
-    for digest in ("init_image_sha256", "mask_sha256", "control_image_sha256"):
-        data.pop(digest, None)  # computed again from the files (changed_inputs compares the two)
+    for name in PICTURE_INPUTS:
+        data.pop(f"{name}_sha256", None)  # computed again from the files (changed_inputs compares the two)
     return make_request(spec, prompt=data.pop("prompts"), **data)
 
 
@@ -214,7 +214,7 @@ def changed_inputs(stored: dict[str, Any]) -> list[tuple[str, str]]:
     not what the run started from, as (parameter, "PATH: SHA-256 abc... when the run started, def... now" or "...
     missing now").
     A resume of such a run would mix two pictures or two adapters in one batch."""
-    files = [("init_image", stored.get("init_image"), stored.get("init_image_sha256")), *editing_files(stored)]
+    files = picture_files(stored)
     files += [("loras", lora.get("path"), lora.get("sha256")) for lora in stored.get("loras") or []
               if isinstance(lora, dict)]
     changes = []
@@ -451,14 +451,14 @@ def _editing_inputs(spec: ModelSpec, mode: str, init_image: Any, strength: Any, 
             problems.append(RequestError("mask", "inpaint needs a mask: white where the picture is repainted.",
                                          fix="mask=PATH (paint it in notebook 06_edit), or mode='outpaint'"))
     elif mode == OUTPAINT and picture is not None:
-        fields["expand"], canvas = _collect(problems, check_expand, expand, picture_size(picture),
+        fields["expand"], canvas = _collect(problems, check_expand, expand, picture_size("init_image", picture),
                                             spec.params.max_size) or (None, None)
     elif mode == CONTROL:
         fields["control"], fields["control_image"] = _collect(problems, check_control, spec, control, control_image,
                                                               picture) or (None, None)
     if problems:
         raise RequestError.several(problems)
-    for name in ("mask", "control_image"):
+    for name in PICTURE_INPUTS[1:]:  # the init image's digest is set above
         if fields.get(name):
             fields[f"{name}_sha256"] = sha256_of(Path(fields[name]))
     fields["size"] = default_size(mode, picture, fields.get("control_image"), canvas, spec.params.max_size)
@@ -467,6 +467,7 @@ def _editing_inputs(spec: ModelSpec, mode: str, init_image: Any, strength: Any, 
 
 # What each editing mode takes besides the picture (init_image); any other editing input is refused.
 EDITING_INPUTS = {INPAINT: ("mask",), OUTPAINT: ("expand",), EDIT: (), CONTROL: ("control", "control_image")}
+EDITING_INPUT_NAMES = tuple(sorted({name for names in EDITING_INPUTS.values() for name in names}))
 
 
 def _none_given(mode: str, **inputs: Any) -> None:

@@ -19,6 +19,7 @@ OUTPAINT = "outpaint"  # extend a picture's canvas (FLUX.1-Fill, the new border 
 EDIT = "edit"  # change a picture by an instruction (FLUX.1-Kontext)
 CONTROL = "control"  # keep a picture's structure: its edge or depth map conditions the image (FLUX.1-Canny/Depth)
 CONTROL_TYPES = ("canny", "depth")
+EDITING_MODES = (INPAINT, OUTPAINT, EDIT, CONTROL)  # the modes of the editing models (all but FLUX.1-dev's two)
 
 
 @dataclass(frozen=True)

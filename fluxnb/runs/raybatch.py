@@ -17,6 +17,7 @@ Ray is an optional extra (`pip install "fluxnb[ray]"`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import socket
@@ -32,6 +33,7 @@ from typing import Any
 from ..core.errors import FluxnbError, GenerationFailed, RequestError
 from ..core.packaged import PACKAGE_DIR  # the fluxnb the actors run (runtime_env py_modules ships this folder)
 from ..models.config import ModelConfig, ModelSpec, load_config
+from ..models.editing import PICTURE_INPUTS
 from ..models.loading import load_model
 from ..models.params import request_from_dict
 from ..models.selection import resolve_model
@@ -65,11 +67,10 @@ class LoadOrder:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-
-
+@functools.lru_cache(maxsize=1)
 def code_digest() -> str:
     """The SHA-256 of fluxnb's code: a warm actor runs the code it was started with, so a changed fluxnb is a new
-    key (its actors are not reused)."""
+    key (its actors are not reused). Read once per process: the code a process runs does not change under it."""
     digest = hashlib.sha256()
     for module in sorted(PACKAGE_DIR.rglob("*.py")):
         digest.update(str(module.relative_to(PACKAGE_DIR)).encode() + b"\0" + module.read_bytes())
@@ -147,7 +148,7 @@ class Worker:
             except GenerationFailed:
                 pass  # out of memory: the failure is in sink.manifest["failures"]
             for _image, metadata in sink.images:  # the owner's paths, so the image is named as on one host
-                metadata.update({name: parameters[name] for name in PICTURES if name in metadata})
+                metadata.update({name: parameters[name] for name in PICTURE_INPUTS if name in metadata})
             self.images_made += len(sink.images)
             return {"images": sink.images, "failures": sink.manifest["failures"]}
         finally:
@@ -166,7 +167,7 @@ class Worker:
             return self.copies[ref.hex()]
 
         local = dict(parameters)
-        for name in PICTURES:
+        for name in PICTURE_INPUTS:
             if local.get(name):
                 local[name] = here(local[name])
         local["loras"] = [{**lora, "path": here(lora["path"])} for lora in local.get("loras") or []]
@@ -185,12 +186,9 @@ class Worker:
             self.timer.cancel()
 
 
-PICTURES = ("init_image", "mask", "control_image")  # a request's pictures (its LoRA files are in `loras`)
-
-
 def input_files(parameters: dict[str, Any]) -> list[str]:
     """The paths of the request's input files on this host: its pictures and its LoRA files."""
-    paths = [parameters[name] for name in PICTURES if parameters.get(name)]
+    paths = [parameters[name] for name in PICTURE_INPUTS if parameters.get(name)]
     return paths + [lora["path"] for lora in parameters.get("loras") or []]
 
 
@@ -316,6 +314,7 @@ def gather_workers(ray: Any, order: LoadOrder, count: int, keep_warm: float | No
     with keep_warm, so they outlive this command). Returns (actors, how many were warm)."""
     options = {"num_gpus": 1} if order.device == "cuda" else {"num_cpus": 1}
     actor_class = ray.remote(**options, max_restarts=0)(Worker)
+    prefix = f"fluxnb-{order.key()}-"
     listed = warm_names(ray, order)
     actors = []
     for name in listed[:count]:
@@ -324,9 +323,9 @@ def gather_workers(ray: Any, order: LoadOrder, count: int, keep_warm: float | No
         except ValueError:
             continue  # it ended (its idle time ran out) since it was listed: a new one takes its place
     warm = len(actors)
-    numbers = (n for n in range(10**6) if f"fluxnb-{order.key()}-{n}" not in listed)
+    numbers = (n for n in range(10**6) if f"{prefix}{n}" not in listed)
     for number in (next(numbers) for _ in range(count - warm)):
-        named = {"name": f"fluxnb-{order.key()}-{number}", "lifetime": "detached"} if keep_warm else {}
+        named = {"name": f"{prefix}{number}", "lifetime": "detached"} if keep_warm else {}
         actors.append(actor_class.options(**named).remote(order, number, keep_warm))
     return actors, warm
 

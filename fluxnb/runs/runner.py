@@ -24,7 +24,7 @@ from ..core.errors import InputError, NotebookFailed, OutputWriteError, RequestE
 from ..core.files import atomic_write_json
 from ..core.packaged import NOTEBOOKS_DIR, SAMPLE_INIT_IMAGE, notebook_names
 from ..core.userfiles import load_yaml, parse_yaml
-from ..models.params import EDITING_INPUTS, make_request, refuse_changed_inputs
+from ..models.params import EDITING_INPUT_NAMES, EDITING_INPUTS, make_request, refuse_changed_inputs
 from ..models.selection import resolve_model
 from ..models.tasks import IMAGE_TO_IMAGE, INPAINT, TEXT_TO_IMAGE, task_for
 from .outputs import (
@@ -42,8 +42,7 @@ RUNNER_PARAMETERS = ("output_dir", "interactive", "resume")
 RUN_RECORD = "fluxnb-run.json"  # which notebook a run folder belongs to, and the parameters it was started with
 # Notebook parameters that are arguments of make_request: checked before a run folder is made.
 REQUEST_PARAMETERS = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height",
-                      "num_images", "init_image", "strength", "mode", *sorted({name for names in EDITING_INPUTS.values()
-                                                                              for name in names}))
+                      "num_images", "init_image", "strength", "mode", *EDITING_INPUT_NAMES)
 # The kernel every notebook names in its metadata (README: registered by scripts/setup.sh for JupyterLab).
 KERNEL_NAME = "fluxnb"
 KERNEL_DISPLAY_NAME = "Python 3 (fluxnb)"
@@ -145,7 +144,7 @@ def check_request_parameters(notebook: Path, parameters: dict[str, Any]) -> None
     spec = resolve_model(values.pop("model"), None, task=task_for(mode).name).spec
     if mode != TEXT_TO_IMAGE:
         values["init_image"] = values.get("init_image") or SAMPLE_INIT_IMAGE
-    for other in {name for names in EDITING_INPUTS.values() for name in names} - set(EDITING_INPUTS.get(mode, ())):
+    for other in set(EDITING_INPUT_NAMES) - set(EDITING_INPUTS.get(mode, ())):
         values.pop(other, None)  # notebook 06 declares every mode's inputs; the request takes its mode's
     if mode == INPAINT and values.get("mask") is None:
         return  # the mask is painted (or drawn) inside the notebook: only the notebook can check it

@@ -28,14 +28,13 @@ from ..models.images import load_image_file
 from ..models.loading import LoadedModel, load_model
 from ..models.params import GenerationRequest, make_request
 from ..models.selection import AUTO, ModelChoice, resolve_model
-from ..models.tasks import CONTROL, CONTROL_TYPES, EDIT, INPAINT, OUTPAINT, task_for
+from ..models.tasks import CONTROL, CONTROL_TYPES, EDIT, EDITING_MODES, INPAINT, OUTPAINT, task_for
 from ..runs.generation import GeneratedImage
 from ..runs.outputs import RunFolder
 from .display import caption, show_grid, shown_path
 from .mask import MaskPainter, OutpaintBorder, padded_preview, save_mask
 from .widgets import MAX_IMAGES_IN_UI, UPLOADS_DIR, GenerateForm
 
-EDIT_MODES = (INPAINT, OUTPAINT, EDIT, CONTROL)
 MASK_FILE = "mask.png"  # in the run folder's inputs/; another mask goes to mask-2.png... (fluxnb.ui.mask.free_name)
 DEFAULT_EXPAND = (0, 0, 64, 0)
 
@@ -61,7 +60,7 @@ class EditForm(GenerateForm):
         self.last_request: GenerationRequest | None = None
         label, layout = {"description_width": "110px"}, w.Layout(width="460px")
         task_for(mode)  # an unknown mode is refused by name, with the modes there are
-        self.mode_picker = w.Dropdown(options=list(EDIT_MODES), value=mode, description="mode", style=label)
+        self.mode_picker = w.Dropdown(options=list(EDITING_MODES), value=mode, description="mode", style=label)
         self.mode_area = w.Box()
         self._mode_panels(w, label, brush)
         self.prompt = w.Textarea(value="", placeholder="what to paint (edit: the instruction)", description="prompt",

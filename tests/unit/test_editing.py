@@ -287,3 +287,14 @@ def test_an_outpaint_size_other_than_the_grown_canvas_is_refused(capsys, picture
     refused(capsys, ["generate", "--model", "flux-tiny-fill", "--mode", "outpaint", "--init-image", str(picture),
                      "--expand", "0,0,16,0", "--width", "64", "--height", "64", *FAST],
             "parameter `width`: outpaint's size is the picture grown by expand: 96x64, not 64x64")
+
+
+def test_a_pictures_size_is_read_upright_from_its_header(tmp_path: Path):
+    from fluxnb.models.images import picture_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone photo turned a quarter: shown 64 wide and 80 high
+    Image.new("RGB", (80, 64)).save(tmp_path / "turned.jpg", exif=exif)
+    Image.new("RGB", (80, 64)).save(tmp_path / "plain.png")
+    assert picture_size("init_image", tmp_path / "turned.jpg") == (64, 80)
+    assert picture_size("init_image", tmp_path / "plain.png") == (80, 64)
