@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.compat import kontext_keep_size
 from ..core.errors import RequestError
 from ..core.units import SIZE_MULTIPLE
 from .config import ModelSpec
@@ -164,8 +165,6 @@ def pipeline_inputs(request) -> dict[str, Any]:
             return {"image": picture.resize(size, Image.LANCZOS), "mask_image": mask}
         return outpaint_inputs(picture, tuple(request.expand), size)
     if request.mode == EDIT:  # Kontext keeps the given size (max_area = its area) and the reference as it is
-        from ..core.compat import kontext_keep_size
-
         picture = load_image_file("init_image", request.init_image)
         return {"image": picture.resize(size, Image.LANCZOS), "max_area": size[0] * size[1], **kontext_keep_size()}
     if request.mode == CONTROL:
