@@ -1,0 +1,158 @@
+"""Issue 25's levers measured one by one at FLUX.1-dev's shapes, before any of them enters a model entry.
+
+    python scripts/issue25_probe.py --output probe.json      # a CUDA GPU (H100/H200; on an L4 the same script)
+
+Each lever's share of a float8 step is bounded here in isolation, on random tensors, in one process on one card:
+
+- attention (24 heads x 128, 4096 image + 512 text tokens, one image): torch's scaled_dot_product_attention with
+  its cuDNN and flash kernels (bf16, what fluxnb runs today) against SageAttention 1's Triton kernels (`sageattention`
+  1.0.6, the version on PyPI: int8 Q/K with per-block scales, fp16 P/V), time and relative error against a float32
+  reference;
+- fused QKV projections: three float8 (torchao, dynamic per-row) 3072 -> 3072 projections against one 3072 -> 9216,
+  compiled, at the same 4608 tokens;
+- the VAE decoder at 1024x1024: eager against torch.compile.
+
+Step time of the whole model is not measured here (that is `fluxnb bench`); each figure says how much one
+lever could give at most. Figures are milliseconds per call, medians of CUDA-event-timed repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from datetime import datetime, timezone
+
+import torch
+
+HEADS, HEAD_DIM, IMAGE_TOKENS, TEXT_TOKENS = 24, 128, 4096, 512
+HIDDEN = HEADS * HEAD_DIM
+STEP_TFLOP = 74.0  # one FLUX.1-dev step at 1024x1024 (issue 25)
+
+
+def timed(fn, repeats: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of `fn()` over `repeats` calls, CUDA-event timed."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return round(statistics.median(times), 4)
+
+
+def rel_error(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return round(float((x.float() - ref).norm() / ref.norm()), 6)
+
+
+def attention_rows() -> list[dict]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    gen = torch.Generator("cuda").manual_seed(0)
+    shape = (1, HEADS, IMAGE_TOKENS + TEXT_TOKENS, HEAD_DIM)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    k = k + 2.0 * torch.randn((1, HEADS, 1, HEAD_DIM), device="cuda", dtype=torch.bfloat16, generator=gen)  # a bias
+    ref = sdpa(q.float(), k.float(), v.float())
+    flop = 4 * shape[0] * HEADS * shape[2] ** 2 * HEAD_DIM
+    rows = []
+    kernels = (("sdpa cuDNN bf16", SDPBackend.CUDNN_ATTENTION), ("sdpa flash bf16", SDPBackend.FLASH_ATTENTION),
+               ("sdpa efficient bf16", SDPBackend.EFFICIENT_ATTENTION))
+    for name, backend in kernels:
+        try:
+            with sdpa_kernel(backend):
+                out = sdpa(q, k, v)
+                ms = timed(lambda: sdpa(q, k, v))
+            rows.append({"lever": "attention", "kernel": name, "ms": ms, "tflops": round(flop / ms / 1e9, 1),
+                         "rel_error": rel_error(out, ref)})
+        except Exception as exc:  # a kernel this card or build lacks
+            rows.append({"lever": "attention", "kernel": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
+    try:
+        from sageattention import sageattn
+
+        out = sageattn(q, k.clone(), v, tensor_layout="HND")  # smooth_k subtracts the mean from k in place
+        ms = timed(lambda: sageattn(q, k.clone(), v, tensor_layout="HND"))
+        clone_ms = timed(lambda: k.clone())
+        rows.append({"lever": "attention", "kernel": "sageattention 1.0.6 (Triton, int8 QK, fp16 PV)",
+                     "ms": round(ms - clone_ms, 4), "tflops": round(flop / (ms - clone_ms) / 1e9, 1),
+                     "rel_error": rel_error(out, ref)})
+    except Exception as exc:
+        rows.append({"lever": "attention", "kernel": "sageattention", "error": f"{type(exc).__name__}: {exc}"[:300]})
+    return rows
+
+
+def fused_qkv_rows() -> list[dict]:
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    tokens = IMAGE_TOKENS + TEXT_TOKENS
+    x = torch.randn(tokens, HIDDEN, device="cuda", dtype=torch.bfloat16)
+    separate = torch.nn.ModuleList(torch.nn.Linear(HIDDEN, HIDDEN) for _ in range(3)).to("cuda", torch.bfloat16)
+    fused = torch.nn.Linear(HIDDEN, 3 * HIDDEN).to("cuda", torch.bfloat16)
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([m.weight for m in separate]))
+        fused.bias.copy_(torch.cat([m.bias for m in separate]))
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    quantize_(separate, config)
+    quantize_(fused, config)
+    run_separate = torch.compile(lambda t: [m(t) for m in separate])
+    run_fused = torch.compile(lambda t: fused(t).chunk(3, dim=-1))
+    with torch.inference_mode():
+        a, b = run_separate(x), run_fused(x)
+        error = max(rel_error(y, z.float()) for y, z in zip(b, a, strict=True))
+        rows = [{"lever": "fused qkv", "kernel": "3 float8 projections (compiled)",
+                 "ms": timed(lambda: run_separate(x))},
+                {"lever": "fused qkv", "kernel": "1 fused float8 projection (compiled)",
+                 "ms": timed(lambda: run_fused(x)), "rel_error_vs_separate": error}]
+    # per step: 19 double blocks (image and text projections) + 38 single blocks
+    saved = rows[0]["ms"] - rows[1]["ms"]
+    rows[1]["ms_saved_per_step_estimate"] = round(saved * (19 + 38), 3)
+    return rows
+
+
+def vae_rows() -> list[dict]:
+    from diffusers import AutoencoderKL
+
+    from fluxnb.models.synthetic import FLUX_DEV_VAE
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, act_fn="silu", **FLUX_DEV_VAE)
+    vae = vae.to("cuda", torch.bfloat16).eval()
+    latents = torch.randn(1, 16, 128, 128, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        eager = timed(lambda: vae.decode(latents).sample, repeats=5)
+        compiled_decoder = torch.compile(vae.decoder)
+        out_eager = vae.decoder(latents)
+        out_compiled = compiled_decoder(latents)
+        compiled = timed(lambda: compiled_decoder(latents), repeats=5)
+    return [{"lever": "vae decode 1024x1024", "kernel": "eager bf16", "ms": eager},
+            {"lever": "vae decode 1024x1024", "kernel": "decoder torch.compile", "ms": compiled,
+             "rel_error_vs_eager": rel_error(out_compiled, out_eager.float())}]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args()
+    results = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "device": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
+               "torch": torch.__version__, "rows": []}
+    for part in (attention_rows, fused_qkv_rows, vae_rows):
+        try:
+            rows = part()
+        except Exception as exc:
+            rows = [{"lever": part.__name__, "error": f"{type(exc).__name__}: {exc}"[:500]}]
+        results["rows"] += rows
+        with open(args.output, "w", encoding="utf-8") as handle:  # after each part: a killed run keeps the rest
+            json.dump(results, handle, indent=1)
+        for row in rows:
+            print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
