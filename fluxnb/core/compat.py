@@ -171,6 +171,38 @@ def kontext_keep_size() -> dict[str, Any]:
     return {"_auto_resize": False}
 
 
+# --- diffusers' step cache hooks (>= 0.36, where FirstBlockCache and TaylorSeer exist; < 0.43) ---------------------
+
+# The names diffusers registers the deciding hook of each step cache under (diffusers.hooks.first_block_cache
+# _FBC_LEADER_BLOCK_HOOK: the head block's, which decides whether the other blocks run; diffusers.hooks
+# .taylorseer_cache _TAYLORSEER_CACHE_HOOK: on each block, all on the same fixed schedule).
+STEP_CACHE_HOOKS = ("fbc_leader_block_hook", "taylorseer_cache")
+
+
+def step_cache_hook(transformer) -> Any:
+    """The first hook of diffusers' step caches found under `transformer` (each module's HookRegistry, its
+    `_diffusers_hook`), None when no step cache is on."""
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for name in STEP_CACHE_HOOKS if registry is not None else ():
+            hook = registry.get_hook(name)
+            if hook is not None:
+                return hook
+    return None
+
+
+def step_cache_decision(hook) -> tuple[str, bool]:
+    """The denoiser call a step cache hook just served (its cache_context: "cond", or "uncond" with true CFG) and
+    whether the transformer's blocks ran in full on it: FirstBlockCache's shared state `should_compute`, or a
+    TaylorSeer state updated at its current step (`last_update_step`, `current_step`). Read from the hook's
+    `state_manager`, inside the pipeline's cache_context."""
+    manager = hook.state_manager
+    state = manager.get_state()
+    if hasattr(state, "should_compute"):
+        return manager.context.name, bool(state.should_compute)
+    return manager.context.name, state.last_update_step == state.current_step
+
+
 # --- peft (>= 0.15, < 0.22) -----------------------------------------------------------------------------------------
 
 

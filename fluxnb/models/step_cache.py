@@ -9,6 +9,9 @@ A cache setting is a short text (model entry key `cache:`, bench variant `NAME@c
   residual changes by less than T. Adaptive: how many steps it skips depends on the weights, so a speed-up
   measured on random weights says little about real FLUX (labelled "depends on the weights").
 
+Either way, each image and bench row records the schedule that really ran, observed on diffusers' hooks
+(`recording`, fluxnb.models.cache_schedule): the steps computed in full; the others were served from the cache.
+
 The hooks are in the default line's diffusers (0.42); the guide's diffusers 0.34 has neither, so a setting is refused
 there with the fix. Both combine with regional torch.compile (tests/unit/test_step_cache.py runs them on the
 tiny model's compiled blocks: the hooks' step bookkeeping runs outside the compiled graphs).
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.environment import package_version
 from ..core.errors import RequestError
@@ -121,17 +125,41 @@ def hook_config(setting: CacheSetting):
 
 
 def enable(transformer, setting: CacheSetting) -> None:
-    """Turn the hook on (after any regional compile: the hooks wrap the compiled blocks' forward)."""
+    """Turn the hook on (after any regional compile: the hooks wrap the compiled blocks' forward), with the observer
+    that records the steps it computes (fluxnb.models.cache_schedule)."""
+    from . import cache_schedule  # imports diffusers
+
     require_available(setting)
-    if transformer.is_cache_enabled:
-        transformer.disable_cache()
+    disable(transformer)
     transformer.enable_cache(hook_config(setting))
+    cache_schedule.attach(transformer)
 
 
 def disable(transformer) -> None:
-    """Turn any cache hook off."""
+    """Turn any cache hook off, and its observer."""
     if getattr(transformer, "is_cache_enabled", False):
+        from . import cache_schedule  # imports diffusers
+
+        cache_schedule.detach(transformer)
         transformer.disable_cache()
+
+
+@contextmanager
+def recording(transformer) -> Iterator[dict[str, Any]]:
+    """Around one pipeline call: afterwards the dict holds the schedule its step cache ran ("computed_steps": the
+    steps computed in full, "computed": how many, "steps": how many ran; the others were served from the cache), as
+    observed on diffusers' hooks; it stays empty when no cache of fluxnb's is on."""
+    record: dict[str, Any] = {}
+    watcher = None
+    if getattr(transformer, "is_cache_enabled", False):
+        from . import cache_schedule  # imports diffusers
+
+        watcher = cache_schedule.observer(transformer)
+    if watcher is not None:
+        watcher.clear()
+    yield record
+    if watcher is not None:
+        record.update(watcher.schedule())
 
 
 def request_cache(value: str | None) -> str | None:

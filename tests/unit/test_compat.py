@@ -285,6 +285,44 @@ def test_attention_backend_lookups():
     assert "native" in compat.processor_attention_backend(processor).lower()
 
 
+def _forward_steps(transformer, steps: int) -> list[tuple[str, bool]]:
+    """`steps` forwards of the same inputs inside the pipelines' cache_context("cond"), each step cache decision."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 4, 4, generator=generator),
+                  encoder_hidden_states=torch.randn(1, 3, 16, generator=generator),
+                  pooled_projections=torch.randn(1, 16, generator=generator), timestep=torch.tensor([0.5]),
+                  img_ids=torch.zeros(4, 3), txt_ids=torch.zeros(3, 3), return_dict=False)
+    hook, decisions = compat.step_cache_hook(transformer), []
+    with torch.inference_mode():
+        for _ in range(steps):
+            with transformer.cache_context("cond"):
+                transformer(**inputs)
+                decisions.append(compat.step_cache_decision(hook))
+    return decisions
+
+
+def test_step_cache_hooks_are_found_by_name_and_their_decisions_read():
+    import diffusers
+
+    assert compat.step_cache_hook(_tiny_transformer()) is None  # no cache on
+    if not hasattr(diffusers, "TaylorSeerCacheConfig"):  # the guide's 0.34: cached modes refused (test_step_cache)
+        return
+    from diffusers.hooks import first_block_cache, taylorseer_cache
+
+    assert compat.STEP_CACHE_HOOKS == (first_block_cache._FBC_LEADER_BLOCK_HOOK,
+                                       taylorseer_cache._TAYLORSEER_CACHE_HOOK)
+    transformer = _tiny_transformer()
+    transformer.enable_cache(diffusers.FirstBlockCacheConfig(threshold=0.05))
+    assert type(compat.step_cache_hook(transformer)).__name__ == "FBCHeadBlockHook"
+    # the same inputs every step: the first block's residual does not change, so every step after the first is cached
+    assert _forward_steps(transformer, 3) == [("cond", True), ("cond", False), ("cond", False)]
+    transformer = _tiny_transformer()
+    transformer.enable_cache(diffusers.TaylorSeerCacheConfig(cache_interval=2, disable_cache_before_step=3))
+    assert type(compat.step_cache_hook(transformer)).__name__ == "TaylorSeerCacheHook"
+    # diffusers' TaylorSeer: steps 0-2 full (warm-up), then full when (step - 3 - 1) % 2 == 0: step 4, not step 3
+    assert [computed for _, computed in _forward_steps(transformer, 5)] == [True, True, True, False, True]
+
+
 # --- peft -----------------------------------------------------------------------------------------------------------
 
 
@@ -311,7 +349,8 @@ def test_bnb_matmul_logger_is_the_module_that_logs_the_cast():
 
 PRIVATE_NAMES = {"_repeated_blocks", "_compiled_call_impl", "_execution_device", "_unpack_latents", "_update_scaling",
                  "_AttentionBackendRegistry", "_attention_backend", "_scaled_mm", "_int_mm", "_dynamo", "_inductor",
-                 "act_quant_kwargs", "_auto_resize"}
+                 "act_quant_kwargs", "_auto_resize", "_diffusers_hook", "fbc_leader_block_hook", "taylorseer_cache",
+                 "state_manager", "should_compute", "last_update_step"}
 
 
 def _private_uses(path: Path) -> list[str]:
