@@ -29,7 +29,7 @@ from ..models.images import load_image_file
 from ..models.loading import LoadedModel
 from ..models.lora import apply_loras, records, set_scales
 from ..models.params import GenerationRequest, refuse_changed_inputs
-from ..models.step_cache import effective, parse_cache, switched
+from ..models.step_cache import effective, parse_cache, recording, switched
 from ..models.sweeps import lora_axis
 from ..models.tasks import IMAGE_TO_IMAGE, MODES
 from .outputs import IDENTITY_KEYS, RunFolder, identity
@@ -384,6 +384,28 @@ def _step_callback(callback_on_step_end: Callable | None, on_step: Callable[[int
     return callback
 
 
+def _run_pipeline(model: LoadedModel, request: GenerationRequest, pipe, extra: dict,
+                  item: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The pipeline call of one image, in the item's cached mode: the image, and the steps its step cache computed
+    (empty without a cache: step_cache.recording)."""
+    import torch
+
+    loaded = parse_cache(model.report.cache["setting"]) if model.report.cache else None
+    with (switched(pipe.transformer, parse_cache(item["cache"]), loaded),  # the request's cached mode
+          recording(pipe.transformer) as schedule):
+        output = pipe(
+            prompt=item["prompt"],
+            num_inference_steps=item["steps"],
+            guidance_scale=item["guidance_scale"],
+            width=item["width"],
+            height=item["height"],
+            max_sequence_length=request.max_sequence_length,
+            generator=torch.Generator(device="cpu").manual_seed(item["seed"]),
+            **{**extra, **({"strength": item["strength"]} if "strength" in extra else {})},
+        )
+    return output.images[0], schedule
+
+
 def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder | None, pipe, extra: dict,
                   item: dict[str, Any], batch: _Batch) -> GeneratedImage | None:
     """One image: generated, checked, saved; or recorded as failed (out of memory) and None returned."""
@@ -393,20 +415,9 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
     reset_peak_memory(model.device)
     counters_before = compile_counters()
     replays_before = graph_status(pipe.transformer)
-    loaded = parse_cache(model.report.cache["setting"]) if model.report.cache else None
     start = time.perf_counter()
     try:
-        with switched(pipe.transformer, parse_cache(item["cache"]), loaded):  # the request's cached mode
-            output = pipe(
-                prompt=item["prompt"],
-                num_inference_steps=item["steps"],
-                guidance_scale=item["guidance_scale"],
-                width=item["width"],
-                height=item["height"],
-                max_sequence_length=request.max_sequence_length,
-                generator=torch.Generator(device="cpu").manual_seed(item["seed"]),
-                **{**extra, **({"strength": item["strength"]} if "strength" in extra else {})},
-            )
+        image, schedule = _run_pipeline(model, request, pipe, extra, item)
         if model.device == "cuda":
             torch.cuda.synchronize()
     except torch.cuda.OutOfMemoryError as exc:
@@ -423,7 +434,6 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
     seconds = time.perf_counter() - start
     counters_after = compile_counters()
     batch.in_a_row = 0
-    image = output.images[0]
     metadata = {
         **item,
         "seconds": round(seconds, 3),
@@ -437,6 +447,8 @@ def _generate_one(model: LoadedModel, request: GenerationRequest, run: RunFolder
         "cuda_graph": _graph_record(replays_before, graph_status(pipe.transformer)),
         "sanity": check_image(image).to_dict(),  # NaN/black/flat/mosaic warnings (fluxnb.core.sanity)
     }
+    if schedule:  # the cached mode's steps as run: computed in full, the others served from the cache
+        metadata["speed"] = {**item["speed"], "cache": {**item["speed"]["cache"], **schedule}}
     if metadata["compile"].get("new_graphs") and model.report.compile_cache:  # the doctor reports this size as warm
         record_warm(model.report.compile_cache["path"], model.spec.name, model.report.compile_mode, item["width"],
                     item["height"])
