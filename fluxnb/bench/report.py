@@ -90,7 +90,8 @@ def _cached_summary(size: str, rows: list[dict], all_rows: list[dict], baseline:
         entry["cached"] = {"backend": top["backend"], "speedup": top["speedup_vs_baseline"],
                            "goal_met": top["speedup_vs_baseline"] >= goal}
         schedule = top.get("cache_schedule")
-        ran = f" ({schedule['computed']} of {schedule['steps']} steps computed)" if schedule else ""
+        ran = (f" ({schedule['computed']} of {schedule['steps']} steps computed)"
+               if schedule and schedule["computed"] is not None else "")
         lines.append(f"{size}: cached mode {top['backend']}{ran}: {top['seconds_per_image']:.2f} s/image = "
                      f"{top['speedup_vs_baseline']:.2f}x, latent rel. err within {factor:g}x the baseline's on "
                      f"{' and '.join(CACHED_WEIGHT_SETS)} weights -> goal of {goal}x "

@@ -62,6 +62,21 @@ def test_taylorseer_records_its_fixed_schedule(tiny_spec):
 
 
 @needs_hooks
+def test_a_hook_state_diffusers_moved_makes_the_record_unknown_not_the_image_fail(tiny_spec, monkeypatch):
+    from fluxnb.models import cache_schedule
+
+    def moved(hook):
+        raise AttributeError("'FBCSharedBlockState' object has no attribute 'should_compute'")
+
+    monkeypatch.setattr(cache_schedule, "step_cache_decision", moved)
+    model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
+    record, ran = _cached_image(model, tiny_spec, "first-block@0.9")
+    assert record["computed_steps"] == ("unknown (reading the step cache's decision failed: AttributeError: "
+                                        "'FBCSharedBlockState' object has no attribute 'should_compute')")
+    assert record["computed"] is None and ran[0] == 0  # the image was made
+
+
+@needs_hooks
 def test_bench_rows_carry_the_schedule_of_the_timed_call(config):
     backends = [parse_backend(name, config) for name in ("flux-tiny", "flux-tiny@cache=taylorseer@2")]
     results = run_bench(backends, ((32, 32),), steps=STEPS, warmup_steps=1, device="cpu", log=lambda line: None)
