@@ -22,6 +22,7 @@ from .engine import (
 )
 from .fidelity import add_comparisons, psnr, relative_error
 from .report import (
+    CACHED_FIDELITY_FACTOR,
     CACHED_GOAL_SPEEDUP,
     FIDELITY_FACTOR,
     GOAL_SPEEDUP,
@@ -35,7 +36,7 @@ from .report import (
 
 __all__ = [
     "BASE_ENTRY_FOR_TYPES", "DEFAULT_BACKENDS", "DEFAULT_PROMPT", "DEFAULT_SIZES", "FORMAT_VERSION", "GOAL_SPEEDUP",
-    "CACHED_GOAL_SPEEDUP", "FIDELITY_FACTOR",
+    "CACHED_FIDELITY_FACTOR", "CACHED_GOAL_SPEEDUP", "FIDELITY_FACTOR",
     "PHASES", "VARIANTS", "BenchEntry", "BenchSettings", "add_comparisons", "default_results_path", "load_results",
     "parse_backend", "parse_size", "plot_results", "psnr", "relative_error", "results_table", "run_bench",
     "run_phases", "summarize", "write_results",
