@@ -105,6 +105,8 @@ def test_entry_cache_reaches_the_load_report_and_image_metadata(tiny_spec):
     request = fluxnb.make_request(spec, prompt="a cat", steps=4, width=32, height=32)
     image = fluxnb.generate(model, request, progress=False)[0]
     assert image.metadata["speed"]["cache"]["setting"] == "taylorseer@2"
+    # the entry's cache, on since the load: of 4 steps, the 3 warm-up ones computed and step 3 forecast
+    assert image.metadata["speed"]["cache"]["computed_steps"] == [0, 1, 2]
     assert image.metadata["speed"]["compile_cache"] is None  # the tiny model is not compiled
     assert image.metadata["speed"]["attention"] == model.report.attention == fluxnb.models.attention.SDPA
 
