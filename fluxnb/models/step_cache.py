@@ -127,9 +127,9 @@ def hook_config(setting: CacheSetting):
 def enable(transformer, setting: CacheSetting) -> None:
     """Turn the hook on (after any regional compile: the hooks wrap the compiled blocks' forward), with the observer
     that records the steps it computes (fluxnb.models.cache_schedule)."""
+    require_available(setting)
     from . import cache_schedule  # imports diffusers
 
-    require_available(setting)
     disable(transformer)
     transformer.enable_cache(hook_config(setting))
     cache_schedule.attach(transformer)
