@@ -109,27 +109,6 @@ def parse_args(argv: list[str] | None) -> Settings:
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def fixed_pictures(task: str, side: int, folder: Path) -> dict[str, str]:
-    """The run's fixed inputs, the same for every role: a deterministic picture (colour ramps and a disc) and, for
-    Fill, a mask of its middle (white = repaint); written as PNG files into `folder`."""
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    y, x = np.mgrid[0:side, 0:side] / max(side - 1, 1)
-    disc = ((x - 0.35) ** 2 + (y - 0.4) ** 2) < 0.04
-    rgb = np.stack([x, y, np.where(disc, 1.0, 0.3 * (1 - x))], axis=-1)
-    picture = folder / f"picture-{side}.png"
-    Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(picture)
-    inputs = {"init_image": str(picture)}
-    if task == "fill":
-        mask = np.zeros((side, side), dtype=np.uint8)
-        mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 255
-        inputs["mask"] = str(folder / f"mask-{side}.png")
-        Image.fromarray(mask).save(inputs["mask"])
-    return inputs
-
-
 def request_for(spec, task: str, pictures: dict[str, str], s: Settings, steps: int):
     """The task's request (inpaint or edit) through fluxnb.make_request: the entry's checks and defaults."""
     import fluxnb
@@ -301,7 +280,9 @@ def run_task(task: str, s: Settings, results: dict[str, Any]) -> None:
 
     checkpoint = ensure_synthetic_checkpoint("bf16", s.synthetic_root, dims=s.dims, log=s.log, task=task,
                                              device=s.device)
-    pictures = fixed_pictures(task, s.size, s.output.parent / "issue24-inputs")
+    from fluxnb.bench.inputs import fixed_pictures  # the bench's own fixed inputs (one copy)
+
+    pictures = fixed_pictures(task, s.size, s.size, s.output.parent / "issue24-inputs")
     rows: list[dict[str, Any]] = []
     outputs: dict[tuple[str, str, str], dict] = {}
     try:

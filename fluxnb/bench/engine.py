@@ -13,6 +13,10 @@ cap (torch.cuda.set_per_process_memory_fraction: 22 GB by default, as on an L4),
 Fidelity (fluxnb.bench.fidelity): every backend uses the same prompt and seed; the final latents and the decoded
 images are compared with the reference backend's. With `--synthetic` the weights are random with FLUX.1-dev's real
 dimensions (fluxnb.models.synthetic); every output says which weights were used.
+
+Editing entries (Fill, Kontext, Control: issue 24) are timed the same way, one task per run (every backend then runs
+the same pipeline on the same inputs): fluxnb.bench.inputs makes the fixed pictures at each size and the request
+through make_request, whose pipeline inputs (editing.pipeline_inputs) join the denoising call.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from ..core.compat import execution_device, unpack_latents
@@ -37,9 +42,11 @@ from ..models.config import ModelConfig, ModelSpec
 from ..models.loading import LoadedModel, load_model
 from ..models.step_cache import parse_cache, recording
 from ..models.synthetic import WEIGHT_SETS, ensure_synthetic_checkpoint, remove_synthetic_checkpoint, remove_weight_set
+from ..models.tasks import TEXT_TO_IMAGE
 from ..runs.generation import compile_counters, compile_record, free_memory, peak_memory, reset_peak_memory
 from .batch import batch_prompts, run_batch
 from .fidelity import add_comparisons
+from .inputs import INPUTS_TEXT, editing_arguments, editing_request, fixed_pictures
 from .predict import add_predictions
 from .warm import first_call_in_new_process
 
@@ -88,16 +95,26 @@ class BenchSettings:
     batch_backends: tuple[str, ...] = ()  # the backends timed in a batch (empty: all)
     batch_offload_t5: bool = False
     config_path: str | None = None
+    inputs_folder: str | None = None  # where an editing run writes its fixed pictures (None: a new temporary folder)
+    task: str = TEXT_TO_IMAGE  # the task of every backend of the run (run_bench sets it)
+    pictures: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # size -> an editing task's inputs
 
     @property
     def cuda(self) -> bool:
         return self.device == "cuda"
 
     def generation(self, width: int, height: int) -> dict[str, Any]:
-        """run_phases' arguments shared by the warm-up and the timed call."""
+        """run_phases' arguments shared by the warm-up and the timed call (text-to-image's; see arguments)."""
         return dict(prompt=self.prompt, seed=self.seed, width=width, height=height,
                     guidance_scale=self.guidance_scale, max_sequence_length=self.max_sequence_length,
                     device=self.device)
+
+    def arguments(self, spec: ModelSpec, width: int, height: int) -> dict[str, Any]:
+        """run_phases' arguments for `spec` at this size: an editing entry's through its request (its guidance, its
+        pipeline inputs)."""
+        if spec.task == TEXT_TO_IMAGE:
+            return self.generation(width, height)
+        return editing_arguments(spec, self.pictures[f"{width}x{height}"], self.generation(width, height), self.steps)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -133,12 +150,7 @@ def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()
                                       f"{', '.join(f'{k} ({v})' for k, v in VARIANTS.items())}")
     if name in config.models:
         spec = config.get(name)
-        if spec.task != "text-to-image":  # its pipeline needs pictures and masks: not this bench's FluxPipeline calls
-            raise RequestError("backend", f"{text!r} is a {spec.task} model; fluxnb bench times text-to-image "
-                               "entries (and loader types on FLUX.1-dev).", fix="bench its loader type instead "
-                               f"(--backend {spec.type}: the same transformer format on FLUX.1-dev's shapes); timing "
-                               "the editing pipelines themselves is not part of fluxnb bench yet")
-    elif name in REGISTRY:
+    elif name in REGISTRY:  # a loader type: text-to-image, on FLUX.1-dev's entry
         base = config.get(BASE_ENTRY_FOR_TYPES)
         spec = dataclasses.replace(base, name=name, type=name, description=f"{base.id} loaded as {name}")
     else:
@@ -190,9 +202,10 @@ def _phase_end(device: str, start: float) -> dict[str, Any]:
 
 
 def run_phases(pipe, *, prompt: str, seed: int, width: int, height: int, steps: int, guidance_scale: float,
-               max_sequence_length: int, device: str) -> dict[str, Any]:
-    """One text-to-image generation split into its three phases; returns timings, peaks, the cached mode's schedule
-    (None without one), latents and image."""
+               max_sequence_length: int, device: str, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One generation split into its three phases; returns timings, peaks, the cached mode's schedule (None without
+    one), latents and image. `inputs`: an editing pipeline's arguments (editing.pipeline_inputs), given to the
+    denoising call; its latents are the result's tokens only (Kontext's reference tokens are not returned)."""
     import numpy as np
     import torch
 
@@ -216,6 +229,7 @@ def run_phases(pipe, *, prompt: str, seed: int, width: int, height: int, steps: 
                 max_sequence_length=max_sequence_length,
                 generator=torch.Generator(device="cpu").manual_seed(seed),
                 output_type="latent",
+                **(inputs or {}),
             ).images
         phases["denoising"] = _phase_end(device, start)
 
@@ -261,8 +275,25 @@ def set_cap(device: str, cap_bytes: int | None) -> float | None:
 # ----------------------------------------------------------------------------------------------- the run's steps
 
 
+def bench_task(backends: list[BenchEntry]) -> str:
+    """The one task of a run's backends: fidelity and speed compare runs of the same pipeline on the same inputs,
+    so backends of two tasks (FLUX.1-dev beside FLUX.1-Fill) are refused before anything loads."""
+    by_task: dict[str, list[str]] = {}
+    for backend in backends:
+        by_task.setdefault(backend.spec.task, []).append(backend.label)
+    if len(by_task) > 1:
+        listed = "; ".join(f"{task}: {', '.join(labels)}" for task, labels in by_task.items())
+        raise RequestError("backend", f"the backends are models of {len(by_task)} tasks ({listed}); one bench run "
+                           "times backends of one task, each compared with that task's bf16 and bnb 8-bit entries.",
+                           fix="run one bench per task, e.g. `fluxnb bench --backend flux-fill --backend "
+                           "flux-fill-bnb-8bit --backend flux-fill-torchao-fp8`, and another for the text-to-image "
+                           "backends")
+    return next(iter(by_task), TEXT_TO_IMAGE)
+
+
 def _roles(backends: list[BenchEntry], reference: str | None, baseline: str | None) -> tuple[str, str]:
-    """The reference (fidelity) and baseline (speed) backends: named ones checked, else bf16 / bnb 8-bit / first."""
+    """The reference (fidelity) and baseline (speed) backends: named ones checked, else bf16 / bnb 8-bit / first
+    (within the run's one task: bench_task)."""
     labels = [b.label for b in backends]
     if len(set(labels)) != len(labels):
         raise RequestError("backend", f"each backend may be named once, got {labels}")
@@ -274,10 +305,12 @@ def _roles(backends: list[BenchEntry], reference: str | None, baseline: str | No
     return reference, baseline
 
 
-def _weights_text(backends: list[BenchEntry], synthetic: bool) -> str:
+def _weights_text(backends: list[BenchEntry], synthetic: bool, task: str = TEXT_TO_IMAGE) -> str:
     """Which weights ran: said in every output."""
     if synthetic:
-        return "synthetic: random weights with FLUX.1-dev's real dimensions (fluxnb.models.synthetic); images are noise"
+        shaped = "" if task == TEXT_TO_IMAGE else f", the transformer shaped for the {task} task"
+        return (f"synthetic: random weights with FLUX.1-dev's real dimensions{shaped} (fluxnb.models.synthetic); "
+                "images are noise")
     if all(get_backend(b.spec.type).embedded for b in backends):
         return "embedded tiny model (random weights)"
     return "hub checkpoints (real weights)"
@@ -290,21 +323,23 @@ def _new_results(s: BenchSettings, backends: list[BenchEntry], reference: str, b
         "fluxnb_bench": FORMAT_VERSION,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
-        "weights": _weights_text(backends, s.synthetic),
+        "weights": _weights_text(backends, s.synthetic, s.task),
         "device": device_info() if s.cuda else {"device": "cpu"},
         "driver": nvidia_driver_version() if s.cuda else None,
         "versions": package_versions(),
         "settings": {
             "steps": s.steps,
             "seed": s.seed,
+            "task": s.task,
             "prompt": s.prompt,
-            "guidance_scale": s.guidance_scale,
+            "guidance_scale": s.guidance_scale if s.task == TEXT_TO_IMAGE else None,  # editing: each row's (entry's)
             "max_sequence_length": s.max_sequence_length,
             "warmup_steps": s.warmup_steps,
             "cap_bytes": s.cap_bytes if s.cuda else None,
             "reference": reference,
             "baseline": baseline,
             "sizes": [f"{w}x{h}" for w, h in s.sizes],
+            **({} if s.task == TEXT_TO_IMAGE else {"inputs": {"what": INPUTS_TEXT[s.task], "files": s.pictures}}),
         },
         "backends": [],
         "rows": [],
@@ -338,9 +373,8 @@ def _load_backend(backend: BenchEntry, entry: dict[str, Any], checkpoint, s: Ben
     return model
 
 
-def _warm_then_time(model: LoadedModel, width: int, height: int, s: BenchSettings) -> dict[str, Any]:
+def _warm_then_time(model: LoadedModel, common: dict[str, Any], s: BenchSettings) -> dict[str, Any]:
     """A short warm-up (it pays compile and kernel costs) then the timed generation, with torch.compile's counts."""
-    common = s.generation(width, height)
     counters0 = compile_counters()
     start = time.perf_counter()
     run_phases(model.pipe, steps=s.warmup_steps, **common)
@@ -391,11 +425,14 @@ def _bench_size(model: LoadedModel, backend: BenchEntry, entry: dict[str, Any], 
                 s: BenchSettings, results: dict[str, Any], outputs: dict[tuple[str, str, str], dict]) -> dict | None:
     """One backend at one size: its row (or the row's error: an OOM under the cap is a result)."""
     size = f"{width}x{height}"
-    row: dict[str, Any] = {"backend": backend.label, "size": size, "width": width, "height": height,
-                           "steps": s.steps, "capped": entry["capped"], "weights": entry["weights"]}
+    row: dict[str, Any] = {"backend": backend.label, "task": backend.spec.task, "size": size, "width": width,
+                           "height": height, "steps": s.steps, "capped": entry["capped"], "weights": entry["weights"]}
     results["rows"].append(row)
     try:
-        timed = _warm_then_time(model, width, height, s)
+        common = s.arguments(backend.spec, width, height)
+        if backend.spec.task != TEXT_TO_IMAGE:
+            row.update(guidance_scale=common["guidance_scale"], inputs=INPUTS_TEXT[backend.spec.task])
+        timed = _warm_then_time(model, common, s)
     except Exception as exc:  # noqa: BLE001 - an OOM under the cap is a result, recorded per row
         row["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
         s.log(f"[{backend.label}] {size}: FAILED {row['error']}")
@@ -431,7 +468,7 @@ def _warm_job(backend: BenchEntry, entry: dict[str, Any], checkpoint, row: dict[
     return {"label": backend.label, "config": s.config_path, "checkpoint": str(checkpoint) if checkpoint else None,
             "device": s.device, "memory_fraction": entry.get("memory_fraction"), "warmup_steps": s.warmup_steps,
             "uncapped": [] if entry["capped"] else [backend.label],
-            "generation": s.generation(row["width"], row["height"])}
+            "generation": s.generation(row["width"], row["height"]), "pictures": s.pictures.get(row["size"])}
 
 
 def _checkpoint_for(backend: BenchEntry, weight_set: str, s: BenchSettings) -> tuple[Any, str | None]:
@@ -439,9 +476,9 @@ def _checkpoint_for(backend: BenchEntry, weight_set: str, s: BenchSettings) -> t
     record = get_backend(backend.spec.type)
     if not s.synthetic or (record.embedded and s.synthetic_dims is None):
         return None, None
-    kind = record.synthetic_kind or "bf16"  # quantized at load: from the bf16 checkpoint
+    kind = record.synthetic_kind or "bf16"  # quantized at load: from the bf16 checkpoint (an editing task's only one)
     return ensure_synthetic_checkpoint(kind, s.synthetic_root, dims=s.synthetic_dims, log=s.log,
-                                       weight_set=weight_set), kind
+                                       weight_set=weight_set, task=backend.spec.task), kind
 
 
 def _bench_backend(backend: BenchEntry, s: BenchSettings, results: dict[str, Any],
@@ -478,7 +515,7 @@ def _bench_backend(backend: BenchEntry, s: BenchSettings, results: dict[str, Any
         warm[0]["warm_first_call"] = first_call_in_new_process(warm[1])
         s.log(f"[{backend.label}] warm first call: {warm[0]['warm_first_call']}")
     if s.cleanup_quantized and kind and kind != "bf16":
-        remove_synthetic_checkpoint(kind, s.synthetic_root, s.synthetic_dims, weight_set)
+        remove_synthetic_checkpoint(kind, s.synthetic_root, s.synthetic_dims, weight_set, backend.spec.task)
 
 
 def _chosen(backend: BenchEntry, labels: tuple[str, ...]) -> bool:
@@ -512,6 +549,24 @@ def _runs(backends: list[BenchEntry], s: BenchSettings) -> list[tuple[str, Bench
             if w == "gaussian" or not s.outlier_backends or b.label in s.outlier_backends]
 
 
+def _editing_inputs(backends: list[BenchEntry], s: BenchSettings) -> None:
+    """An editing run's fixed pictures at each size (s.pictures), and every backend's request checked at each size
+    before anything loads (a size over an entry's maximum is refused here, as `fluxnb generate` refuses it)."""
+    if s.batch:
+        raise RequestError("batch", f"the batch times text-to-image prompts; this run's backends are {s.task} "
+                           "models.", fix="leave --batch off for editing entries")
+    folder = Path(s.inputs_folder or tempfile.mkdtemp(prefix="fluxnb-bench-inputs-"))
+    s.pictures = {f"{w}x{h}": fixed_pictures(s.task, w, h, folder) for w, h in s.sizes}
+    for backend in backends:
+        for width, height in s.sizes:
+            try:
+                editing_request(backend.spec, s.pictures[f"{width}x{height}"], s.generation(width, height), s.steps)
+            except RequestError as exc:
+                exc.add_note(f"(the bench's request for backend {backend.label} at {width}x{height})")
+                raise
+    s.log(f"{s.task} inputs ({INPUTS_TEXT[s.task]}) in {folder}")
+
+
 def run_bench(
     backends: list[BenchEntry],
     sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES,
@@ -536,17 +591,21 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run every backend at every size (and weight set); return the results (JSON-ready). A failing backend is
     recorded, not fatal. `options` are BenchSettings' optional fields: weight_sets, outlier_backends, synthetic_dims,
-    cleanup_weight_sets, warm_compile, warm_backends, batch, batch_backends, batch_offload_t5, config_path."""
+    cleanup_weight_sets, warm_compile, warm_backends, batch, batch_backends, batch_offload_t5, config_path,
+    inputs_folder (an editing run's pictures; None: a temporary folder). Backends of two tasks are refused."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    task = bench_task(backends)
     reference, baseline = _roles(backends, reference, baseline)
     s = BenchSettings(device=device, sizes=tuple(sizes), steps=steps, seed=seed, prompt=prompt,
                       guidance_scale=guidance_scale, max_sequence_length=max_sequence_length,
                       warmup_steps=warmup_steps, cap_bytes=cap_bytes, synthetic=synthetic,
                       synthetic_root=synthetic_root, cleanup_quantized=cleanup_quantized, log=_elapsed_log(log),
-                      **options)
+                      task=task, **options)
     runs = _runs(backends, s)
+    if task != TEXT_TO_IMAGE:
+        _editing_inputs(backends, s)
     results = _new_results(s, backends, reference, baseline, command)
     results["settings"].update(weight_sets=list(s.weight_sets), batch=s.batch, warm_compile=s.warm_compile)
     if s.warm_compile:
@@ -556,7 +615,7 @@ def run_bench(
         _bench_backend(backend, s, results, outputs, weight_set)
         last_of_set = index + 1 == len(runs) or runs[index + 1][0] != weight_set
         if last_of_set and weight_set in s.cleanup_weight_sets and s.synthetic:
-            for folder in remove_weight_set(weight_set, s.synthetic_root, s.synthetic_dims):
+            for folder in remove_weight_set(weight_set, s.synthetic_root, s.synthetic_dims, s.task):
                 s.log(f"removed {folder}")
         if on_backend_done is not None:  # partial results survive a run that is killed later
             add_comparisons(results, outputs)

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..models.tasks import TEXT_TO_IMAGE
+
 # FLUX.1-dev's transformer: hidden 3072, 19 double + 38 single blocks, 512 text tokens (the real model's dims).
 HIDDEN = 3072
 BLOCKS = 57
@@ -89,11 +91,12 @@ def uncalibrated_l4(row: dict[str, Any], model_type: str, card: Card) -> dict[st
 
 def add_predictions(results: dict[str, Any]) -> dict[str, Any] | None:
     """Add `predicted_l4_seconds_per_image` to every row it can, and the calibration to the results; None (and
-    nothing added) when the card is not one with published figures here, or the card is an L4 (then it is measured).
+    nothing added) when the card is not one with published figures here, the card is an L4 (then it is measured), or
+    the run timed an editing task (the model and its calibration are FLUX.1-dev text-to-image's).
     """
     card = card_for((results.get("device") or {}).get("gpu"))
-    if card is None or card is L4:
-        return None
+    if card is None or card is L4 or results["settings"].get("task", TEXT_TO_IMAGE) != TEXT_TO_IMAGE:
+        return None  # editing models: other token counts, and no L4 figure of theirs to calibrate on
     types = {b["label"]: b["type"] for b in results["backends"]}
     raw = {}
     for index, row in enumerate(results["rows"]):

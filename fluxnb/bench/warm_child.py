@@ -13,6 +13,7 @@ from ..models.config import load_config
 from ..models.loading import load_model
 from ..runs.generation import compile_counters, compile_record
 from .engine import parse_backend, run_phases
+from .inputs import editing_arguments
 
 
 def child(job: dict[str, Any]) -> dict[str, Any]:
@@ -27,9 +28,12 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     if backend.cast:
         model.pipe.to(torch.bfloat16 if backend.cast == "bf16" else torch.float32)
     model.pipe.set_progress_bar_config(disable=True)
+    generation = job["generation"]
+    if job.get("pictures"):  # an editing entry: the same request and pipeline inputs as the bench's first call
+        generation = editing_arguments(backend.spec, job["pictures"], generation, job["warmup_steps"])
     before = compile_counters()
     start = time.perf_counter()
-    run_phases(model.pipe, steps=job["warmup_steps"], **job["generation"])
+    run_phases(model.pipe, steps=job["warmup_steps"], **generation)
     seconds = time.perf_counter() - start
     compiled = compile_record(before, compile_counters())
     hits, misses = fx_graph_cache_counts()

@@ -23,13 +23,15 @@ from ..bench import (
 from ..core.errors import RequestError
 from ..models.config import load_config
 from ..models.synthetic import DIMS_BY_NAME, WEIGHT_SETS
+from ..models.tasks import TEXT_TO_IMAGE
 from ..runs.outputs import new_run_dir
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     parser = sub.add_parser("bench", help="benchmark backends x sizes: s/step, s/image, peak memory, fidelity")
-    parser.add_argument("--backend", action="append", help=f"model name or loader type, repeatable (default: "
-                        f"{', '.join(DEFAULT_BACKENDS)}); NAME@VARIANT changes one option: {', '.join(VARIANTS)}")
+    parser.add_argument("--backend", action="append", help=f"model name (any task, one task per run) or loader type "
+                        f"(on FLUX.1-dev), repeatable (default: {', '.join(DEFAULT_BACKENDS)}); NAME@VARIANT changes "
+                        f"one option: {', '.join(VARIANTS)}")
     parser.add_argument("--size", action="append", help="WIDTHxHEIGHT, repeatable (default 1024x1024)")
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--seed", type=int, default=0)
@@ -127,10 +129,12 @@ def run(args: argparse.Namespace) -> int:
         batch_backends=tuple(args.batch_backend),
         batch_offload_t5=args.batch_offload_t5,
         config_path=str(args.config) if args.config else None,
+        inputs_folder=str(json_path.parent / "bench-inputs"),
     )
     write_results(results, json_path, chart_path)
     print(results_table(results))
-    print("\n".join(summarize(results, recommended=config.recommended)["lines"]))
+    recommended = config.recommended if results["settings"]["task"] == TEXT_TO_IMAGE else None  # a FLUX.1-dev entry
+    print("\n".join(summarize(results, recommended=recommended)["lines"]))
     print(f"results: {json_path}\nchart: {chart_path}")
     failed = [r for r in results["rows"] if "error" in r] + [b for b in results["backends"] if "error" in b]
     return 1 if failed else 0

@@ -409,11 +409,13 @@ def remove_synthetic_checkpoint(kind: str, root: str | os.PathLike | None = None
         remove_own_folder(folder.parent, folder.name, "synthetic checkpoint")
 
 
-def remove_weight_set(weight_set: str, root: str | os.PathLike | None = None, dims: dict | None = None) -> list[str]:
-    """Delete every kind of one weight set (the outlier set after its bench, ~34 GB bf16 + ~17 GB 8-bit)."""
+def remove_weight_set(weight_set: str, root: str | os.PathLike | None = None, dims: dict | None = None,
+                      task: str = TEXT_TO_IMAGE) -> list[str]:
+    """Delete every kind of one weight set (the outlier set after its bench, ~34 GB bf16 + ~17 GB 8-bit); an
+    editing task has only its bf16 one."""
     removed = []
-    for kind in KINDS:
-        folder = synthetic_dir(kind, root, dims, weight_set)
+    for kind in KINDS if task == TEXT_TO_IMAGE else ("bf16",):
+        folder = synthetic_dir(kind, root, dims, weight_set, task)
         if os.path.lexists(folder):
             removed.append(str(remove_own_folder(folder.parent, folder.name, "synthetic checkpoint")))
     return removed

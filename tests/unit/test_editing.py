@@ -253,10 +253,14 @@ def test_an_inpaint_batch_over_two_processes_is_one_run_folder(picture, mask, ou
     assert sorted(p.name for p in run.glob("*.png")) == sorted(e["file"] for e in manifest["images"])
 
 
-def test_the_bench_names_what_it_times_for_an_editing_entry(capsys):
-    refused(capsys, ["bench", "--backend", "flux-fill-torchao-fp8"],
-            "parameter `backend`: 'flux-fill-torchao-fp8' is a fill model; fluxnb bench times text-to-image entries",
-            "Fix: bench its loader type instead (--backend flux-torchao-fp8dq")
+def test_the_bench_takes_an_editing_entry_as_it_is(config):
+    """The entry itself, not its loader type on FLUX.1-dev (tests/unit/test_bench_editing.py times it)."""
+    from fluxnb.bench import parse_backend
+
+    backend = parse_backend("flux-fill-torchao-fp8", config)
+    assert (backend.spec.name, backend.spec.task, backend.spec.type) == ("flux-fill-torchao-fp8", "fill",
+                                                                         "flux-torchao-fp8dq")
+    assert backend.spec.id == "black-forest-labs/FLUX.1-Fill-dev" and backend.capped
 
 
 def test_a_lora_and_a_sweep_apply_to_an_inpaint_request(capsys, picture, mask, tmp_path: Path, config):

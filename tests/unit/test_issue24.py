@@ -93,4 +93,4 @@ def test_the_script_runs_both_tasks_end_to_end_on_the_cpu(tmp_path, monkeypatch,
     printed = capsys.readouterr().out
     fast = next(r for r in results["rows"] if r["task"] == "kontext" and r["role"] == "float8")
     assert f"{fast['speedup_vs_baseline']:.2f}x" in printed and "kontext: flux-tiny-kontext@fp16" in printed
-    assert list((tmp_path / "issue24-inputs").glob("mask-32.png"))  # the fixed inputs are kept beside the JSON
+    assert list((tmp_path / "issue24-inputs").glob("mask-32x32.png"))  # the fixed inputs are kept beside the JSON

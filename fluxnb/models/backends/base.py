@@ -86,7 +86,8 @@ class Backend:
         uses: the paths of fluxnb/knowledge.yaml it takes, so that known issues on them are flagged for it.
         embedded: built locally (the tiny model): no hub, no download, runs on a CPU.
         reference: full precision, the fidelity reference of the bench.
-        baseline: the guide's verified configuration, the speed baseline of the bench.
+        baseline: the guide's verified configuration (LLM.int8: pre-quantized, or quantized at load for the editing
+            models), the speed baseline of the bench.
         options: family-specific settings (e.g. the torchao config name).
         lora: how LoRA adapters apply (fluxnb/models/lora.py): "yes" (loaded through PEFT, `fuse` allowed),
             "unfused: why" (PEFT layers beside the weights, no fuse), "hotswap: why" (one adapter slot swapped in

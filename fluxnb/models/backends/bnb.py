@@ -81,6 +81,7 @@ BACKENDS = (
         what="LLM.int8 (transformer and T5) quantized while the bf16 checkpoint loads: the guide's 8-bit format for "
         "the models without a pre-quantized copy (Fill, Kontext, Canny, Depth), about 21 GB",
         load=load_8bit_at_load,
+        baseline=True,  # the editing models' bnb 8-bit: their bench's speed baseline (one task per run)
         **_COMMON,
         **{**_INT8, "synthetic_kind": None, "download_gib": 33.7},
     ),
