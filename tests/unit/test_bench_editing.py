@@ -48,13 +48,13 @@ def _bench(folder: Path, backends: list[str], *extra: str) -> tuple[dict[str, An
 
 @pytest.fixture(scope="module")
 def runs(tiny_cache, tmp_path_factory) -> dict[str, tuple[dict, dict]]:
-    """One bench per task: Fill on a tiny synthetic checkpoint (fp32 and a bf16 cast), Kontext and Control on the
-    embedded tiny models."""
+    """One bench per task: Fill on a tiny synthetic checkpoint (fp32 and a bf16 cast), Kontext (also at a size that is
+    not square: a swapped width and height shows) and Control on the embedded tiny models."""
     fill = tmp_path_factory.mktemp("fill")
     return {
         "fill": _bench(fill, ["flux-tiny-fill", "flux-tiny-fill@bf16"], "--synthetic", "--synthetic-dims", "tiny",
                        "--synthetic-root", str(fill / "synthetic")),
-        "kontext": _bench(tmp_path_factory.mktemp("kontext"), ["flux-tiny-kontext"]),
+        "kontext": _bench(tmp_path_factory.mktemp("kontext"), ["flux-tiny-kontext"], "--size", "48x32"),
         "control": _bench(tmp_path_factory.mktemp("control"), ["flux-tiny-control"]),
     }
 
@@ -112,20 +112,23 @@ def test_the_bench_times_the_image_fluxnb_generate_makes(runs, config, task):
     (backend,) = [b for b in results["backends"] if b["label"] == label]
     spec = config.get(label)
     model = fluxnb.load_model(spec, checkpoint=backend["load_report"]["checkpoint"], device="cpu", progress=False)
-    request = fluxnb.make_request(spec, prompt=DEFAULT_PROMPT, seed=SEED, steps=2, width=32, height=32,
-                                  mode=MODES[task], **results["settings"]["inputs"]["files"]["32x32"])
-    last = LastLatents()
-    (made,) = fluxnb.generate(model, request, progress=False, callback_on_step_end=last)
-    bench = outputs[(label, "32x32", "gaussian")]
-    assert np.array_equal(bench["latents"], last.latents.float().numpy())
-    assert np.array_equal(bench["image"], np.asarray(made.image.convert("RGB")))
+    for size, files in results["settings"]["inputs"]["files"].items():
+        width, height = (int(side) for side in size.split("x"))
+        request = fluxnb.make_request(spec, prompt=DEFAULT_PROMPT, seed=SEED, steps=2, width=width, height=height,
+                                      mode=MODES[task], **files)
+        last = LastLatents()
+        (made,) = fluxnb.generate(model, request, progress=False, callback_on_step_end=last)
+        bench = outputs[(label, size, "gaussian")]
+        assert made.image.size == (width, height)
+        assert np.array_equal(bench["latents"], last.latents.float().numpy())
+        assert np.array_equal(bench["image"], np.asarray(made.image.convert("RGB")))
 
 
 def test_kontext_and_control_rows_are_their_tasks_own(runs):
     fill_latents = runs["fill"][1][("flux-tiny-fill", "32x32", "gaussian")]["latents"]
     for task in ("kontext", "control"):
         results, outputs = runs[task]
-        (row,) = results["rows"]
+        row = results["rows"][0]
         assert "error" not in row, row.get("error")
         assert row["task"] == task == results["settings"]["task"] and row["latent_rel_error"] == 0.0
         latents = outputs[(f"flux-tiny-{task}", "32x32", "gaussian")]["latents"]
@@ -133,7 +136,11 @@ def test_kontext_and_control_rows_are_their_tasks_own(runs):
         # tokens are not part of the result
         assert latents.shape == fill_latents.shape == (1, 4, 64)
         assert not np.allclose(latents, fill_latents)
-    assert runs["kontext"][0]["rows"][0]["guidance_scale"] == 2.5  # flux-tiny-kontext's entry
+    kontext, outputs = runs["kontext"]
+    assert [(r["size"], r["guidance_scale"], "error" in r) for r in kontext["rows"]] == [
+        ("32x32", 2.5, False), ("48x32", 2.5, False)]  # flux-tiny-kontext's guidance (model_config.yaml)
+    assert outputs[("flux-tiny-kontext", "48x32", "gaussian")]["latents"].shape == (1, 6, 64)  # 3x2 tokens
+    assert outputs[("flux-tiny-kontext", "48x32", "gaussian")]["image"].shape == (32, 48, 3)
     control = runs["control"][0]["settings"]["inputs"]
     assert set(control["files"]["32x32"]) == {"control_image"} and "control image itself" in control["what"]
 
