@@ -2,8 +2,8 @@
 
 engine: the measuring (BenchEntry, parse_backend, parse_size, run_phases, run_bench); fidelity: latents' relative
 error, PSNR and speed ratios; inputs: an editing task's fixed pictures and request (one task per run); report: the
-verdict, the table, the chart and the JSON file. Results are JSON plus a
-matplotlib chart; every output says which weights ran.
+verdict, the table, the chart and the JSON file. Results are JSON plus a matplotlib chart; every output says which
+weights ran.
 """
 
 from .engine import (
