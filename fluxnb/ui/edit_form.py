@@ -66,13 +66,17 @@ class EditForm(GenerateForm):
         self.prompt = w.Textarea(value="", placeholder="what to paint (edit: the instruction)", description="prompt",
                                  rows=2, layout=w.Layout(width="600px"), style=label)
         self.steps = w.IntSlider(value=1, min=1, max=50, description="steps", style=label, layout=layout)
+        # the editing models' cards ask for very different guidance (Fill 30, Kontext 2.5): each mode's default
+        self.guidance_scale = w.FloatSlider(value=1.0, min=0.5, max=50.0, step=0.5, description="guidance",
+                                            style=label, layout=layout)
         self.seed = w.IntText(value=0, description="seed", style=label)
         self.num_images = w.IntSlider(value=1, min=1, max=MAX_IMAGES_IN_UI, description="images", style=label,
                                       layout=layout)
         self.mode_picker.observe(lambda _change: self._show_mode(), names="value")
         self._show_mode()
         self._action_widgets(w)
-        self._assemble(w, [self.mode_picker, self.mode_area, self.prompt, self.steps, self.seed, self.num_images])
+        self._assemble(w, [self.mode_picker, self.mode_area, self.prompt, self.steps, self.guidance_scale, self.seed,
+                           self.num_images])
 
     def _mode_panels(self, w, label: dict, brush: int | None) -> None:
         """What each mode takes besides the prompt: the painter, the margins, nothing, the control type."""
@@ -104,11 +108,13 @@ class EditForm(GenerateForm):
         return self._choices[task]
 
     def _show_mode(self) -> None:
-        """Swap in the mode's inputs, and its model's steps (the editing models' cards differ: 50 for Fill...)."""
+        """Swap in the mode's inputs, and its model's steps and guidance (the editing models' cards differ: 50 steps
+        and guidance 30 for Fill, 2.5 for Kontext...)."""
         self.mode_area.children = (self.panels[self.mode],)
         params = self.choice().spec.params
         self.steps.max = params.max_steps
         self.steps.value = params.default_steps
+        self.guidance_scale.value = params.guidance_scale
 
     def _header_html(self) -> str:
         loaded = f"<b>{self.model.spec.name}</b> ({self.model.report.weights}) loaded" if self.model else \
@@ -128,7 +134,8 @@ class EditForm(GenerateForm):
             try:
                 request = make_request(choice.spec, prompt=self.prompt_value(), mode=self.mode,
                                        init_image=str(self.picture_path), seed=self.seed.value,
-                                       steps=self.steps.value, num_images=self.num_images.value, **inputs)
+                                       steps=self.steps.value, guidance_scale=round(self.guidance_scale.value, 4),
+                                       num_images=self.num_images.value, **inputs)
             except RequestError as exc:
                 raise self._painted_or(exc) from None
         if mask is not None:  # the same bytes as the checked copy, so the request's mask_sha256 holds

@@ -81,6 +81,18 @@ def test_switching_the_mode_swaps_the_inputs_shown(form):
     assert {form.prompt, form.seed, form.steps, form.button, form.stop_button, form.progress} <= shown()
 
 
+def test_guidance_follows_each_modes_model_and_reaches_the_image(form):
+    # the entries' own values (model_config.yaml: flux-tiny-fill 30, flux-tiny-kontext 2.5), written out here
+    assert form.guidance_scale.value == 30.0
+    form.mode_picker.value = "edit"
+    assert form.guidance_scale.value == 2.5
+    form.guidance_scale.value = 4.5  # a person's choice
+    form.button.click()
+    assert form.last_error is None, form.last_error
+    (entry,) = fluxnb.read_manifest(form.run.path)["images"]
+    assert entry["mode"] == "edit" and entry["guidance_scale"] == 4.5
+
+
 def test_outpaint_and_control_generate_with_the_modes_inputs(form):
     form.mode_picker.value = "outpaint"
     form.border.sliders["left"].value = 32
