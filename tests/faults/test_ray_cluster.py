@@ -10,6 +10,7 @@ finishes it, nothing made twice)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -196,3 +198,32 @@ def test_warm_workers_are_listed_stopped_and_end_after_their_idle_time(cluster):
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in _pids(idle)), seconds=60,
              what="the warm actors to end after 2 idle seconds")
     assert "no warm workers" in cluster.run("workers", "--ray", cluster.address).stdout
+
+
+def test_an_inpaint_request_crosses_to_the_worker_node_with_its_mask_and_makes_the_local_images(cluster):
+    """Issue 24's modes hold on Ray: the picture and the mask travel through the object store to a node that cannot
+    see them, and the images are those the same request makes without Ray (the CPU is deterministic)."""
+    assert cluster.run("workers", "--ray", cluster.address, "--stop").returncode == 0  # the node's CPUs free
+    picture, mask = cluster.driver / "room.png", cluster.driver / "hole.png"
+    Image.new("RGB", (64, 64), (30, 120, 200)).save(picture)
+    hole = Image.new("L", (64, 64), 0)
+    hole.paste(255, (16, 16, 48, 48))
+    hole.save(mask)
+    edit = ["generate", "--model", "flux-tiny-fill", "--mode", "inpaint", "--init-image", str(picture), "--mask",
+            str(mask), "--prompt", "a red sofa", "--steps", "4", "--seed", "3", "--num-images", "2"]
+    remote = _run_dir(cluster.run(*edit, "--ray", cluster.address, "--gpus", "2", "--keep-warm", "120",
+                                  "--output-dir", str(cluster.driver / "inpaint-ray")))  # warm: their pids stay
+    local = _run_dir(cluster.run(*edit, "--output-dir", str(cluster.driver / "inpaint-local")))
+    by_index = lambda run: sorted(fluxnb.read_manifest(run)["images"], key=lambda e: e["index"])  # noqa: E731
+    remote_images, local_images = by_index(remote), by_index(local)
+    assert [e["index"] for e in remote_images] == [0, 1] == [e["index"] for e in local_images]
+    mask_sha = hashlib.sha256(mask.read_bytes()).hexdigest()
+    assert all(e["mode"] == "inpaint" and e["mask"] == str(mask) and e["mask_sha256"] == mask_sha
+               for e in remote_images)
+    if cluster.hidden:
+        assert all(_in_mount_namespace_of_worker_node(e["parallel"]["pid"], cluster) for e in remote_images)
+    assert cluster.run("workers", "--ray", cluster.address, "--stop").returncode == 0
+    for mine, theirs in zip(remote_images, local_images, strict=True):
+        assert mine["file"] == theirs["file"]
+        with Image.open(remote / mine["file"]) as a, Image.open(local / theirs["file"]) as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b)), f"image {mine['index']} differs from the local one"
