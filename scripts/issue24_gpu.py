@@ -110,11 +110,13 @@ def parse_args(argv: list[str] | None) -> Settings:
 
 
 def request_for(spec, task: str, pictures: dict[str, str], s: Settings, steps: int):
-    """The task's request (inpaint or edit) through fluxnb.make_request: the entry's checks and defaults."""
-    import fluxnb
+    """The task's request (inpaint or edit): the bench's editing request (fluxnb.bench.inputs.editing_request, through
+    fluxnb.make_request: the entry's checks and defaults), with this script's prompt and the entry's T5 tokens."""
+    from fluxnb.bench.inputs import editing_request
 
-    return fluxnb.make_request(spec, prompt=PROMPTS[task], seed=s.seed, steps=steps, width=s.size, height=s.size,
-                               mode=fluxnb.INPAINT if task == "fill" else fluxnb.EDIT, **pictures)
+    generation = {"prompt": PROMPTS[task], "seed": s.seed, "width": s.size, "height": s.size,
+                  "max_sequence_length": spec.params.max_tokens}
+    return editing_request(spec, pictures, generation, steps)
 
 
 class LatentCatcher:
@@ -276,12 +278,11 @@ def write_results(results: dict[str, Any], path: Path) -> None:
 
 def run_task(task: str, s: Settings, results: dict[str, Any]) -> None:
     from fluxnb.bench.engine import set_cap
+    from fluxnb.bench.inputs import fixed_pictures  # the bench's own fixed inputs (one copy)
     from fluxnb.models.synthetic import ensure_synthetic_checkpoint, remove_synthetic_checkpoint
 
     checkpoint = ensure_synthetic_checkpoint("bf16", s.synthetic_root, dims=s.dims, log=s.log, task=task,
                                              device=s.device)
-    from fluxnb.bench.inputs import fixed_pictures  # the bench's own fixed inputs (one copy)
-
     pictures = fixed_pictures(task, s.size, s.size, s.output.parent / "issue24-inputs")
     rows: list[dict[str, Any]] = []
     outputs: dict[tuple[str, str, str], dict] = {}
