@@ -35,8 +35,8 @@ else
     # run order within each weight set: reference first, then the fast ones (they reuse the bf16 checkpoint), then
     # bnb 8-bit (its own 8-bit checkpoint, deleted right after), the noise floor last
     BACKENDS="--backend $REF --backend $FAST --backend $CACHED --backend $BASE --backend $FLOOR ${ISSUE15_EXTRA:-}"
-    OUTLIERS="--outlier-backend $REF --outlier-backend $FAST --outlier-backend $BASE"
-    SIZE_ARGS="--size 1024x1024 --steps 28 --batch 3 --batch-backend $FAST --batch-offload-t5"
+    OUTLIERS="--outlier-backend $REF --outlier-backend $FAST --outlier-backend $BASE ${ISSUE15_OUTLIER_EXTRA:-}"
+    SIZE_ARGS="--size 1024x1024 --steps 28 --batch ${ISSUE15_BATCH:-3} --batch-backend $FAST --batch-offload-t5"
     export GPU_LANE_STAGES=${GPU_LANE_STAGES:-"env bench"}
     export LANE_DEADLINE=${LANE_DEADLINE:-540}  # seconds from the lane's start: the bench stops there, JSON kept
 fi

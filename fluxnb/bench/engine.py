@@ -35,6 +35,7 @@ from ..core.environment import device_info, nvidia_driver_version, package_versi
 from ..core.errors import RequestError
 from ..core.units import GIB, SIZE_MULTIPLE, is_image_side
 from ..models import compile_cache
+from ..models.attention import SETTINGS as ATTENTION_SETTINGS
 from ..models.backends import REGISTRY, get_backend, types_where
 from ..models.backends.cuda_graph import graph_status
 from ..models.backends.torchao import AUTOTUNE
@@ -138,16 +139,28 @@ VARIANTS = {
     "offload-t5": "offload_text_encoder: true",
     "autotune": f"compile: true, compile_mode: {AUTOTUNE}",
     "cache=SETTING": "the cached mode, e.g. cache=taylorseer@2 (fluxnb/models/step_cache.py)",
+    "attention=KERNEL": f"the attention kernel, one of {', '.join(ATTENTION_SETTINGS)} (fluxnb/models/attention.py)",
 }
 
 
 def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()) -> BenchEntry:
-    """'flux-dev-bnb-8bit', 'flux-torchao-int8dq' (a loader type), 'flux-tiny@bf16' (cast after load), or
-    'flux-dev-torchao-int8dq@offload-t5' (the entry with one option changed; see VARIANTS)."""
-    name, _, variant = text.partition("@")
-    if variant and variant not in VARIANTS and not variant.startswith("cache="):
-        raise RequestError("backend", f"{text!r}: the suffix after @ must be one of "
-                                      f"{', '.join(f'{k} ({v})' for k, v in VARIANTS.items())}")
+    """'flux-dev-bnb-8bit', 'flux-torchao-int8dq' (a loader type), 'flux-tiny@bf16' (cast after load),
+    'flux-dev-torchao-int8dq@offload-t5' (the entry with one option changed; see VARIANTS), or several changes
+    joined by '+' ('flux-dev-torchao-fp8@attention=sage+cache=taylorseer@2')."""
+    name, _, variants = text.partition("@")
+    spec = _named_spec(text, name, config)
+    cast = None
+    for variant in variants.split("+") if variants else ():
+        if variant in ("bf16", "fp32"):
+            cast = variant
+        else:
+            spec = _apply_variant(text, variant, spec)
+    capped = not (text in uncapped or name in uncapped or (not uncapped and get_backend(spec.type).reference))
+    return BenchEntry(label=text, spec=spec, cast=cast, capped=capped)
+
+
+def _named_spec(text: str, name: str, config: ModelConfig) -> ModelSpec:
+    """The entry called `name`, or FLUX.1-dev's entry loaded as the loader type `name`."""
     if name in config.models:
         spec = config.get(name)
     elif name in REGISTRY:  # a loader type: text-to-image, on FLUX.1-dev's entry
@@ -159,6 +172,14 @@ def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()
             f"{text!r} is neither a model in {config.path} nor a loader type. Allowed: "
             f"{', '.join([*config.models, *sorted(set(REGISTRY) - {m.type for m in config.models.values()})])}",
         )
+    return spec
+
+
+def _apply_variant(text: str, variant: str, spec: ModelSpec) -> ModelSpec:
+    """The entry with the one option `variant` changed (VARIANTS), or an error naming the variants there are."""
+    if variant not in VARIANTS and not variant.startswith(("cache=", "attention=")):
+        raise RequestError("backend", f"{text!r}: each suffix after @ (several joined by +) must be one of "
+                                      f"{', '.join(f'{k} ({v})' for k, v in VARIANTS.items())}")
     if variant in ("eager", "compiled"):
         if not get_backend(spec.type).compilable:
             raise RequestError("backend", f"{text!r}: type {spec.type} is not compiled by fluxnb; compiled types: "
@@ -176,9 +197,13 @@ def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()
         spec = dataclasses.replace(spec, compile=True, compile_mode=AUTOTUNE)
     elif variant.startswith("cache="):
         spec = dataclasses.replace(spec, cache=parse_cache(variant.removeprefix("cache="), parameter="backend").text)
-    capped = not (text in uncapped or name in uncapped or (not uncapped and get_backend(spec.type).reference))
-    cast = variant if variant in ("bf16", "fp32") else None
-    return BenchEntry(label=text, spec=spec, cast=cast, capped=capped)
+    elif variant.startswith("attention="):
+        kernel = variant.removeprefix("attention=")
+        if kernel not in ATTENTION_SETTINGS:
+            raise RequestError("backend", f"{text!r}: attention={kernel} is not an attention kernel; allowed: "
+                                          f"{', '.join(ATTENTION_SETTINGS)}")
+        spec = dataclasses.replace(spec, attention=kernel)
+    return spec
 
 
 # ----------------------------------------------------------------------------------------------- one generation
@@ -489,6 +514,7 @@ def _bench_backend(backend: BenchEntry, s: BenchSettings, results: dict[str, Any
         "model": backend.spec.name,
         "type": backend.spec.type,
         "cast": backend.cast,
+        "attention": backend.spec.attention,
         "capped": bool(backend.capped and s.cap_bytes and s.cuda),
         "weights": weight_set,
     }
@@ -502,7 +528,7 @@ def _bench_backend(backend: BenchEntry, s: BenchSettings, results: dict[str, Any
         if first is not None and s.batch and weight_set == "gaussian" and _chosen(backend, s.batch_backends):
             _batch_row(model, backend, first, s)
         if (first is not None and s.warm_compile and model.report.compile_cache is not None
-                and _chosen(backend, s.warm_backends)):
+                and weight_set == s.weight_sets[0] and _chosen(backend, s.warm_backends)):
             warm = (first, _warm_job(backend, entry, checkpoint, first, s))
         del model
     except Exception as exc:  # noqa: BLE001 - a backend that cannot load (OOM, missing extra) is a result

@@ -9,6 +9,13 @@ bf16 peak ratio. Then one calibration: the guide's one L4 figure (bnb 8-bit, 77 
 divided by this model's prediction for the same run's bnb 8-bit row; every backend's prediction is multiplied by
 that factor (it carries what the peak ratios miss, e.g. the L4's clocks under its 72 W limit).
 Published peaks (dense, no sparsity): NVIDIA datasheets.
+
+The attention kernel is the one lever whose effect does not carry over by peak ratios: an entry with `attention:
+auto` runs the record's choice for 8.9 on the L4 (fluxnb/models/attention.py), which may differ from what it ran
+here. Where the L4 would run a kernel with a published Ada speed-up over FlashAttention2 (SageAttention: 2.1x) and
+this card ran SDPA, the L4 step is shortened by attention's share of it (from the FLOPs, attention in bf16, the
+linears at the entry's precision) times the time that kernel saves. A row that ran such a kernel on this card gets no
+L4 figure: its speed here (SageAttention 1 is slower than cuDNN on an H100) says nothing about an Ada card.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..models.attention import KERNELS
+from ..models.backends import REGISTRY
 from ..models.tasks import TEXT_TO_IMAGE
 
 # FLUX.1-dev's transformer: hidden 3072, 19 double + 38 single blocks, 512 text tokens (the real model's dims).
@@ -55,10 +64,44 @@ LABEL = "predicted (not measured): from this run's efficiency on its card, the L
 
 def step_tflop(width: int, height: int) -> float:
     """TFLOP of one FLUX.1-dev transformer forward at this size (linears plus attention)."""
+    return sum(step_parts(width, height)) / 1e12
+
+
+def step_parts(width: int, height: int) -> tuple[float, float]:
+    """FLOPs of one forward's linears and of its attention at this size."""
     tokens = (width // 16) * (height // 16) + TEXT_TOKENS
-    linears = 2 * PER_TOKEN_MATMUL_PARAMS * tokens
-    attention = 4 * tokens * tokens * HIDDEN * BLOCKS
-    return (linears + attention) / 1e12
+    return 2 * PER_TOKEN_MATMUL_PARAMS * tokens, 4 * tokens * tokens * HIDDEN * BLOCKS
+
+
+def l4_attention_share(width: int, height: int, precision: str) -> float:
+    """Attention's share of an L4 step at equal efficiency: attention in bf16, the linears at `precision`."""
+    linears, attention = step_parts(width, height)
+    attention_time = attention / L4.bf16_tflops
+    return attention_time / (linears / _peak(L4, precision) + attention_time)
+
+
+def l4_attention_kernel(entry: dict[str, Any]) -> str:
+    """The attention kernel an entry of the bench would run on an L4: its `attention:` setting, or for `auto` its
+    record's choice for compute capability 8.9."""
+    setting = entry.get("attention") or "auto"
+    if setting != "auto":
+        return setting
+    record = REGISTRY.get(entry.get("type", ""))
+    return next((c.kernel for c in (record.attention if record else ()) if c.capability == (8, 9)), "sdpa")
+
+
+def attention_lever(row: dict[str, Any], entry: dict[str, Any], precision: str) -> dict[str, Any] | None:
+    """How the L4's attention kernel changes this row's predicted step (None: the same kernel as measured here);
+    {"unpredictable": why} when this card ran a kernel whose speed here does not carry to an Ada card."""
+    ran = str((entry.get("load_report") or {}).get("attention") or "")
+    kernel = KERNELS.get(l4_attention_kernel(entry))
+    if ran.startswith("sage"):
+        return {"unpredictable": "ran SageAttention on this card: its speed here says nothing about an Ada card"}
+    if kernel is None or kernel.ada_speedup == 1.0:
+        return None
+    share = l4_attention_share(row["width"], row["height"], precision)
+    return {"kernel": kernel.name, "attention_share": round(share, 3), "ada_speedup": kernel.ada_speedup,
+            "step_factor": round(1 - share * (1 - 1 / kernel.ada_speedup), 3), "source": kernel.ada_source}
 
 
 def card_for(gpu_name: str | None) -> Card | None:
@@ -72,15 +115,17 @@ def _peak(card: Card, precision: str) -> float:
     return card.bf16_tflops if precision == "bf16" else card.eight_bit_tflops
 
 
-def uncalibrated_l4(row: dict[str, Any], model_type: str, card: Card) -> dict[str, Any] | None:
-    """The L4 seconds per image before calibration, and the efficiency it rests on (None for unknown types)."""
+def uncalibrated_l4(row: dict[str, Any], model_type: str, card: Card, step_factor: float = 1.0
+                    ) -> dict[str, Any] | None:
+    """The L4 seconds per image before calibration, and the efficiency it rests on (None for unknown types).
+    `step_factor` shortens the compute part of the L4 step (the attention lever, attention_lever)."""
     if model_type not in COMPUTE or "seconds_per_step" not in row:
         return None
     precision, weight_bytes = COMPUTE[model_type]
     # The same efficiency (FLOPs / (s/step x peak)) on both cards: the step's FLOPs cancel, and the L4's compute
     # time is the measured step scaled by the ratio of the two peaks. The efficiency itself is reported (it says
     # how well this card was used), from step_tflop.
-    compute = row["seconds_per_step"] * _peak(card, precision) / _peak(L4, precision)
+    compute = row["seconds_per_step"] * _peak(card, precision) / _peak(L4, precision) * step_factor
     efficiency = step_tflop(row["width"], row["height"]) / (row["seconds_per_step"] * _peak(card, precision))
     stream = TRANSFORMER_PARAMS * weight_bytes / (L4.bandwidth_gbs * 1e9)
     step = max(compute, stream)
@@ -97,10 +142,15 @@ def add_predictions(results: dict[str, Any]) -> dict[str, Any] | None:
     card = card_for((results.get("device") or {}).get("gpu"))
     if card is None or card is L4 or results["settings"].get("task", TEXT_TO_IMAGE) != TEXT_TO_IMAGE:
         return None  # editing models: other token counts, and no L4 figure of theirs to calibrate on
-    types = {b["label"]: b["type"] for b in results["backends"]}
-    raw = {}
+    entries = {b["label"]: b for b in results["backends"]}
+    raw, levers = {}, {}
     for index, row in enumerate(results["rows"]):
-        if "error" not in row and (guess := uncalibrated_l4(row, types.get(row["backend"], ""), card)):
+        entry = entries.get(row["backend"], {})
+        if "error" in row or entry.get("type") not in COMPUTE:
+            continue
+        levers[index] = attention_lever(row, entry, COMPUTE[entry["type"]][0])
+        step_factor = (levers[index] or {}).get("step_factor", 1.0)
+        if guess := uncalibrated_l4(row, entry["type"], card, step_factor):
             raw[index] = guess
     baseline = results["settings"]["baseline"]
     anchor = next((raw[i] for i, r in enumerate(results["rows"]) if i in raw and r["backend"] == baseline
@@ -109,7 +159,11 @@ def add_predictions(results: dict[str, Any]) -> dict[str, Any] | None:
     factor = GUIDE_L4_SECONDS / anchor["seconds_per_image"] if anchor else None
     for index, guess in raw.items():
         row = results["rows"][index]
-        row["predicted_l4"] = {"seconds_per_image": round(guess["seconds_per_image"] * (factor or 1.0), 1),
+        if levers[index] and "unpredictable" in levers[index]:
+            row["predicted_l4"] = levers[index]
+            continue
+        row["predicted_l4"] = {"attention": levers[index]} if levers[index] else {}
+        row["predicted_l4"] |= {"seconds_per_image": round(guess["seconds_per_image"] * (factor or 1.0), 1),
                                "uncalibrated_seconds_per_image": round(guess["seconds_per_image"], 1),
                                "calibrated": factor is not None, "efficiency_here": round(guess["efficiency"], 3),
                                "precision": guess["precision"]}

@@ -22,7 +22,12 @@ FIDELITY_FACTOR = 2.0  # eligible: latent error within 2x of the baseline's, on 
 # summary says it is not offered, with the numbers
 CACHED_FIDELITY_FACTOR = 3.0
 CACHED_WEIGHT_SETS = ("gaussian", "outliers")  # the synthetic weight sets a cached mode must be measured on
-CACHED = "@cache="  # in a backend label: a cached mode (fluxnb.bench.engine VARIANTS)
+
+
+def cache_variant(label: str) -> str | None:
+    """The cache setting a backend label asks for (`NAME@cache=S`, or joined: `NAME@attention=sage+cache=S`)."""
+    return next((v.removeprefix("cache=") for v in label.partition("@")[2].split("+") if v.startswith("cache=")),
+                None)
 
 
 def default_results_path() -> Path:
@@ -76,7 +81,7 @@ def _cached_summary(size: str, rows: list[dict], all_rows: list[dict], baseline:
     summary entry's keys and lines), and the offered rows."""
     entry: dict[str, Any] = {}
     lines, offered = [], []
-    for row in (r for r in rows if CACHED in r["backend"]):
+    for row in (r for r in rows if cache_variant(r["backend"])):
         why = _cached_refusal(row["backend"], size, all_rows, baseline, factor)
         if not row.get("fits_cap", cap is None):
             why = "; ".join(filter(None, ["over the memory cap", why]))
@@ -148,7 +153,7 @@ def summarize(results: dict[str, Any], goal_speedup: float = GOAL_SPEEDUP, *,
             return bool(fits and row["backend"] not in (baseline, reference)
                         and _fidelity_ok(row["backend"], size, all_rows, baseline, fidelity_factor))
 
-        plain = sorted((r for r in rows if CACHED not in r["backend"] and eligible(r)),
+        plain = sorted((r for r in rows if not cache_variant(r["backend"]) and eligible(r)),
                        key=lambda r: r["seconds_per_image"])
         cached, cached_lines, offered = _cached_summary(size, rows, all_rows, baseline, cap, cached_factor,
                                                         cached_goal)
@@ -212,7 +217,10 @@ def _predicted(row: dict[str, Any]) -> str:
     guess = row.get("predicted_l4")
     if not guess:
         return ""
-    return f"{guess['seconds_per_image']:.0f} (predicted{'' if guess['calibrated'] else ', uncalibrated'})"
+    if "unpredictable" in guess:
+        return "- (ran SageAttention here: no L4 figure)"
+    lever = f", with {guess['attention']['kernel']} attention" if guess.get("attention") else ""
+    return f"{guess['seconds_per_image']:.0f} (predicted{'' if guess['calibrated'] else ', uncalibrated'}{lever})"
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -239,7 +247,7 @@ def results_table(results: dict[str, Any]) -> str:
             note.append("reference")
         if row["backend"] == results["settings"]["baseline"]:
             note.append("baseline")
-        if "@cache=first-block" in row["backend"]:
+        if (cache_variant(row["backend"]) or "").startswith("first-block"):
             note.append("adaptive cache: speed depends on the weights")
         psnr_text = "inf" if row.get("psnr_db") is None and "latent_rel_error" in row else row.get("psnr_db", "")
         batch = row.get("batch") or {}

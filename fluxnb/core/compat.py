@@ -161,7 +161,39 @@ def active_attention_backend() -> str | None:
 def processor_attention_backend(processor) -> str | None:
     """The backend `set_attention_backend` gave one attention processor (its `_attention_backend`), None if none."""
     backend = getattr(processor, "_attention_backend", None)
-    return str(backend) if backend else None
+    return str(getattr(backend, "value", backend)) if backend else None
+
+
+def register_attention_backend(name: str, function: Callable) -> None:
+    """Make diffusers' attention backend `name` run `function` (its registry's `register` decorator, the one its own
+    backends are declared with; `_AttentionBackendRegistry` is private, diffusers >= 0.36)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    _AttentionBackendRegistry.register(AttentionBackendName(name))(function)
+
+
+def registered_attention_backend(name: str) -> Callable | None:
+    """The function diffusers' registry runs for backend `name` (None when the name or the registry is unknown)."""
+    try:
+        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+    except ImportError:
+        return None
+    return _AttentionBackendRegistry._backends.get(AttentionBackendName(name))
+
+
+def set_attention_backend_unchecked(transformer, name: str) -> int:
+    """Every attention processor of `transformer` runs backend `name`; returns how many. What the public
+    `set_attention_backend` does, without its requirement check, which wants sageattention >= 2.1.1 even for a
+    backend fluxnb registered itself (register_attention_backend)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    backend, count = AttentionBackendName(name), 0
+    for module in transformer.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and hasattr(processor, "_attention_backend"):
+            processor._attention_backend = backend
+            count += 1
+    return count
 
 
 def kontext_keep_size() -> dict[str, Any]:

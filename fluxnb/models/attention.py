@@ -1,18 +1,135 @@
-"""Which attention kernel the transformer runs: said in the load report and each image's metadata.
+"""Which attention kernel the transformer runs: chosen per GPU by the backend record, said in the load report and in
+each image's metadata.
 
 diffusers (0.36+) dispatches FLUX attention through its attention-backend registry: a processor's own
 `_attention_backend` when one was set (`transformer.set_attention_backend(...)`), else the registry's active one
 ("native": torch's scaled_dot_product_attention, which picks flash / memory-efficient / cuDNN kernels itself).
-Older diffusers lines (the guide's 0.34) call scaled_dot_product_attention directly. The registry is private to
-diffusers: the lookup only feeds the report, so a rename there makes it "unknown (...)", never a failed load.
+Older diffusers lines (the guide's 0.34) call scaled_dot_product_attention directly.
+
+An entry's `attention:` key picks the kernel: `auto` (the default) takes the record's choice for this GPU's compute
+capability (`Backend.attention`, each choice with why: measured, or predicted for a card no lane has), and plain
+SDPA where the record has none or the choice cannot run here (said in a note); a kernel named outright is refused
+before anything loads where it cannot run.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..core.compat import active_attention_backend, processor_attention_backend
+from ..core.environment import package_version
+from ..core.errors import ModelUnavailableError
 from ..core.facts import report_only
 
 SDPA = "native (torch scaled_dot_product_attention)"
+
+
+@dataclass(frozen=True)
+class AttentionKernel:
+    """One attention kernel an entry may ask for (`attention: NAME`)."""
+
+    name: str
+    what: str
+    package: str | None = None  # the distribution it needs beyond torch and diffusers
+    install: str | None = None
+    min_capability: tuple[int, int] | None = None  # None: wherever torch runs
+    head_dims: tuple[int, ...] | None = None  # the head sizes its kernels take (FLUX: 128; the tiny model: 16)
+    min_diffusers: str | None = None  # its diffusers registry (0.36)
+    ada_speedup: float = 1.0  # its speed against bf16 FlashAttention2 on an Ada card (the L4's), published
+    ada_source: str = ""
+
+
+KERNELS = {
+    "sdpa": AttentionKernel("sdpa", "torch scaled_dot_product_attention in bf16 (cuDNN or flash kernels, picked by "
+                                    "torch)"),
+    "sage": AttentionKernel(
+        "sage", "SageAttention: Q and K in int8 with per-block scales, P and V in fp16 "
+                "(fluxnb/models/sage_attention.py)",
+        package="sageattention", install="pip install 'sageattention==1.0.6' (Triton kernels, any OS with triton)",
+        min_capability=(8, 0), head_dims=(64, 96, 128), min_diffusers="0.36",
+        ada_speedup=2.1, ada_source="SageAttention (arXiv 2410.02367): 2.1x FlashAttention2's speed on an RTX 4090, "
+                                    "an Ada card (compute capability 8.9) like the L4"),
+}
+SETTINGS = ("auto", *KERNELS)
+
+
+@dataclass(frozen=True)
+class AttentionChoice:
+    """A backend record's kernel for one compute capability, and why (the run that measured it, or the prediction)."""
+
+    capability: tuple[int, int]
+    kernel: str
+    why: str
+
+
+def _cannot_run(kernel: AttentionKernel, device: str, capability: tuple[int, int] | None) -> str | None:
+    """Why `kernel` cannot run here (before any weights load), or None."""
+    from packaging.version import Version
+
+    if kernel.package is None:
+        return None
+    if device != "cuda":
+        return f"its kernels need a CUDA GPU (compute capability {_text(kernel.min_capability)}+); this is {device}"
+    if capability is not None and kernel.min_capability and tuple(capability) < kernel.min_capability:
+        return f"it needs compute capability {_text(kernel.min_capability)}+, this GPU is {_text(capability)}"
+    if kernel.min_diffusers and Version(package_version("diffusers") or "0") < Version(kernel.min_diffusers):
+        return (f"it runs through diffusers' attention registry (diffusers >= {kernel.min_diffusers}); installed: "
+                f"{package_version('diffusers')}")
+    if package_version(kernel.package) is None:
+        return f"the {kernel.package} package is not installed ({kernel.install})"
+    return None
+
+
+def _text(capability) -> str:
+    return f"{capability[0]}.{capability[1]}" if capability else "?"
+
+
+def choose_attention(spec, choices: tuple[AttentionChoice, ...], device: str,
+                     capability: tuple[int, int] | None) -> tuple[str, str | None]:
+    """The kernel an entry runs here, and a note for the load report (None: nothing to say). Refuses a kernel the
+    entry names outright that cannot run here, naming the entry's key, what is allowed and the fix."""
+    setting = getattr(spec, "attention", "auto")
+    if setting == "auto":
+        choice = next((c for c in choices if capability is not None and tuple(capability) == c.capability), None)
+        if choice is None or choice.kernel == "sdpa":
+            return "sdpa", None if choice is None else f"attention: sdpa on {_text(capability)} ({choice.why})"
+        why_not = _cannot_run(KERNELS[choice.kernel], device, capability)
+        if why_not:
+            return "sdpa", (f"attention: sdpa, not {choice.kernel} (the choice for {_text(capability)}: "
+                            f"{choice.why}): {why_not}")
+        return choice.kernel, f"attention: {choice.kernel} on {_text(capability)} ({choice.why})"
+    why_not = _cannot_run(KERNELS[setting], device, capability)
+    if why_not:
+        raise ModelUnavailableError(
+            f"model {spec.name!r} asks for `attention: {setting}`, which cannot run here: {why_not}.",
+            fix=f"set `attention: auto` (the record's choice for this GPU, else sdpa) or `attention: sdpa` in the "
+            f"entry, or {KERNELS[setting].install or 'run on a machine that has it'}")
+    return setting, f"attention: {setting} (the entry's `attention:` key)"
+
+
+def use_attention(transformer, kernel: str) -> None:
+    """Make every attention processor of `transformer` run `kernel` (sdpa: nothing to change). Refuses head sizes
+    the kernel's code does not take (only known once the transformer is loaded)."""
+    if kernel == "sdpa":
+        return
+    record = KERNELS[kernel]
+    head_dim = transformer.config.attention_head_dim
+    if record.head_dims and head_dim not in record.head_dims:
+        raise ModelUnavailableError(
+            f"attention kernel {kernel!r} takes head sizes {', '.join(map(str, record.head_dims))}; this "
+            f"transformer's is {head_dim} (FLUX.1's is 128; the tiny test model's is 16).",
+            fix="set `attention: sdpa` (or auto) in the entry")
+    from packaging.version import Version
+
+    from ..core.compat import register_attention_backend, set_attention_backend_unchecked
+
+    if Version(package_version("sageattention") or "0") >= Version("2.1.1"):
+        transformer.set_attention_backend("sage")  # diffusers' own backend: the 2.x CUDA kernels
+        return
+    from .sage_attention import TRITON_BACKEND, diffusers_backend
+
+    register_attention_backend(TRITON_BACKEND, diffusers_backend)
+    set_attention_backend_unchecked(transformer, TRITON_BACKEND)
 
 
 @report_only("attention backend lookup")
@@ -24,5 +141,14 @@ def attention_backend(transformer) -> str:
     chosen = {processor_attention_backend(m.processor) for m in transformer.modules() if hasattr(m, "processor")}
     chosen.discard(None)
     if chosen:
-        return ", ".join(sorted(chosen))
+        return ", ".join(sorted(_label(name) for name in chosen))
     return SDPA if active == "native" else active
+
+
+def _label(name: str) -> str:
+    """A registry name as people read it: fluxnb's own SageAttention registration says which package runs it."""
+    from .sage_attention import TRITON_BACKEND
+
+    if TRITON_BACKEND in name:
+        return f"sage (sageattention {package_version('sageattention')}, Triton: int8 QK, fp16 PV)"
+    return name

@@ -17,6 +17,7 @@ from ..core.errors import ConfigError, InputError, RequestError
 from ..core.packaged import CONFIG_NAME, DEFAULT_CONFIG_PATH
 from ..core.units import SIZE_MULTIPLE, is_image_side
 from ..core.userfiles import load_yaml
+from .attention import SETTINGS as ATTENTION_SETTINGS
 from .backends import REGISTRY, types_where
 from .step_cache import parse_cache
 from .tasks import CONTROL_TYPES, TASKS
@@ -62,6 +63,8 @@ class ModelSpec:
         offload_text_encoder: T5 lives on the CPU, on the GPU only while it encodes (records that allow it).
         compile_mode: torch.compile's `mode` for the compiled blocks (one of the record's `compile_modes`).
         cache: the cached mode's setting (fluxnb.models.step_cache: "taylorseer@2", "first-block@0.08"), off when None.
+        attention: the attention kernel (fluxnb.models.attention.SETTINGS): "auto" takes the record's choice for the
+            GPU, "sdpa" or "sage" names one.
     """
 
     name: str
@@ -74,6 +77,7 @@ class ModelSpec:
     offload_text_encoder: bool = False
     compile_mode: str | None = None
     cache: str | None = None
+    attention: str = "auto"
     task: str = TEXT_TO_IMAGE_TASK  # fluxnb.models.tasks.TASKS: which pipeline, which request modes
     controls: tuple[str, ...] = ()  # a control model's control types (canny, depth)
 
@@ -115,6 +119,7 @@ _OPTIONAL_MODEL_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "offload_text_encoder": ((bool,), "true or false"),
     "compile_mode": ((str,), "a torch.compile mode the type allows"),
     "cache": ((str,), "a cache setting such as taylorseer@2 (fluxnb/models/step_cache.py)"),
+    "attention": ((str,), f"an attention kernel: {', '.join(ATTENTION_SETTINGS)} (fluxnb/models/attention.py)"),
     "task": ((str,), f"a task: {', '.join(TASKS)} (fluxnb/models/tasks.py; text-to-image when absent)"),
     "controls": ((list,), f"a list of control types ({', '.join(CONTROL_TYPES)}) the control model was trained on"),
 }
@@ -233,6 +238,11 @@ def _speed_options(raw: dict, backend, where: str, problems: list[str]) -> None:
                             f"{allowed}. Fix: use one of them or remove the key")
         elif raw.get("compile") is not True:
             problems.append(f"{where}.compile_mode: set but the entry is not compiled. Fix: add `compile: true`")
+    attention = raw.get("attention")
+    if isinstance(attention, str) and attention not in ATTENTION_SETTINGS:
+        problems.append(f"{where}.attention: {attention!r} is not an attention kernel; allowed: "
+                        f"{', '.join(ATTENTION_SETTINGS)}. Fix: auto (the record's choice for the GPU), or remove the "
+                        "key")
     if isinstance(raw.get("cache"), str):
         try:
             parse_cache(raw["cache"])
@@ -260,6 +270,7 @@ def _parse_model(name: Any, raw: Any, problems: list[str]) -> ModelSpec | None:
                      description=raw["description"], compile=raw.get("compile", False),
                      offload_text_encoder=raw.get("offload_text_encoder", False),
                      compile_mode=raw.get("compile_mode"), cache=raw.get("cache"),
+                     attention=raw.get("attention", "auto"),
                      task=raw.get("task", TEXT_TO_IMAGE_TASK), controls=tuple(raw.get("controls", ())))
 
 

@@ -20,7 +20,7 @@ from ..core.footprint import ComponentFootprint, pipeline_footprint
 from ..core.hub import cache_folder, find_corrupt_weights, hf_token
 from ..core.memory import apply_gpu_memory_limit, free_memory
 from . import compile_cache, step_cache
-from .attention import attention_backend
+from .attention import attention_backend, choose_attention, use_attention
 from .backends import Backend, LoadContext, check_device, compile_wanted, get_backend
 from .config import ModelConfig, ModelSpec, load_config
 from .load_report import LoadReport
@@ -256,7 +256,9 @@ def load_model(
     backend = get_backend(spec.type)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     token = _token_for(spec, checkpoint)
-    check_device(spec, backend, device, *_gpu_capability(device))
+    capability, gpu = _gpu_capability(device)
+    check_device(spec, backend, device, capability, gpu)
+    kernel, attention_note = choose_attention(spec, backend.attention, device, capability)
     missing = missing_pipeline(TASKS[spec.task])
     if missing:
         raise ModelUnavailableError(f"model {spec.name!r} is a {spec.task} model: {missing}.",
@@ -279,6 +281,9 @@ def load_model(
         ctx.notes.append(cap.note())
     start = time.perf_counter()
     pipe = _run_loader(spec, backend, ctx, progress)
+    use_attention(pipe.transformer, kernel)
+    if attention_note:
+        ctx.notes.append(attention_note)
     if cache_setting is not None:
         step_cache.enable(pipe.transformer, cache_setting)
         ctx.notes.append(f"cached mode {cache_setting.describe()}: off by default, chosen by the entry's `cache:`")

@@ -369,3 +369,61 @@ def test_float8_row_kernel_matches_the_torch_reference():
         assert differ.float().mean().item() < 0.01, differ.sum()
         assert ((q.float() - expected_q.float()).abs() <= expected_q.float().abs() / 8 + 2 ** -9).all()
     assert torch.equal(q.float(), torch.zeros_like(q.float())) and torch.equal(scale, torch.full_like(scale, 1e-12))
+
+
+def _relative(x: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((x.float() - reference.float()).norm() / reference.float().norm()).item()
+
+
+def test_sage_attention_against_float32_attention_at_flux_shapes():
+    """fluxnb's SageAttention op (sageattention's Triton kernels: int8 Q and K) at FLUX.1-dev's attention shapes
+    (24 heads of 128, 4096 image + 512 text tokens, keys with a per-channel bias like trained models') against float32
+    attention: within a few percent (bf16 SDPA's own error printed beside it), and the caller's key untouched."""
+    pytest.importorskip("sageattention")
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from fluxnb.models.sage_attention import sage_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    shape = (1, 4608, 24, 128)  # [batch, tokens, heads, head_dim]: what diffusers' dispatch hands a backend
+    q, k, v = (torch.randn(shape, device="cuda", generator=g).to(torch.bfloat16) for _ in range(3))
+    k = k + 2.0 * torch.randn((1, 1, 24, 128), device="cuda", generator=g).to(torch.bfloat16)
+    key = k.clone()
+    out = sage_attention(q, k, v)
+    reference = sdpa(*(t.transpose(1, 2).float() for t in (q, k, v))).transpose(1, 2)
+    bf16 = sdpa(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    print(f"error vs float32: sage {_relative(out, reference):.4f}, bf16 SDPA {_relative(bf16, reference):.4f}")
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    assert torch.equal(k, key)
+    assert _relative(out, reference) < 0.05
+
+
+def test_sage_attention_compiles_into_a_flux_block_without_a_graph_break():
+    """A FLUX transformer (diffusers' class, 2 heads of 128) with `attention: sage`: close to SDPA's output eager,
+    and compiled with fullgraph=True (the custom op keeps the Triton kernels whole) the same as eager."""
+    pytest.importorskip("sageattention")
+    from diffusers import FluxTransformer2DModel
+
+    from fluxnb.models.attention import attention_backend, use_attention
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=128, num_attention_heads=2, joint_attention_dim=64,
+                                         pooled_projection_dim=64, axes_dims_rope=(32, 48, 48))
+    transformer = transformer.to("cuda", torch.bfloat16).eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 1024, 16, device="cuda", generator=g).to(torch.bfloat16),
+                  encoder_hidden_states=torch.randn(1, 128, 64, device="cuda", generator=g).to(torch.bfloat16),
+                  pooled_projections=torch.randn(1, 64, device="cuda", generator=g).to(torch.bfloat16),
+                  timestep=torch.tensor([0.5], device="cuda"), img_ids=torch.zeros(1024, 3, device="cuda"),
+                  txt_ids=torch.zeros(128, 3, device="cuda"), return_dict=False)
+    with torch.inference_mode():
+        reference = transformer(**inputs)[0]
+        use_attention(transformer, "sage")
+        eager = transformer(**inputs)[0]
+        transformer.compile_repeated_blocks(fullgraph=True)
+        compiled = transformer(**inputs)[0]
+    print(f"sage vs sdpa {_relative(eager, reference):.4f}, compiled vs eager {_relative(compiled, eager):.5f}")
+    assert attention_backend(transformer).startswith("sage (")
+    assert 0 < _relative(eager, reference) < 0.05  # not SDPA's output, but close to it
+    assert _relative(compiled, eager) < 0.01

@@ -37,12 +37,26 @@ def test_backend_variants_change_one_option(config):
     assert eager.spec.compile is False and eager.label == "flux-dev-torchao-int8dq@eager" and eager.cast is None
     offloaded = parse_backend("flux-dev-torchao-int8dq@offload-t5", config)
     assert offloaded.spec.offload_text_encoder and offloaded.spec.compile
-    with pytest.raises(RequestError, match="the suffix after @ must be one of bf16 .*offload-t5"):
+    with pytest.raises(RequestError, match=r"each suffix after @ \(several joined by \+\) must be one of bf16 .*"
+                                           "offload-t5"):
         parse_backend("flux-dev@fast", config)
     with pytest.raises(RequestError, match="type flux-bnb-8bit is not compiled by fluxnb"):
         parse_backend("flux-dev-bnb-8bit@compiled", config)
     with pytest.raises(RequestError, match="flux-bnb-8bit cannot offload its text encoder"):
         parse_backend("flux-dev-bnb-8bit@offload-t5", config)
+
+
+def test_backend_variants_combine_with_plus(config):
+    both = parse_backend("flux-dev-torchao-fp8@attention=sage+cache=taylorseer@2", config)
+    assert (both.spec.attention, both.spec.cache, both.spec.compile) == ("sage", "taylorseer@2", True)
+    assert config.get("flux-dev-torchao-fp8").attention == "auto"  # the entry itself is untouched
+    assert parse_backend("flux-dev-torchao-fp8@attention=sdpa", config).spec.attention == "sdpa"
+    cast = parse_backend("flux-tiny@bf16+attention=sdpa", config)
+    assert (cast.cast, cast.spec.attention) == ("bf16", "sdpa")
+    with pytest.raises(RequestError, match="attention=flash is not an attention kernel; allowed: auto, sdpa, sage"):
+        parse_backend("flux-dev-torchao-fp8@attention=flash", config)
+    with pytest.raises(RequestError, match="each suffix after @"):
+        parse_backend("flux-dev-torchao-fp8@compiled+fast", config)
 
 
 def test_compile_follows_the_entry_and_the_override(config, monkeypatch):

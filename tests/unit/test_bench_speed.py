@@ -156,11 +156,17 @@ def test_predicted_l4_is_calibrated_on_the_guides_figure_and_labelled():
     # s/step = (s/image - 0.3) / 28; L4 step = max(s/step x H100 peak / L4 peak, weight bytes / 300 GB/s);
     # L4 s/image = 28 x L4 step + 0.3 x 989/121 (= 2.452, the text encoders and VAE at the bf16 peak ratio).
     #   bnb 8-bit (bf16 compute, 11.9 GB): 28 x 0.50357 x 989/121 + 2.452 = 117.70 s, so the factor is 77 / 117.70
-    #   float8 (8-bit compute): 28 x 0.089286 x 1979/242 + 2.452 = 22.90 s -> x 0.6542 = 15.0 s
+    #   float8 (8-bit compute) runs SageAttention on the L4 (its record's choice for 8.9), SDPA here: attention is
+    #   14.87 of 74.36 TFLOP, in bf16 on the L4 (121) beside linears at 242: share 0.1229 / (0.2458 + 0.1229) =
+    #   0.3333; SageAttention at 2.1x saves 0.3333 x (1 - 1/2.1) = 0.1746 of the step:
+    #   28 x 0.089286 x 1979/242 x 0.8254 + 2.452 = 19.33 s -> x 0.6542 = 12.6 s
     #   bf16 (23.8 GB): 28 x 0.175 x 989/121 + 2.452 = 42.50 s -> x 0.6542 = 27.8 s
     assert info["calibration_factor"] == pytest.approx(0.654, abs=0.001)
-    assert rows["flux-dev-torchao-fp8"]["uncalibrated_seconds_per_image"] == pytest.approx(22.9, abs=0.1)
-    assert rows["flux-dev-torchao-fp8"]["seconds_per_image"] == pytest.approx(15.0, abs=0.1)
+    assert rows["flux-dev-torchao-fp8"]["attention"]["kernel"] == "sage"
+    assert rows["flux-dev-torchao-fp8"]["attention"]["step_factor"] == pytest.approx(0.825, abs=0.001)
+    assert rows["flux-dev-torchao-fp8"]["uncalibrated_seconds_per_image"] == pytest.approx(19.3, abs=0.1)
+    assert rows["flux-dev-torchao-fp8"]["seconds_per_image"] == pytest.approx(12.6, abs=0.1)
+    assert "attention" not in rows["flux-dev"]  # bf16's record has no attention choice: SDPA on both cards
     assert rows["flux-dev"]["seconds_per_image"] == pytest.approx(27.8, abs=0.1)
     # 74.36 TFLOP / (0.089286 s x 1979 TFLOP/s): how well the H100 was used, reported beside the prediction
     assert rows["flux-dev-torchao-fp8"]["efficiency_here"] == pytest.approx(0.421, abs=0.001)
@@ -170,6 +176,17 @@ def test_predicted_l4_is_calibrated_on_the_guides_figure_and_labelled():
     floor = fast["rows"][1]["predicted_l4"]["uncalibrated_seconds_per_image"]
     assert floor == pytest.approx(28 * 11.9 / 300 + 2.452, abs=0.1)  # 3.56 s, not 28 x 0.029 + 2.452 = 3.27 s
     assert add_predictions(_results([_row("flux-dev-bnb-8bit", 77.0, 0.01)], gpu="NVIDIA L4")) is None
+    # the same float8 row, had the entry said `attention: sdpa`: no lever, 28 x 0.73015 + 2.452 = 22.90 s
+    sdpa = _results([_row("flux-dev-bnb-8bit", 14.4, 0.01), _row("flux-dev-torchao-fp8", 2.8, 0.017)])
+    sdpa["backends"][3]["attention"] = "sdpa"
+    add_predictions(sdpa)
+    assert sdpa["rows"][1]["predicted_l4"]["uncalibrated_seconds_per_image"] == pytest.approx(22.9, abs=0.1)
+    # a row that ran SageAttention on the H100 (slower there than cuDNN) gets no L4 figure from that speed
+    ran = _results([_row("flux-dev-bnb-8bit", 14.4, 0.01), _row("flux-dev-torchao-fp8", 3.4, 0.02)])
+    ran["backends"][3]["load_report"] = {"attention": "sage (sageattention 1.0.6, Triton: int8 QK, fp16 PV)"}
+    add_predictions(ran)
+    guess = ran["rows"][1]["predicted_l4"]
+    assert "unpredictable" in guess and "seconds_per_image" not in guess
     from fluxnb.bench import results_table
 
     assert "(predicted)" in results_table({**results, "rows": [{**r, "warmup": {"seconds": 1.0},

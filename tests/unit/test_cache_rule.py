@@ -133,3 +133,11 @@ def test_summary_refuses_a_cached_mode_measured_on_one_set_only_and_wants_8x():
         row["seconds_per_image"] = 2.1 if row["backend"] == label else row["seconds_per_image"]
     add_comparisons(slower, {})
     assert summarize(slower)["sizes"]["1024x1024"]["cached"]["goal_met"] is False  # 16 / 2.1 = 7.6x < 8x
+
+
+def test_a_cached_mode_with_another_change_is_held_to_the_same_rule():
+    joined = "flux-dev-torchao-fp8@attention=sage+cache=taylorseer@2"
+    summary = summarize(_results({joined: (0.05, 0.14)}))  # outliers: 3.5x the baseline's error
+    size = summary["sizes"]["1024x1024"]
+    assert "cached" not in size and joined not in size["candidates"] and list(size["cached_not_offered"]) == [joined]
+    assert summarize(_results({joined: (0.05, 0.10)}))["sizes"]["1024x1024"]["cached"]["backend"] == joined

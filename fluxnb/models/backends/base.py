@@ -19,6 +19,7 @@ from typing import Any
 from ...core.compat import compiled_call, inductor_mode_options, repeated_blocks, set_compiled_call
 from ...core.errors import LoadError, ModelUnavailableError
 from ...core.hub import is_cached, offline_mode
+from ..attention import AttentionChoice
 from ..tasks import TEXT_TO_IMAGE, pipeline_class
 from . import cuda_graph
 
@@ -89,6 +90,8 @@ class Backend:
         baseline: the guide's verified configuration (LLM.int8: pre-quantized, or quantized at load for the editing
             models), the speed baseline of the bench.
         options: family-specific settings (e.g. the torchao config name).
+        attention: the attention kernel an entry with `attention: auto` runs, per compute capability, each with why
+            (fluxnb.models.attention); SDPA where none is listed.
         lora: how LoRA adapters apply (fluxnb/models/lora.py): "yes" (loaded through PEFT, `fuse` allowed),
             "unfused: why" (PEFT layers beside the weights, no fuse), "hotswap: why" (one adapter slot swapped in
             place: compiled blocks never recompile when the adapter or its scale changes), or "no: why" (refused
@@ -118,6 +121,7 @@ class Backend:
     reference: bool = False
     baseline: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+    attention: tuple[AttentionChoice, ...] = ()
     lora: str = "no: LoRA support is not checked for this type yet"
 
     @property

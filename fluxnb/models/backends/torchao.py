@@ -13,6 +13,7 @@ from packaging.version import Version
 
 from ...core.environment import package_version
 from ...core.errors import ModelUnavailableError
+from ..attention import AttentionChoice
 from .base import HOTSWAP_REASON, Backend, LoadContext, compile_if_wanted, from_pretrained, refuse_unloaded_weights
 
 MIN_DIFFUSERS = "0.36.0"  # TorchAoConfig accepts config objects (knowledge id torchao-no-config-classes)
@@ -153,6 +154,16 @@ def load_torchao(spec, ctx: LoadContext, backend: Backend):
     return pipe
 
 
+# The attention kernel per compute capability (fluxnb/models/attention.py): what attention costs once the linears run
+# in float8 (a fifth of a step's FLOPs at 1024x1024, a third of an L4's step time in bf16).
+FP8_ATTENTION = (
+    AttentionChoice((9, 0), "sdpa", "measured on an H100, probe run 32: torch's cuDNN kernel in bf16 0.42 ms per "
+                    "attention at FLUX's shapes, SageAttention 1.0.6's Triton kernels 0.94 ms"),
+    AttentionChoice((8, 9), "sage", "predicted, no L4 measured: SageAttention reports 2.1x FlashAttention2's speed on "
+                    "an RTX 4090, an Ada card (8.9) like the L4"),
+)
+
+
 # PEFT puts its LoRA layers beside torchao's quantized weights (TorchaoLoraLinear); fusing would need the
 # re-quantization function, which PEFT takes only from a transformers quantizer, not diffusers' (peft/tuners/lora/
 # torchao.py): so adapters run unfused.
@@ -200,6 +211,7 @@ BACKENDS = (
         # max-autotune: slower first compile (paid once per machine with the persistent compile cache), faster steps
         compile_modes=(AUTOTUNE,),
         cuda_graph=True,  # captured and replayed in bench run 26 (H100, full size, both weight sets)
+        attention=FP8_ATTENTION,
         uses=("core", "torchao", "compile", "img2img"),
         lora=HOTSWAP_REASON,  # compiled: diffusers' hotswap swaps one adapter in place
         **{**_COMMON, "options": {"config": "Float8DynamicActivationFloat8WeightConfig"}},

@@ -1,0 +1,124 @@
+"""The attention kernel an entry runs: the record's choice per compute capability, refusals before loading, and
+diffusers' dispatch reaching SageAttention (its kernels need a GPU: tests/gpu/test_gpu.py checks their numbers).
+Only the `stack` test runs on the guide line (diffusers 0.34, no attention registry: the kernel is refused there)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+
+import pytest
+import torch
+from packaging.version import Version
+
+from fluxnb.core.errors import ModelUnavailableError
+from fluxnb.models import attention
+from fluxnb.models.attention import AttentionChoice, choose_attention, use_attention
+
+REGISTRY_LINE = Version(importlib.metadata.version("diffusers")) >= Version("0.36")
+CHOICES = (AttentionChoice((8, 9), "sage", "predicted for the L4"), AttentionChoice((9, 0), "sdpa", "measured"))
+
+
+@pytest.fixture
+def fp8(config):
+    return config.get("flux-dev-torchao-fp8")
+
+
+def _flux_transformer(head_dim: int):
+    """A one-block FLUX transformer (diffusers' real class, random weights) with attention heads of `head_dim`."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    return FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                  attention_head_dim=head_dim, num_attention_heads=1, joint_attention_dim=16,
+                                  pooled_projection_dim=16, axes_dims_rope=rope).eval()
+
+
+def _forward(transformer):
+    return transformer(hidden_states=torch.randn(1, 4, 4), encoder_hidden_states=torch.randn(1, 3, 16),
+                       pooled_projections=torch.randn(1, 16), timestep=torch.tensor([0.5]), img_ids=torch.zeros(4, 3),
+                       txt_ids=torch.zeros(3, 3), return_dict=False)[0]
+
+
+def test_auto_takes_the_records_choice_for_this_capability(fp8):
+    kernel, note = choose_attention(fp8, CHOICES, "cuda", (8, 9))
+    assert kernel == "sage" and note == "attention: sage on 8.9 (predicted for the L4)"
+    assert choose_attention(fp8, CHOICES, "cuda", (9, 0)) == ("sdpa", "attention: sdpa on 9.0 (measured)")
+    assert choose_attention(fp8, CHOICES, "cuda", (8, 0)) == ("sdpa", None)  # no choice for 8.0: plain SDPA
+    assert choose_attention(fp8, CHOICES, "cpu", None) == ("sdpa", None)
+
+
+def test_auto_falls_back_to_sdpa_and_says_why(fp8, monkeypatch):
+    monkeypatch.setattr(attention, "package_version",
+                        lambda name: None if name == "sageattention" else importlib.metadata.version(name))
+    kernel, note = choose_attention(fp8, CHOICES, "cuda", (8, 9))
+    assert kernel == "sdpa"
+    assert note.startswith("attention: sdpa, not sage (the choice for 8.9: predicted for the L4): ")
+    assert "the sageattention package is not installed (pip install 'sageattention==1.0.6'" in note
+
+
+@pytest.mark.stack
+def test_named_kernel_is_refused_where_it_cannot_run(fp8):
+    sage = dataclasses.replace(fp8, attention="sage")
+    with pytest.raises(ModelUnavailableError) as cpu:
+        choose_attention(sage, (), "cpu", None)
+    assert "model 'flux-dev-torchao-fp8' asks for `attention: sage`, which cannot run here: its kernels need a " \
+           "CUDA GPU (compute capability 8.0+); this is cpu" in str(cpu.value)
+    assert "set `attention: auto`" in str(cpu.value) and "`attention: sdpa`" in str(cpu.value)
+    with pytest.raises(ModelUnavailableError, match=r"it needs compute capability 8\.0\+, this GPU is 7\.5"):
+        choose_attention(sage, (), "cuda", (7, 5))
+    if REGISTRY_LINE:
+        assert choose_attention(sage, (), "cuda", (9, 0)) == ("sage", "attention: sage (the entry's `attention:` key)")
+    else:
+        with pytest.raises(ModelUnavailableError, match=r"diffusers' attention registry \(diffusers >= 0\.36\)"):
+            choose_attention(sage, (), "cuda", (9, 0))
+    assert choose_attention(dataclasses.replace(fp8, attention="sdpa"), CHOICES, "cuda", (8, 9)) == \
+        ("sdpa", "attention: sdpa (the entry's `attention:` key)")
+
+
+def test_load_refuses_a_named_kernel_before_reading_weights(config, tmp_path):
+    import fluxnb
+
+    tiny = dataclasses.replace(config.get("flux-tiny"), attention="sage")
+    missing = tmp_path / "no-checkpoint-here"
+    with pytest.raises(ModelUnavailableError, match="asks for `attention: sage`, which cannot run here"):
+        fluxnb.load_model(tiny, checkpoint=str(missing), device="cpu")
+    assert not missing.exists()
+
+
+def test_head_sizes_the_kernel_does_not_take_are_refused():
+    with pytest.raises(ModelUnavailableError) as refused:
+        use_attention(_flux_transformer(16), "sage")
+    assert "attention kernel 'sage' takes head sizes 64, 96, 128; this transformer's is 16" in str(refused.value)
+    assert "set `attention: sdpa`" in str(refused.value)
+
+
+def test_sage_is_what_diffusers_dispatch_calls():
+    transformer = _flux_transformer(128)
+    reference = _forward(transformer)  # SDPA on the CPU
+    use_attention(transformer, "sage")
+    assert attention.attention_backend(transformer).startswith("sage (sageattention 1.0.6, Triton")
+    # the dispatch reaches sageattn itself, whose first check wants CUDA tensors: on the GPU it computes
+    with pytest.raises(AssertionError, match="Input tensors must be on cuda"):
+        _forward(transformer)
+    use_attention(transformer, "sdpa")  # sdpa changes nothing: the processors keep their backend
+    assert attention.attention_backend(transformer).startswith("sage")
+    assert reference.shape == (1, 4, 4)
+
+
+def test_config_lists_a_bad_attention_value(tmp_path):
+    import yaml
+
+    from fluxnb.core.errors import ConfigError
+    from fluxnb.core.packaged import DEFAULT_CONFIG_PATH
+    from fluxnb.models.config import load_config
+
+    raw = yaml.safe_load(open(DEFAULT_CONFIG_PATH, encoding="utf-8"))
+    raw["models"]["flux-dev-torchao-fp8"]["attention"] = "flash"
+    path = tmp_path / "model_config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as bad:
+        load_config(str(path))
+    assert "models.flux-dev-torchao-fp8.attention: 'flash' is not an attention kernel; allowed: auto, sdpa, sage" \
+        in str(bad.value)
