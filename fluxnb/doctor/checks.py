@@ -24,6 +24,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from ..core.environment import GENERATION_PACKAGES, gpu_facts, installed_versions, package_version
+from ..core.errors import ModelUnavailableError
 from ..core.hub import hf_cache_dir, hf_token, is_cached, offline_mode
 from ..core.units import GIB
 from ..knowledge.base import (
@@ -38,6 +39,7 @@ from ..knowledge.base import (
     torch_torchvision_mismatch,
 )
 from ..models import compile_cache
+from ..models.attention import choose_attention
 from ..models.backends import Backend, compile_wanted, get_backend
 from ..models.config import ModelConfig, ModelSpec, load_config
 from ..models.selection import resolve_model
@@ -316,10 +318,25 @@ def _check_models(rows: list[Check], config: ModelConfig, info: dict[str, Any]) 
         elif needs.needs_cuda and needs.vram_gib and info["total"] / GIB < needs.vram_gib and not needs.offload_ok:
             parts.append(f"{name}: needs ~{needs.vram_gib:g} GiB of GPU memory")
         else:
-            parts.append(f"{name}: runs here")
-    runnable = sum(p.endswith("runs here") for p in parts)
+            parts.append(f"{name}: runs here{_attention_here(spec, needs, info)}")
+    runnable = sum(": runs here" in p for p in parts)
     rows.append(Check("models on this machine", OK if runnable else WARN, "; ".join(parts),
                       "" if runnable == len(parts) else "the GPU models need a CUDA GPU with a matching torch build"))
+
+
+def _attention_here(spec, needs, info: dict[str, Any]) -> str:
+    """The attention kernel an entry runs on this GPU, where its record chooses one per compute capability (the
+    float8 entries: SageAttention on the L4's 8.9), and why it falls back to SDPA (e.g. the package missing)."""
+    if not needs.attention or not info["cuda"]:
+        return ""
+    capability = tuple(int(v) for v in str(info["capability"]).split("."))
+    try:
+        kernel, note = choose_attention(spec, needs.attention, "cuda", capability)
+    except ModelUnavailableError as exc:
+        return f" (attention: {exc})"
+    if note and note.startswith(f"attention: {kernel}, not "):  # the record's choice cannot run: say why
+        return f" (attention {kernel}: {note.rsplit('): ', 1)[-1]})"
+    return f" (attention {kernel})"
 
 
 def _check_versions(rows: list[Check], versions: dict[str, str], kb: KnowledgeBase, hypothetical: bool) -> None:

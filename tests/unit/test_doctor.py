@@ -289,3 +289,26 @@ def test_doctor_says_whether_the_compile_cache_is_warm_for_the_entry():
         assert warm.status == OK and warm.found.startswith(f"warm for flux-tiny at 64x64 in {folder}")
     finally:
         compile_cache.clear(key=folder.name)
+
+
+def test_doctor_on_an_l4_names_the_attention_kernel_its_record_chose(monkeypatch):
+    """An L4 (8.9): the float8 entries run SageAttention there (their record's choice for 8.9, predicted), or SDPA
+    with the reason when the package is missing; entries without a choice say nothing about attention."""
+    from fluxnb.doctor import checks as doctor
+    from fluxnb.knowledge.base import GpuFacts
+    from fluxnb.models import attention
+
+    info = {"torch": "2.13.0", "torch_cuda": "13.0", "cuda": True, "driver": "580.159.04", "gpu": "NVIDIA L4",
+            "capability": "8.9", "free": 22 * 2**30, "total": 22 * 2**30, "count": 1}
+    facts = GpuFacts(cuda=True, capability="8.9", torch_cuda="13.0", driver="580.159.04")
+    monkeypatch.setattr(doctor, "_gpu_facts", lambda: (facts, info))
+    models = next(r for r in doctor.check_environment("flux-dev-torchao-fp8").rows
+                  if r.check == "models on this machine").found
+    assert "flux-dev-torchao-fp8: runs here (attention sage)" in models
+    assert "flux-dev-bnb-8bit: runs here;" in models  # the guide's entry: no attention choice
+    real = attention.package_version
+    monkeypatch.setattr(attention, "package_version", lambda name: None if name == "sageattention" else real(name))
+    row = next(r for r in doctor.check_environment("flux-dev-torchao-fp8").rows if r.check == "models on this machine")
+    assert ("flux-dev-torchao-fp8: runs here (attention sdpa: the sageattention package is not installed (pip install "
+            "'sageattention==1.0.6'") in row.found
+    assert row.status == doctor.OK
