@@ -31,7 +31,7 @@ if [ "${ISSUE15_TINY:-0}" = 1 ]; then
     export LANE_DEADLINE=${LANE_DEADLINE:-900}
 else
     REF=flux-dev; FLOOR=flux-dev@compiled; BASE=flux-dev-bnb-8bit; FAST=flux-dev-torchao-fp8
-    CACHED="flux-dev-torchao-fp8@cache=taylorseer@2"
+    CACHED=${ISSUE15_CACHED:-"flux-dev-torchao-fp8@cache=taylorseer@2"}
     # run order within each weight set: reference first, then the fast ones (they reuse the bf16 checkpoint), then
     # bnb 8-bit (its own 8-bit checkpoint, deleted right after), the noise floor last
     BACKENDS="--backend $REF --backend $FAST --backend $CACHED --backend $BASE --backend $FLOOR ${ISSUE15_EXTRA:-}"
@@ -40,11 +40,15 @@ else
     export GPU_LANE_STAGES=${GPU_LANE_STAGES:-"env bench"}
     export LANE_DEADLINE=${LANE_DEADLINE:-540}  # seconds from the lane's start: the bench stops there, JSON kept
 fi
-# ISSUE15_WEIGHTS=gaussian or =outliers runs one weight set only (a second call when one call ran out of time)
+# ISSUE15_WEIGHTS=gaussian or =outliers runs one weight set only (a second call when one call ran out of time).
+# Issue 25's knobs: ISSUE15_CACHED (the cached variant run beside the fast entry), ISSUE15_EXTRA (more backends, after
+# the noise floor), ISSUE15_OUTLIER_EXTRA (more --outlier-backend), ISSUE15_BATCH (the batch size, default 3).
 WEIGHTS=${ISSUE15_WEIGHTS:-gaussian,outliers}
 
+WARM="--warm-compile --warm-compile-backend $FAST"
+[ "${ISSUE15_WARM:-1}" = 1 ] || WARM=""  # ISSUE15_WARM=0: no first call in a new process (about 40 s less)
 export BENCH_ARGS="$BACKENDS --reference $REF --baseline $BASE --weights $WEIGHTS $OUTLIERS \
- --warm-compile --warm-compile-backend $FAST --cleanup-quantized --cleanup-weights gaussian,outliers $SIZE_ARGS"
+ $WARM --cleanup-quantized --cleanup-weights gaussian,outliers $SIZE_ARGS"
 echo "issue15: BENCH_ARGS=$BENCH_ARGS"
 bash scripts/gpu_lane.sh 2>&1 | tee "$OUT/issue15.log"
 status=${PIPESTATUS[0]}
