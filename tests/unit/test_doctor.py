@@ -294,6 +294,10 @@ def test_doctor_says_whether_the_compile_cache_is_warm_for_the_entry():
 def test_doctor_on_an_l4_names_the_attention_kernel_its_record_chose(monkeypatch):
     """An L4 (8.9): the float8 entries run SageAttention there (their record's choice for 8.9, predicted), or SDPA
     with the reason when the package is missing; entries without a choice say nothing about attention."""
+    from importlib import metadata
+
+    from packaging.version import Version
+
     from fluxnb.doctor import checks as doctor
     from fluxnb.knowledge.base import GpuFacts
     from fluxnb.models import attention
@@ -304,6 +308,10 @@ def test_doctor_on_an_l4_names_the_attention_kernel_its_record_chose(monkeypatch
     monkeypatch.setattr(doctor, "_gpu_facts", lambda: (facts, info))
     models = next(r for r in doctor.check_environment("flux-dev-torchao-fp8").rows
                   if r.check == "models on this machine").found
+    if Version(metadata.version("diffusers")) < Version("0.36"):  # the guide line: no attention registry
+        assert ("flux-dev-torchao-fp8: runs here (attention sdpa: it runs through diffusers' attention registry "
+                "(diffusers >= 0.36); installed: 0.34.0)") in models
+        return
     assert "flux-dev-torchao-fp8: runs here (attention sage)" in models
     assert "flux-dev-bnb-8bit: runs here;" in models  # the guide's entry: no attention choice
     real = attention.package_version
