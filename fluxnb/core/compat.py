@@ -172,15 +172,6 @@ def register_attention_backend(name: str, function: Callable) -> None:
     _AttentionBackendRegistry.register(AttentionBackendName(name))(function)
 
 
-def registered_attention_backend(name: str) -> Callable | None:
-    """The function diffusers' registry runs for backend `name` (None when the name or the registry is unknown)."""
-    try:
-        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
-    except ImportError:
-        return None
-    return _AttentionBackendRegistry._backends.get(AttentionBackendName(name))
-
-
 def set_attention_backend_unchecked(transformer, name: str) -> int:
     """Every attention processor of `transformer` runs backend `name`; returns how many. What the public
     `set_attention_backend` does, without its requirement check, which wants sageattention >= 2.1.1 even for a
@@ -208,6 +199,23 @@ def kontext_keep_size() -> dict[str, Any]:
 # The names diffusers registers the deciding hook of each step cache under (diffusers.hooks.first_block_cache
 # _FBC_LEADER_BLOCK_HOOK: the head block's, which decides whether the other blocks run; diffusers.hooks
 # .taylorseer_cache _TAYLORSEER_CACHE_HOOK: on each block, all on the same fixed schedule).
+def register_block_class_like(block_class: type, base: type) -> None:
+    """Tell diffusers' hooks that `block_class` (a subclass fluxnb swaps in) returns what `base` returns: its
+    FirstBlockCache, MagCache and layer-skip hooks look a block's outputs up by its exact class in the private
+    `TransformerBlockRegistry` (diffusers >= 0.33) and refuse any other ("Model class ... not registered"). A no-op
+    where the registry does not exist."""
+    try:
+        from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+    except ImportError:
+        return
+    known = TransformerBlockRegistry.get(base)
+    TransformerBlockRegistry.register(block_class, TransformerBlockMetadata(
+        return_hidden_states_index=known.return_hidden_states_index,
+        return_encoder_hidden_states_index=known.return_encoder_hidden_states_index,
+        hidden_states_argument_name=known.hidden_states_argument_name,
+        encoder_hidden_states_argument_name=known.encoder_hidden_states_argument_name))
+
+
 STEP_CACHE_HOOKS = ("fbc_leader_block_hook", "taylorseer_cache")
 
 

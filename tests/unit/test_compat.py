@@ -285,6 +285,47 @@ def test_attention_backend_lookups():
     assert "native" in compat.processor_attention_backend(processor).lower()
 
 
+def test_attention_registry_takes_a_backend_fluxnb_registers():
+    """The registry's `register` decorator and the processors' backend attribute, as diffusers' dispatch reads them
+    (the default line; the guide's 0.34 has no registry and refuses the kernel before: test_attention.py)."""
+    if Version(importlib.metadata.version("diffusers")) < Version("0.36"):
+        assert compat.active_attention_backend() is None
+        return
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    name = "_sage_qk_int8_pv_fp16_triton"
+    original = _AttentionBackendRegistry._backends[AttentionBackendName(name)]
+
+    def backend(query, key, value, attn_mask=None, is_causal=False, scale=None, _parallel_config=None):
+        return query
+
+    try:
+        compat.register_attention_backend(name, backend)
+        assert _AttentionBackendRegistry._backends[AttentionBackendName(name)] is backend
+        transformer = _tiny_transformer()
+        assert compat.set_attention_backend_unchecked(transformer, name) == 2  # 1 double + 1 single block
+        assert compat.processor_attention_backend(transformer.transformer_blocks[0].attn.processor) == name
+    finally:
+        _AttentionBackendRegistry.register(AttentionBackendName(name))(original)
+
+
+def test_block_registry_takes_a_swapped_block_class():
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+
+    if Version(importlib.metadata.version("diffusers")) < Version("0.36"):
+        return  # the float8 block swap is refused on the guide line (test_fast_path.py)
+    from diffusers.hooks._helpers import TransformerBlockRegistry
+
+    class Swapped(FluxSingleTransformerBlock):
+        pass
+
+    compat.register_block_class_like(Swapped, FluxSingleTransformerBlock)
+    base, swapped = TransformerBlockRegistry.get(FluxSingleTransformerBlock), TransformerBlockRegistry.get(Swapped)
+    assert (swapped.return_hidden_states_index, swapped.return_encoder_hidden_states_index) == \
+        (base.return_hidden_states_index, base.return_encoder_hidden_states_index) == (1, 0)
+    assert swapped._cls is Swapped and base._cls is FluxSingleTransformerBlock
+
+
 def _forward_steps(transformer, steps: int) -> list[tuple[str, bool]]:
     """`steps` forwards of the same inputs inside the pipelines' cache_context("cond"), each step cache decision."""
     generator = torch.Generator().manual_seed(0)
@@ -350,7 +391,7 @@ def test_bnb_matmul_logger_is_the_module_that_logs_the_cast():
 PRIVATE_NAMES = {"_repeated_blocks", "_compiled_call_impl", "_execution_device", "_unpack_latents", "_update_scaling",
                  "_AttentionBackendRegistry", "_attention_backend", "_scaled_mm", "_int_mm", "_dynamo", "_inductor",
                  "act_quant_kwargs", "_auto_resize", "_diffusers_hook", "fbc_leader_block_hook", "taylorseer_cache",
-                 "state_manager", "should_compute", "last_update_step"}
+                 "state_manager", "should_compute", "last_update_step", "_helpers", "_backends"}
 
 
 def _private_uses(path: Path) -> list[str]:

@@ -81,3 +81,28 @@ def test_the_fused_feed_forward_is_diffusers_feed_forward(tiny_model, fused_in_f
         assert fused_in_float32._swap_for(ff) is fused_in_float32.GeluFloat8FeedForward
         ff.__class__ = fused_in_float32.GeluFloat8FeedForward
         assert torch.equal(ff(x), expected)
+
+
+def test_first_block_cache_runs_on_the_swapped_blocks(tiny_model, fused_in_float32):
+    """The float8 entry's cached mode with FirstBlockCache: diffusers' hooks look a block's outputs up by its exact
+    class, so the swapped single block must be registered beside diffusers' own (it failed on an H200, run 33:
+    "Model class GeluFloat8SingleBlock not registered"). The cached forward gives the uncached one's output on the
+    step the cache computes in full."""
+    from fluxnb.models import step_cache
+
+    transformer = copy.deepcopy(tiny_model.pipe.transformer)
+    assert fused_in_float32.use_fused_fp8_rows(transformer) > 0
+    assert type(transformer.single_transformer_blocks[0]) is fused_in_float32.GeluFloat8SingleBlock
+    g = torch.Generator().manual_seed(0)
+    dim = transformer.config.in_channels
+    inputs = dict(hidden_states=torch.randn(1, 16, dim, generator=g),
+                  encoder_hidden_states=torch.randn(1, 8, transformer.config.joint_attention_dim, generator=g),
+                  pooled_projections=torch.randn(1, transformer.config.pooled_projection_dim, generator=g),
+                  timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]), img_ids=torch.zeros(16, 3),
+                  txt_ids=torch.zeros(8, 3), return_dict=False)
+    with torch.inference_mode():
+        expected = transformer(**inputs)[0]
+        step_cache.enable(transformer, step_cache.parse_cache("first-block@0.05"))
+        with transformer.cache_context("cond"):
+            cached = transformer(**inputs)[0]
+    assert torch.equal(cached, expected)

@@ -19,7 +19,13 @@ import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
 
-from ...core.compat import activation_quantization, add_repeated_block, scaled_mm_rows, weight_scale_shape
+from ...core.compat import (
+    activation_quantization,
+    add_repeated_block,
+    register_block_class_like,
+    scaled_mm_rows,
+    weight_scale_shape,
+)
 
 # torch.ops.fluxnb.gelu_fp8_rows where triton is installed, set by use_fused_fp8_rows
 _TRITON_OP = None
@@ -116,4 +122,5 @@ def use_fused_fp8_rows(transformer: torch.nn.Module) -> int:
             count += 1
     if count:
         add_repeated_block(transformer, GeluFloat8SingleBlock.__name__)
+        register_block_class_like(GeluFloat8SingleBlock, FluxSingleTransformerBlock)  # for FirstBlockCache's hooks
     return count
