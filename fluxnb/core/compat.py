@@ -196,13 +196,10 @@ def kontext_keep_size() -> dict[str, Any]:
 
 # --- diffusers' step cache hooks (>= 0.36, where FirstBlockCache and TaylorSeer exist; < 0.43) ---------------------
 
-# The names diffusers registers the deciding hook of each step cache under (diffusers.hooks.first_block_cache
-# _FBC_LEADER_BLOCK_HOOK: the head block's, which decides whether the other blocks run; diffusers.hooks
-# .taylorseer_cache _TAYLORSEER_CACHE_HOOK: on each block, all on the same fixed schedule).
 def register_block_class_like(block_class: type, base: type) -> None:
     """Tell diffusers' hooks that `block_class` (a subclass fluxnb swaps in) returns what `base` returns: its
     FirstBlockCache, MagCache and layer-skip hooks look a block's outputs up by its exact class in the private
-    `TransformerBlockRegistry` (diffusers >= 0.33) and refuse any other ("Model class ... not registered"). A no-op
+    `TransformerBlockRegistry` and refuse any other ("Model class ... not registered"). A no-op
     where the registry does not exist."""
     try:
         from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
@@ -216,6 +213,9 @@ def register_block_class_like(block_class: type, base: type) -> None:
         encoder_hidden_states_argument_name=known.encoder_hidden_states_argument_name))
 
 
+# The names diffusers registers the deciding hook of each step cache under (diffusers.hooks.first_block_cache
+# _FBC_LEADER_BLOCK_HOOK: the head block's, which decides whether the other blocks run; diffusers.hooks
+# .taylorseer_cache _TAYLORSEER_CACHE_HOOK: on each block, all on the same fixed schedule).
 STEP_CACHE_HOOKS = ("fbc_leader_block_hook", "taylorseer_cache")
 
 
