@@ -88,7 +88,7 @@ def choose_attention(spec, choices: tuple[AttentionChoice, ...], device: str,
                      capability: tuple[int, int] | None) -> tuple[str, str | None]:
     """The kernel an entry runs here, and a note for the load report (None: nothing to say). Refuses a kernel the
     entry names outright that cannot run here, naming the entry's key, what is allowed and the fix."""
-    setting = getattr(spec, "attention", "auto")
+    setting = spec.attention
     if setting == "auto":
         choice = next((c for c in choices if capability is not None and tuple(capability) == c.capability), None)
         if choice is None or choice.kernel == "sdpa":

@@ -6,7 +6,7 @@ would spoil int8), and keeps P V in fp16. Two releases matter here:
 
 - `sageattention` 2.1.1+ (CUDA kernels per architecture) is what diffusers' own `sage` backend runs; it is built
   from source, not on PyPI. Where it is installed, fluxnb uses that backend through the public
-  `set_attention_backend("sage")`.
+  `set_attention_backend("sage")` (no lane has run that path: the device machines have no build of 2.x).
 - `sageattention` 1.0.x, the wheel on PyPI, holds the Triton kernels of the paper's first version (Ampere, Ada and
   Hopper: compute capability 8.0+, head sizes 64/96/128). diffusers names this kernel `_sage_qk_int8_pv_fp16_triton`
   but calls it only through the 2.x package; fluxnb registers this module's call under that name instead
