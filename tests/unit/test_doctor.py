@@ -124,6 +124,11 @@ def test_a_cached_model_is_seen_as_cached(hf_home):
 
 
 def test_a_mismatched_torchvision_fails_the_doctor(tmp_path, monkeypatch):
+    # transformers and diffusers record at their first import which packages are installed: imported before the fake
+    # torchvision is on the path, so that later tests of this process do not take it for a real one
+    import diffusers.utils.import_utils  # noqa: F401
+    import transformers.utils.import_utils  # noqa: F401
+
     site = write_mismatched_torchvision(tmp_path / "site")
     monkeypatch.setenv("PYTHONPATH", str(site) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     monkeypatch.syspath_prepend(str(site))  # metadata sees it here; it is only imported in a subprocess
