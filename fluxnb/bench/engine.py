@@ -147,16 +147,23 @@ def parse_backend(text: str, config: ModelConfig, uncapped: tuple[str, ...] = ()
     """'flux-dev-bnb-8bit', 'flux-torchao-int8dq' (a loader type), 'flux-tiny@bf16' (cast after load),
     'flux-dev-torchao-int8dq@offload-t5' (the entry with one option changed; see VARIANTS), or several changes
     joined by '+' ('flux-dev-torchao-fp8@attention=sage+cache=taylorseer@2')."""
-    name, _, variants = text.partition("@")
+    name = text.partition("@")[0]
     spec = _named_spec(text, name, config)
     cast = None
-    for variant in variants.split("+") if variants else ():
+    for variant in label_variants(text):
         if variant in ("bf16", "fp32"):
             cast = variant
         else:
             spec = _apply_variant(text, variant, spec)
     capped = not (text in uncapped or name in uncapped or (not uncapped and get_backend(spec.type).reference))
     return BenchEntry(label=text, spec=spec, cast=cast, capped=capped)
+
+
+def label_variants(label: str) -> list[str]:
+    """The changes a backend label asks for: 'NAME@a+b' -> ['a', 'b']; none without '@'. (A cache setting keeps its
+    own '@': 'NAME@cache=taylorseer@2' -> ['cache=taylorseer@2'].)"""
+    variants = label.partition("@")[2]
+    return variants.split("+") if variants else []
 
 
 def _named_spec(text: str, name: str, config: ModelConfig) -> ModelSpec:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..models.attention import KERNELS
+from ..models.attention import KERNELS, choice_for
 from ..models.backends import REGISTRY
 from ..models.tasks import TEXT_TO_IMAGE
 
@@ -48,6 +48,7 @@ class Card:
 
 
 L4 = Card("NVIDIA L4", 121.0, 242.0, 300.0)
+L4_CAPABILITY = (8, 9)  # the compute capability whose record choices the L4 runs
 CARDS = (
     Card("H100", 989.0, 1979.0, 3350.0),  # SXM figures; a PCIe H100 is slower (the prediction says which card ran)
     Card("H200", 989.0, 1979.0, 4800.0),
@@ -87,7 +88,8 @@ def l4_attention_kernel(entry: dict[str, Any]) -> str:
     if setting != "auto":
         return setting
     record = REGISTRY.get(entry.get("type", ""))
-    return next((c.kernel for c in (record.attention if record else ()) if c.capability == (8, 9)), "sdpa")
+    choice = choice_for(record.attention if record else (), L4_CAPABILITY)
+    return choice.kernel if choice else "sdpa"
 
 
 def attention_lever(row: dict[str, Any], entry: dict[str, Any], precision: str) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from typing import Any
 from ..core.errors import RequestError
 from ..core.files import atomic_write_json
 from ..core.units import GIB, human_bytes
-from .engine import FORMAT_VERSION, PHASES
+from .engine import FORMAT_VERSION, PHASES, label_variants
 
 GOAL_SPEEDUP = 6.5  # the recommended fast backend: at least 6.5x faster per image than bnb 8-bit, within the cap
 # (issue 25; issue 15's goal was 5x)
@@ -27,8 +27,7 @@ CACHED_WEIGHT_SETS = ("gaussian", "outliers")  # the synthetic weight sets a cac
 
 def cache_variant(label: str) -> str | None:
     """The cache setting a backend label asks for (`NAME@cache=S`, or joined: `NAME@attention=sage+cache=S`)."""
-    return next((v.removeprefix("cache=") for v in label.partition("@")[2].split("+") if v.startswith("cache=")),
-                None)
+    return next((v.removeprefix("cache=") for v in label_variants(label) if v.startswith("cache=")), None)
 
 
 def default_results_path() -> Path:

@@ -331,12 +331,10 @@ def _attention_here(spec, needs, info: dict[str, Any]) -> str:
         return ""
     capability = tuple(int(v) for v in str(info["capability"]).split("."))
     try:
-        kernel, note = choose_attention(spec, needs.attention, "cuda", capability)
+        plan = choose_attention(spec, needs.attention, "cuda", capability)
     except ModelUnavailableError as exc:
         return f" (attention: {exc})"
-    if note and note.startswith(f"attention: {kernel}, not "):  # the record's choice cannot run: say why
-        return f" (attention {kernel}: {note.rsplit('): ', 1)[-1]})"
-    return f" (attention {kernel})"
+    return f" (attention {plan.kernel}: {plan.fallback})" if plan.fallback else f" (attention {plan.kernel})"
 
 
 def _check_versions(rows: list[Check], versions: dict[str, str], kb: KnowledgeBase, hypothetical: bool) -> None:

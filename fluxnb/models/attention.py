@@ -15,6 +15,7 @@ before anything loads where it cannot run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..core.compat import active_attention_backend, processor_attention_backend
 from ..core.environment import package_version
@@ -84,27 +85,42 @@ def _text(capability) -> str:
     return f"{capability[0]}.{capability[1]}" if capability else "?"
 
 
+def choice_for(choices: tuple[AttentionChoice, ...], capability: tuple[int, int] | None) -> AttentionChoice | None:
+    """A record's choice for this compute capability (None: the record has none for it, or no GPU)."""
+    return next((c for c in choices if capability is not None and tuple(capability) == c.capability), None)
+
+
+class AttentionPlan(NamedTuple):
+    """What choose_attention decided: the kernel, a note for the load report (None: nothing to say), and why the
+    record's choice for this GPU cannot run here when SDPA stands in for it (None otherwise)."""
+
+    kernel: str
+    note: str | None = None
+    fallback: str | None = None
+
+
 def choose_attention(spec, choices: tuple[AttentionChoice, ...], device: str,
-                     capability: tuple[int, int] | None) -> tuple[str, str | None]:
-    """The kernel an entry runs here, and a note for the load report (None: nothing to say). Refuses a kernel the
-    entry names outright that cannot run here, naming the entry's key, what is allowed and the fix."""
+                     capability: tuple[int, int] | None) -> AttentionPlan:
+    """The kernel an entry runs here, with its note. Refuses a kernel the entry names outright that cannot run here,
+    naming the entry's key, what is allowed and the fix."""
     setting = spec.attention
     if setting == "auto":
-        choice = next((c for c in choices if capability is not None and tuple(capability) == c.capability), None)
+        choice = choice_for(choices, capability)
         if choice is None or choice.kernel == "sdpa":
-            return "sdpa", None if choice is None else f"attention: sdpa on {_text(capability)} ({choice.why})"
+            return AttentionPlan("sdpa", None if choice is None else f"attention: sdpa on {_text(capability)} "
+                                 f"({choice.why})")
         why_not = _cannot_run(KERNELS[choice.kernel], device, capability)
         if why_not:
-            return "sdpa", (f"attention: sdpa, not {choice.kernel} (the choice for {_text(capability)}: "
-                            f"{choice.why}): {why_not}")
-        return choice.kernel, f"attention: {choice.kernel} on {_text(capability)} ({choice.why})"
+            return AttentionPlan("sdpa", f"attention: sdpa, not {choice.kernel} (the choice for {_text(capability)}: "
+                                 f"{choice.why}): {why_not}", why_not)
+        return AttentionPlan(choice.kernel, f"attention: {choice.kernel} on {_text(capability)} ({choice.why})")
     why_not = _cannot_run(KERNELS[setting], device, capability)
     if why_not:
         raise ModelUnavailableError(
             f"model {spec.name!r} asks for `attention: {setting}`, which cannot run here: {why_not}.",
             fix=f"set `attention: auto` (the record's choice for this GPU, else sdpa) or `attention: sdpa` in the "
             f"entry, or {KERNELS[setting].install or 'run on a machine that has it'}")
-    return setting, f"attention: {setting} (the entry's `attention:` key)"
+    return AttentionPlan(setting, f"attention: {setting} (the entry's `attention:` key)")
 
 
 def use_attention(transformer, kernel: str) -> None:

@@ -258,7 +258,7 @@ def load_model(
     token = _token_for(spec, checkpoint)
     capability, gpu = _gpu_capability(device)
     check_device(spec, backend, device, capability, gpu)
-    kernel, attention_note = choose_attention(spec, backend.attention, device, capability)
+    attention = choose_attention(spec, backend.attention, device, capability)
     missing = missing_pipeline(TASKS[spec.task])
     if missing:
         raise ModelUnavailableError(f"model {spec.name!r} is a {spec.task} model: {missing}.",
@@ -281,9 +281,9 @@ def load_model(
         ctx.notes.append(cap.note())
     start = time.perf_counter()
     pipe = _run_loader(spec, backend, ctx, progress)
-    use_attention(pipe.transformer, kernel)
-    if attention_note:
-        ctx.notes.append(attention_note)
+    use_attention(pipe.transformer, attention.kernel)
+    if attention.note:
+        ctx.notes.append(attention.note)
     if cache_setting is not None:
         step_cache.enable(pipe.transformer, cache_setting)
         ctx.notes.append(f"cached mode {cache_setting.describe()}: off by default, chosen by the entry's `cache:`")

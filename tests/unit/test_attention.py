@@ -42,20 +42,21 @@ def _forward(transformer):
 
 
 def test_auto_takes_the_records_choice_for_this_capability(fp8):
-    kernel, note = choose_attention(fp8, CHOICES, "cuda", (8, 9))
-    assert kernel == "sage" and note == "attention: sage on 8.9 (predicted for the L4)"
-    assert choose_attention(fp8, CHOICES, "cuda", (9, 0)) == ("sdpa", "attention: sdpa on 9.0 (measured)")
-    assert choose_attention(fp8, CHOICES, "cuda", (8, 0)) == ("sdpa", None)  # no choice for 8.0: plain SDPA
-    assert choose_attention(fp8, CHOICES, "cpu", None) == ("sdpa", None)
+    kernel, note, fallback = choose_attention(fp8, CHOICES, "cuda", (8, 9))
+    assert kernel == "sage" and note == "attention: sage on 8.9 (predicted for the L4)" and fallback is None
+    assert choose_attention(fp8, CHOICES, "cuda", (9, 0)) == ("sdpa", "attention: sdpa on 9.0 (measured)", None)
+    assert choose_attention(fp8, CHOICES, "cuda", (8, 0)) == ("sdpa", None, None)  # no choice for 8.0: plain SDPA
+    assert choose_attention(fp8, CHOICES, "cpu", None) == ("sdpa", None, None)
 
 
 def test_auto_falls_back_to_sdpa_and_says_why(fp8, monkeypatch):
     monkeypatch.setattr(attention, "package_version",
                         lambda name: None if name == "sageattention" else importlib.metadata.version(name))
-    kernel, note = choose_attention(fp8, CHOICES, "cuda", (8, 9))
+    kernel, note, fallback = choose_attention(fp8, CHOICES, "cuda", (8, 9))
     assert kernel == "sdpa"
     assert note.startswith("attention: sdpa, not sage (the choice for 8.9: predicted for the L4): ")
     assert "the sageattention package is not installed (pip install 'sageattention==1.0.6'" in note
+    assert note.endswith(f": {fallback}") and fallback.startswith("the sageattention package is not installed")
 
 
 @pytest.mark.stack
@@ -69,12 +70,13 @@ def test_named_kernel_is_refused_where_it_cannot_run(fp8):
     with pytest.raises(ModelUnavailableError, match=r"it needs compute capability 8\.0\+, this GPU is 7\.5"):
         choose_attention(sage, (), "cuda", (7, 5))
     if REGISTRY_LINE:
-        assert choose_attention(sage, (), "cuda", (9, 0)) == ("sage", "attention: sage (the entry's `attention:` key)")
+        assert choose_attention(sage, (), "cuda", (9, 0)) == \
+            ("sage", "attention: sage (the entry's `attention:` key)", None)
     else:
         with pytest.raises(ModelUnavailableError, match=r"diffusers' attention registry \(diffusers >= 0\.36\)"):
             choose_attention(sage, (), "cuda", (9, 0))
     assert choose_attention(dataclasses.replace(fp8, attention="sdpa"), CHOICES, "cuda", (8, 9)) == \
-        ("sdpa", "attention: sdpa (the entry's `attention:` key)")
+        ("sdpa", "attention: sdpa (the entry's `attention:` key)", None)
 
 
 def test_load_refuses_a_named_kernel_before_reading_weights(config, tmp_path):
