@@ -17,12 +17,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..core.compat import active_attention_backend, processor_attention_backend
+from packaging.version import Version
+
+from ..core.compat import (
+    active_attention_backend,
+    processor_attention_backend,
+    register_attention_backend,
+    set_attention_backend_unchecked,
+)
 from ..core.environment import package_version
 from ..core.errors import ModelUnavailableError
 from ..core.facts import report_only
 
 SDPA = "native (torch scaled_dot_product_attention)"
+# diffusers' name for the Triton int8-QK / fp16-PV kernel, the one sageattention 1.0.x implements: fluxnb registers
+# its own call of that package under it (fluxnb/models/sage_attention.py)
+SAGE_TRITON_BACKEND = "_sage_qk_int8_pv_fp16_triton"
 
 
 @dataclass(frozen=True)
@@ -65,8 +75,6 @@ class AttentionChoice:
 
 def _cannot_run(kernel: AttentionKernel, device: str, capability: tuple[int, int] | None) -> str | None:
     """Why `kernel` cannot run here (before any weights load), or None."""
-    from packaging.version import Version
-
     if kernel.package is None:
         return None
     if device != "cuda":
@@ -135,17 +143,13 @@ def use_attention(transformer, kernel: str) -> None:
             f"attention kernel {kernel!r} takes head sizes {', '.join(map(str, record.head_dims))}; this "
             f"transformer's is {head_dim} (FLUX.1's is 128; the tiny test model's is 16).",
             fix="set `attention: sdpa` (or auto) in the entry")
-    from packaging.version import Version
-
-    from ..core.compat import register_attention_backend, set_attention_backend_unchecked
-
     if Version(package_version("sageattention") or "0") >= Version("2.1.1"):
         transformer.set_attention_backend("sage")  # diffusers' own backend: the 2.x CUDA kernels
         return
-    from .sage_attention import TRITON_BACKEND, diffusers_backend
+    from .sage_attention import diffusers_backend  # imports torch and defines the custom op: only when asked for
 
-    register_attention_backend(TRITON_BACKEND, diffusers_backend)
-    set_attention_backend_unchecked(transformer, TRITON_BACKEND)
+    register_attention_backend(SAGE_TRITON_BACKEND, diffusers_backend)
+    set_attention_backend_unchecked(transformer, SAGE_TRITON_BACKEND)
 
 
 @report_only("attention backend lookup")
@@ -163,8 +167,6 @@ def attention_backend(transformer) -> str:
 
 def _label(name: str) -> str:
     """A registry name as people read it: fluxnb's own SageAttention registration says which package runs it."""
-    from .sage_attention import TRITON_BACKEND
-
-    if TRITON_BACKEND in name:
+    if SAGE_TRITON_BACKEND in name:
         return f"sage (sageattention {package_version('sageattention')}, Triton: int8 QK, fp16 PV)"
     return name

@@ -10,16 +10,13 @@ would spoil int8), and keeps P V in fp16. Two releases matter here:
 - `sageattention` 1.0.x, the wheel on PyPI, holds the Triton kernels of the paper's first version (Ampere, Ada and
   Hopper: compute capability 8.0+, head sizes 64/96/128). diffusers names this kernel `_sage_qk_int8_pv_fp16_triton`
   but calls it only through the 2.x package; fluxnb registers this module's call under that name instead
-  (fluxnb/core/compat.py), as a torch custom op so that torch.compile keeps the Triton kernels as they are and the
-  CUDA graph captures them like any other kernel.
+  (fluxnb/models/attention.py, through fluxnb/core/compat.py), as a torch custom op so that torch.compile keeps the
+  Triton kernels as they are and the CUDA graph captures them like any other kernel.
 """
 
 from __future__ import annotations
 
 import torch
-
-# diffusers' name for the Triton int8-QK / fp16-PV kernel, the one sageattention 1.0.x implements
-TRITON_BACKEND = "_sage_qk_int8_pv_fp16_triton"
 
 
 @torch.library.custom_op("fluxnb::sage_attention", mutates_args=())
