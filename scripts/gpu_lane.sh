@@ -42,6 +42,9 @@ if [[ " $STAGES " == *" env "* ]]; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || true
     df -h /tmp /dev/shm "$ROOT" 2>/dev/null || true
     free -g || true
+    # the host CPU: bnb 8-bit (no CUDA graph, many small kernels) ran 25% slower on one H100 host than another
+    # with the same software (runs 26 and 34), float8 (one CUDA graph per step) the same
+    lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)|CPU max MHz)' || true
     echo "synthetic checkpoints in $FLUXNB_SYNTHETIC"
     $PY - <<'PY'
 import torch, diffusers, transformers, bitsandbytes, huggingface_hub, safetensors

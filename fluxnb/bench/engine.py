@@ -25,7 +25,8 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,18 @@ def set_cap(device: str, cap_bytes: int | None) -> float | None:
     return fraction
 
 
+@contextmanager
+def memory_cap(device: str, cap_bytes: int | None) -> Iterator[float | None]:
+    """One backend's life under the bench's cap, the whole card again afterwards: what runs between backends (the
+    next weight set's synthetic checkpoint, bf16 built on the GPU, about 34 GB) must not inherit it. Run 34 built
+    one under the previous backend's 22 GB cap and every backend of that weight set failed with out-of-memory."""
+    fraction = set_cap(device, cap_bytes)
+    try:
+        yield fraction
+    finally:
+        set_cap(device, None)
+
+
 # ----------------------------------------------------------------------------------------------- the run's steps
 
 
@@ -388,7 +401,6 @@ def _load_backend(backend: BenchEntry, entry: dict[str, Any], checkpoint, s: Ben
     """One backend's load, under its memory cap, with its seconds, peak memory and load report in `entry`."""
     import torch
 
-    entry["memory_fraction"] = set_cap(s.device, s.cap_bytes if entry["capped"] else None)
     _free(s.device)
     if s.cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -529,15 +541,17 @@ def _bench_backend(backend: BenchEntry, s: BenchSettings, results: dict[str, Any
     kind, warm = None, None
     try:
         checkpoint, kind = _checkpoint_for(backend, weight_set, s)
-        model = _load_backend(backend, entry, checkpoint, s)
-        rows = [_bench_size(model, backend, entry, width, height, s, results, outputs) for width, height in s.sizes]
-        first = rows[0]
-        if first is not None and s.batch and weight_set == "gaussian" and _chosen(backend, s.batch_backends):
-            _batch_row(model, backend, first, s)
-        if (first is not None and s.warm_compile and model.report.compile_cache is not None
-                and weight_set == s.weight_sets[0] and _chosen(backend, s.warm_backends)):
-            warm = (first, _warm_job(backend, entry, checkpoint, first, s))
-        del model
+        with memory_cap(s.device, s.cap_bytes if entry["capped"] else None) as entry["memory_fraction"]:
+            model = _load_backend(backend, entry, checkpoint, s)
+            rows = [_bench_size(model, backend, entry, width, height, s, results, outputs)
+                    for width, height in s.sizes]
+            first = rows[0]
+            if first is not None and s.batch and weight_set == "gaussian" and _chosen(backend, s.batch_backends):
+                _batch_row(model, backend, first, s)
+            if (first is not None and s.warm_compile and model.report.compile_cache is not None
+                    and weight_set == s.weight_sets[0] and _chosen(backend, s.warm_backends)):
+                warm = (first, _warm_job(backend, entry, checkpoint, first, s))
+            del model
     except Exception as exc:  # noqa: BLE001 - a backend that cannot load (OOM, missing extra) is a result
         entry["error"] = f"{type(exc).__name__}: {str(exc)[:800]}"
         s.log(f"[{backend.label}] FAILED: {entry['error']}")
@@ -654,7 +668,6 @@ def run_bench(
             add_comparisons(results, outputs)
             add_predictions(results)
             on_backend_done(results)
-    set_cap(device, None)
     add_comparisons(results, outputs)
     add_predictions(results)
     return results

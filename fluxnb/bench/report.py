@@ -32,9 +32,9 @@ def cache_variant(label: str) -> str | None:
 
 def default_results_path() -> Path:
     """The committed device result the benchmark notebook shows by default, shipped in the package: the newest full
-    run (the speed work's run 26; the repository's results/bench-synthetic.json is run 8, more backends under the
-    earlier rule)."""
-    return Path(__file__).with_name("bench-h100-run26.json")
+    run (the third speed round's run 35: both weight sets, the cached modes, the warm first call and the batch; the
+    repository's results/ holds the earlier ones)."""
+    return Path(__file__).with_name("bench-h100-run35.json")
 
 
 def _weights(row: dict[str, Any]) -> str:
@@ -112,19 +112,24 @@ def _noise_floor(rows: list[dict], reference: str, reference_type: str | None, t
             and types.get(r["backend"]) == reference_type]
 
 
-def _best_verdict(size: str, best: dict | None, entry: dict[str, Any], goal: float, factor: float) -> str:
-    """The plain modes' line of one size; the best one's speed-up and goal written into `entry`."""
+def _best_verdict(size: str, best: dict | None, entry: dict[str, Any], goal: float, factor: float,
+                  unchecked: list[str]) -> str:
+    """The plain modes' line of one size; the best one's speed-up and goal written into `entry`. The goal needs the
+    fidelity checked on every weight set the run asked for (`unchecked`: those without the best's and the baseline's
+    error): run 34 lost its outlier set and a Gaussian-only result read as met."""
     if best is None:
         entry["goal_met"] = False
         return (f"{size}: no backend fits the cap with latent error within {factor:g}x the baseline's on every "
                 "weight set")
-    entry.update(speedup=best["speedup_vs_baseline"], goal_met=best["speedup_vs_baseline"] >= goal,
+    entry.update(speedup=best["speedup_vs_baseline"], goal_met=best["speedup_vs_baseline"] >= goal and not unchecked,
                  peak_reserved_bytes=best.get("peak_reserved_bytes"))
     peak = (best.get("peak_reserved_bytes") or 0) / 1e9
+    verdict = "met" if entry["goal_met"] else "NOT met"
+    if unchecked:
+        verdict += f" (no latent error beside the baseline's on the {' and '.join(unchecked)} weights)"
     return (f"{size}: best {best['backend']}: {best['seconds_per_image']:.2f} s/image = "
             f"{best['speedup_vs_baseline']:.2f}x the baseline, peak {peak:.1f} GB, latent rel. err "
-            f"{best.get('latent_rel_error')}, PSNR {best.get('psnr_db')} dB -> goal of {goal}x "
-            f"{'met' if entry['goal_met'] else 'NOT met'}")
+            f"{best.get('latent_rel_error')}, PSNR {best.get('psnr_db')} dB -> goal of {goal}x {verdict}")
 
 
 def summarize(results: dict[str, Any], goal_speedup: float = GOAL_SPEEDUP, *,
@@ -163,7 +168,9 @@ def summarize(results: dict[str, Any], goal_speedup: float = GOAL_SPEEDUP, *,
                  "best": best and best["backend"], "candidates": [r["backend"] for r in candidates]}
         lines.append(f"{size}: baseline {baseline} {base['seconds_per_image']:.2f} s/image, "
                      f"latent rel. err {base.get('latent_rel_error')}, PSNR {base.get('psnr_db')} dB")
-        lines.append(_best_verdict(size, best, entry, goal_speedup, fidelity_factor))
+        unchecked = [w for w in settings.get("weight_sets", ["gaussian"]) if best is not None and not all(
+            "latent_rel_error" in (_row_of(all_rows, label, size, w) or {}) for label in (best["backend"], baseline))]
+        lines.append(_best_verdict(size, best, entry, goal_speedup, fidelity_factor, unchecked))
         entry.update(cached)
         lines += cached_lines
         if recommended:

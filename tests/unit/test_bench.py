@@ -238,3 +238,24 @@ def test_comparisons_with_hand_numbers():
     assert fast["latent_rel_error"] == 0.1 and fast["psnr_db"] == pytest.approx(48.13, abs=0.01)  # 0.5/5; 1 level
     assert ref["latent_rel_error"] == 0.0 and ref["psnr_db"] is None
     assert "latent_rel_error" not in outliers  # no outputs of that weight set: nothing compared
+
+
+def test_the_cap_ends_with_its_backend(monkeypatch):
+    """What runs after a capped backend (the next weight set's synthetic build, ~34 GB on the GPU) gets the whole card
+    back, also when the backend failed (run 34: a build under the previous backend's 22 GB cap ran out of memory)."""
+    import types
+
+    import torch
+
+    from fluxnb.bench.engine import memory_cap
+
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(total_memory=80e9))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", fractions.append)
+    with memory_cap("cuda", int(22e9)) as fraction:
+        assert fractions == [fraction] and fraction == pytest.approx(22 / 80)
+    with pytest.raises(RuntimeError, match="out of memory"), memory_cap("cuda", int(22e9)):
+        raise RuntimeError("CUDA out of memory")
+    assert fractions == [fraction, 1.0, fraction, 1.0]
+    with memory_cap("cpu", int(22e9)) as fraction:
+        assert fraction is None and len(fractions) == 4  # nothing to cap on a CPU

@@ -28,6 +28,7 @@ def test_batched_encoding_gives_each_prompt_its_own_image(tiny_model):
     assert not np.array_equal(seen[0], seen[1])  # distinct prompts and seeds: distinct images
     assert figures["images"] == 3 and figures["text_encoding"].startswith("batched")
     assert 0 < figures["text_encoding_seconds"] < figures["seconds"]
+    assert 0 <= figures["offload_seconds"] < figures["seconds"] - figures["text_encoding_seconds"]
 
 
 def test_batch_prompts_are_distinct_so_none_is_encoded_twice():
