@@ -70,8 +70,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         request.add_argument("--sweep", action="append", metavar="NAME=V1,V2,...",
                              help="sweep a parameter (guidance_scale, steps, strength, width, height, lora_scale, "
                              "lora:NAME); at most two, repeatable; a labelled grid goes into the run folder"),
-        request.add_argument("--cache", help="cached mode for this run: taylorseer@N, first-block@T or off (default: "
-                             "the model entry's `cache:`, off unless set)"),
+        request.add_argument("--cache", help="cached mode for this run: taylorseer@N (forecast window: "
+                             "taylorseer@N:from=W:until=E), first-block@T or off (default: the model entry's "
+                             "`cache:`, off unless set)"),
         request.add_argument("--output-dir", help="base folder for run folders (default: ./outputs)"),
         request.add_argument("--checkpoint", help="load the weights from this local folder (hub layout) instead of "
                              "the entry's id, e.g. a synthetic checkpoint (fluxnb.models.synthetic)"),

@@ -62,7 +62,8 @@ class ModelSpec:
         compile: torch.compile the transformer's repeated blocks (only types whose record is `compilable`).
         offload_text_encoder: T5 lives on the CPU, on the GPU only while it encodes (records that allow it).
         compile_mode: torch.compile's `mode` for the compiled blocks (one of the record's `compile_modes`).
-        cache: the cached mode's setting (fluxnb.models.step_cache: "taylorseer@2", "first-block@0.08"), off when None.
+        cache: the cached mode's setting (fluxnb.models.step_cache: "taylorseer@2", "taylorseer@2:from=6:until=22",
+            "first-block@0.08"), off when None.
         attention: the attention kernel (fluxnb.models.attention.SETTINGS): "auto" takes the record's choice for the
             GPU, "sdpa" or "sage" names one.
     """

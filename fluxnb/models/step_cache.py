@@ -5,6 +5,9 @@ A cache setting is a short text (model entry key `cache:`, bench variant `NAME@c
 - `taylorseer@N`: TaylorSeer (arXiv 2503.06923) in diffusers' lite mode: the transformer's blocks are skipped and
   its output forecast by a first-order Taylor expansion on every step but one in N, after `TAYLORSEER_WARMUP`
   full steps. The skipping follows a fixed schedule, so the speed-up holds for any weights (the headline setting).
+  `taylorseer@N:from=W:until=E` bounds the forecasting: steps before W and from E on are all computed (diffusers'
+  disable_cache_before_step / disable_cache_after_step). The early steps move the latents most, and the last ones
+  set the fine detail, so these full steps buy back fidelity at a known price in speed.
 - `first-block@T`: FirstBlockCache (ParaAttention): all blocks after the first are skipped while the first block's
   residual changes by less than T. Adaptive: how many steps it skips depends on the weights, so a speed-up
   measured on random weights says little about real FLUX (labelled "depends on the weights").
@@ -34,16 +37,20 @@ KINDS = {
                    "depends on the weights)",
 }
 HOOK_CLASSES = {"taylorseer": "TaylorSeerCacheConfig", "first-block": "FirstBlockCacheConfig"}
-EXAMPLES = "taylorseer@2, taylorseer@3, first-block@0.08"
+EXAMPLES = "taylorseer@2, taylorseer@2:from=6:until=25, first-block@0.08"
+TAYLORSEER_OPTIONS = {"from": "the first step forecast; the steps before it are computed",
+                      "until": "the first of the last steps computed again; none: forecast to the end"}
 
 
 @dataclass(frozen=True)
 class CacheSetting:
-    """A parsed cache setting: which hook and its one number (interval N or threshold T)."""
+    """A parsed cache setting: which hook and its number (interval N or threshold T); TaylorSeer's forecast window."""
 
     kind: str
     value: float
     text: str
+    start: int = TAYLORSEER_WARMUP  # TaylorSeer: the first step it may forecast
+    until: int | None = None  # TaylorSeer: from this step on every step is computed
 
     @property
     def fixed_schedule(self) -> bool:
@@ -54,17 +61,35 @@ class CacheSetting:
         """Full transformer forwards in `steps` steps (None for an adaptive cache: it depends on the weights)."""
         if not self.fixed_schedule:
             return None
-        interval = int(self.value)
+        interval, until = int(self.value), steps if self.until is None else self.until
         return sum(1 for step in range(steps)
-                   if step < TAYLORSEER_WARMUP or (step - TAYLORSEER_WARMUP - 1) % interval == 0)
+                   if step < self.start or step >= until or (step - self.start - 1) % interval == 0)
 
     def describe(self) -> str:
         schedule = "fixed schedule" if self.fixed_schedule else "adaptive: depends on the weights"
         return f"{self.text}: {KINDS[self.kind].split(' (')[0]} ({schedule})"
 
     def to_dict(self) -> dict:
+        window = {"forecast_from": self.start, "forecast_until": self.until} if self.fixed_schedule else {}
         return {"setting": self.text, "hook": HOOK_CLASSES[self.kind], "fixed_schedule": self.fixed_schedule,
-                "depends_on_weights": not self.fixed_schedule}
+                "depends_on_weights": not self.fixed_schedule, **window}
+
+
+def _taylorseer_window(text: str, options: list[str], parameter: str) -> dict[str, int]:
+    """`from=W`, `until=E` (whole steps, W >= 1, E > W) from a TaylorSeer setting's options."""
+    window: dict[str, int] = {}
+    allowed = "; ".join(f"{k}=<step> ({v})" for k, v in TAYLORSEER_OPTIONS.items())
+    for option in options:
+        key, sep, number = option.partition("=")
+        if key not in TAYLORSEER_OPTIONS or not sep or not number.isdigit() or key in window:
+            raise RequestError(parameter, f"{text!r}: {option!r} is not a TaylorSeer option; allowed, once each: "
+                                          f"{allowed}", fix="e.g. taylorseer@2:from=6:until=25")
+        window[key] = int(number)
+    start, until = window.get("from", TAYLORSEER_WARMUP), window.get("until")
+    if start < 1 or (until is not None and until <= start):
+        raise RequestError(parameter, f"{text!r}: the forecast window must start at step 1 or later and end after it "
+                                      f"(from={start}, until={until})", fix="e.g. taylorseer@2:from=6:until=25")
+    return {"start": start, "until": until}
 
 
 def parse_cache(text: str | None, parameter: str = "cache") -> CacheSetting | None:
@@ -72,7 +97,8 @@ def parse_cache(text: str | None, parameter: str = "cache") -> CacheSetting | No
     if text is None or str(text).strip().lower() in ("", "none", "off"):
         return None
     text = str(text).strip()
-    kind, sep, number = text.partition("@")
+    kind, sep, rest = text.partition("@")
+    number, *options = rest.split(":")
     allowed = f"allowed: {', '.join(f'{k}@<number> ({v})' for k, v in KINDS.items())}; none to turn it off"
     if kind not in KINDS or not sep:
         raise RequestError(parameter, f"{text!r} is not a cache setting; {allowed}", fix=f"e.g. {EXAMPLES}")
@@ -87,7 +113,15 @@ def parse_cache(text: str | None, parameter: str = "cache") -> CacheSetting | No
     if kind == "first-block" and not 0 < value < 1:
         raise RequestError(parameter, f"{text!r}: the FirstBlockCache threshold must be between 0 and 1",
                            fix="e.g. first-block@0.08 (ParaAttention's FLUX setting)")
-    return CacheSetting(kind=kind, value=value, text=f"{kind}@{int(value) if kind == 'taylorseer' else value}")
+    if kind == "first-block":
+        if options:
+            raise RequestError(parameter, f"{text!r}: FirstBlockCache takes no options after its threshold",
+                               fix="e.g. first-block@0.08")
+        return CacheSetting(kind=kind, value=value, text=f"{kind}@{value}")
+    window = _taylorseer_window(text, options, parameter)
+    bounds = (f":from={window['start']}" if window["start"] != TAYLORSEER_WARMUP else "") + (
+        f":until={window['until']}" if window["until"] is not None else "")
+    return CacheSetting(kind=kind, value=value, text=f"{kind}@{int(value)}{bounds}", **window)
 
 
 def unavailable_reason(setting: CacheSetting) -> str | None:
@@ -119,8 +153,9 @@ def hook_config(setting: CacheSetting):
     if setting.kind == "taylorseer":
         # lite mode: whole blocks skipped, only the transformer's output forecast (float32 Taylor factors: the
         # differences of bf16 outputs lose their low bits otherwise)
-        return TaylorSeerCacheConfig(cache_interval=int(setting.value), disable_cache_before_step=TAYLORSEER_WARMUP,
-                                     max_order=1, use_lite_mode=True, taylor_factors_dtype=torch.float32)
+        return TaylorSeerCacheConfig(cache_interval=int(setting.value), disable_cache_before_step=setting.start,
+                                     disable_cache_after_step=setting.until, max_order=1, use_lite_mode=True,
+                                     taylor_factors_dtype=torch.float32)
     return FirstBlockCacheConfig(threshold=setting.value)
 
 

@@ -57,6 +57,10 @@ def test_taylorseer_records_its_fixed_schedule(tiny_spec):
     # Taylor factors, then one step in 2 counted from step 4 (the hook computes when (step - 3 - 1) % 2 == 0)
     assert record["computed_steps"] == ran == [0, 1, 2, 4, 6]
     assert (record["computed"], record["steps"], record["setting"]) == (5, STEPS, "taylorseer@2")
+    # a forecast window: steps before 2 and from 6 on computed, one in 2 between (the hook computes step 3, 5)
+    window, ran = _cached_image(model, tiny_spec, "taylorseer@2:from=2:until=6")
+    assert window["computed_steps"] == ran == [0, 1, 3, 5, 6, 7]
+    assert window["computed"] == parse_cache("taylorseer@2:from=2:until=6").computed_steps(STEPS) == 6
     plain, ran = _cached_image(model, tiny_spec, "off")
     assert plain is None and ran == list(range(STEPS))
 

@@ -23,6 +23,9 @@ needs_hooks = pytest.mark.skipif(not HOOKS, reason="this lane's diffusers has no
 @pytest.mark.parametrize(("text", "fix"), [
     ("taylorseer", "taylorseer@2"), ("taylorseer@1", "taylorseer@2"), ("taylorseer@2.5", "taylorseer@2"),
     ("first-block@2", "first-block@0.08"), ("teacache@0.1", "taylorseer@2"), ("first-block@x", "taylorseer@2"),
+    ("taylorseer@2:warmup=6", "taylorseer@2:from=6:until=25"), ("taylorseer@2:from=0", "from=6"),
+    ("taylorseer@2:from=6:until=6", "until=25"), ("taylorseer@2:from=3:from=4", "from=6"),
+    ("first-block@0.08:from=6", "first-block@0.08"),
 ])
 def test_bad_settings_are_refused_with_the_allowed_forms(text, fix):
     with pytest.raises(RequestError) as info:
@@ -36,6 +39,11 @@ def test_settings_and_their_schedule():
     assert ts.fixed_schedule and ts.to_dict()["hook"] == "TaylorSeerCacheConfig"
     # steps 0, 1, 2 full, then one in two from step 4: 0 1 2 4 6 ... 26 -> 15 of 28
     assert ts.computed_steps(28) == 15 and parse_cache("taylorseer@3").computed_steps(28) == 11
+    # a forecast window: 0-5 computed, then 7, 9, ..., 23 (one in two), then 25-27 computed: 6 + 9 + 3
+    window = parse_cache(" taylorseer@2:until=25:from=6 ")
+    assert window.text == "taylorseer@2:from=6:until=25" and window.computed_steps(28) == 18
+    assert (window.to_dict()["forecast_from"], window.to_dict()["forecast_until"]) == (6, 25)
+    assert parse_cache("taylorseer@2:from=3").text == "taylorseer@2"  # the default window is not spelled out
     fb = parse_cache("first-block@0.08")
     assert not fb.fixed_schedule and fb.computed_steps(28) is None and "depends on the weights" in fb.describe()
 
@@ -99,7 +107,8 @@ def test_entry_cache_reaches_the_load_report_and_image_metadata(tiny_spec):
         return
     model = fluxnb.load_model(spec, device="cpu", progress=False)
     assert model.report.cache == {"setting": "taylorseer@2", "hook": "TaylorSeerCacheConfig",
-                                  "fixed_schedule": True, "depends_on_weights": False}
+                                  "fixed_schedule": True, "depends_on_weights": False, "forecast_from": 3,
+                                  "forecast_until": None}
     assert model.report.to_dict()["cache"]["setting"] == "taylorseer@2"
     assert any("cached mode taylorseer@2" in note for note in model.report.notes)
     request = fluxnb.make_request(spec, prompt="a cat", steps=4, width=32, height=32)
