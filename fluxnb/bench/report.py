@@ -92,16 +92,30 @@ def _cached_summary(size: str, rows: list[dict], all_rows: list[dict], baseline:
             offered.append(row)
     if offered:
         top = min(offered, key=lambda r: r["seconds_per_image"])
+        speedups = _speedups(top["backend"], size, all_rows)
         entry["cached"] = {"backend": top["backend"], "speedup": top["speedup_vs_baseline"],
-                           "goal_met": top["speedup_vs_baseline"] >= goal}
+                           "goal_met": min(speedups.values()) >= goal}
         schedule = top.get("cache_schedule")
         ran = (f" ({schedule['computed']} of {schedule['steps']} steps computed)"
                if schedule and schedule["computed"] is not None else "")
         lines.append(f"{size}: cached mode {top['backend']}{ran}: {top['seconds_per_image']:.2f} s/image = "
-                     f"{top['speedup_vs_baseline']:.2f}x, latent rel. err within {factor:g}x the baseline's on "
+                     f"{_speedup_text(speedups)}, latent rel. err within {factor:g}x the baseline's on "
                      f"{' and '.join(CACHED_WEIGHT_SETS)} weights -> goal of {goal}x "
                      f"{'met' if entry['cached']['goal_met'] else 'NOT met'}")
     return entry, lines, offered
+
+
+def _speedups(label: str, size: str, rows: list[dict]) -> dict[str, float]:
+    """The backend's speed-up over the baseline on each weight set it ran on (Gaussian first): a goal is met only on
+    all of them (run 36: the cached mode's 8.62x on the Gaussian set was 7.93x on the outlier set, whose baseline
+    ran faster)."""
+    return {_weights(r): r["speedup_vs_baseline"] for r in rows
+            if (r["backend"], r["size"]) == (label, size) and r.get("speedup_vs_baseline")}
+
+
+def _speedup_text(speedups: dict[str, float]) -> str:
+    first, *others = speedups.items()
+    return f"{first[1]:.2f}x" + "".join(f" ({weights} weights: {value:.2f}x)" for weights, value in others)
 
 
 def _noise_floor(rows: list[dict], reference: str, reference_type: str | None, types: dict[str, str]) -> list[str]:
@@ -113,22 +127,24 @@ def _noise_floor(rows: list[dict], reference: str, reference_type: str | None, t
 
 
 def _best_verdict(size: str, best: dict | None, entry: dict[str, Any], goal: float, factor: float,
-                  unchecked: list[str]) -> str:
+                  unchecked: list[str], rows: list[dict]) -> str:
     """The plain modes' line of one size; the best one's speed-up and goal written into `entry`. The goal needs the
-    fidelity checked on every weight set the run asked for (`unchecked`: those without the best's and the baseline's
-    error): run 34 lost its outlier set and a Gaussian-only result read as met."""
+    speed on every weight set that ran (`rows`) and the fidelity checked on every weight set the run asked for
+    (`unchecked`: those without the best's and the baseline's error): run 34 lost its outlier set and a Gaussian-only
+    result read as met."""
     if best is None:
         entry["goal_met"] = False
         return (f"{size}: no backend fits the cap with latent error within {factor:g}x the baseline's on every "
                 "weight set")
-    entry.update(speedup=best["speedup_vs_baseline"], goal_met=best["speedup_vs_baseline"] >= goal and not unchecked,
+    speedups = _speedups(best["backend"], size, rows)
+    entry.update(speedup=best["speedup_vs_baseline"], goal_met=min(speedups.values()) >= goal and not unchecked,
                  peak_reserved_bytes=best.get("peak_reserved_bytes"))
     peak = (best.get("peak_reserved_bytes") or 0) / 1e9
     verdict = "met" if entry["goal_met"] else "NOT met"
     if unchecked:
         verdict += f" (no latent error beside the baseline's on the {' and '.join(unchecked)} weights)"
     return (f"{size}: best {best['backend']}: {best['seconds_per_image']:.2f} s/image = "
-            f"{best['speedup_vs_baseline']:.2f}x the baseline, peak {peak:.1f} GB, latent rel. err "
+            f"{_speedup_text(speedups)} the baseline, peak {peak:.1f} GB, latent rel. err "
             f"{best.get('latent_rel_error')}, PSNR {best.get('psnr_db')} dB -> goal of {goal}x {verdict}")
 
 
@@ -170,7 +186,7 @@ def summarize(results: dict[str, Any], goal_speedup: float = GOAL_SPEEDUP, *,
                      f"latent rel. err {base.get('latent_rel_error')}, PSNR {base.get('psnr_db')} dB")
         unchecked = [w for w in settings.get("weight_sets", ["gaussian"]) if best is not None and not all(
             "latent_rel_error" in (_row_of(all_rows, label, size, w) or {}) for label in (best["backend"], baseline))]
-        lines.append(_best_verdict(size, best, entry, goal_speedup, fidelity_factor, unchecked))
+        lines.append(_best_verdict(size, best, entry, goal_speedup, fidelity_factor, unchecked, all_rows))
         entry.update(cached)
         lines += cached_lines
         if recommended:
