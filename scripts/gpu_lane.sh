@@ -7,8 +7,7 @@
 #   GPU_LANE_STAGES="unit" scripts/gpu_lane.sh           # the CPU lanes' unit tests, on this GPU machine
 #   BENCH_ARGS="--backend flux-dev --backend flux-dev-bnb-8bit" scripts/gpu_lane.sh
 #   GPU_LANE_STAGES="probe" PROBE_ARGS="--timeout 120" scripts/gpu_lane.sh   # compile probe (scripts/compile_probe.py)
-#   GPU_LANE_STAGES="env editing" EDITING_ARGS="--tasks fill --cleanup" scripts/gpu_lane.sh   # optional: Fill and
-#       Kontext, float8 vs bnb 8-bit vs bf16 (scripts/issue24_gpu.py; not among the default stages; issue24_gpu.sh)
+#   (the editing models' figures: scripts/issue24_gpu.sh, one bench stage per task)
 #
 # Needs a CUDA GPU with ~80 GB for the uncapped bf16 reference (set BENCH_ARGS without flux-dev on a 24 GB card)
 # and ~55 GB of free disk (or RAM in /dev/shm) for the synthetic checkpoints. On the device machine the wheels
@@ -91,17 +90,6 @@ if [[ " $STAGES " == *" bench "* ]]; then
     if [ -f "$OUT/bench.json" ] && [ ! -f "$OUT/bench.png" ]; then  # killed mid-run: chart what finished
         $PY -c "from fluxnb.bench import load_results, plot_results, results_table as t; r=load_results('$OUT/bench.json'); plot_results(r, '$OUT/bench.png'); print(t(r))" || true
     fi
-fi
-if [[ " $STAGES " == *" editing "* ]]; then  # optional (issue 24): not among the default stages
-    echo "== editing bench: scripts/issue24_gpu.py ${EDITING_ARGS:-} ($(date -u +%FT%TZ))"
-    cmd=($PY scripts/issue24_gpu.py ${EDITING_ARGS:-} --output "$OUT/editing.json")
-    EDITING_TIMEOUT=${EDITING_TIMEOUT:-0}
-    if [ "$LANE_DEADLINE" != 0 ]; then EDITING_TIMEOUT=$((LANE_DEADLINE - (SECONDS - LANE_START))); fi
-    if [ "$EDITING_TIMEOUT" != 0 ]; then
-        echo "editing bench time limit: ${EDITING_TIMEOUT} s"
-        cmd=(timeout --signal=INT --kill-after=20 "$EDITING_TIMEOUT" "${cmd[@]}")
-    fi
-    "${cmd[@]}" || status=1
 fi
 echo "== gpu lane done ($(date -u +%FT%TZ)), status $status; results in $OUT"
 exit $status

@@ -3,7 +3,7 @@
 Every backend of one run gets the same pictures, made here at each bench size (deterministic: no file to ship, the
 same pixels on every machine), and the same request, made through fluxnb's own `make_request` (the entry's checks
 and defaults) and turned into the pipeline's arguments by `editing.pipeline_inputs`: the bench times the product's
-path, not a copy of it. scripts/issue24_gpu.py uses the same pictures.
+path, not a copy of it.
 """
 
 from __future__ import annotations

@@ -13,10 +13,12 @@ from typing import Any
 from ..core.errors import RequestError
 from ..core.files import atomic_write_json
 from ..core.units import GIB, human_bytes
+from ..models.tasks import TEXT_TO_IMAGE
 from .engine import FORMAT_VERSION, PHASES, label_variants
 
 GOAL_SPEEDUP = 6.5  # the recommended fast backend: at least 6.5x faster per image than bnb 8-bit, within the cap
 # (issue 25; issue 15's goal was 5x)
+EDITING_GOAL_SPEEDUP = 4.0  # an editing task's float8 entry against its bnb 8-bit one (issue 24: Fill, Kontext)
 CACHED_GOAL_SPEEDUP = 8.0  # the opt-in cached mode (issue 25)
 FIDELITY_FACTOR = 2.0  # eligible: latent error within 2x of the baseline's, on every weight set measured
 # a cached mode is offered: latent error within 3x of the baseline's on both weight sets (issue 25); else the
@@ -148,14 +150,17 @@ def _best_verdict(size: str, best: dict | None, entry: dict[str, Any], goal: flo
             f"{best.get('latent_rel_error')}, PSNR {best.get('psnr_db')} dB -> goal of {goal}x {verdict}")
 
 
-def summarize(results: dict[str, Any], goal_speedup: float = GOAL_SPEEDUP, *,
+def summarize(results: dict[str, Any], goal_speedup: float | None = None, *,
               cached_goal: float = CACHED_GOAL_SPEEDUP, fidelity_factor: float = FIDELITY_FACTOR,
               cached_factor: float = CACHED_FIDELITY_FACTOR, recommended: str | None = None) -> dict[str, Any]:
     """Per size: the fastest plain backend within the cap whose latent error is within `fidelity_factor` x the
     baseline's on every weight set (the recommendation rule), whether it meets the speed goal; the fastest cached
     mode within `cached_factor` x on both weight sets (the cached rule) and the cached modes refused, with why; the
-    noise floor, and the recommended entry's own figures when `recommended` (model_config.yaml) is given."""
+    noise floor, and the recommended entry's own figures when `recommended` (model_config.yaml) is given. The speed
+    goal is the task's (GOAL_SPEEDUP for text-to-image, EDITING_GOAL_SPEEDUP for an editing run) unless given."""
     settings = results["settings"]
+    if goal_speedup is None:
+        goal_speedup = GOAL_SPEEDUP if settings.get("task", TEXT_TO_IMAGE) == TEXT_TO_IMAGE else EDITING_GOAL_SPEEDUP
     baseline, reference, cap = settings["baseline"], settings["reference"], settings.get("cap_bytes")
     types = {b["label"]: b.get("type") for b in results["backends"]}
     lines = [f"weights: {results['weights']}"]
