@@ -6,8 +6,9 @@ A cache setting is a short text (model entry key `cache:`, bench variant `NAME@c
   its output forecast by a first-order Taylor expansion on every step but one in N, after `TAYLORSEER_WARMUP`
   full steps. The skipping follows a fixed schedule, so the speed-up holds for any weights (the headline setting).
   `taylorseer@N:from=W:until=E` bounds the forecasting: steps before W and from E on are all computed (diffusers'
-  disable_cache_before_step / disable_cache_after_step). The early steps move the latents most, and the last ones
-  set the fine detail, so these full steps buy back fidelity at a known price in speed.
+  disable_cache_before_step / disable_cache_after_step): fidelity bought back at a known price in speed. Computing
+  the last steps bought the most (scripts/taylorseer_window_probe.py, then H100 runs 35-36: `taylorseer@2:until=22`,
+  18 of 28 steps, halves the cached part of `taylorseer@2`'s error; results/README.md).
 - `first-block@T`: FirstBlockCache (ParaAttention): all blocks after the first are skipped while the first block's
   residual changes by less than T. Adaptive: how many steps it skips depends on the weights, so a speed-up
   measured on random weights says little about real FLUX (labelled "depends on the weights").
@@ -37,7 +38,7 @@ KINDS = {
                    "depends on the weights)",
 }
 HOOK_CLASSES = {"taylorseer": "TaylorSeerCacheConfig", "first-block": "FirstBlockCacheConfig"}
-EXAMPLES = "taylorseer@2, taylorseer@2:from=6:until=25, first-block@0.08"
+EXAMPLES = "taylorseer@2, taylorseer@2:until=22, first-block@0.08"
 TAYLORSEER_OPTIONS = {"from": "the first step forecast; the steps before it are computed",
                       "until": "the first of the last steps computed again; none: forecast to the end"}
 
@@ -83,12 +84,12 @@ def _taylorseer_window(text: str, options: list[str], parameter: str) -> dict[st
         key, sep, number = option.partition("=")
         if key not in TAYLORSEER_OPTIONS or not sep or not number.isdigit() or key in window:
             raise RequestError(parameter, f"{text!r}: {option!r} is not a TaylorSeer option; allowed, once each: "
-                                          f"{allowed}", fix="e.g. taylorseer@2:from=6:until=25")
+                                          f"{allowed}", fix="e.g. taylorseer@2:until=22 or taylorseer@2:from=6:until=22")
         window[key] = int(number)
     start, until = window.get("from", TAYLORSEER_WARMUP), window.get("until")
     if start < 1 or (until is not None and until <= start):
         raise RequestError(parameter, f"{text!r}: the forecast window must start at step 1 or later and end after it "
-                                      f"(from={start}, until={until})", fix="e.g. taylorseer@2:from=6:until=25")
+                                      f"(from={start}, until={until})", fix="e.g. taylorseer@2:until=22 or taylorseer@2:from=6:until=22")
     return {"start": start, "until": until}
 
 
