@@ -96,6 +96,7 @@ class BenchSettings:
     batch: int = 0
     batch_backends: tuple[str, ...] = ()  # the backends timed in a batch (empty: all)
     batch_offload_t5: bool = False
+    repeats: int = 1  # timed images per backend and size; the row is the median one's (odd numbers: a true median)
     config_path: str | None = None
     inputs_folder: str | None = None  # where an editing run writes its fixed pictures (None: a new temporary folder)
     task: str = TEXT_TO_IMAGE  # the task of every backend of the run (run_bench sets it)
@@ -418,13 +419,18 @@ def _load_backend(backend: BenchEntry, entry: dict[str, Any], checkpoint, s: Ben
 
 
 def _warm_then_time(model: LoadedModel, common: dict[str, Any], s: BenchSettings) -> dict[str, Any]:
-    """A short warm-up (it pays compile and kernel costs) then the timed generation, with torch.compile's counts."""
+    """A short warm-up (it pays compile and kernel costs) then the timed generations (`s.repeats`: the median one is
+    kept, with every image's seconds beside it), with torch.compile's counts."""
     counters0 = compile_counters()
     start = time.perf_counter()
     run_phases(model.pipe, steps=s.warmup_steps, **common)
     warm_seconds = time.perf_counter() - start
     counters1 = compile_counters()
-    timed = run_phases(model.pipe, steps=s.steps, **common)
+    runs = [run_phases(model.pipe, steps=s.steps, **common) for _ in range(s.repeats)]
+    seconds = [round(sum(p["seconds"] for p in run["phases"].values()), 3) for run in runs]
+    timed = runs[sorted(range(len(runs)), key=seconds.__getitem__)[(len(runs) - 1) // 2]]
+    if len(runs) > 1:  # one image's time moved by up to 5% between two calls (runs 35-36): the spread is reported
+        timed["repeats"] = {"seconds_per_image": seconds, "spread": round(max(seconds) / min(seconds) - 1, 4)}
     warmup, timed_call = compile_record(counters0, counters1), compile_record(counters1, compile_counters())
     timed["warm_seconds"] = warm_seconds
     # measured by torch._dynamo: what the warm-up compiled, and that the timed call compiled nothing
@@ -459,6 +465,8 @@ def _fill_row(row: dict[str, Any], timed: dict[str, Any], entry: dict[str, Any],
         cuda_graph=timed["cuda_graph"],
         finite=bool(np.isfinite(timed["latents"]).all()),
     )
+    if "repeats" in timed:
+        row["repeats"] = timed["repeats"]
     if timed["cache_schedule"]:  # the timed call's steps computed in full (the others served from the cache)
         row["cache_schedule"] = timed["cache_schedule"]
     if entry["capped"] and row["peak_reserved_bytes"] is not None:
@@ -654,7 +662,8 @@ def run_bench(
     if task != TEXT_TO_IMAGE:
         _editing_inputs(backends, s)
     results = _new_results(s, backends, reference, baseline, command)
-    results["settings"].update(weight_sets=list(s.weight_sets), batch=s.batch, warm_compile=s.warm_compile)
+    results["settings"].update(weight_sets=list(s.weight_sets), batch=s.batch, warm_compile=s.warm_compile,
+                               repeats=s.repeats)
     if s.warm_compile:
         results["settings"]["compile_cache"] = _fresh_compile_cache(s.log)
     outputs: dict[tuple[str, str, str], dict] = {}

@@ -277,6 +277,9 @@ def results_table(results: dict[str, Any]) -> str:
             note.append("baseline")
         if (cache_variant(row["backend"]) or "").startswith("first-block"):
             note.append("adaptive cache: speed depends on the weights")
+        if row.get("repeats"):
+            times = row["repeats"]["seconds_per_image"]
+            note.append(f"median of {len(times)} images (spread {100 * row['repeats']['spread']:.1f}%)")
         psnr_text = "inf" if row.get("psnr_db") is None and "latent_rel_error" in row else row.get("psnr_db", "")
         batch = row.get("batch") or {}
         per_minute = batch.get("images_per_minute", "failed" if "error" in batch else "")

@@ -72,6 +72,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         help="only these backends are timed in the batch, repeatable (default: all)")
     parser.add_argument("--batch-offload-t5", action="store_true",
                         help="in the batch, text encoders on the CPU while denoising (types that allow it)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed images per backend and size; each row is the median one's, with every image's "
+                        "seconds and their spread beside it (default 1; odd numbers give a true median)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--output", help="JSON path (default: outputs/bench-<time>/bench.json)")
     parser.add_argument("--chart", help="PNG path (default: beside the JSON)")
@@ -85,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     sizes = tuple(parse_size(s) for s in args.size) if args.size else DEFAULT_SIZES
     if args.steps < 1 or args.warmup_steps < 1:
         raise RequestError("steps", "--steps and --warmup-steps must be at least 1", fix="pass 1 or more")
+    if args.repeats < 1:
+        raise RequestError("repeats", f"--repeats must be 1 or more, got {args.repeats}", fix="e.g. --repeats 3")
     if args.batch < 0:
         raise RequestError("batch", f"--batch must be 0 (off) or more, got {args.batch}", fix="e.g. --batch 4")
     weight_sets = tuple(w.strip() for w in args.weights.split(",") if w.strip())
@@ -128,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         batch_backends=tuple(args.batch_backend),
         batch_offload_t5=args.batch_offload_t5,
+        repeats=args.repeats,
         config_path=str(args.config) if args.config else None,
         inputs_folder=str(json_path.parent / "bench-inputs"),
     )

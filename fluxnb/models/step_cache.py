@@ -39,6 +39,7 @@ KINDS = {
 }
 HOOK_CLASSES = {"taylorseer": "TaylorSeerCacheConfig", "first-block": "FirstBlockCacheConfig"}
 EXAMPLES = "taylorseer@2, taylorseer@2:until=22, first-block@0.08"
+WINDOW_FIX = "e.g. taylorseer@2:until=22 or taylorseer@2:from=6:until=22"
 TAYLORSEER_OPTIONS = {"from": "the first step forecast; the steps before it are computed",
                       "until": "the first of the last steps computed again; none: forecast to the end"}
 
@@ -84,12 +85,12 @@ def _taylorseer_window(text: str, options: list[str], parameter: str) -> dict[st
         key, sep, number = option.partition("=")
         if key not in TAYLORSEER_OPTIONS or not sep or not number.isdigit() or key in window:
             raise RequestError(parameter, f"{text!r}: {option!r} is not a TaylorSeer option; allowed, once each: "
-                                          f"{allowed}", fix="e.g. taylorseer@2:until=22 or taylorseer@2:from=6:until=22")
+                                          f"{allowed}", fix=WINDOW_FIX)
         window[key] = int(number)
     start, until = window.get("from", TAYLORSEER_WARMUP), window.get("until")
     if start < 1 or (until is not None and until <= start):
         raise RequestError(parameter, f"{text!r}: the forecast window must start at step 1 or later and end after it "
-                                      f"(from={start}, until={until})", fix="e.g. taylorseer@2:until=22 or taylorseer@2:from=6:until=22")
+                                      f"(from={start}, until={until})", fix=WINDOW_FIX)
     return {"start": start, "until": until}
 
 

@@ -259,3 +259,21 @@ def test_the_cap_ends_with_its_backend(monkeypatch):
     assert fractions == [fraction, 1.0, fraction, 1.0]
     with memory_cap("cpu", int(22e9)) as fraction:
         assert fraction is None and len(fractions) == 4  # nothing to cap on a CPU
+
+
+def test_repeats_keep_the_median_image_and_report_the_spread(tmp_path, capsys):
+    """One image's time moved by up to 5% between two calls on an H100 (runs 35-36), the size of a goal's margin:
+    --repeats N times N images and keeps the median one's row, every image's seconds and their spread beside it."""
+    from fluxnb.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--backend", "flux-tiny", "--size", "32x32", "--steps", "2", "--warmup-steps", "1",
+                 "--device", "cpu", "--repeats", "3", "--output", str(out)]) == 0
+    results = load_results(out)
+    (row,) = results["rows"]
+    times = row["repeats"]["seconds_per_image"]
+    assert len(times) == 3 and results["settings"]["repeats"] == 3
+    assert row["seconds_per_image"] == sorted(times)[1]  # the median image's own phases make the row
+    assert row["repeats"]["spread"] == round(max(times) / min(times) - 1, 4)
+    assert "median of 3 images (spread" in capsys.readouterr().out
+    assert main(["bench", "--backend", "flux-tiny", "--repeats", "0", "--device", "cpu"]) == 2
