@@ -34,6 +34,9 @@ for task in ${ISSUE24_TASKS:-fill kontext}; do
         SIZE_ARGS="--size 1024x1024 --steps 28"
     fi
     left=$((DEADLINE - (SECONDS - START)))
+    if [ "$left" -lt 60 ]; then
+        echo "issue24: $task not run: $left s left of LANE_DEADLINE=$DEADLINE"; status=1; continue
+    fi
     echo "issue24: $task ($left s left)"
     OUT=$OUT_ROOT/$task GPU_LANE_STAGES=$stages LANE_DEADLINE=$left \
         BENCH_ARGS="--backend $REF --backend $FAST --backend $BASE --reference $REF --baseline $BASE --cleanup-weights gaussian $SIZE_ARGS" \
