@@ -81,17 +81,22 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    uncapped = tuple(args.uncapped)
-    backends = [parse_backend(b, config, uncapped) for b in (args.backend or DEFAULT_BACKENDS)]
-    sizes = tuple(parse_size(s) for s in args.size) if args.size else DEFAULT_SIZES
+def _check_counts(args: argparse.Namespace) -> None:
+    """The numbers that must be positive (or zero for off), refused before anything loads."""
     if args.steps < 1 or args.warmup_steps < 1:
         raise RequestError("steps", "--steps and --warmup-steps must be at least 1", fix="pass 1 or more")
     if args.repeats < 1:
         raise RequestError("repeats", f"--repeats must be 1 or more, got {args.repeats}", fix="e.g. --repeats 3")
     if args.batch < 0:
         raise RequestError("batch", f"--batch must be 0 (off) or more, got {args.batch}", fix="e.g. --batch 4")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    uncapped = tuple(args.uncapped)
+    backends = [parse_backend(b, config, uncapped) for b in (args.backend or DEFAULT_BACKENDS)]
+    sizes = tuple(parse_size(s) for s in args.size) if args.size else DEFAULT_SIZES
+    _check_counts(args)
     weight_sets = tuple(w.strip() for w in args.weights.split(",") if w.strip())
     if not set(weight_sets) <= set(WEIGHT_SETS) or not weight_sets:
         raise RequestError("weights", f"{args.weights!r}: allowed weight sets are {', '.join(WEIGHT_SETS)}",
