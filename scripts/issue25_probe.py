@@ -10,7 +10,9 @@ Each lever's share of a float8 step is bounded here in isolation, on random tens
   reference;
 - fused QKV projections: three float8 (torchao, dynamic per-row) 3072 -> 3072 projections against one 3072 -> 9216,
   compiled, at the same 4608 tokens;
-- the VAE decoder at 1024x1024: eager against torch.compile.
+- the VAE decoder at 1024x1024: eager against torch.compile;
+- attention in float8: cuDNN's `sdpa_fp8` (nvidia-cudnn-frontend's graph API), kernel alone and with the quantization
+  of Q, K, V around it (added after probe run 32, not yet run: `--levers attention`).
 
 Step time of the whole model is not measured here (that is `fluxnb bench`); each figure says how much one
 lever could give at most. Figures are milliseconds per call, medians of CUDA-event-timed repeats.
@@ -83,7 +85,75 @@ def attention_rows() -> list[dict]:
                      "rel_error": rel_error(out, ref)})
     except Exception as exc:
         rows.append({"lever": "attention", "kernel": "sageattention", "error": f"{type(exc).__name__}: {exc}"[:300]})
+    try:
+        kernel, out = cudnn_fp8_attention(q, k, v)
+        ms = timed(kernel)
+        rows.append({"lever": "attention", "kernel": "cuDNN sdpa_fp8 (nvidia-cudnn-frontend; float8 Q, K, V, O per "
+                     "tensor), kernel only", "ms": ms, "tflops": round(flop / ms / 1e9, 1),
+                     "rel_error": rel_error(out(), ref)})
+        rows.append({"lever": "attention", "kernel": "cuDNN sdpa_fp8 with the quantization around it (eager)",
+                     "ms": timed(lambda: (kernel(quantize_first=True), out())), "rel_error": rel_error(out(), ref)})
+    except Exception as exc:
+        rows.append({"lever": "attention", "kernel": "cuDNN sdpa_fp8", "error": f"{type(exc).__name__}: {exc}"[:300]})
     return rows
+
+
+def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """cuDNN's float8 attention through nvidia-cudnn-frontend's graph API (1.14.0: no CuTe DSL dependencies;
+    scripts/device_wheels.sh carries it). Q, K, V float8 e4m3 with one scale each (448 / amax), P scaled by 448 in
+    the kernel, O written in float8 (Hopper's float8 forward has no bf16 O) with V's scale. Returns (kernel, out):
+    `kernel(quantize_first=False)` runs the attention (quantize_first: Q, K and V quantized first, as a model would
+    pay), `out()` the dequantized output."""
+    import math
+
+    import cudnn
+
+    fp8, fp8_max = torch.float8_e4m3fn, 448.0
+    e4m3, fp32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
+    handle = cudnn.create_handle()
+    cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream().cuda_stream)
+    graph = cudnn.pygraph(io_data_type=e4m3, intermediate_data_type=fp32, compute_data_type=fp32, handle=handle)
+    shape, stride = tuple(q.shape), tuple(q.stride())
+    q_t, k_t, v_t = (graph.tensor(name=n, dim=shape, stride=stride, data_type=e4m3) for n in "qkv")
+    names = ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
+    scalars = {n: graph.tensor(name=n, dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=fp32) for n in names}
+    o_t, _, amax_s_t, amax_o_t = graph.sdpa_fp8(q=q_t, k=k_t, v=v_t, **scalars, is_inference=True,
+                                                attn_scale=1 / math.sqrt(shape[-1]), use_causal_mask=False)
+    o_t.set_output(True).set_dim(shape).set_stride(stride).set_data_type(e4m3)
+    for amax in (amax_s_t, amax_o_t):
+        amax.set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1)).set_data_type(fp32)
+    graph.validate()
+    graph.build_operation_graph()
+    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    graph.check_support()
+    graph.build_plans()
+    workspace = torch.empty(graph.get_workspace_size(), device="cuda", dtype=torch.uint8)
+    sources = {"q": q, "k": k, "v": v}
+    quantized = {n: torch.empty(shape, device="cuda", dtype=fp8) for n in sources}
+    descales = {n: torch.empty(1, 1, 1, 1, device="cuda") for n in sources}
+    scale_o, o8 = torch.empty(1, 1, 1, 1, device="cuda"), torch.empty(shape, device="cuda", dtype=fp8)
+    one = torch.ones(1, 1, 1, 1, device="cuda")
+
+    def quantize() -> None:
+        for n, source in sources.items():
+            amax = source.abs().amax().float().clamp(min=1e-12)
+            descales[n].copy_(amax / fp8_max)
+            quantized[n].copy_((source.float() * (fp8_max / amax)).to(fp8))
+        scale_o.copy_(1 / descales["v"])  # |O| <= max |V|: O in float8 at V's scale
+
+    pack = {q_t: quantized["q"], k_t: quantized["k"], v_t: quantized["v"], scalars["descale_q"]: descales["q"],
+            scalars["descale_k"]: descales["k"], scalars["descale_v"]: descales["v"],
+            scalars["descale_s"]: one / fp8_max, scalars["scale_s"]: one * fp8_max, scalars["scale_o"]: scale_o,
+            o_t: o8, amax_s_t: torch.empty(1, 1, 1, 1, device="cuda"),
+            amax_o_t: torch.empty(1, 1, 1, 1, device="cuda")}
+
+    def kernel(quantize_first: bool = False) -> None:
+        if quantize_first:
+            quantize()
+        graph.execute(pack, workspace, handle=handle)
+
+    quantize()
+    return kernel, (lambda: o8.float() * descales["v"])
 
 
 def fused_qkv_rows() -> list[dict]:
@@ -137,11 +207,14 @@ def vae_rows() -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True)
+    parser.add_argument("--levers", default="attention,fused-qkv,vae",
+                        help="comma-separated: attention, fused-qkv, vae")
     args = parser.parse_args()
+    parts = {"attention": attention_rows, "fused-qkv": fused_qkv_rows, "vae": vae_rows}
     results = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "device": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
                "torch": torch.__version__, "rows": []}
-    for part in (attention_rows, fused_qkv_rows, vae_rows):
+    for part in (parts[name.strip()] for name in args.levers.split(",")):
         try:
             rows = part()
         except Exception as exc:
