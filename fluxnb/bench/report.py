@@ -129,15 +129,17 @@ def _noise_floor(rows: list[dict], reference: str, reference_type: str | None, t
 
 
 def _best_verdict(size: str, best: dict | None, entry: dict[str, Any], goal: float, factor: float,
-                  unchecked: list[str], rows: list[dict]) -> str:
+                  rows: list[dict], baseline: str, weight_sets: list[str]) -> str:
     """The plain modes' line of one size; the best one's speed-up and goal written into `entry`. The goal needs the
-    speed on every weight set that ran (`rows`) and the fidelity checked on every weight set the run asked for
-    (`unchecked`: those without the best's and the baseline's error): run 34 lost its outlier set and a Gaussian-only
-    result read as met."""
+    speed on every weight set that ran and the fidelity checked on every weight set the run asked for (`unchecked`:
+    those without the best's and the baseline's error): run 34 lost its outlier set and a Gaussian-only result read
+    as met."""
     if best is None:
         entry["goal_met"] = False
         return (f"{size}: no backend fits the cap with latent error within {factor:g}x the baseline's on every "
                 "weight set")
+    unchecked = [w for w in weight_sets if not all(
+        "latent_rel_error" in (_row_of(rows, label, size, w) or {}) for label in (best["backend"], baseline))]
     speedups = _speedups(best["backend"], size, rows)
     entry.update(speedup=best["speedup_vs_baseline"], goal_met=min(speedups.values()) >= goal and not unchecked,
                  peak_reserved_bytes=best.get("peak_reserved_bytes"))
@@ -189,9 +191,8 @@ def summarize(results: dict[str, Any], goal_speedup: float | None = None, *,
                  "best": best and best["backend"], "candidates": [r["backend"] for r in candidates]}
         lines.append(f"{size}: baseline {baseline} {base['seconds_per_image']:.2f} s/image, "
                      f"latent rel. err {base.get('latent_rel_error')}, PSNR {base.get('psnr_db')} dB")
-        unchecked = [w for w in settings.get("weight_sets", ["gaussian"]) if best is not None and not all(
-            "latent_rel_error" in (_row_of(all_rows, label, size, w) or {}) for label in (best["backend"], baseline))]
-        lines.append(_best_verdict(size, best, entry, goal_speedup, fidelity_factor, unchecked, all_rows))
+        lines.append(_best_verdict(size, best, entry, goal_speedup, fidelity_factor, all_rows, baseline,
+                                   settings.get("weight_sets", ["gaussian"])))
         entry.update(cached)
         lines += cached_lines
         if recommended:
