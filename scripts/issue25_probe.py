@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 from datetime import datetime, timezone
 
 import torch
@@ -93,9 +94,35 @@ def attention_rows() -> list[dict]:
                      "rel_error": rel_error(out(), ref)})
         rows.append({"lever": "attention", "kernel": "cuDNN sdpa_fp8 with the quantization around it (eager)",
                      "ms": timed(lambda: (kernel(quantize_first=True), out())), "rel_error": rel_error(out(), ref)})
+        bshd = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]  # diffusers' FLUX layout
+        kernel_bshd, out_bshd = cudnn_fp8_attention(*bshd)
+        rows.append({"lever": "attention", "kernel": "cuDNN sdpa_fp8, kernel only, Q/K/V/O laid out (B, S, H, D)",
+                     "ms": timed(kernel_bshd), "rel_error": rel_error(out_bshd(), ref)})
+        quantize = torch.compile(quantize_per_tensor)
+        quantize(q, k, v)
+        rows.append({"lever": "attention", "kernel": "float8 per-tensor quantization of Q, K, V (compiled), alone",
+                     "ms": timed(lambda: quantize(q, k, v))})
     except Exception as exc:
         rows.append({"lever": "attention", "kernel": "cuDNN sdpa_fp8", "error": f"{type(exc).__name__}: {exc}"[:300]})
+    try:  # torch's own SDPA with float8 inputs: does this build's cuDNN path take them?
+        q8, k8, v8 = (t.to(torch.float8_e4m3fn) for t in (q, k, v))
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            out = sdpa(q8, k8, v8)
+            rows.append({"lever": "attention", "kernel": "torch sdpa, cuDNN kernel, float8 inputs",
+                         "ms": timed(lambda: sdpa(q8, k8, v8)), "rel_error": rel_error(out.float(), ref)})
+    except Exception as exc:
+        rows.append({"lever": "attention", "kernel": "torch sdpa float8",
+                     "error": f"{type(exc).__name__}: {exc}"[:300]})
     return rows
+
+
+def quantize_per_tensor(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Each tensor in float8 e4m3 with one scale (amax / 448), and that scale: what a model pays before sdpa_fp8."""
+    quantized = []
+    for t in tensors:
+        amax = t.abs().amax().float().clamp(min=1e-12)
+        quantized += [(t.float() * (448.0 / amax)).to(torch.float8_e4m3fn), amax / 448.0]
+    return quantized
 
 
 def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -129,9 +156,9 @@ def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     graph.build_plans()
     workspace = torch.empty(graph.get_workspace_size(), device="cuda", dtype=torch.uint8)
     sources = {"q": q, "k": k, "v": v}
-    quantized = {n: torch.empty(shape, device="cuda", dtype=fp8) for n in sources}
+    quantized = {n: torch.empty_strided(shape, stride, device="cuda", dtype=fp8) for n in sources}
     descales = {n: torch.empty(1, 1, 1, 1, device="cuda") for n in sources}
-    scale_o, o8 = torch.empty(1, 1, 1, 1, device="cuda"), torch.empty(shape, device="cuda", dtype=fp8)
+    scale_o, o8 = torch.empty(1, 1, 1, 1, device="cuda"), torch.empty_strided(shape, stride, device="cuda", dtype=fp8)
     one = torch.ones(1, 1, 1, 1, device="cuda")
 
     def quantize() -> None:
@@ -204,13 +231,153 @@ def vae_rows() -> list[dict]:
              "rel_error_vs_eager": rel_error(out_compiled, out_eager.float())}]
 
 
+_GRAPHS: dict = {}
+
+
+def _cudnn_fp8_graph(shape: tuple[int, ...], scale: float):
+    """cuDNN's float8 attention for [batch, tokens, heads, head_dim] tensors (diffusers' layout), built once per
+    shape: (graph, tensors, handle, workspace)."""
+    import cudnn
+
+    key = (shape, scale, torch.cuda.current_device())
+    if key not in _GRAPHS:
+        b, s, h, d = shape
+        dims, strides = (b, h, s, d), (s * h * d, d, h * d, 1)  # the same memory seen as [batch, heads, tokens, dim]
+        e4m3, fp32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
+        handle = cudnn.create_handle()
+        graph = cudnn.pygraph(io_data_type=e4m3, intermediate_data_type=fp32, compute_data_type=fp32, handle=handle)
+        q, k, v = (graph.tensor(name=n, dim=dims, stride=strides, data_type=e4m3) for n in "qkv")
+        names = ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
+        scalars = {n: graph.tensor(name=n, dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=fp32) for n in names}
+        o, _, amax_s, amax_o = graph.sdpa_fp8(q=q, k=k, v=v, **scalars, is_inference=True, attn_scale=scale,
+                                              use_causal_mask=False)
+        o.set_output(True).set_dim(dims).set_stride(strides).set_data_type(e4m3)
+        for amax in (amax_s, amax_o):
+            amax.set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1)).set_data_type(fp32)
+        graph.validate()
+        graph.build_operation_graph()
+        graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+        graph.check_support()
+        graph.build_plans()
+        workspace = torch.empty(max(graph.get_workspace_size(), 1), device="cuda", dtype=torch.uint8)
+        consts = {"s": torch.full((1, 1, 1, 1), 448.0, device="cuda"),
+                  "amax": torch.empty(2, 1, 1, 1, device="cuda")}
+        _GRAPHS[key] = (graph, (q, k, v, o, amax_s, amax_o, scalars), handle, workspace, consts)
+    return _GRAPHS[key]
+
+
+@torch.library.custom_op("fluxnb_probe::cudnn_sdpa_fp8", mutates_args=())
+def cudnn_sdpa_fp8(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: torch.Tensor,
+                   descale_k: torch.Tensor, descale_v: torch.Tensor, scale: float) -> torch.Tensor:
+    """O (float8, at V's scale) of float8 Q, K, V laid out [batch, tokens, heads, head_dim]."""
+    import cudnn
+
+    graph, (q, k, v, o, amax_s, amax_o, sc), handle, workspace, consts = _cudnn_fp8_graph(tuple(q8.shape), scale)
+    q8, k8, v8 = q8.contiguous(), k8.contiguous(), v8.contiguous()
+    out = torch.empty_like(q8)
+    cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream().cuda_stream)
+    graph.execute({q: q8, k: k8, v: v8, o: out, sc["descale_q"]: descale_q, sc["descale_k"]: descale_k,
+                   sc["descale_v"]: descale_v, sc["descale_s"]: 1.0 / consts["s"], sc["scale_s"]: consts["s"],
+                   sc["scale_o"]: 1.0 / descale_v, amax_s: consts["amax"][0:1], amax_o: consts["amax"][1:2]},
+                  workspace, handle=handle)
+    return out
+
+
+@cudnn_sdpa_fp8.register_fake
+def _(q8, k8, v8, descale_q, descale_k, descale_v, scale):
+    return torch.empty_like(q8)
+
+
+def fp8_attention_backend(query, key, value, attn_mask=None, is_causal=False, scale=None, _parallel_config=None):
+    """diffusers' attention backend signature: Q, K, V quantized per tensor, cuDNN's float8 kernel, O back in bf16."""
+    assert attn_mask is None and not is_causal and _parallel_config is None
+    q8, dq, k8, dk, v8, dv = quantize_per_tensor(query, key, value)
+    scale = scale if scale is not None else query.shape[-1] ** -0.5
+    out = cudnn_sdpa_fp8(q8, k8, v8, dq.reshape(1, 1, 1, 1), dk.reshape(1, 1, 1, 1), dv.reshape(1, 1, 1, 1), scale)
+    return (out.float() * dv).to(query.dtype)
+
+
+def attention_step_rows() -> list[dict]:
+    """The lever in the step: a full-size FLUX.1-dev transformer (random weights, fluxnb's synthetic init),
+    float8 per-row linears (torchao), compiled, then replayed as a CUDA graph, with diffusers' attention in bf16 SDPA
+    and with cuDNN's float8 attention; one forward at 1024x1024 (4096 + 512 tokens) against the bf16 model's."""
+    from diffusers import FluxTransformer2DModel
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    from fluxnb.models.synthetic import FLUX_DEV_TRANSFORMER, _variance_preserving_init
+
+    # the probe borrows diffusers' _native_cudnn name for its backend (fluxnb itself runs "native")
+    name = AttentionBackendName._NATIVE_CUDNN
+    _AttentionBackendRegistry.register(name)(fp8_attention_backend)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER)
+        _variance_preserving_init(model)
+        grid = torch.stack(torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij"), -1).reshape(-1, 2)
+        inputs = dict(hidden_states=torch.randn(1, IMAGE_TOKENS, 64), encoder_hidden_states=torch.randn(
+            1, TEXT_TOKENS, 4096), pooled_projections=torch.randn(1, 768), timestep=torch.tensor([0.5]),
+            img_ids=torch.cat([torch.zeros(IMAGE_TOKENS, 1), grid.float()], 1), txt_ids=torch.zeros(TEXT_TOKENS, 3),
+            guidance=torch.tensor([3.5]), return_dict=False)
+    torch.set_default_dtype(previous)
+    model.eval().requires_grad_(False)
+
+    def use(backend) -> None:
+        for module in model.modules():
+            if hasattr(getattr(module, "processor", None), "_attention_backend"):
+                module.processor._attention_backend = backend
+
+    rows = []
+    with torch.inference_mode():
+        ref = model(**inputs)[0].float()
+        use(name)
+        rows.append({"lever": "attention in the step", "variant": "bf16 linears, eager, cuDNN float8 attention",
+                     "rel_error_vs_bf16": rel_error(model(**inputs)[0], ref)})
+        use(None)
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+                  filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "transformer_blocks" in fqn)
+        print(json.dumps(rows[-1]), flush=True)
+        # regional compilation, as fluxnb compiles (a whole-model fullgraph compile of the 57 blocks ran past 9
+        # minutes: probe run 39)
+        model.compile_repeated_blocks(fullgraph=True)
+        for label, backend in (("sdpa bf16", None), ("cuDNN float8", name)):
+            use(backend)
+            torch._dynamo.reset()
+            started = time.perf_counter()
+            out = model(**inputs)[0]
+            row = {"lever": "attention in the step", "variant": f"float8 linears compiled, attention {label}",
+                   "compile_s": round(time.perf_counter() - started, 1),
+                   "ms_compiled": timed(lambda: model(**inputs), repeats=5),
+                   "rel_error_vs_bf16": rel_error(out, ref)}
+            try:
+                graph = torch.cuda.CUDAGraph()
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    model(**inputs)
+                torch.cuda.current_stream().wait_stream(stream)
+                with torch.cuda.graph(graph):
+                    captured = model(**inputs)[0]
+                graph.replay()
+                row["ms_graphed"] = timed(graph.replay, repeats=5)
+                row["graphed_vs_compiled"] = rel_error(captured, out.float())
+            except Exception as exc:
+                row["graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True)
     parser.add_argument("--levers", default="attention,fused-qkv,vae",
-                        help="comma-separated: attention, fused-qkv, vae")
+                        help="comma-separated: attention, attention-step, fused-qkv, vae")
     args = parser.parse_args()
-    parts = {"attention": attention_rows, "fused-qkv": fused_qkv_rows, "vae": vae_rows}
+    parts = {"attention": attention_rows, "attention-step": attention_step_rows, "fused-qkv": fused_qkv_rows,
+             "vae": vae_rows}
     results = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "device": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
                "torch": torch.__version__, "rows": []}
