@@ -37,8 +37,8 @@ packages=(diffusers bitsandbytes torchao peft manimgx-fonts-cjk papermill nbclie
   jupyter-client jupyter-core traitlets pyzmq tornado matplotlib-inline nest-asyncio2 pexpect ptyprocess
   prompt-toolkit wcwidth stack-data executing asttokens pure-eval decorator platformdirs ipywidgets import-linter
   grimp ruff ipycanvas sageattention
-  nvidia-cudnn-frontend==1.14.0)  # cuDNN's float8 attention for scripts/issue25_probe.py: 1.14.0, the last
-  # release without the CuTe DSL dependencies (1.32 needs nvidia-cutlass-dsl); not a dependency of fluxnb
+  nvidia-cudnn-frontend==1.14.0)  # the `cudnn-fp8` extra (attention: cudnn-fp8; scripts/issue25_probe.py): the
+  # release measured, without the CuTe DSL dependencies (1.32 needs nvidia-cutlass-dsl)
 mapfile -t specs < <(pins "${packages[@]}")  # decorator is not pinned (ipython's dependency): the newest
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_26_x86_64 \

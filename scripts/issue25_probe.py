@@ -11,8 +11,10 @@ Each lever's share of a float8 step is bounded here in isolation, on random tens
 - fused QKV projections: three float8 (torchao, dynamic per-row) 3072 -> 3072 projections against one 3072 -> 9216,
   compiled, at the same 4608 tokens;
 - the VAE decoder at 1024x1024: eager against torch.compile;
-- attention in float8: cuDNN's `sdpa_fp8` (nvidia-cudnn-frontend's graph API), kernel alone and with the quantization
-  of Q, K, V around it (added after probe run 32, not yet run: `--levers attention`).
+- attention in float8: cuDNN's `sdpa_fp8` as fluxnb runs it (fluxnb/models/cudnn_fp8_attention.py), the kernel
+  alone and with the quantization of Q, K, V (`--levers attention`; probe run 37), and in a full-size float8 step,
+  compiled and CUDA-graphed, against bf16 SDPA (`--levers attention-step`; probe run 40). Runs 37 and 40 ran this
+  script as of commit 6468f9a, which built the same cuDNN graph itself before the kernel moved into fluxnb.
 
 Step time of the whole model is not measured here (that is `fluxnb bench`); each figure says how much one
 lever could give at most. Figures are milliseconds per call, medians of CUDA-event-timed repeats.
@@ -87,21 +89,7 @@ def attention_rows() -> list[dict]:
     except Exception as exc:
         rows.append({"lever": "attention", "kernel": "sageattention", "error": f"{type(exc).__name__}: {exc}"[:300]})
     try:
-        kernel, out = cudnn_fp8_attention(q, k, v)
-        ms = timed(kernel)
-        rows.append({"lever": "attention", "kernel": "cuDNN sdpa_fp8 (nvidia-cudnn-frontend; float8 Q, K, V, O per "
-                     "tensor), kernel only", "ms": ms, "tflops": round(flop / ms / 1e9, 1),
-                     "rel_error": rel_error(out(), ref)})
-        rows.append({"lever": "attention", "kernel": "cuDNN sdpa_fp8 with the quantization around it (eager)",
-                     "ms": timed(lambda: (kernel(quantize_first=True), out())), "rel_error": rel_error(out(), ref)})
-        bshd = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v)]  # diffusers' FLUX layout
-        kernel_bshd, out_bshd = cudnn_fp8_attention(*bshd)
-        rows.append({"lever": "attention", "kernel": "cuDNN sdpa_fp8, kernel only, Q/K/V/O laid out (B, S, H, D)",
-                     "ms": timed(kernel_bshd), "rel_error": rel_error(out_bshd(), ref)})
-        quantize = torch.compile(quantize_per_tensor)
-        quantize(q, k, v)
-        rows.append({"lever": "attention", "kernel": "float8 per-tensor quantization of Q, K, V (compiled), alone",
-                     "ms": timed(lambda: quantize(q, k, v))})
+        rows += cudnn_fp8_rows(q, k, v, ref, flop)
     except Exception as exc:
         rows.append({"lever": "attention", "kernel": "cuDNN sdpa_fp8", "error": f"{type(exc).__name__}: {exc}"[:300]})
     try:  # torch's own SDPA with float8 inputs: does this build's cuDNN path take them?
@@ -116,71 +104,95 @@ def attention_rows() -> list[dict]:
     return rows
 
 
-def quantize_per_tensor(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Each tensor in float8 e4m3 with one scale (amax / 448), and that scale: what a model pays before sdpa_fp8."""
-    quantized = []
-    for t in tensors:
-        amax = t.abs().amax().float().clamp(min=1e-12)
-        quantized += [(t.float() * (448.0 / amax)).to(torch.float8_e4m3fn), amax / 448.0]
-    return quantized
+def cudnn_fp8_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ref: torch.Tensor, flop: float) -> list[dict]:
+    """cuDNN's float8 attention as fluxnb runs it (fluxnb/models/cudnn_fp8_attention.py; nvidia-cudnn-frontend,
+    which scripts/device_wheels.sh carries): the kernel alone on float8 Q, K, V laid out as diffusers hands them,
+    then with the per-tensor quantization around it, compiled."""
+    from fluxnb.models.cudnn_fp8_attention import diffusers_backend, quantize_per_tensor, sdpa_fp8
+
+    bshd = [t.transpose(1, 2).contiguous() for t in (q, k, v)]  # [batch, tokens, heads, head_dim]
+    (q8, dq), (k8, dk), (v8, dv) = (quantize_per_tensor(t) for t in bshd)
+    scale = HEAD_DIM ** -0.5
+    out = sdpa_fp8(q8, k8, v8, dq, dk, dv, scale).float() * dv
+    ms = timed(lambda: sdpa_fp8(q8, k8, v8, dq, dk, dv, scale))
+    rows = [{"lever": "attention", "kernel": "cuDNN sdpa_fp8 (float8 Q, K, V, O, one scale each), kernel only",
+             "ms": ms, "tflops": round(flop / ms / 1e9, 1), "rel_error": rel_error(out.transpose(1, 2), ref)}]
+    compiled = torch.compile(diffusers_backend, fullgraph=True)
+    out = compiled(*bshd)
+    rows.append({"lever": "attention", "kernel": "cuDNN sdpa_fp8 with the quantization of Q, K, V (compiled)",
+                 "ms": timed(lambda: compiled(*bshd)), "rel_error": rel_error(out.transpose(1, 2), ref)})
+    return rows
 
 
-def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """cuDNN's float8 attention through nvidia-cudnn-frontend's graph API (1.14.0: no CuTe DSL dependencies;
-    scripts/device_wheels.sh carries it). Q, K, V float8 e4m3 with one scale each (448 / amax), P scaled by 448 in
-    the kernel, O written in float8 (Hopper's float8 forward has no bf16 O) with V's scale. Returns (kernel, out):
-    `kernel(quantize_first=False)` runs the attention (quantize_first: Q, K and V quantized first, as a model would
-    pay), `out()` the dequantized output."""
-    import math
+def attention_step_rows() -> list[dict]:
+    """The lever in the step: a full-size FLUX.1-dev transformer (random weights, fluxnb's synthetic init),
+    float8 per-row linears (torchao), its blocks compiled, then replayed as a CUDA graph, with diffusers' attention in
+    bf16 SDPA and with fluxnb's cuDNN float8 attention; one forward at 1024x1024 (4096 + 512 tokens) against the bf16
+    model's."""
+    from diffusers import FluxTransformer2DModel
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    import cudnn
+    from fluxnb.models.attention import use_attention
+    from fluxnb.models.synthetic import FLUX_DEV_TRANSFORMER, _variance_preserving_init
 
-    fp8, fp8_max = torch.float8_e4m3fn, 448.0
-    e4m3, fp32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
-    handle = cudnn.create_handle()
-    cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream().cuda_stream)
-    graph = cudnn.pygraph(io_data_type=e4m3, intermediate_data_type=fp32, compute_data_type=fp32, handle=handle)
-    shape, stride = tuple(q.shape), tuple(q.stride())
-    q_t, k_t, v_t = (graph.tensor(name=n, dim=shape, stride=stride, data_type=e4m3) for n in "qkv")
-    names = ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
-    scalars = {n: graph.tensor(name=n, dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=fp32) for n in names}
-    o_t, _, amax_s_t, amax_o_t = graph.sdpa_fp8(q=q_t, k=k_t, v=v_t, **scalars, is_inference=True,
-                                                attn_scale=1 / math.sqrt(shape[-1]), use_causal_mask=False)
-    o_t.set_output(True).set_dim(shape).set_stride(stride).set_data_type(e4m3)
-    for amax in (amax_s_t, amax_o_t):
-        amax.set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1)).set_data_type(fp32)
-    graph.validate()
-    graph.build_operation_graph()
-    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-    graph.check_support()
-    graph.build_plans()
-    workspace = torch.empty(graph.get_workspace_size(), device="cuda", dtype=torch.uint8)
-    sources = {"q": q, "k": k, "v": v}
-    quantized = {n: torch.empty_strided(shape, stride, device="cuda", dtype=fp8) for n in sources}
-    descales = {n: torch.empty(1, 1, 1, 1, device="cuda") for n in sources}
-    scale_o, o8 = torch.empty(1, 1, 1, 1, device="cuda"), torch.empty_strided(shape, stride, device="cuda", dtype=fp8)
-    one = torch.ones(1, 1, 1, 1, device="cuda")
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER)
+        _variance_preserving_init(model)
+        grid = torch.stack(torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij"), -1).reshape(-1, 2)
+        inputs = dict(hidden_states=torch.randn(1, IMAGE_TOKENS, 64), encoder_hidden_states=torch.randn(
+            1, TEXT_TOKENS, 4096), pooled_projections=torch.randn(1, 768), timestep=torch.tensor([0.5]),
+            img_ids=torch.cat([torch.zeros(IMAGE_TOKENS, 1), grid.float()], 1), txt_ids=torch.zeros(TEXT_TOKENS, 3),
+            guidance=torch.tensor([3.5]), return_dict=False)
+    torch.set_default_dtype(previous)
+    model.eval().requires_grad_(False)
+    processors = [m.processor for m in model.modules() if hasattr(getattr(m, "processor", None), "_attention_backend")]
+    rows = []
+    with torch.inference_mode():
+        ref = model(**inputs)[0].float()
+        use_attention(model, "cudnn-fp8")
+        fp8_backend = processors[0]._attention_backend
+        rows.append({"lever": "attention in the step", "variant": "bf16 linears, eager, cuDNN float8 attention",
+                     "rel_error_vs_bf16": rel_error(model(**inputs)[0], ref)})
+        print(json.dumps(rows[-1]), flush=True)
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
+                  filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "transformer_blocks" in fqn)
+        # regional compilation, as fluxnb compiles (a whole-model fullgraph compile of the 57 blocks ran past 9
+        # minutes: probe run 39)
+        model.compile_repeated_blocks(fullgraph=True)
+        for label, backend in (("sdpa bf16", None), ("cuDNN float8", fp8_backend)):
+            for processor in processors:
+                processor._attention_backend = backend
+            torch._dynamo.reset()
+            rows.append(_graphed_step(model, inputs, ref, label))
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
 
-    def quantize() -> None:
-        for n, source in sources.items():
-            amax = source.abs().amax().float().clamp(min=1e-12)
-            descales[n].copy_(amax / fp8_max)
-            quantized[n].copy_((source.float() * (fp8_max / amax)).to(fp8))
-        scale_o.copy_(1 / descales["v"])  # |O| <= max |V|: O in float8 at V's scale
 
-    pack = {q_t: quantized["q"], k_t: quantized["k"], v_t: quantized["v"], scalars["descale_q"]: descales["q"],
-            scalars["descale_k"]: descales["k"], scalars["descale_v"]: descales["v"],
-            scalars["descale_s"]: one / fp8_max, scalars["scale_s"]: one * fp8_max, scalars["scale_o"]: scale_o,
-            o_t: o8, amax_s_t: torch.empty(1, 1, 1, 1, device="cuda"),
-            amax_o_t: torch.empty(1, 1, 1, 1, device="cuda")}
-
-    def kernel(quantize_first: bool = False) -> None:
-        if quantize_first:
-            quantize()
-        graph.execute(pack, workspace, handle=handle)
-
-    quantize()
-    return kernel, (lambda: o8.float() * descales["v"])
+def _graphed_step(model, inputs: dict, ref: torch.Tensor, label: str) -> dict:
+    """One compiled forward's time and error, then the same replayed as a CUDA graph."""
+    started = time.perf_counter()
+    out = model(**inputs)[0]
+    row = {"lever": "attention in the step", "variant": f"float8 linears compiled, attention {label}",
+           "compile_s": round(time.perf_counter() - started, 1), "ms_compiled": timed(lambda: model(**inputs),
+                                                                                       repeats=5),
+           "rel_error_vs_bf16": rel_error(out, ref)}
+    try:
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            model(**inputs)
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(graph):
+            captured = model(**inputs)[0]
+        graph.replay()
+        row["ms_graphed"] = timed(graph.replay, repeats=5)
+        row["graphed_vs_compiled"] = rel_error(captured, out.float())
+    except Exception as exc:
+        row["graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    return row
 
 
 def fused_qkv_rows() -> list[dict]:
@@ -229,145 +241,6 @@ def vae_rows() -> list[dict]:
     return [{"lever": "vae decode 1024x1024", "kernel": "eager bf16", "ms": eager},
             {"lever": "vae decode 1024x1024", "kernel": "decoder torch.compile", "ms": compiled,
              "rel_error_vs_eager": rel_error(out_compiled, out_eager.float())}]
-
-
-_GRAPHS: dict = {}
-
-
-def _cudnn_fp8_graph(shape: tuple[int, ...], scale: float):
-    """cuDNN's float8 attention for [batch, tokens, heads, head_dim] tensors (diffusers' layout), built once per
-    shape: (graph, tensors, handle, workspace)."""
-    import cudnn
-
-    key = (shape, scale, torch.cuda.current_device())
-    if key not in _GRAPHS:
-        b, s, h, d = shape
-        dims, strides = (b, h, s, d), (s * h * d, d, h * d, 1)  # the same memory seen as [batch, heads, tokens, dim]
-        e4m3, fp32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
-        handle = cudnn.create_handle()
-        graph = cudnn.pygraph(io_data_type=e4m3, intermediate_data_type=fp32, compute_data_type=fp32, handle=handle)
-        q, k, v = (graph.tensor(name=n, dim=dims, stride=strides, data_type=e4m3) for n in "qkv")
-        names = ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
-        scalars = {n: graph.tensor(name=n, dim=(1, 1, 1, 1), stride=(1, 1, 1, 1), data_type=fp32) for n in names}
-        o, _, amax_s, amax_o = graph.sdpa_fp8(q=q, k=k, v=v, **scalars, is_inference=True, attn_scale=scale,
-                                              use_causal_mask=False)
-        o.set_output(True).set_dim(dims).set_stride(strides).set_data_type(e4m3)
-        for amax in (amax_s, amax_o):
-            amax.set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1)).set_data_type(fp32)
-        graph.validate()
-        graph.build_operation_graph()
-        graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
-        graph.check_support()
-        graph.build_plans()
-        workspace = torch.empty(max(graph.get_workspace_size(), 1), device="cuda", dtype=torch.uint8)
-        consts = {"s": torch.full((1, 1, 1, 1), 448.0, device="cuda"),
-                  "amax": torch.empty(2, 1, 1, 1, device="cuda")}
-        _GRAPHS[key] = (graph, (q, k, v, o, amax_s, amax_o, scalars), handle, workspace, consts)
-    return _GRAPHS[key]
-
-
-@torch.library.custom_op("fluxnb_probe::cudnn_sdpa_fp8", mutates_args=())
-def cudnn_sdpa_fp8(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: torch.Tensor,
-                   descale_k: torch.Tensor, descale_v: torch.Tensor, scale: float) -> torch.Tensor:
-    """O (float8, at V's scale) of float8 Q, K, V laid out [batch, tokens, heads, head_dim]."""
-    import cudnn
-
-    graph, (q, k, v, o, amax_s, amax_o, sc), handle, workspace, consts = _cudnn_fp8_graph(tuple(q8.shape), scale)
-    q8, k8, v8 = q8.contiguous(), k8.contiguous(), v8.contiguous()
-    out = torch.empty_like(q8)
-    cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream().cuda_stream)
-    graph.execute({q: q8, k: k8, v: v8, o: out, sc["descale_q"]: descale_q, sc["descale_k"]: descale_k,
-                   sc["descale_v"]: descale_v, sc["descale_s"]: 1.0 / consts["s"], sc["scale_s"]: consts["s"],
-                   sc["scale_o"]: 1.0 / descale_v, amax_s: consts["amax"][0:1], amax_o: consts["amax"][1:2]},
-                  workspace, handle=handle)
-    return out
-
-
-@cudnn_sdpa_fp8.register_fake
-def _(q8, k8, v8, descale_q, descale_k, descale_v, scale):
-    return torch.empty_like(q8)
-
-
-def fp8_attention_backend(query, key, value, attn_mask=None, is_causal=False, scale=None, _parallel_config=None):
-    """diffusers' attention backend signature: Q, K, V quantized per tensor, cuDNN's float8 kernel, O back in bf16."""
-    assert attn_mask is None and not is_causal and _parallel_config is None
-    q8, dq, k8, dk, v8, dv = quantize_per_tensor(query, key, value)
-    scale = scale if scale is not None else query.shape[-1] ** -0.5
-    out = cudnn_sdpa_fp8(q8, k8, v8, dq.reshape(1, 1, 1, 1), dk.reshape(1, 1, 1, 1), dv.reshape(1, 1, 1, 1), scale)
-    return (out.float() * dv).to(query.dtype)
-
-
-def attention_step_rows() -> list[dict]:
-    """The lever in the step: a full-size FLUX.1-dev transformer (random weights, fluxnb's synthetic init),
-    float8 per-row linears (torchao), compiled, then replayed as a CUDA graph, with diffusers' attention in bf16 SDPA
-    and with cuDNN's float8 attention; one forward at 1024x1024 (4096 + 512 tokens) against the bf16 model's."""
-    from diffusers import FluxTransformer2DModel
-    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    from fluxnb.models.synthetic import FLUX_DEV_TRANSFORMER, _variance_preserving_init
-
-    # the probe borrows diffusers' _native_cudnn name for its backend (fluxnb itself runs "native")
-    name = AttentionBackendName._NATIVE_CUDNN
-    _AttentionBackendRegistry.register(name)(fp8_attention_backend)
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER)
-        _variance_preserving_init(model)
-        grid = torch.stack(torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij"), -1).reshape(-1, 2)
-        inputs = dict(hidden_states=torch.randn(1, IMAGE_TOKENS, 64), encoder_hidden_states=torch.randn(
-            1, TEXT_TOKENS, 4096), pooled_projections=torch.randn(1, 768), timestep=torch.tensor([0.5]),
-            img_ids=torch.cat([torch.zeros(IMAGE_TOKENS, 1), grid.float()], 1), txt_ids=torch.zeros(TEXT_TOKENS, 3),
-            guidance=torch.tensor([3.5]), return_dict=False)
-    torch.set_default_dtype(previous)
-    model.eval().requires_grad_(False)
-
-    def use(backend) -> None:
-        for module in model.modules():
-            if hasattr(getattr(module, "processor", None), "_attention_backend"):
-                module.processor._attention_backend = backend
-
-    rows = []
-    with torch.inference_mode():
-        ref = model(**inputs)[0].float()
-        use(name)
-        rows.append({"lever": "attention in the step", "variant": "bf16 linears, eager, cuDNN float8 attention",
-                     "rel_error_vs_bf16": rel_error(model(**inputs)[0], ref)})
-        use(None)
-        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
-                  filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "transformer_blocks" in fqn)
-        print(json.dumps(rows[-1]), flush=True)
-        # regional compilation, as fluxnb compiles (a whole-model fullgraph compile of the 57 blocks ran past 9
-        # minutes: probe run 39)
-        model.compile_repeated_blocks(fullgraph=True)
-        for label, backend in (("sdpa bf16", None), ("cuDNN float8", name)):
-            use(backend)
-            torch._dynamo.reset()
-            started = time.perf_counter()
-            out = model(**inputs)[0]
-            row = {"lever": "attention in the step", "variant": f"float8 linears compiled, attention {label}",
-                   "compile_s": round(time.perf_counter() - started, 1),
-                   "ms_compiled": timed(lambda: model(**inputs), repeats=5),
-                   "rel_error_vs_bf16": rel_error(out, ref)}
-            try:
-                graph = torch.cuda.CUDAGraph()
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    model(**inputs)
-                torch.cuda.current_stream().wait_stream(stream)
-                with torch.cuda.graph(graph):
-                    captured = model(**inputs)[0]
-                graph.replay()
-                row["ms_graphed"] = timed(graph.replay, repeats=5)
-                row["graphed_vs_compiled"] = rel_error(captured, out.float())
-            except Exception as exc:
-                row["graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    return rows
 
 
 def main() -> int:

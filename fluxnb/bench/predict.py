@@ -97,8 +97,9 @@ def attention_lever(row: dict[str, Any], entry: dict[str, Any], precision: str) 
     {"unpredictable": why} when this card ran a kernel whose speed here does not carry to an Ada card."""
     ran = str((entry.get("load_report") or {}).get("attention") or "")
     kernel = KERNELS.get(l4_attention_kernel(entry))
-    if ran.startswith("sage"):
-        return {"unpredictable": "ran SageAttention on this card: its speed here says nothing about an Ada card"}
+    if ran.startswith(("sage", "cudnn-fp8")):
+        return {"unpredictable": f"ran {ran.split(' ')[0]} attention on this card: its speed here says nothing "
+                "about an Ada card"}
     if kernel is None or kernel.ada_speedup == 1.0:
         return None
     share = l4_attention_share(row["width"], row["height"], precision)

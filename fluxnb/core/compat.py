@@ -172,6 +172,15 @@ def register_attention_backend(name: str, function: Callable) -> None:
     _AttentionBackendRegistry.register(AttentionBackendName(name))(function)
 
 
+def registered_attention_backend(name: str) -> Callable | None:
+    """The function diffusers' attention backend `name` runs now (None: no such name or no registry, < 0.36)."""
+    try:
+        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+    except ImportError:
+        return None
+    return _AttentionBackendRegistry._backends.get(AttentionBackendName(name))
+
+
 def set_attention_backend_unchecked(transformer, name: str) -> int:
     """Every attention processor of `transformer` runs backend `name`; returns how many. What the public
     `set_attention_backend` does, without its requirement check, which wants sageattention >= 2.1.1 even for a

@@ -23,6 +23,7 @@ from ..core.compat import (
     active_attention_backend,
     processor_attention_backend,
     register_attention_backend,
+    registered_attention_backend,
     set_attention_backend_unchecked,
 )
 from ..core.environment import package_version
@@ -33,6 +34,9 @@ SDPA = "native (torch scaled_dot_product_attention)"
 # diffusers' name for the Triton int8-QK / fp16-PV kernel, the one sageattention 1.0.x implements: fluxnb registers
 # its own call of that package under it (fluxnb/models/sage_attention.py)
 SAGE_TRITON_BACKEND = "_sage_qk_int8_pv_fp16_triton"
+# the name fluxnb's cuDNN float8 kernel is registered under: FlashAttention 3's, Hopper's other float8-capable kernel
+# (diffusers has no name for cuDNN's float8 attention; why this one: fluxnb/models/cudnn_fp8_attention.py)
+CUDNN_FP8_BACKEND = "_flash_3"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,13 @@ KERNELS = {
         min_capability=(8, 0), head_dims=(64, 96, 128), min_diffusers="0.36",
         ada_speedup=2.1, ada_source="SageAttention (arXiv 2410.02367): 2.1x FlashAttention2's speed on an RTX 4090, "
                                     "an Ada card (compute capability 8.9) like the L4"),
+    "cudnn-fp8": AttentionKernel(
+        "cudnn-fp8", "cuDNN's float8 attention: Q, K, V and O in float8 e4m3, one scale per tensor "
+                     "(fluxnb/models/cudnn_fp8_attention.py); opt-in: faster than bf16, but Kontext's error rose to "
+                     "2.91x bnb 8-bit's with it (bench run 41)",
+        package="nvidia-cudnn-frontend", install="pip install 'nvidia-cudnn-frontend==1.14.0' (its float8 forward "
+                                                 "runs on Hopper and newer)",
+        min_capability=(9, 0), head_dims=(64, 128), min_diffusers="0.36"),
 }
 SETTINGS = ("auto", *KERNELS)
 
@@ -143,6 +154,12 @@ def use_attention(transformer, kernel: str) -> None:
             f"attention kernel {kernel!r} takes head sizes {', '.join(map(str, record.head_dims))}; this "
             f"transformer's is {head_dim} (FLUX.1's is 128; the tiny test model's is 16).",
             fix="set `attention: sdpa` (or auto) in the entry")
+    if kernel == "cudnn-fp8":
+        from .cudnn_fp8_attention import diffusers_backend  # imports torch, defines the custom op: only when asked
+
+        register_attention_backend(CUDNN_FP8_BACKEND, diffusers_backend)
+        set_attention_backend_unchecked(transformer, CUDNN_FP8_BACKEND)
+        return
     if Version(package_version("sageattention") or "0") >= Version("2.1.1"):
         transformer.set_attention_backend("sage")  # diffusers' own backend: the 2.x CUDA kernels
         return
@@ -166,7 +183,12 @@ def attention_backend(transformer) -> str:
 
 
 def _label(name: str) -> str:
-    """A registry name as people read it: fluxnb's own SageAttention registration says which package runs it."""
+    """A registry name as people read it: fluxnb's own registrations say which package runs them."""
     if SAGE_TRITON_BACKEND in name:
         return f"sage (sageattention {package_version('sageattention')}, Triton: int8 QK, fp16 PV)"
+    fluxnb_fp8 = getattr(registered_attention_backend(CUDNN_FP8_BACKEND), "__module__", "") == \
+        f"{__package__}.cudnn_fp8_attention"  # fluxnb's kernel under that name, not torch's bf16 cuDNN
+    if name == CUDNN_FP8_BACKEND and fluxnb_fp8:
+        return (f"cudnn-fp8 (nvidia-cudnn-frontend {package_version('nvidia-cudnn-frontend')}: float8 Q, K, V, O, "
+                "one scale per tensor)")
     return name

@@ -122,5 +122,82 @@ def test_config_lists_a_bad_attention_value(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError) as bad:
         load_config(str(path))
-    assert "models.flux-dev-torchao-fp8.attention: 'flash' is not an attention kernel; allowed: auto, sdpa, sage" \
-        in str(bad.value)
+    assert "models.flux-dev-torchao-fp8.attention: 'flash' is not an attention kernel; allowed: auto, sdpa, sage, " \
+        "cudnn-fp8" in str(bad.value)
+
+
+def _with_cudnn_frontend(name: str):
+    return "1.14.0" if name == "nvidia-cudnn-frontend" else importlib.metadata.version(name)
+
+
+@pytest.mark.stack
+def test_cudnn_fp8_named_outright_is_refused_below_hopper(fp8, monkeypatch):
+    monkeypatch.setattr(attention, "package_version", _with_cudnn_frontend)
+    named = dataclasses.replace(fp8, attention="cudnn-fp8")
+    with pytest.raises(ModelUnavailableError) as ada:
+        choose_attention(named, (), "cuda", (8, 9))
+    assert "asks for `attention: cudnn-fp8`, which cannot run here: it needs compute capability 9.0+, this GPU is " \
+           "8.9" in str(ada.value)
+    with pytest.raises(ModelUnavailableError, match="its kernels need a CUDA GPU"):
+        choose_attention(named, (), "cpu", None)
+    monkeypatch.setattr(attention, "package_version",
+                        lambda name: None if name == "nvidia-cudnn-frontend" else importlib.metadata.version(name))
+    with pytest.raises(ModelUnavailableError) as hopper:
+        choose_attention(named, (), "cuda", (9, 0))
+    assert ("the nvidia-cudnn-frontend package is not installed (pip install 'nvidia-cudnn-frontend==1.14.0'"
+            if REGISTRY_LINE else "diffusers' attention registry (diffusers >= 0.36)") in str(hopper.value)
+
+
+_EMULATED = []
+
+
+def _emulate_cudnn_fp8_on_the_cpu():
+    """What cuDNN's float8 kernel computes, in float32 on the CPU, registered as the op's CPU kernel: attention of
+    the dequantized Q, K, V, and O requantized at V's scale (cuDNN also rounds P to float8, which this skips: the GPU
+    lane compares the real kernel, tests/gpu/test_gpu.py). It tests fluxnb's code around the kernel: the scales,
+    the layout, O's rescaling and the dispatch."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from fluxnb.models.cudnn_fp8_attention import FP8, FP8_MAX, sdpa_fp8
+
+    if _EMULATED:
+        return
+
+    @sdpa_fp8.register_kernel("cpu")
+    def _(q8, k8, v8, descale_q, descale_k, descale_v, scale):
+        q, k, v = (t.float().transpose(1, 2) * d for t, d in ((q8, descale_q), (k8, descale_k), (v8, descale_v)))
+        out = sdpa(q, k, v, scale=scale).transpose(1, 2)
+        return (out / descale_v).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+    _EMULATED.append(True)
+
+
+@pytest.mark.skipif(not REGISTRY_LINE, reason="diffusers' attention registry: 0.36+ (the guide line refuses the "
+                                              "kernel: test_named_kernel_is_refused_where_it_cannot_run)")
+def test_cudnn_fp8_is_what_diffusers_dispatch_calls_and_compiles_whole(monkeypatch):
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    registry, name = _AttentionBackendRegistry, AttentionBackendName(attention.CUDNN_FP8_BACKEND)
+    for table in (registry._backends, registry._supported_arg_names, registry._constraints):
+        monkeypatch.setitem(table, name, table[name])  # torch's bf16 cuDNN entry comes back after the test
+    _emulate_cudnn_fp8_on_the_cpu()
+    transformer = _flux_transformer(128)
+    torch.manual_seed(1)
+    inputs = dict(hidden_states=torch.randn(1, 4, 4), encoder_hidden_states=torch.randn(1, 3, 16),
+                  pooled_projections=torch.randn(1, 16), timestep=torch.tensor([0.5]), img_ids=torch.zeros(4, 3),
+                  txt_ids=torch.zeros(3, 3), return_dict=False)
+    with torch.inference_mode():
+        reference = transformer(**inputs)[0]
+        use_attention(transformer, "cudnn-fp8")
+        eager = transformer(**inputs)[0]
+        transformer.compile_repeated_blocks(fullgraph=True)
+        compiled = transformer(**inputs)[0]
+    assert attention.attention_backend(transformer).startswith("cudnn-fp8 (nvidia-cudnn-frontend")
+    # the name it borrows is not the one ring attention runs torch's bf16 cuDNN kernel under
+    from fluxnb.core.compat import registered_attention_backend
+    from fluxnb.runs.contextparallel import RING_ATTENTION_BACKEND
+
+    assert registered_attention_backend(RING_ATTENTION_BACKEND).__module__ != "fluxnb.models.cudnn_fp8_attention"
+    error = ((eager - reference).norm() / reference.norm()).item()
+    assert 1e-4 < error < 0.03, error  # float8 rounding of Q, K, V and O: not SDPA's output, close to it
+    assert torch.allclose(compiled, eager, rtol=1e-3, atol=1e-4)

@@ -157,8 +157,11 @@ def load_torchao(spec, ctx: LoadContext, backend: Backend):
 # The attention kernel per compute capability (fluxnb/models/attention.py): what attention costs once the linears run
 # in float8 (a fifth of a step's FLOPs at 1024x1024, a third of an L4's step time in bf16).
 FP8_ATTENTION = (
-    AttentionChoice((9, 0), "sdpa", "measured on an H100, probe run 32: torch's cuDNN kernel in bf16 0.42 ms per "
-                    "attention at FLUX's shapes, SageAttention 1.0.6's Triton kernels 0.94 ms"),
+    AttentionChoice((9, 0), "sdpa", "measured on an H100: torch's cuDNN kernel in bf16 0.42 ms per attention at "
+                    "FLUX's shapes (probe runs 32, 37), SageAttention 1.0.6 0.80-0.94 ms; cuDNN's float8 kernel "
+                    "(attention: cudnn-fp8) is faster, 0.32 ms, a float8 step 93.4 against 100.2 ms (probe run 40), "
+                    "but Kontext's latent error rose from 1.33x to 2.91x bnb 8-bit's with it (bench run 41), past the "
+                    "faithful rule's 2x"),
     AttentionChoice((8, 9), "sage", "predicted, no L4 measured: SageAttention reports 2.1x FlashAttention2's speed on "
                     "an RTX 4090, an Ada card (8.9) like the L4"),
 )
