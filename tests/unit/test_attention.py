@@ -182,16 +182,17 @@ def test_cudnn_fp8_is_what_diffusers_dispatch_calls_and_compiles_whole(monkeypat
         monkeypatch.setitem(table, name, table[name])  # torch's bf16 cuDNN entry comes back after the test
     _emulate_cudnn_fp8_on_the_cpu()
     transformer = _flux_transformer(128)
-    torch.manual_seed(1)
-    inputs = dict(hidden_states=torch.randn(1, 4, 4), encoder_hidden_states=torch.randn(1, 3, 16),
-                  pooled_projections=torch.randn(1, 16), timestep=torch.tensor([0.5]), img_ids=torch.zeros(4, 3),
-                  txt_ids=torch.zeros(3, 3), return_dict=False)
+
+    def forward():  # the same random inputs each time
+        torch.manual_seed(1)
+        return _forward(transformer)
+
     with torch.inference_mode():
-        reference = transformer(**inputs)[0]
+        reference = forward()
         use_attention(transformer, "cudnn-fp8")
-        eager = transformer(**inputs)[0]
+        eager = forward()
         transformer.compile_repeated_blocks(fullgraph=True)
-        compiled = transformer(**inputs)[0]
+        compiled = forward()
     assert attention.attention_backend(transformer).startswith("cudnn-fp8 (nvidia-cudnn-frontend")
     # the name it borrows is not the one ring attention runs torch's bf16 cuDNN kernel under
     from fluxnb.core.compat import registered_attention_backend
