@@ -173,13 +173,13 @@ def _emulate_cudnn_fp8_on_the_cpu():
 
 
 @pytest.mark.skipif(not REGISTRY_LINE, reason="diffusers' attention registry: 0.36+ (the guide line refuses the "
-                                              "kernel: test_named_kernel_is_refused_where_it_cannot_run)")
+                                              "kernel: test_cudnn_fp8_named_outright_is_refused_below_hopper)")
 def test_cudnn_fp8_is_what_diffusers_dispatch_calls_and_compiles_whole(monkeypatch):
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
     registry, name = _AttentionBackendRegistry, AttentionBackendName(attention.CUDNN_FP8_BACKEND)
     for table in (registry._backends, registry._supported_arg_names, registry._constraints):
-        monkeypatch.setitem(table, name, table[name])  # torch's bf16 cuDNN entry comes back after the test
+        monkeypatch.setitem(table, name, table[name])  # diffusers' own _flash_3 entry comes back after the test
     _emulate_cudnn_fp8_on_the_cpu()
     transformer = _flux_transformer(128)
 
