@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from ..core.errors import ModelUnavailableError
+
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 
@@ -56,13 +58,31 @@ class _Plan:
 _PLANS: dict[tuple, _Plan] = {}
 
 
-def _plan(shape: tuple[int, ...], scale: float) -> _Plan:
-    """The graph for [batch, tokens, heads, head_dim] float8 tensors (diffusers' layout), built once."""
+def _plan(shape: tuple[int, ...], scale: float, device: torch.device) -> _Plan:
+    """The graph for [batch, tokens, heads, head_dim] float8 tensors (diffusers' layout), built once. A shape cuDNN
+    has no float8 kernel for is refused naming it and the fix (seen only once a picture of that size is made)."""
+    key = (shape, scale, device)
+    if key not in _PLANS:
+        try:
+            graph, tensors, handle = _build(shape, scale)
+        except Exception as exc:  # cuDNN's own errors: unsupported shape, library too old, no kernel on this GPU
+            batch, tokens, heads, head_dim = shape
+            raise ModelUnavailableError(
+                f"cuDNN's float8 attention (attention: cudnn-fp8) cannot run attention over {tokens} tokens, {heads} "
+                f"heads of {head_dim}, batch {batch}: {type(exc).__name__}: {exc}",
+                fix="set `attention: sdpa` (or auto) in the model entry; the images made so far are kept") from exc
+        _PLANS[key] = _Plan(graph, tensors, handle,
+                            torch.empty(max(graph.get_workspace_size(), 1), dtype=torch.uint8, device=device),
+                            scale_s=torch.full((1, 1, 1, 1), FP8_MAX, device=device),
+                            descale_s=torch.full((1, 1, 1, 1), 1 / FP8_MAX, device=device),
+                            amax=torch.empty(2, 1, 1, 1, device=device))
+    return _PLANS[key]
+
+
+def _build(shape: tuple[int, ...], scale: float):
+    """cuDNN's graph of one float8 attention (nvidia-cudnn-frontend), checked and planned: (graph, tensors, handle)."""
     import cudnn
 
-    key = (shape, scale, torch.cuda.current_device())
-    if key in _PLANS:
-        return _PLANS[key]
     batch, tokens, heads, head_dim = shape
     dims = (batch, heads, tokens, head_dim)  # the same memory seen as cuDNN's [batch, heads, tokens, head_dim]
     strides = (tokens * heads * head_dim, head_dim, heads * head_dim, 1)
@@ -82,13 +102,7 @@ def _plan(shape: tuple[int, ...], scale: float) -> _Plan:
     graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
     graph.check_support()
     graph.build_plans()
-    plan = _Plan(graph, tensors, handle, torch.empty(max(graph.get_workspace_size(), 1), dtype=torch.uint8,
-                                                     device="cuda"),
-                 scale_s=torch.full((1, 1, 1, 1), FP8_MAX, device="cuda"),
-                 descale_s=torch.full((1, 1, 1, 1), 1 / FP8_MAX, device="cuda"),
-                 amax=torch.empty(2, 1, 1, 1, device="cuda"))
-    _PLANS[key] = plan
-    return plan
+    return graph, tensors, handle
 
 
 @torch.library.custom_op("fluxnb::cudnn_sdpa_fp8", mutates_args=())
@@ -98,7 +112,7 @@ def sdpa_fp8(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, descale_q: to
     import cudnn
 
     q8, k8, v8 = q8.contiguous(), k8.contiguous(), v8.contiguous()
-    plan = _plan(tuple(q8.shape), scale)
+    plan = _plan(tuple(q8.shape), scale, q8.device)
     out, t = torch.empty_like(q8), plan.tensors
     cudnn.set_stream(handle=plan.handle, stream=torch.cuda.current_stream().cuda_stream)
     plan.graph.execute({t["q"]: q8, t["k"]: k8, t["v"]: v8, t["o"]: out, t["descale_q"]: descale_q,

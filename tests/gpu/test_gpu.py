@@ -398,10 +398,15 @@ def test_sage_attention_against_float32_attention_at_flux_shapes():
     assert _relative(out, reference) < 0.05
 
 
-def test_sage_attention_compiles_into_a_flux_block_without_a_graph_break():
-    """A FLUX transformer (diffusers' class, 2 heads of 128) with `attention: sage`: close to SDPA's output eager,
-    and compiled with fullgraph=True (the custom op keeps the Triton kernels whole) the same as eager."""
-    pytest.importorskip("sageattention")
+@pytest.mark.parametrize(("kernel", "package", "bound"),
+                         [("sage", "sageattention", 0.05), ("cudnn-fp8", "cudnn", 0.15)])
+def test_attention_kernel_compiles_into_a_flux_block_without_a_graph_break(kernel, package, bound):
+    """A FLUX transformer (diffusers' class, 2 heads of 128) with `attention: sage` / `cudnn-fp8`, through diffusers'
+    dispatch: close to SDPA's output eager (float8's rounding is the coarser), and compiled with fullgraph=True (the
+    custom op keeps the kernels whole) the same as eager."""
+    pytest.importorskip(package)
+    if kernel == "cudnn-fp8" and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("cuDNN's float8 attention needs compute capability 9.0+")
     from diffusers import FluxTransformer2DModel
 
     from fluxnb.models.attention import attention_backend, use_attention
@@ -419,13 +424,13 @@ def test_sage_attention_compiles_into_a_flux_block_without_a_graph_break():
                   txt_ids=torch.zeros(128, 3, device="cuda"), return_dict=False)
     with torch.inference_mode():
         reference = transformer(**inputs)[0]
-        use_attention(transformer, "sage")
+        use_attention(transformer, kernel)
         eager = transformer(**inputs)[0]
         transformer.compile_repeated_blocks(fullgraph=True)
         compiled = transformer(**inputs)[0]
-    print(f"sage vs sdpa {_relative(eager, reference):.4f}, compiled vs eager {_relative(compiled, eager):.5f}")
-    assert attention_backend(transformer).startswith("sage (")
-    assert 0 < _relative(eager, reference) < 0.05  # not SDPA's output, but close to it
+    print(f"{kernel} vs sdpa {_relative(eager, reference):.4f}, compiled vs eager {_relative(compiled, eager):.5f}")
+    assert attention_backend(transformer).startswith(f"{kernel} (")
+    assert 0 < _relative(eager, reference) < bound  # not SDPA's output, but close to it
     assert _relative(compiled, eager) < 0.01
 
 

@@ -202,3 +202,29 @@ def test_cudnn_fp8_is_what_diffusers_dispatch_calls_and_compiles_whole(monkeypat
     error = ((eager - reference).norm() / reference.norm()).item()
     assert 1e-4 < error < 0.03, error  # float8 rounding of Q, K, V and O: not SDPA's output, close to it
     assert torch.allclose(compiled, eager, rtol=1e-3, atol=1e-4)
+
+
+def test_a_shape_cudnn_cannot_run_is_refused_with_the_fix(monkeypatch):
+    """cuDNN refuses some shapes only when its graph is built, at the first picture of that size. A stand-in for the
+    GPU-only `cudnn` module whose support check fails as cuDNN's does: the error names the shape and the fix."""
+    import sys
+    import types
+
+    from fluxnb.models import cudnn_fp8_attention
+
+    class Graph:
+        def __getattr__(self, name):  # every graph-building call returns something that takes further calls
+            return lambda *args, **kwargs: (Graph(),) * 4 if name == "sdpa_fp8" else Graph()
+
+        def check_support(self):
+            raise RuntimeError("cudnnGraphNotSupportedError: No valid engine configs for SDPA_FP8_FWD")
+
+    fake = types.SimpleNamespace(data_type=types.SimpleNamespace(FP8_E4M3=0, FLOAT=1), heur_mode=Graph(),
+                                 create_handle=lambda: None, pygraph=lambda **kwargs: Graph())
+    monkeypatch.setitem(sys.modules, "cudnn", fake)
+    with pytest.raises(ModelUnavailableError) as refused:
+        cudnn_fp8_attention._plan((1, 4464, 24, 128), 128 ** -0.5, torch.device("cpu"))
+    assert "cuDNN's float8 attention (attention: cudnn-fp8) cannot run attention over 4464 tokens, 24 heads of 128, " \
+           "batch 1: RuntimeError: cudnnGraphNotSupportedError: No valid engine configs" in str(refused.value)
+    assert "Fix: set `attention: sdpa` (or auto) in the model entry" in str(refused.value)
+    assert not cudnn_fp8_attention._PLANS  # nothing half-built is kept for the next call
