@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -428,7 +429,7 @@ def _warm_then_time(model: LoadedModel, common: dict[str, Any], s: BenchSettings
     counters1 = compile_counters()
     runs = [run_phases(model.pipe, steps=s.steps, **common) for _ in range(s.repeats)]
     seconds = [round(sum(p["seconds"] for p in run["phases"].values()), 3) for run in runs]
-    timed = runs[sorted(range(len(runs)), key=seconds.__getitem__)[(len(runs) - 1) // 2]]
+    timed = runs[seconds.index(statistics.median_low(seconds))]
     if len(runs) > 1:  # one image's time moved by up to 5% between two calls (runs 35-36): the spread is reported
         timed["repeats"] = {"seconds_per_image": seconds, "spread": round(max(seconds) / min(seconds) - 1, 4)}
     warmup, timed_call = compile_record(counters0, counters1), compile_record(counters1, compile_counters())

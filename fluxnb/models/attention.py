@@ -186,9 +186,8 @@ def _label(name: str) -> str:
     """A registry name as people read it: fluxnb's own registrations say which package runs them."""
     if SAGE_TRITON_BACKEND in name:
         return f"sage (sageattention {package_version('sageattention')}, Triton: int8 QK, fp16 PV)"
-    fluxnb_fp8 = getattr(registered_attention_backend(CUDNN_FP8_BACKEND), "__module__", "") == \
-        f"{__package__}.cudnn_fp8_attention"  # fluxnb's kernel under that name, not torch's bf16 cuDNN
-    if name == CUDNN_FP8_BACKEND and fluxnb_fp8:
+    if name == CUDNN_FP8_BACKEND and getattr(registered_attention_backend(name), "__module__", "") == \
+            f"{__package__}.cudnn_fp8_attention":  # fluxnb's kernel under that name, not diffusers' own
         return (f"cudnn-fp8 (nvidia-cudnn-frontend {package_version('nvidia-cudnn-frontend')}: float8 Q, K, V, O, "
                 "one scale per tensor)")
     return name

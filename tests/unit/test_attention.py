@@ -5,6 +5,7 @@ Only the `stack` test runs on the guide line (diffusers 0.34, no attention regis
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 
 import pytest
@@ -148,9 +149,7 @@ def test_cudnn_fp8_named_outright_is_refused_below_hopper(fp8, monkeypatch):
             if REGISTRY_LINE else "diffusers' attention registry (diffusers >= 0.36)") in str(hopper.value)
 
 
-_EMULATED = []
-
-
+@functools.cache  # registered once per process
 def _emulate_cudnn_fp8_on_the_cpu():
     """What cuDNN's float8 kernel computes, in float32 on the CPU, registered as the op's CPU kernel: attention of
     the dequantized Q, K, V, and O requantized at V's scale (cuDNN also rounds P to float8, which this skips: the GPU
@@ -160,16 +159,11 @@ def _emulate_cudnn_fp8_on_the_cpu():
 
     from fluxnb.models.cudnn_fp8_attention import FP8, FP8_MAX, sdpa_fp8
 
-    if _EMULATED:
-        return
-
     @sdpa_fp8.register_kernel("cpu")
     def _(q8, k8, v8, descale_q, descale_k, descale_v, scale):
         q, k, v = (t.float().transpose(1, 2) * d for t, d in ((q8, descale_q), (k8, descale_k), (v8, descale_v)))
         out = sdpa(q, k, v, scale=scale).transpose(1, 2)
         return (out / descale_v).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-
-    _EMULATED.append(True)
 
 
 @pytest.mark.skipif(not REGISTRY_LINE, reason="diffusers' attention registry: 0.36+ (the guide line refuses the "
