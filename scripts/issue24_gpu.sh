@@ -8,6 +8,7 @@
 #   scripts/issue24_gpu.sh                        # results under outputs/issue24-<time>/<task>/ (bench.json, .png)
 #   ISSUE24_TASKS="fill" scripts/issue24_gpu.sh   # one task
 #   ISSUE24_TINY=1 scripts/issue24_gpu.sh         # the same logic on a CPU: the tiny editing entries, 32x32
+#   ISSUE24_FAST_VARIANTS="attention=cudnn-fp8" scripts/issue24_gpu.sh   # the float8 entry changed, beside it
 #
 # Disk: each task's synthetic bf16 checkpoint is ~34 GB (the 8-bit and float8 entries quantize it while loading); it
 # is deleted once its task ran, so one sits on disk (or /dev/shm) at a time. Memory: bf16 needs ~36 GB (an 80 GB
@@ -33,13 +34,16 @@ for task in ${ISSUE24_TASKS:-fill kontext}; do
         REF=flux-$task; BASE=flux-$task-bnb-8bit; FAST=flux-$task-torchao-fp8
         SIZE_ARGS="--size 1024x1024 --steps 28"
     fi
+    case $FAST in *@*) joiner=+ ;; *) joiner=@ ;; esac  # variants after the first are joined by +
+    CHANGED=""
+    for variant in ${ISSUE24_FAST_VARIANTS:-}; do CHANGED="$CHANGED --backend $FAST$joiner$variant"; done
     left=$((DEADLINE - (SECONDS - START)))
     if [ "$left" -lt 60 ]; then
         echo "issue24: $task not run: $left s left of LANE_DEADLINE=$DEADLINE"; status=1; continue
     fi
     echo "issue24: $task ($left s left)"
     OUT=$OUT_ROOT/$task GPU_LANE_STAGES=$stages LANE_DEADLINE=$left \
-        BENCH_ARGS="--backend $REF --backend $FAST --backend $BASE --reference $REF --baseline $BASE --cleanup-weights gaussian $SIZE_ARGS" \
+        BENCH_ARGS="--backend $REF --backend $FAST$CHANGED --backend $BASE --reference $REF --baseline $BASE --cleanup-weights gaussian $SIZE_ARGS" \
         bash scripts/gpu_lane.sh 2>&1 | tee "$OUT_ROOT/issue24-$task.log"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
     stages="bench"  # the environment once

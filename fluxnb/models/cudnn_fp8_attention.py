@@ -136,7 +136,14 @@ def diffusers_backend(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     if attn_mask is not None or is_causal or _parallel_config is not None:
         raise ValueError("fluxnb's cuDNN float8 attention takes no attention mask, causal attention or context "
                          "parallelism (FLUX uses none); use attention: sdpa for this model")
-    (q8, descale_q), (k8, descale_k), (v8, descale_v) = (quantize_per_tensor(t) for t in (query, key, value))
+    # V less its mean over the tokens, added back to O: exact, since each row of the softmax sums to 1. O comes out
+    # in float8 (Hopper has no float8 kernel with a bf16 O) and FLUX's O is mostly V's mean: rounded as it is, O's 3
+    # mantissa bits were almost all of the error (an emulation on a full-width synthetic block's Q, K, V: 0.027
+    # against float32 attention, 0.005-0.009 with V centred). K centred the same way (SageAttention's smooth_k,
+    # exact too) changed nothing measurable there, so it is not done.
+    v_mean = value.float().mean(dim=1, keepdim=True)
+    (q8, descale_q), (k8, descale_k) = quantize_per_tensor(query), quantize_per_tensor(key)
+    v8, descale_v = quantize_per_tensor(value.float() - v_mean)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     out = sdpa_fp8(q8, k8, v8, descale_q, descale_k, descale_v, scale)
-    return (out.float() * descale_v).to(query.dtype)
+    return (out.float() * descale_v + v_mean).to(query.dtype)

@@ -198,6 +198,23 @@ def test_cudnn_fp8_is_what_diffusers_dispatch_calls_and_compiles_whole(monkeypat
     assert torch.allclose(compiled, eager, rtol=1e-3, atol=1e-4)
 
 
+def test_cudnn_fp8_rounds_o_without_v_mean():
+    """FLUX's attention output is mostly V's mean over the tokens, and the kernel writes O in float8 (3 mantissa
+    bits): rounded whole, O carried almost all of the kernel's error. With V's mean taken out before the kernel and
+    added back after, only the rest of O is rounded."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from fluxnb.models.cudnn_fp8_attention import diffusers_backend
+
+    _emulate_cudnn_fp8_on_the_cpu()
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 1024, 2, 128) for _ in range(3))
+    v = v + torch.randn(1, 1, 2, 128)  # a mean per head and channel, as V has in FLUX's blocks
+    reference = sdpa(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    error = ((diffusers_backend(q, k, v) - reference).norm() / reference.norm()).item()
+    assert error < 0.01, error  # O rounded whole into float8: about 0.026
+
+
 def test_a_shape_cudnn_cannot_run_is_refused_with_the_fix(monkeypatch):
     """cuDNN refuses some shapes only when its graph is built, at the first picture of that size. A stand-in for the
     GPU-only `cudnn` module whose support check fails as cuDNN's does: the error names the shape and the fix."""
