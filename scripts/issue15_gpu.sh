@@ -30,7 +30,7 @@ if [ "${ISSUE15_TINY:-0}" = 1 ]; then
     export GPU_LANE_INSTALL=0 GPU_LANE_STAGES="bench" FLUXNB_SYNTHETIC=${FLUXNB_SYNTHETIC:-$OUT/synthetic}
     export LANE_DEADLINE=${LANE_DEADLINE:-900}
 else
-    REF=flux-dev; FLOOR=flux-dev@compiled; BASE=flux-dev-bnb-8bit; FAST=flux-dev-torchao-fp8
+    REF=flux-dev; FLOOR=flux-dev@compiled; BASE=flux-dev-bnb-8bit; FAST=${ISSUE15_FAST:-flux-dev-torchao-fp8}
     CACHED=${ISSUE15_CACHED:-"flux-dev-torchao-fp8@cache=taylorseer@2"}
     # run order within each weight set: reference first, then the fast ones (they reuse the bf16 checkpoint), then
     # bnb 8-bit (its own 8-bit checkpoint, deleted right after), the noise floor last
@@ -44,7 +44,7 @@ else
     export LANE_DEADLINE=${LANE_DEADLINE:-540}  # seconds from the lane's start: the bench stops there, JSON kept
 fi
 # ISSUE15_WEIGHTS=gaussian or =outliers runs one weight set only (a second call when one call ran out of time).
-# Issue 25's knobs: ISSUE15_CACHED (the cached variant run beside the fast entry), ISSUE15_EXTRA (more backends, after
+# Issue 25's knobs: ISSUE15_FAST (the fast entry: its row, warm first call and batch), ISSUE15_CACHED (the cached variant run beside the fast entry), ISSUE15_EXTRA (more backends, after
 # the noise floor), ISSUE15_OUTLIER_EXTRA (more --outlier-backend), ISSUE15_BATCH (the batch size, default 3),
 # ISSUE15_BATCH_OFFLOAD=0 (the batch with T5 left on the GPU), ISSUE15_REPEATS=3 (timed images per row, the median kept:
 # one image's time moved by up to 5% in runs 35-36, the size of the cached goal's margin).
