@@ -243,14 +243,47 @@ def vae_rows() -> list[dict]:
              "rel_error_vs_eager": rel_error(out_compiled, out_eager.float())}]
 
 
+def attention_host_rows(calls: int = 200) -> list[dict]:
+    """What one attention call costs the CPU when no CUDA graph replays the step (the cached mode): milliseconds of
+    wall time per call issued back to back, and per call with the GPU waited for, for torch's SDPA and for fluxnb's
+    cuDNN float8 attention (diffusers' layout, the quantization included). Wall time per call above GPU time per call
+    means the CPU, not the GPU, sets the pace (bench run 43: the cached float8 entry 2.64 s/image with it, 1.90 s
+    with SDPA in run 36)."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    from fluxnb.models.cudnn_fp8_attention import diffusers_backend
+
+    q, k, v = (torch.randn(1, IMAGE_TOKENS + TEXT_TOKENS, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+               for _ in range(3))
+    kernels = {"sdpa bf16": lambda: sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)),
+               "cudnn-fp8 (eager)": lambda: diffusers_backend(q, k, v)}
+    compiled = torch.compile(diffusers_backend, fullgraph=True)
+    kernels["cudnn-fp8 (compiled, as in a block)"] = lambda: compiled(q, k, v)
+    rows = []
+    with torch.inference_mode():
+        for name, call in kernels.items():
+            call()
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            for _ in range(calls):
+                call()
+            issued = time.perf_counter() - started
+            torch.cuda.synchronize()
+            total = time.perf_counter() - started
+            rows.append({"lever": "attention host cost", "kernel": name,
+                         "ms_issue_per_call": round(issued / calls * 1e3, 4),
+                         "ms_wall_per_call": round(total / calls * 1e3, 4), "ms_gpu_per_call": timed(call)})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True)
     parser.add_argument("--levers", default="attention,fused-qkv,vae",
-                        help="comma-separated: attention, attention-step, fused-qkv, vae")
+                        help="comma-separated: attention, attention-step, attention-host, fused-qkv, vae")
     args = parser.parse_args()
-    parts = {"attention": attention_rows, "attention-step": attention_step_rows, "fused-qkv": fused_qkv_rows,
-             "vae": vae_rows}
+    parts = {"attention": attention_rows, "attention-step": attention_step_rows, "attention-host": attention_host_rows,
+             "fused-qkv": fused_qkv_rows, "vae": vae_rows}
     results = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "device": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
                "torch": torch.__version__, "rows": []}

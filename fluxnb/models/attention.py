@@ -29,6 +29,7 @@ from ..core.compat import (
 from ..core.environment import package_version
 from ..core.errors import ModelUnavailableError
 from ..core.facts import report_only
+from .tasks import TEXT_TO_IMAGE
 
 SDPA = "native (torch scaled_dot_product_attention)"
 # diffusers' name for the Triton int8-QK / fp16-PV kernel, the one sageattention 1.0.x implements: fluxnb registers
@@ -52,6 +53,7 @@ class AttentionKernel:
     min_diffusers: str | None = None  # its diffusers registry (0.36)
     ada_speedup: float = 1.0  # its speed against bf16 FlashAttention2 on an Ada card (the L4's), published
     ada_source: str = ""
+    graphed_only: str | None = None  # why it pays only where the steps replay as a CUDA graph (None: anywhere)
 
 
 KERNELS = {
@@ -65,23 +67,27 @@ KERNELS = {
         ada_speedup=2.1, ada_source="SageAttention (arXiv 2410.02367): 2.1x FlashAttention2's speed on an RTX 4090, "
                                     "an Ada card (compute capability 8.9) like the L4"),
     "cudnn-fp8": AttentionKernel(
-        "cudnn-fp8", "cuDNN's float8 attention: Q, K, V and O in float8 e4m3, one scale per tensor "
-                     "(fluxnb/models/cudnn_fp8_attention.py); opt-in: faster than bf16, but Kontext's error rose to "
-                     "2.91x bnb 8-bit's with it (bench run 41)",
-        package="nvidia-cudnn-frontend", install="pip install 'nvidia-cudnn-frontend==1.14.0' (its float8 forward "
-                                                 "runs on Hopper and newer)",
-        min_capability=(9, 0), head_dims=(64, 128), min_diffusers="0.36"),
+        "cudnn-fp8", "cuDNN's float8 attention: Q, K, V and O in float8 e4m3, one scale per tensor, V centred "
+                     "(fluxnb/models/cudnn_fp8_attention.py)",
+        package="nvidia-cudnn-frontend", install="pip install 'fluxnb[cudnn-fp8]' (nvidia-cudnn-frontend 1.14.0; its "
+                                                 "float8 forward runs on Hopper and newer)",
+        min_capability=(9, 0), head_dims=(64, 128), min_diffusers="0.36",
+        graphed_only="each call costs cuDNN's Python graph execution on the CPU, which a CUDA graph replay skips: "
+                     "with a step cache on (no graph) the float8 entry took 2.64 s/image against 1.90 s with SDPA "
+                     "(bench runs 43 and 36, H100)"),
 }
 SETTINGS = ("auto", *KERNELS)
 
 
 @dataclass(frozen=True)
 class AttentionChoice:
-    """A backend record's kernel for one compute capability, and why (the run that measured it, or the prediction)."""
+    """A backend record's kernel for one compute capability, and why (the run that measured it, or the prediction);
+    for the entries of `tasks` only, when given (fluxnb.models.tasks: attention's share of a step is the task's)."""
 
     capability: tuple[int, int]
     kernel: str
     why: str
+    tasks: tuple[str, ...] = ()
 
 
 def _cannot_run(kernel: AttentionKernel, device: str, capability: tuple[int, int] | None) -> str | None:
@@ -100,13 +106,34 @@ def _cannot_run(kernel: AttentionKernel, device: str, capability: tuple[int, int
     return None
 
 
+def _not_graphed(kernel: AttentionKernel, cache: str | None) -> str | None:
+    """Why `kernel` would not pay with the entry's step cache on (its steps are not replayed as a CUDA graph)."""
+    if kernel.graphed_only and cache:
+        return f"the entry's step cache ({cache}) keeps its steps out of a CUDA graph, and {kernel.graphed_only}"
+    return None
+
+
+def cached_run_note(attention_label: str | None, cache: str | None) -> str | None:
+    """A note for a run whose request turns a step cache on where the loaded model runs a kernel that pays only in a
+    CUDA graph (`attention_label`: the load report's); None when there is nothing to say."""
+    kernel = next((k for k in KERNELS.values() if k.graphed_only and (attention_label or "").startswith(k.name)), None)
+    if kernel is None or not cache:
+        return None
+    return (f"note: this run's step cache ({cache}) keeps the steps out of a CUDA graph, and the model runs "
+            f"{kernel.name} attention: {kernel.graphed_only}. Faster: load the entry with `cache: {cache}` (its "
+            "attention is then chosen for that) or with `attention: sdpa`")
+
+
 def _text(capability) -> str:
     return f"{capability[0]}.{capability[1]}" if capability else "?"
 
 
-def choice_for(choices: tuple[AttentionChoice, ...], capability: tuple[int, int] | None) -> AttentionChoice | None:
-    """A record's choice for this compute capability (None: the record has none for it, or no GPU)."""
-    return next((c for c in choices if capability is not None and tuple(capability) == c.capability), None)
+def choice_for(choices: tuple[AttentionChoice, ...], capability: tuple[int, int] | None,
+               task: str = TEXT_TO_IMAGE) -> AttentionChoice | None:
+    """A record's choice for this compute capability and task, the first that fits (None: the record has none for
+    them, or no GPU)."""
+    return next((c for c in choices if capability is not None and tuple(capability) == c.capability
+                 and (not c.tasks or task in c.tasks)), None)
 
 
 class AttentionPlan(NamedTuple):
@@ -124,11 +151,12 @@ def choose_attention(spec, choices: tuple[AttentionChoice, ...], device: str,
     naming the entry's key, what is allowed and the fix."""
     setting = spec.attention
     if setting == "auto":
-        choice = choice_for(choices, capability)
+        choice = choice_for(choices, capability, spec.task)
         if choice is None or choice.kernel == "sdpa":
             return AttentionPlan("sdpa", None if choice is None else f"attention: sdpa on {_text(capability)} "
                                  f"({choice.why})")
-        why_not = _cannot_run(KERNELS[choice.kernel], device, capability)
+        why_not = _cannot_run(KERNELS[choice.kernel], device, capability) or _not_graphed(KERNELS[choice.kernel],
+                                                                                           spec.cache)
         if why_not:
             return AttentionPlan("sdpa", f"attention: sdpa, not {choice.kernel} (the choice for {_text(capability)}: "
                                  f"{choice.why}): {why_not}", why_not)

@@ -22,6 +22,7 @@ from ..core.errors import GenerationFailed, ModelUnusable, RequestError
 from ..core.facts import report_only
 from ..core.memory import apply_gpu_memory_limit, free_memory, peak_memory, reset_peak_memory
 from ..core.sanity import check_image
+from ..models.attention import cached_run_note
 from ..models.backends.cuda_graph import graph_status
 from ..models.compile_cache import record_warm
 from ..models.editing import is_editing, pipeline_inputs
@@ -231,6 +232,8 @@ def generate(
     pipe = model.img2img_pipeline() if request.mode == IMAGE_TO_IMAGE else model.pipe
     pipe.set_progress_bar_config(disable=not progress)
     cache = effective(request.cache, model.spec.cache)  # the request's cached mode, else the entry's
+    if note := cached_run_note(model.report.attention, cache):
+        print(note, file=sys.stderr, flush=True)
     extra = _call_extras(request, callback_on_step_end, on_step)
     # before any image: an adapter that does not fit the model fails here, with nothing generated (fluxnb.models.lora)
     lora_record = apply_loras(model, request.loras, request.fuse_loras)

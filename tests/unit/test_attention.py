@@ -145,7 +145,7 @@ def test_cudnn_fp8_named_outright_is_refused_below_hopper(fp8, monkeypatch):
                         lambda name: None if name == "nvidia-cudnn-frontend" else importlib.metadata.version(name))
     with pytest.raises(ModelUnavailableError) as hopper:
         choose_attention(named, (), "cuda", (9, 0))
-    assert ("the nvidia-cudnn-frontend package is not installed (pip install 'nvidia-cudnn-frontend==1.14.0'"
+    assert ("the nvidia-cudnn-frontend package is not installed (pip install 'fluxnb[cudnn-fp8]'"
             if REGISTRY_LINE else "diffusers' attention registry (diffusers >= 0.36)") in str(hopper.value)
 
 
@@ -196,6 +196,37 @@ def test_cudnn_fp8_is_what_diffusers_dispatch_calls_and_compiles_whole(monkeypat
     error = ((eager - reference).norm() / reference.norm()).item()
     assert 1e-4 < error < 0.03, error  # float8 rounding of Q, K, V and O: not SDPA's output, close to it
     assert torch.allclose(compiled, eager, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(not REGISTRY_LINE, reason="diffusers' attention registry: 0.36+ (the guide line falls back to "
+                                              "sdpa for every kernel)")
+def test_kontext_takes_cudnn_fp8_on_hopper_unless_its_steps_skip_the_cuda_graph(config, monkeypatch):
+    """The float8 record's choice on 9.0 is per task: Kontext, whose reference picture doubles the tokens, runs
+    cuDNN's float8 attention; text-to-image keeps SDPA. An entry with a step cache keeps SDPA too, saying why."""
+    from fluxnb.models.backends.torchao import FP8_ATTENTION
+
+    monkeypatch.setattr(attention, "package_version", _with_cudnn_frontend)
+    kontext = config.get("flux-kontext-torchao-fp8")
+    kernel, note, _ = choose_attention(kontext, FP8_ATTENTION, "cuda", (9, 0))
+    assert kernel == "cudnn-fp8" and note.startswith("attention: cudnn-fp8 on 9.0 (measured on an H100")
+    assert choose_attention(config.get("flux-dev-torchao-fp8"), FP8_ATTENTION, "cuda", (9, 0))[0] == "sdpa"
+    assert choose_attention(kontext, FP8_ATTENTION, "cuda", (8, 9))[0] == "sage"
+    cached = dataclasses.replace(kontext, cache="taylorseer@2")
+    kernel, note, fallback = choose_attention(cached, FP8_ATTENTION, "cuda", (9, 0))
+    assert kernel == "sdpa" and note.startswith("attention: sdpa, not cudnn-fp8 (the choice for 9.0: ")
+    assert fallback.startswith("the entry's step cache (taylorseer@2) keeps its steps out of a CUDA graph, and each "
+                               "call costs cuDNN's Python graph execution on the CPU")
+
+
+def test_a_step_cache_asked_of_a_cudnn_fp8_model_is_said():
+    label = "cudnn-fp8 (nvidia-cudnn-frontend 1.14.0: float8 Q, K, V, O, one scale per tensor)"
+    note = attention.cached_run_note(label, "taylorseer@2")
+    assert note.startswith("note: this run's step cache (taylorseer@2) keeps the steps out of a CUDA graph, and the "
+                           "model runs cudnn-fp8 attention: each call costs")
+    assert note.endswith("Faster: load the entry with `cache: taylorseer@2` (its attention is then chosen for that) "
+                         "or with `attention: sdpa`")
+    assert attention.cached_run_note(label, None) is None
+    assert attention.cached_run_note("sdpa", "taylorseer@2") is None
 
 
 def test_cudnn_fp8_rounds_o_without_v_mean():

@@ -157,11 +157,13 @@ def load_torchao(spec, ctx: LoadContext, backend: Backend):
 # The attention kernel per compute capability (fluxnb/models/attention.py): what attention costs once the linears run
 # in float8 (a fifth of a step's FLOPs at 1024x1024, a third of an L4's step time in bf16).
 FP8_ATTENTION = (
-    AttentionChoice((9, 0), "sdpa", "measured on an H100: torch's cuDNN kernel in bf16 0.42 ms per attention at "
-                    "FLUX's shapes (probe runs 32, 37), SageAttention 1.0.6 0.80-0.94 ms; cuDNN's float8 kernel "
-                    "(attention: cudnn-fp8) is faster, 0.32 ms, a float8 step 93.4 against 100.2 ms (probe run 40), "
-                    "but Kontext's latent error rose from 1.33x to 2.91x bnb 8-bit's with it (bench run 41), past the "
-                    "faithful rule's 2x"),
+    AttentionChoice((9, 0), "cudnn-fp8", "measured on an H100, synthetic weights: Kontext's reference picture doubles "
+                    "the image tokens, so attention is a larger share of its step; with cuDNN's float8 kernel its "
+                    "float8 entry took 5.65 s/image against 6.19 s with bf16 SDPA, 4.43x bnb 8-bit instead of 4.04x, "
+                    "latent error 1.47x bnb 8-bit's instead of 1.40x (bench run 42)", tasks=("kontext",)),
+    AttentionChoice((9, 0), "sdpa", "measured on an H100: torch's cuDNN kernel in bf16; cuDNN's float8 kernel "
+                    "(attention: cudnn-fp8) gained text-to-image 1.2% only, 2.80 against 2.84 s/image at the same "
+                    "error (bench run 43): not worth an extra package there"),
     AttentionChoice((8, 9), "sage", "predicted, no L4 measured: SageAttention reports 2.1x FlashAttention2's speed on "
                     "an RTX 4090, an Ada card (8.9) like the L4"),
 )
