@@ -44,10 +44,11 @@ else
     export LANE_DEADLINE=${LANE_DEADLINE:-540}  # seconds from the lane's start: the bench stops there, JSON kept
 fi
 # ISSUE15_WEIGHTS=gaussian or =outliers runs one weight set only (a second call when one call ran out of time).
-# Issue 25's knobs: ISSUE15_FAST (the fast entry: its row, warm first call and batch), ISSUE15_CACHED (the cached variant run beside the fast entry), ISSUE15_EXTRA (more backends, after
-# the noise floor), ISSUE15_OUTLIER_EXTRA (more --outlier-backend), ISSUE15_BATCH (the batch size, default 3),
-# ISSUE15_BATCH_OFFLOAD=0 (the batch with T5 left on the GPU), ISSUE15_REPEATS=3 (timed images per row, the median kept:
-# one image's time moved by up to 5% in runs 35-36, the size of the cached goal's margin).
+# Issue 25's knobs: ISSUE15_FAST (the fast entry: its row, warm first call and batch), ISSUE15_CACHED (the cached
+# variant run beside the fast entry), ISSUE15_EXTRA (more backends, after the noise floor), ISSUE15_OUTLIER_EXTRA (more
+# --outlier-backend), ISSUE15_BATCH (the batch size, default 3), ISSUE15_BATCH_OFFLOAD=0 (the batch with T5 left on the
+# GPU), ISSUE15_REPEATS=3 (timed images per row, the median kept: one image's time moved by up to 5% in runs 35-36,
+# the size of the cached goal's margin).
 WEIGHTS=${ISSUE15_WEIGHTS:-gaussian,outliers}
 
 WARM="--warm-compile --warm-compile-backend $FAST"

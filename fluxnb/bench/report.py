@@ -247,7 +247,7 @@ def _predicted(row: dict[str, Any]) -> str:
     if not guess:
         return ""
     if "unpredictable" in guess:
-        return "- (ran SageAttention here: no L4 figure)"
+        return f"- ({guess['unpredictable'].partition(':')[0]}: no L4 figure)"
     lever = f", with {guess['attention']['kernel']} attention" if guess.get("attention") else ""
     return f"{guess['seconds_per_image']:.0f} (predicted{'' if guess['calibrated'] else ', uncalibrated'}{lever})"
 

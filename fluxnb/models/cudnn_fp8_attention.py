@@ -2,17 +2,21 @@
 
 Why: once the linears run in float8, attention in bf16 is a fifth of a text-to-image step and about twice that for
 Kontext, whose reference picture doubles the image tokens. cuDNN's float8 kernel (`sdpa_fp8`, Hopper and newer)
-ran FLUX's attention in 0.32 ms against 0.42 ms for torch's cuDNN kernel in bf16 (probe run 37, H100), and a
-full-size float8 step in 93.4 ms against 100.2 ms (probe run 40), for 1.24x the error of one forward. On Kontext it
-made the float8 entry 4.48x bnb 8-bit instead of about 4x, but its latent error went from 1.33x to 2.91x bnb 8-bit's
-(bench run 41): past the faithful rule's 2x. So no backend record chooses it; an entry asks for it by name
-(`attention: cudnn-fp8`), and the bench reports its error beside the others.
+ran FLUX's attention in 0.32 ms against 0.42 ms for torch's cuDNN kernel in bf16 (probe run 37, H100). With V
+centred (below), Kontext's float8 entry went from 6.19 to 5.65 s/image, 4.04x to 4.43x bnb 8-bit, at 1.47x bnb
+8-bit's latent error instead of 1.40x (bench run 42); text-to-image gained 1.2% (run 43). So the float8 record
+chooses it for Kontext on 9.0 (fluxnb/models/backends/torchao.py), and any entry can name it (`attention:
+cudnn-fp8`). Each call costs about 0.64 ms of CPU in cuDNN's Python graph execution (probe run 44), more than the
+kernel's GPU time: it pays only where the steps replay as a CUDA graph (no step cache).
 
 How: nvidia-cudnn-frontend's graph API, one graph per shape, built on first use and kept. Q, K and V are quantized
 here with one scale each (448 / amax: e4m3's range); inside the compiled block that quantization fuses into the
 kernels around it. Hopper's float8 forward writes O in float8 too: O is a softmax-weighted mean of V's rows, so
-|O| <= max |V| and O takes V's scale. The kernel is a torch custom op, so torch.compile keeps it whole and the CUDA
-graph captures it like any other kernel (the cuDNN handle follows the current stream at each call).
+|O| <= max |V| and O takes V's scale. V goes in less its mean over the tokens, added back to O after: FLUX's O is
+mostly that mean, and rounded whole into float8 it was most of the error (random tensors with a mean in V as FLUX's
+has: 0.056 against float32 attention, centred 0.004, bf16 SDPA 0.002; tests/gpu/test_gpu.py, run 42). The kernel is
+a torch custom op, so torch.compile keeps it whole and the CUDA graph captures it like any other kernel (the cuDNN
+handle follows the current stream at each call).
 
 diffusers' attention registry takes only the names of its own enum, and none names cuDNN's float8 kernel: fluxnb
 registers this one under `_flash_3`, diffusers' name for FlashAttention 3, Hopper's other attention with a float8
@@ -137,10 +141,10 @@ def diffusers_backend(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         raise ValueError("fluxnb's cuDNN float8 attention takes no attention mask, causal attention or context "
                          "parallelism (FLUX uses none); use attention: sdpa for this model")
     # V less its mean over the tokens, added back to O: exact, since each row of the softmax sums to 1. O comes out
-    # in float8 (Hopper has no float8 kernel with a bf16 O) and FLUX's O is mostly V's mean: rounded as it is, O's 3
-    # mantissa bits were almost all of the error (an emulation on a full-width synthetic block's Q, K, V: 0.027
-    # against float32 attention, 0.005-0.009 with V centred). K centred the same way (SageAttention's smooth_k,
-    # exact too) changed nothing measurable there, so it is not done.
+    # in float8 (cuDNN's float8 forward with a bf16 O is Blackwell-only) and FLUX's O is mostly V's mean: rounded
+    # whole, O's 3 mantissa bits were almost all of the error (emulated on a full-width synthetic block's Q, K, V:
+    # 0.027 against float32 attention, 0.005-0.009 centred). K centred the same way (SageAttention's smooth_k, exact
+    # too) changed nothing measurable there, so it is not done.
     v_mean = value.float().mean(dim=1, keepdim=True)
     (q8, descale_q), (k8, descale_k) = quantize_per_tensor(query), quantize_per_tensor(key)
     v8, descale_v = quantize_per_tensor(value.float() - v_mean)

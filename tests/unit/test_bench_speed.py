@@ -206,10 +206,13 @@ def test_predicted_l4_is_calibrated_on_the_guides_figure_and_labelled():
     guess = ran["rows"][1]["predicted_l4"]
     assert "unpredictable" in guess and "seconds_per_image" not in guess
     ran["backends"][3]["load_report"] = {"attention": "cudnn-fp8 (nvidia-cudnn-frontend 1.14.0: float8 Q, K, V, O)"}
-    add_predictions(ran)  # nor from cuDNN's float8 attention, which the L4 does not run
-    assert ran["rows"][1]["predicted_l4"]["unpredictable"].startswith("ran cudnn-fp8 attention on this card")
     from fluxnb.bench import results_table
 
+    add_predictions(ran)  # nor from cuDNN's float8 attention, which the L4 does not run
+    assert ran["rows"][1]["predicted_l4"]["unpredictable"].startswith("ran cudnn-fp8 attention on this card")
+    table = results_table({**ran, "rows": [{**r, "warmup": {"seconds": 1.0}, "compile_seconds_estimate": 0.0}
+                                           for r in ran["rows"]]})
+    assert "| - (ran cudnn-fp8 attention on this card: no L4 figure) |" in table
     assert "(predicted)" in results_table({**results, "rows": [{**r, "warmup": {"seconds": 1.0},
                                                                   "compile_seconds_estimate": 0.0}
                                                                  for r in results["rows"]]})
