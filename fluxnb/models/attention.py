@@ -170,6 +170,18 @@ def choose_attention(spec, choices: tuple[AttentionChoice, ...], device: str,
     return AttentionPlan(setting, f"attention: {setting} (the entry's `attention:` key)")
 
 
+def fit_to_heads(plan: AttentionPlan, transformer, setting: str) -> AttentionPlan:
+    """The plan for this transformer's head size (known only once it is loaded): the record's choice (`auto`) where
+    its kernel does not take that size falls back to SDPA, said in the note; a kernel named outright stays, and
+    use_attention refuses it."""
+    record = KERNELS[plan.kernel]
+    head_dim = transformer.config.attention_head_dim
+    if setting != "auto" or not record.head_dims or head_dim in record.head_dims:
+        return plan
+    why = f"it takes head sizes {', '.join(map(str, record.head_dims))}; this transformer's is {head_dim}"
+    return AttentionPlan("sdpa", f"attention: sdpa, not {plan.kernel} (the record's choice for this GPU): {why}", why)
+
+
 def use_attention(transformer, kernel: str) -> None:
     """Make every attention processor of `transformer` run `kernel` (sdpa: nothing to change). Refuses head sizes
     the kernel's code does not take (only known once the transformer is loaded)."""

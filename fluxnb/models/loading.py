@@ -20,7 +20,7 @@ from ..core.footprint import ComponentFootprint, pipeline_footprint
 from ..core.hub import cache_folder, find_corrupt_weights, hf_token
 from ..core.memory import apply_gpu_memory_limit, free_memory
 from . import compile_cache, step_cache
-from .attention import attention_backend, choose_attention, use_attention
+from .attention import attention_backend, choose_attention, fit_to_heads, use_attention
 from .backends import Backend, LoadContext, check_device, compile_wanted, get_backend
 from .config import ModelConfig, ModelSpec, load_config
 from .load_report import LoadReport
@@ -281,6 +281,7 @@ def load_model(
         ctx.notes.append(cap.note())
     start = time.perf_counter()
     pipe = _run_loader(spec, backend, ctx, progress)
+    attention = fit_to_heads(attention, pipe.transformer, spec.attention)
     use_attention(pipe.transformer, attention.kernel)
     if attention.note:
         ctx.notes.append(attention.note)

@@ -97,6 +97,19 @@ def test_head_sizes_the_kernel_does_not_take_are_refused():
     assert "set `attention: sdpa`" in str(refused.value)
 
 
+def test_the_records_choice_falls_back_where_the_head_size_does_not_fit():
+    """The tiny models' heads (16) fit neither float8 nor Sage kernels: the record's choice falls back to SDPA, said;
+    a kernel named outright stays, for use_attention to refuse."""
+    from fluxnb.models.attention import AttentionPlan, fit_to_heads
+
+    chosen = AttentionPlan("cudnn-fp8", "attention: cudnn-fp8 on 9.0 (measured)")
+    kernel, note, fallback = fit_to_heads(chosen, _flux_transformer(16), "auto")
+    assert kernel == "sdpa" and fallback == "it takes head sizes 64, 128; this transformer's is 16"
+    assert note == f"attention: sdpa, not cudnn-fp8 (the record's choice for this GPU): {fallback}"
+    assert fit_to_heads(chosen, _flux_transformer(128), "auto") == chosen
+    assert fit_to_heads(chosen, _flux_transformer(16), "cudnn-fp8") == chosen
+
+
 def test_sage_is_what_diffusers_dispatch_calls():
     transformer = _flux_transformer(128)
     reference = _forward(transformer)  # SDPA on the CPU
