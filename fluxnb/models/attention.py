@@ -7,9 +7,10 @@ diffusers (0.36+) dispatches FLUX attention through its attention-backend regist
 Older diffusers lines (the guide's 0.34) call scaled_dot_product_attention directly.
 
 An entry's `attention:` key picks the kernel: `auto` (the default) takes the record's choice for this GPU's compute
-capability (`Backend.attention`, each choice with why: measured, or predicted for a card no lane has), and plain
-SDPA where the record has none or the choice cannot run here (said in a note); a kernel named outright is refused
-before anything loads where it cannot run.
+capability and the entry's task (`Backend.attention`, each choice with why: measured, or predicted for a card no lane
+has), and plain SDPA where the record has none or the choice cannot run or pay here (package, diffusers line, head
+size, a step cache for a kernel that needs the CUDA graph: said in a note); a kernel named outright is refused before
+anything loads where it cannot run.
 """
 
 from __future__ import annotations
