@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..models.attention import KERNELS, choice_for
+from ..models.attention import KERNELS, choice_for, kernel_that_ran
 from ..models.backends import REGISTRY
 from ..models.tasks import TEXT_TO_IMAGE
 
@@ -97,10 +97,10 @@ def attention_lever(row: dict[str, Any], entry: dict[str, Any], precision: str) 
     {"unpredictable": why} when this card ran a kernel whose speed here does not carry to an Ada card."""
     ran = str((entry.get("load_report") or {}).get("attention") or "")
     kernel = KERNELS.get(l4_attention_kernel(entry))
-    ran_kernel = next((name for name in KERNELS if name != "sdpa" and ran.startswith(name)), None)
-    if ran_kernel:  # the load report labels fluxnb's own kernels by their name (models/attention.py: _label)
-        return {"unpredictable": f"ran {ran_kernel} attention on this card: its speed here says nothing about an "
-                "Ada card"}
+    ran_kernel = kernel_that_ran(ran)
+    if ran_kernel:
+        return {"unpredictable": f"ran {ran_kernel.name} attention on this card: its speed here says nothing about "
+                "an Ada card"}
     if kernel is None or kernel.ada_speedup == 1.0:
         return None
     share = l4_attention_share(row["width"], row["height"], precision)

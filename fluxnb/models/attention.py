@@ -114,11 +114,18 @@ def _not_graphed(kernel: AttentionKernel, cache: str | None) -> str | None:
     return None
 
 
+def kernel_that_ran(attention_label: str | None) -> AttentionKernel | None:
+    """fluxnb's own kernel that a load report's attention label names (`_label` starts it with the kernel's name);
+    None for SDPA or diffusers' own backends."""
+    return next((k for name, k in KERNELS.items() if name != "sdpa" and (attention_label or "").startswith(name)),
+                None)
+
+
 def cached_run_note(attention_label: str | None, cache: str | None) -> str | None:
     """A note for a run whose request turns a step cache on where the loaded model runs a kernel that pays only in a
     CUDA graph (`attention_label`: the load report's); None when there is nothing to say."""
-    kernel = next((k for k in KERNELS.values() if k.graphed_only and (attention_label or "").startswith(k.name)), None)
-    if kernel is None or not cache:
+    kernel = kernel_that_ran(attention_label)
+    if kernel is None or not kernel.graphed_only or not cache:
         return None
     return (f"note: this run's step cache ({cache}) keeps the steps out of a CUDA graph, and the model runs "
             f"{kernel.name} attention: {kernel.graphed_only}. Faster: load the entry with `cache: {cache}` (its "
@@ -156,8 +163,8 @@ def choose_attention(spec, choices: tuple[AttentionChoice, ...], device: str,
         if choice is None or choice.kernel == "sdpa":
             return AttentionPlan("sdpa", None if choice is None else f"attention: sdpa on {_text(capability)} "
                                  f"({choice.why})")
-        why_not = _cannot_run(KERNELS[choice.kernel], device, capability) or _not_graphed(KERNELS[choice.kernel],
-                                                                                           spec.cache)
+        kernel = KERNELS[choice.kernel]
+        why_not = _cannot_run(kernel, device, capability) or _not_graphed(kernel, spec.cache)
         if why_not:
             return AttentionPlan("sdpa", f"attention: sdpa, not {choice.kernel} (the choice for {_text(capability)}: "
                                  f"{choice.why}): {why_not}", why_not)
@@ -175,12 +182,20 @@ def fit_to_heads(plan: AttentionPlan, transformer, setting: str) -> AttentionPla
     """The plan for this transformer's head size (known only once it is loaded): the record's choice (`auto`) where
     its kernel does not take that size falls back to SDPA, said in the note; a kernel named outright stays, and
     use_attention refuses it."""
-    record = KERNELS[plan.kernel]
-    head_dim = transformer.config.attention_head_dim
-    if setting != "auto" or not record.head_dims or head_dim in record.head_dims:
+    misfit = _head_size_misfit(KERNELS[plan.kernel], transformer)
+    if setting != "auto" or misfit is None:
         return plan
-    why = f"it takes head sizes {', '.join(map(str, record.head_dims))}; this transformer's is {head_dim}"
+    why = f"it {misfit}"
     return AttentionPlan("sdpa", f"attention: sdpa, not {plan.kernel} (the record's choice for this GPU): {why}", why)
+
+
+def _head_size_misfit(record: AttentionKernel, transformer) -> str | None:
+    """How `transformer`'s attention heads do not fit the kernel's code ('takes head sizes ...; this transformer's
+    is N'), or None when they do."""
+    head_dim = transformer.config.attention_head_dim
+    if not record.head_dims or head_dim in record.head_dims:
+        return None
+    return f"takes head sizes {', '.join(map(str, record.head_dims))}; this transformer's is {head_dim}"
 
 
 def use_attention(transformer, kernel: str) -> None:
@@ -188,12 +203,10 @@ def use_attention(transformer, kernel: str) -> None:
     the kernel's code does not take (only known once the transformer is loaded)."""
     if kernel == "sdpa":
         return
-    record = KERNELS[kernel]
-    head_dim = transformer.config.attention_head_dim
-    if record.head_dims and head_dim not in record.head_dims:
+    misfit = _head_size_misfit(KERNELS[kernel], transformer)
+    if misfit:
         raise ModelUnavailableError(
-            f"attention kernel {kernel!r} takes head sizes {', '.join(map(str, record.head_dims))}; this "
-            f"transformer's is {head_dim} (FLUX.1's is 128; the tiny test model's is 16).",
+            f"attention kernel {kernel!r} {misfit} (FLUX.1's is 128; the tiny test model's is 16).",
             fix="set `attention: sdpa` (or auto) in the entry")
     if kernel == "cudnn-fp8":
         from .cudnn_fp8_attention import diffusers_backend  # imports torch, defines the custom op: only when asked

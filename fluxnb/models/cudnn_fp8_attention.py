@@ -145,9 +145,10 @@ def diffusers_backend(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     # whole, O's 3 mantissa bits were almost all of the error (emulated on a full-width synthetic block's Q, K, V:
     # 0.027 against float32 attention, 0.005-0.009 centred). K centred the same way (SageAttention's smooth_k, exact
     # too) changed nothing measurable there, so it is not done.
-    v_mean = value.float().mean(dim=1, keepdim=True)
+    value = value.float()
+    v_mean = value.mean(dim=1, keepdim=True)
     (q8, descale_q), (k8, descale_k) = quantize_per_tensor(query), quantize_per_tensor(key)
-    v8, descale_v = quantize_per_tensor(value.float() - v_mean)
+    v8, descale_v = quantize_per_tensor(value - v_mean)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     out = sdpa_fp8(q8, k8, v8, descale_q, descale_k, descale_v, scale)
     return (out.float() * descale_v + v_mean).to(query.dtype)
