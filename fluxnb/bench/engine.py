@@ -140,8 +140,6 @@ VARIANTS = {
     "eager": "compile: false",
     "compiled": "compile: true",
     "offload-t5": "offload_text_encoder: true",
-    "fused-qkv": "fuse_qkv: true",
-    "unfused-qkv": "fuse_qkv: false",
     "autotune": f"compile: true, compile_mode: {AUTOTUNE}",
     "cache=SETTING": "the cached mode, e.g. cache=taylorseer@2 (fluxnb/models/step_cache.py)",
     "attention=KERNEL": f"the attention kernel, one of {', '.join(ATTENTION_SETTINGS)} (fluxnb/models/attention.py)",
@@ -202,11 +200,6 @@ def _apply_variant(text: str, variant: str, spec: ModelSpec) -> ModelSpec:
             raise RequestError("backend", f"{text!r}: type {spec.type} cannot offload its text encoder; types that "
                                           f"can: {', '.join(types_where('offloadable_text_encoder'))}")
         spec = dataclasses.replace(spec, offload_text_encoder=True)
-    elif variant in ("fused-qkv", "unfused-qkv"):
-        if not get_backend(spec.type).fusable_qkv:
-            raise RequestError("backend", f"{text!r}: type {spec.type} does not fuse its Q, K, V projections; types "
-                                          f"that do: {', '.join(types_where('fusable_qkv'))}")
-        spec = dataclasses.replace(spec, fuse_qkv=variant == "fused-qkv")
     elif variant == "autotune":
         if AUTOTUNE not in get_backend(spec.type).compile_modes:
             raise RequestError("backend", f"{text!r}: type {spec.type} has no {AUTOTUNE} mode; types that have: "

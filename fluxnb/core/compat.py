@@ -196,26 +196,6 @@ def set_attention_backend_unchecked(transformer, name: str) -> int:
     return count
 
 
-def flux_attentions(transformer) -> list:
-    """The FluxAttention modules of `transformer` that diffusers can fuse (its `_supports_qkv_fusion`); none on
-    lines before FluxAttention (0.35)."""
-    try:
-        from diffusers.models.transformers.transformer_flux import FluxAttention
-    except ImportError:
-        return []
-    return [m for m in transformer.modules() if isinstance(m, FluxAttention) and m._supports_qkv_fusion]
-
-
-def set_fused_projections(attention, to_qkv, to_added_qkv=None) -> None:
-    """Have FluxAttention's processor run `to_qkv` (and `to_added_qkv`, the text stream's) instead of its separate
-    projections: the layers and flag diffusers' own `fuse_projections` sets, which its processor reads
-    (`_get_fused_projections`) and `unfuse_projections` removes (diffusers >= 0.35's AttentionModuleMixin)."""
-    attention.to_qkv = to_qkv
-    if to_added_qkv is not None:
-        attention.to_added_qkv = to_added_qkv
-    attention.fused_projections = True
-
-
 def kontext_keep_size() -> dict[str, Any]:
     """FluxKontextPipeline's argument that keeps the reference picture at the given size instead of stretching it to
     the nearest of Kontext's preferred resolutions (`_auto_resize`, a leading-underscore parameter of its __call__,

@@ -7,7 +7,6 @@ reports bf16 element sizes: the guide's attempt 4), so bytes come from the tenso
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Iterator
 from dataclasses import asdict, dataclass
 
 PIPELINE_COMPONENTS = ("transformer", "text_encoder", "text_encoder_2", "vae")
@@ -48,24 +47,18 @@ def _torchao_layer_format(module) -> str | None:
     return f"{type(weight).__name__} (torchao)"
 
 
-def _held(tensor) -> Iterator[tuple[Hashable, int]]:
-    """(key, bytes) of each piece of memory one tensor holds. A wrapper tensor subclass (torchao's quantized weights)
-    reports the element size of the dtype it emulates, so it is measured by the inner tensors it really holds, as
-    torchao's own get_model_size_in_bytes does. Views of one storage share its key: the separate Q, K, V layers of
-    fused projections (fluxnb/models/backends/fused_qkv.py) hold views of the fused weight, counted once."""
+def _tensor_bytes(tensor) -> int:
+    """Real bytes of one tensor. A wrapper tensor subclass (torchao's quantized weights) reports the element size of
+    the dtype it emulates, so it is measured by the inner tensors it really holds, as torchao's own
+    get_model_size_in_bytes does."""
     if hasattr(type(tensor), "__tensor_flatten__"):
         inner_names, _ = tensor.__tensor_flatten__()
-        for name in inner_names:
-            yield from _held(getattr(tensor, name))
-        return
+        return sum(_tensor_bytes(getattr(tensor, name)) for name in inner_names)
     quant_state = getattr(tensor, "quant_state", None)  # bnb 4-bit: packed uint8 data + absmax etc.
+    extra = 0
     if quant_state is not None and getattr(quant_state, "absmax", None) is not None:
-        yield from _held(quant_state.absmax)
-    if tensor.device.type == "meta":  # no memory to share: its size as declared
-        yield id(tensor), tensor.numel() * tensor.element_size()
-        return
-    storage = tensor.untyped_storage()
-    yield (str(tensor.device), storage.data_ptr()), storage.nbytes()
+        extra = quant_state.absmax.numel() * quant_state.absmax.element_size()
+    return tensor.numel() * tensor.element_size() + extra
 
 
 def _dtype_name(dtype) -> str:
@@ -88,13 +81,12 @@ def component_footprint(name: str, module) -> ComponentFootprint:
     total = 0
     devices: Counter[str] = Counter()
     float_dtypes: Counter[str] = Counter()
-    seen: set[Hashable] = set()
+    seen: set[int] = set()
     for tensor in [*module.parameters(), *module.buffers()]:
-        size = 0
-        for key, nbytes in _held(tensor):
-            if key not in seen:
-                seen.add(key)
-                size += nbytes
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        size = _tensor_bytes(tensor)
         total += size
         devices[str(tensor.device)] += size
         if tensor.dtype.is_floating_point:

@@ -61,8 +61,6 @@ class ModelSpec:
         description: one line for people (doctor, banners).
         compile: torch.compile the transformer's repeated blocks (only types whose record is `compilable`).
         offload_text_encoder: T5 lives on the CPU, on the GPU only while it encodes (records that allow it).
-        fuse_qkv: each attention's Q, K and V projections run as one linear (records that allow it; LoRA adapters
-            split them back).
         compile_mode: torch.compile's `mode` for the compiled blocks (one of the record's `compile_modes`).
         cache: the cached mode's setting (fluxnb.models.step_cache: "taylorseer@2", "taylorseer@2:from=6:until=22",
             "first-block@0.08"), off when None.
@@ -78,7 +76,6 @@ class ModelSpec:
     description: str
     compile: bool = False
     offload_text_encoder: bool = False
-    fuse_qkv: bool = False
     compile_mode: str | None = None
     cache: str | None = None
     attention: str = "auto"
@@ -121,7 +118,6 @@ _MODEL_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 _OPTIONAL_MODEL_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "compile": ((bool,), "true or false"),
     "offload_text_encoder": ((bool,), "true or false"),
-    "fuse_qkv": ((bool,), "true or false"),
     "compile_mode": ((str,), "a torch.compile mode the type allows"),
     "cache": ((str,), "a cache setting such as taylorseer@2 (fluxnb/models/step_cache.py)"),
     "attention": ((str,), f"an attention kernel: {', '.join(ATTENTION_SETTINGS)} (fluxnb/models/attention.py)"),
@@ -222,11 +218,10 @@ def _model_params(raw: dict, where: str, problems: list[str]) -> ModelParams | N
 
 
 def _unsupported_options(raw: dict, mtype: Any, where: str, problems: list[str]) -> None:
-    """Entry options (`compile`, `offload_text_encoder`, `fuse_qkv`) the entry's backend record does not allow."""
+    """Entry options (`compile`, `offload_text_encoder`) the entry's backend record does not allow."""
     if not isinstance(mtype, str) or mtype not in REGISTRY:
         return
-    for key, flag in (("compile", "compilable"), ("offload_text_encoder", "offloadable_text_encoder"),
-                      ("fuse_qkv", "fusable_qkv")):
+    for key, flag in (("compile", "compilable"), ("offload_text_encoder", "offloadable_text_encoder")):
         if raw.get(key) is True and not getattr(REGISTRY[mtype], flag):
             problems.append(f"{where}.{key}: type {mtype!r} does not support it (types that do: "
                             f"{', '.join(types_where(flag))}). Fix: remove the key or set it to false")
@@ -275,7 +270,6 @@ def _parse_model(name: Any, raw: Any, problems: list[str]) -> ModelSpec | None:
     return ModelSpec(name=str(name), id=raw["id"], type=mtype, requires_auth=raw["requires_auth"], params=params,
                      description=raw["description"], compile=raw.get("compile", False),
                      offload_text_encoder=raw.get("offload_text_encoder", False),
-                     fuse_qkv=raw.get("fuse_qkv", False),
                      compile_mode=raw.get("compile_mode"), cache=raw.get("cache"),
                      attention=raw.get("attention", "auto"),
                      task=raw.get("task", TEXT_TO_IMAGE_TASK), controls=tuple(raw.get("controls", ())))

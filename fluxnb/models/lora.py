@@ -17,7 +17,6 @@ from typing import Any
 from ..core.compat import set_hotswap_scaling
 from ..core.errors import RequestError
 from .backends import lora_for
-from .backends.fused_qkv import unfuse_qkv
 from .loading import LoadedModel
 from .lora_files import HOTSWAP_RANK, LoraChoice, local_path
 
@@ -107,16 +106,11 @@ def _apply_hotswap(pipe, state: AdapterState, loras: tuple[LoraChoice, ...]) -> 
 
 
 def apply_loras(model: LoadedModel, loras: tuple[LoraChoice, ...], fuse: bool = False) -> dict[str, Any]:
-    """Make the model hold exactly `loras` at their scales (fused or not); returns the metadata record of it. A model
-    with fused Q, K, V projections (fuse_qkv) gets them split back first, for good (its load report says so).
+    """Make the model hold exactly `loras` at their scales (fused or not); returns the metadata record of it.
 
     Raises RequestError naming the file when an adapter does not fit the model (nothing is generated then).
     """
     pipe, state = model.pipe, state_of(model)
-    if loras and unfuse_qkv(pipe.transformer):  # PEFT wraps to_q, to_k, to_v: they must run again (same weights)
-        model.report.notes.append("Q, K and V projections split back for the LoRA adapter (PEFT targets to_q, to_k, "
-                                  "to_v): the same weights, about 4% more time per step; reload the model for the "
-                                  "fused speed")
     if lora_for(model.spec, model.backend)[0] == "hotswap":
         _apply_hotswap(pipe, state, loras)
         return {"fused": False, "hotswap": True} if loras else {}

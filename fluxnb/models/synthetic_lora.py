@@ -25,12 +25,10 @@ _KOHYA = (
 _KOHYA_SINGLE = ((r"single_transformer_blocks\.(\d+)\.proj_out", r"lora_unet_single_blocks_\1_linear2"),)
 
 
-def build_lora(transformer, path: str | Path, rank: int = 4, seed: int = 0, magnitude: float = 1.0,
-               targets: str = TARGETS) -> Path:
+def build_lora(transformer, path: str | Path, rank: int = 4, seed: int = 0, magnitude: float = 1.0) -> Path:
     """A random LoRA for `transformer` (not modified) saved in the diffusers layout at `path` (.safetensors).
 
-    magnitude scales lora_B so that the adapter visibly changes the output of a random-weight model; targets is the
-    regex of the layers it adapts (by default those Kohya's layout names one to one: to_kohya converts it).
+    magnitude scales lora_B so that the adapter visibly changes the output of a random-weight model.
     """
     import torch
     from diffusers import FluxPipeline
@@ -42,7 +40,7 @@ def build_lora(transformer, path: str | Path, rank: int = 4, seed: int = 0, magn
     torch.manual_seed(seed)
     adapter = f"synthetic_{seed}"
     # init_lora_weights=False: lora_B random too (PEFT's default zeros it, an adapter that changes nothing)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False),
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=TARGETS, init_lora_weights=False),
                             adapter_name=adapter)
     try:
         with torch.no_grad():

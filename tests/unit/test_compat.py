@@ -391,8 +391,7 @@ def test_bnb_matmul_logger_is_the_module_that_logs_the_cast():
 PRIVATE_NAMES = {"_repeated_blocks", "_compiled_call_impl", "_execution_device", "_unpack_latents", "_update_scaling",
                  "_AttentionBackendRegistry", "_attention_backend", "_scaled_mm", "_int_mm", "_dynamo", "_inductor",
                  "act_quant_kwargs", "_auto_resize", "_diffusers_hook", "fbc_leader_block_hook", "taylorseer_cache",
-                 "state_manager", "should_compute", "last_update_step", "_helpers", "_backends",
-                 "_supports_qkv_fusion", "to_added_qkv"}
+                 "state_manager", "should_compute", "last_update_step", "_helpers", "_backends"}
 
 
 def _private_uses(path: Path) -> list[str]:

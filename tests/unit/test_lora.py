@@ -289,8 +289,12 @@ def test_a_control_lora_is_refused_before_the_first_image_and_the_model_stays_us
 
     wider = FluxTransformer2DModel(**{**TINY_DIMS["transformer"], "in_channels": 128})
     control = tmp_path / "control.safetensors"
-    # x_embedder: the layer a Control LoRA widens
-    synthetic_lora.build_lora(wider, control, targets=f"({synthetic_lora.TARGETS})|x_embedder")
+    targets = synthetic_lora.TARGETS
+    try:
+        synthetic_lora.TARGETS = f"({targets})|x_embedder"  # the layer a Control LoRA widens
+        synthetic_lora.build_lora(wider, control)
+    finally:
+        synthetic_lora.TARGETS = targets
     model = fluxnb.load_model(tiny_spec, device="cpu", progress=False)
     good = synthetic_lora.build_lora(model.pipe.transformer, tmp_path / "good.safetensors")
     request = fluxnb.make_request(tiny_spec, prompt="x", steps=1, width=32, height=32, loras=[str(control)])

@@ -79,8 +79,6 @@ class Backend:
         cuda_graph: compiled on a GPU, the transformer's forward is replayed as one CUDA graph (backends/cuda_graph.py);
             on for the types whose capture is proven at full size and on the tiny model.
         offloadable_text_encoder: entries may set `offload_text_encoder: true` (T5 on the CPU between prompts).
-        fusable_qkv: entries may set `fuse_qkv: true` (each attention's Q, K and V projections as one linear,
-            backends/fused_qkv.py).
         min_rows_compiled: when compiled, requests need more image+text tokens than this (kernel limits); 0: none.
         synthetic_kind: which full-size synthetic checkpoint the bench builds for it (fluxnb.models.synthetic.KINDS);
             None: quantized at load from the bf16 one, or not benchmarked at full size.
@@ -113,7 +111,6 @@ class Backend:
     compile_modes: tuple[str, ...] = ()
     cuda_graph: bool = False
     offloadable_text_encoder: bool = False
-    fusable_qkv: bool = False
     min_rows_compiled: int = 0
     synthetic_kind: str | None = None
     download_gib: float = 0.0

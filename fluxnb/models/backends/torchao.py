@@ -15,7 +15,6 @@ from ...core.environment import package_version
 from ...core.errors import ModelUnavailableError
 from ..attention import AttentionChoice
 from .base import HOTSWAP_REASON, Backend, LoadContext, compile_if_wanted, from_pretrained, refuse_unloaded_weights
-from .fused_qkv import fuse_qkv
 
 MIN_DIFFUSERS = "0.36.0"  # TorchAoConfig accepts config objects (knowledge id torchao-no-config-classes)
 MIN_TORCHAO = "0.15.0"  # diffusers >= 0.38 requires it
@@ -145,11 +144,6 @@ def load_torchao(spec, ctx: LoadContext, backend: Backend):
     at each image size pays the compile."""
     require_torchao(spec)
     transformer, text_encoder_2 = _quantized_components(ctx, backend)
-    if spec.fuse_qkv:
-        fused = fuse_qkv(transformer)
-        ctx.notes.append(f"Q, K and V projections fused into one linear in {fused} attentions (fuse_qkv: the same "
-                         "weights, one GEMM and one activation quantization instead of three; a LoRA adapter splits "
-                         "them back)")
     pipe = from_pretrained(ctx, transformer=transformer, text_encoder_2=text_encoder_2)
     pipe.to("cuda")
     if spec.offload_text_encoder:
@@ -222,8 +216,6 @@ BACKENDS = (
         # max-autotune: slower first compile (paid once per machine with the persistent compile cache), faster steps
         compile_modes=(AUTOTUNE,),
         cuda_graph=True,  # captured and replayed in bench run 26 (H100, full size, both weight sets)
-        # Float8Tensor rows concatenate exactly: the same numbers in one GEMM (probe run 32: -3.8 ms of a float8 step)
-        fusable_qkv=True,
         attention=FP8_ATTENTION,
         uses=("core", "torchao", "compile", "img2img"),
         lora=HOTSWAP_REASON,  # compiled: diffusers' hotswap swaps one adapter in place
