@@ -14,7 +14,10 @@ Each lever's share of a float8 step is bounded here in isolation, on random tens
 - attention in float8: cuDNN's `sdpa_fp8` as fluxnb runs it (fluxnb/models/cudnn_fp8_attention.py), the kernel
   alone and with the quantization of Q, K, V (`--levers attention`; probe run 37), and in a full-size float8 step,
   compiled and CUDA-graphed, against bf16 SDPA (`--levers attention-step`; probe run 40). Runs 37 and 40 ran this
-  script as of commit 6468f9a, which built the same cuDNN graph itself before the kernel moved into fluxnb.
+  script as of commit 6468f9a, which built the same cuDNN graph itself before the kernel moved into fluxnb;
+- where a float8 step's GPU time goes (`--levers step-profile`): fluxnb's recommended entry as it loads, compiled,
+  its denoising steps under torch.profiler, kernel time per step grouped into attention, float8 GEMMs, fluxnb's own
+  kernels and inductor's fused ones, and the VAE decode in torch's default layout against channels_last.
 
 Step time of the whole model is not measured here (that is `fluxnb bench`); each figure says how much one
 lever could give at most. Figures are milliseconds per call, medians of CUDA-event-timed repeats.
@@ -274,14 +277,82 @@ def attention_host_rows(calls: int = 200) -> list[dict]:
     return rows
 
 
+# Kernel name -> the part of a step it belongs to (first match wins; lowercase substrings).
+KERNEL_KINDS = (
+    ("attention", ("fmha", "flash", "cudnn", "sdpa", "attention")),
+    ("float8 GEMM", ("scaled_mm", "f8f8", "e4m3", "sm90_xmma_gemm", "cutlass", "gemm", "nvjet")),
+    ("GELU + float8 rows (fluxnb)", ("gelu_fp8_rows",)),
+    ("one-row matvec (fluxnb)", ("matvec",)),
+    ("inductor fused (norms, modulation, RoPE, quantization)", ("triton_",)),
+)
+
+
+def step_profile_rows(steps: int = 4, entry: str = "flux-dev-torchao-fp8", side: int = 1024) -> list[dict]:
+    """Where a float8 step's GPU time goes: fluxnb's own recommended entry (flux-dev-torchao-fp8 as shipped, loaded
+    from a full-size synthetic checkpoint, compiled, without the CUDA graph so that its kernels are visible), the
+    denoising steps alone (prompt encoded before, no decode) at 1024x1024 under torch.profiler: GPU kernel time per
+    step grouped by KERNEL_KINDS, and the top kernels. (`entry="flux-tiny"`, a small `side`: the same code on a CPU.)"""
+    import dataclasses
+    import os
+
+    from torch.profiler import ProfilerActivity, profile
+
+    import fluxnb
+    from fluxnb.models.synthetic import ensure_synthetic_checkpoint
+
+    os.environ["FLUXNB_CUDA_GRAPH"] = "0"
+    spec = dataclasses.replace(fluxnb.load_config().get(entry), requires_auth=False)
+    checkpoint = None if entry == "flux-tiny" else ensure_synthetic_checkpoint(
+        "bf16", os.environ.get("FLUXNB_SYNTHETIC", "/dev/shm/fluxnb-synthetic"))
+    model = fluxnb.load_model(spec, checkpoint=checkpoint, progress=False)
+    fluxnb.generate(model, fluxnb.make_request(spec, prompt="a cat", steps=2, width=side, height=side),
+                    progress=False)  # compiles at this size
+    pipe = model.pipe
+    with torch.inference_mode():
+        embeds, pooled, _ = pipe.encode_prompt(prompt="a cat", prompt_2=None, max_sequence_length=512)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            started = time.perf_counter()
+            pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=steps, height=side,
+                 width=side, output_type="latent")
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - started
+    kinds: dict[str, float] = {}
+    kernels: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        ms = event.device_time_total / 1e3 / steps
+        kind = next((k for k, words in KERNEL_KINDS if any(w in event.key.lower() for w in words)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+        kernels[event.key[:120]] = kernels.get(event.key[:120], 0.0) + ms
+    rows = [{"lever": "step profile", "part": kind, "ms_per_step": round(ms, 2)}
+            for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1])]
+    rows.append({"lever": "step profile", "part": "all kernels", "ms_per_step": round(sum(kinds.values()), 2),
+                 "wall_ms_per_step_profiled": round(wall * 1e3 / steps, 1), "load_notes": model.report.notes})
+    rows += [{"lever": "step profile", "kernel": name, "ms_per_step": round(ms, 3)}
+             for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[:25]]
+    if torch.cuda.is_available():  # the decode, 5% of a float8 image: torch's default layout against channels_last
+        vae = pipe.vae
+        latents = torch.randn(1, vae.config.latent_channels, side // 8, side // 8, device="cuda", dtype=vae.dtype)
+        with torch.inference_mode():
+            for layout in (torch.contiguous_format, torch.channels_last):
+                vae.to(memory_format=layout)
+                laid_out = latents.to(memory_format=layout)
+                rows.append({"lever": "vae decode", "layout": str(layout),
+                             "ms": timed(lambda x=laid_out: vae.decode(x), repeats=5)})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True)
     parser.add_argument("--levers", default="attention,fused-qkv,vae",
-                        help="comma-separated: attention, attention-step, attention-host, fused-qkv, vae")
+                        help="comma-separated: attention, attention-step, attention-host, fused-qkv, vae, "
+                        "step-profile")
     args = parser.parse_args()
     parts = {"attention": attention_rows, "attention-step": attention_step_rows, "attention-host": attention_host_rows,
-             "fused-qkv": fused_qkv_rows, "vae": vae_rows}
+             "fused-qkv": fused_qkv_rows, "vae": vae_rows, "step-profile": step_profile_rows}
     results = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "device": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
                "torch": torch.__version__, "rows": []}
