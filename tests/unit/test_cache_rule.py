@@ -160,3 +160,24 @@ def test_the_cached_goal_needs_8x_on_every_weight_set():
     assert summary["sizes"]["1024x1024"]["cached"] == {"backend": label, "speedup": pytest.approx(8.626, abs=1e-3),
                                                        "goal_met": False}
     assert "1.90 s/image = 8.63x (outliers weights: 7.94x)" in "\n".join(summary["lines"])
+
+
+def test_the_baseline_line_gives_its_time_on_each_weight_set_and_says_when_they_differ():
+    """Run 47: bnb 8-bit took 21.37 s on the Gaussian set and 15.75 s on the outlier set of one run, and float8's
+    7.61x on one set was 5.47x on the other. The baseline's line gives both times and says they differ by 36%; run
+    36's 16.39 / 15.88 s (3%) get no such remark."""
+    fast = "flux-dev-torchao-fp8"
+
+    def baseline_line(gaussian: float, outliers: float) -> str:
+        results = _results({})
+        results["rows"] = [_row("flux-dev", 5.0, 0.0, w) for w in ("gaussian", "outliers")] + [
+            _row("flux-dev-bnb-8bit", gaussian, 0.0298, "gaussian"), _row(fast, 2.81, 0.0459, "gaussian"),
+            _row("flux-dev-bnb-8bit", outliers, 0.0371, "outliers"), _row(fast, 2.88, 0.0459, "outliers")]
+        add_comparisons(results, {})
+        return next(line for line in summarize(results)["lines"] if "baseline flux-dev-bnb-8bit" in line)
+
+    assert baseline_line(21.37, 15.75).startswith(
+        "1024x1024: baseline flux-dev-bnb-8bit 21.37 s/image (outliers weights: 15.75 s) (its own time differs by 36% "
+        "between weight sets in this run: the speed-ups below move with it), latent rel. err 0.0298")
+    assert baseline_line(16.39, 15.88).startswith(
+        "1024x1024: baseline flux-dev-bnb-8bit 16.39 s/image (outliers weights: 15.88 s), latent rel. err 0.0298")
