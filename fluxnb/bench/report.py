@@ -107,17 +107,25 @@ def _cached_summary(size: str, rows: list[dict], all_rows: list[dict], baseline:
     return entry, lines, offered
 
 
+def _per_weight_set(label: str, size: str, rows: list[dict], key: str) -> dict[str, float]:
+    """A row value of the backend on each weight set it ran on (Gaussian first)."""
+    return {_weights(r): r[key] for r in rows if (r["backend"], r["size"]) == (label, size) and r.get(key)}
+
+
 def _speedups(label: str, size: str, rows: list[dict]) -> dict[str, float]:
-    """The backend's speed-up over the baseline on each weight set it ran on (Gaussian first): a goal is met only on
-    all of them (run 36: the cached mode's 8.62x on the Gaussian set was 7.93x on the outlier set, whose baseline
-    ran faster)."""
-    return {_weights(r): r["speedup_vs_baseline"] for r in rows
-            if (r["backend"], r["size"]) == (label, size) and r.get("speedup_vs_baseline")}
+    """The backend's speed-up over the baseline on each weight set it ran on: a goal is met only on all of them (run
+    36: the cached mode's 8.62x on the Gaussian set was 7.93x on the outlier set, whose baseline ran faster)."""
+    return _per_weight_set(label, size, rows, "speedup_vs_baseline")
+
+
+def _per_weight_set_text(values: dict[str, float], unit: str, other_unit: str) -> str:
+    """'7.61x (outliers weights: 5.47x)': the first weight set's value, then the others'."""
+    (_, first), *others = values.items()
+    return f"{first:.2f}{unit}" + "".join(f" ({weights} weights: {value:.2f}{other_unit})" for weights, value in others)
 
 
 def _speedup_text(speedups: dict[str, float]) -> str:
-    first, *others = speedups.items()
-    return f"{first[1]:.2f}x" + "".join(f" ({weights} weights: {value:.2f}x)" for weights, value in others)
+    return _per_weight_set_text(speedups, "x", "x")
 
 
 # The baseline's times on the weight sets of one run differing by more than this get a line of their own: the
@@ -128,9 +136,8 @@ BASELINE_SPREAD = 0.10
 def _baseline_text(baseline: str, size: str, rows: list[dict]) -> str:
     """The baseline's seconds per image on each weight set (Gaussian first), and how far apart they are when that is
     more than BASELINE_SPREAD: its time, not the others', can decide a goal."""
-    times = {_weights(r): r["seconds_per_image"] for r in rows if (r["backend"], r["size"]) == (baseline, size)}
-    (_, seconds), *others = times.items()
-    text = f"{seconds:.2f} s/image" + "".join(f" ({weights} weights: {value:.2f} s)" for weights, value in others)
+    times = _per_weight_set(baseline, size, rows, "seconds_per_image")
+    text = _per_weight_set_text(times, " s/image", " s")
     spread = max(times.values()) / min(times.values()) - 1
     if spread > BASELINE_SPREAD:
         text += (f" (its own time differs by {spread:.0%} between weight sets in this run: the speed-ups below move "
