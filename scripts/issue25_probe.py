@@ -15,6 +15,10 @@ Each lever's share of a float8 step is bounded here in isolation, on random tens
   alone and with the quantization of Q, K, V (`--levers attention`; probe run 37), and in a full-size float8 step,
   compiled and CUDA-graphed, against bf16 SDPA (`--levers attention-step`; probe run 40). Runs 37 and 40 ran this
   script as of commit 6468f9a, which built the same cuDNN graph itself before the kernel moved into fluxnb;
+- the float8 GEMMs alone (`--levers gemm`): each linear shape of a FLUX.1-dev step at 1024x1024 (with how many times a
+  step runs it), per-row scaled as torchao runs it (torch._scaled_mm, fast accumulation) against per-tensor scales,
+  FBGEMM's CUTLASS kernel for the same per-row product (`fbgemm-gpu-genai`, where it is installed) and inductor's
+  max-autotune choice, summed into milliseconds per step;
 - where a float8 step's GPU time goes (`--levers step-profile`): fluxnb's recommended entry as it loads, compiled,
   its denoising steps under torch.profiler, kernel time per step grouped into attention, float8 GEMMs, fluxnb's own
   kernels and inductor's fused ones, and the VAE decode in torch's default layout against channels_last.
@@ -277,6 +281,87 @@ def attention_host_rows(calls: int = 200) -> list[dict]:
     return rows
 
 
+# (tokens, in features, out features, calls per step) of every float8 linear in a FLUX.1-dev step at 1024x1024:
+# 19 double blocks (image stream: 4096 tokens, text stream: 512; Q, K, V, out, MLP up and down each) and 38 single
+# blocks (4608 tokens; Q, K, V, MLP up, and proj_out over [attention | MLP]).
+FLUX_GEMMS = (
+    (4096, 3072, 3072, 19 * 4), (4096, 3072, 12288, 19), (4096, 12288, 3072, 19),
+    (512, 3072, 3072, 19 * 4), (512, 3072, 12288, 19), (512, 12288, 3072, 19),
+    (4608, 3072, 3072, 38 * 3), (4608, 3072, 12288, 38), (4608, 15360, 3072, 38),
+)
+
+
+def _fbgemm_rowwise():
+    """FBGEMM's per-row float8 GEMM (torch.ops.fbgemm.f8f8bf16_rowwise), or None where fbgemm-gpu-genai is absent."""
+    try:
+        import fbgemm_gpu.experimental.gen_ai  # noqa: F401  (registers torch.ops.fbgemm)
+    except Exception:
+        return None
+    return torch.ops.fbgemm.f8f8bf16_rowwise
+
+
+def _scaled_rows(a, b, sa, sb):
+    """torch's per-row float8 product as torchao calls it (fast accumulation)."""
+    return torch._scaled_mm(a, b, sa, sb, out_dtype=torch.bfloat16, use_fast_accum=True)
+
+
+def _gemm_kernels(m: int, k: int, n: int, fbgemm, autotuned) -> dict:
+    """The kernels compared on one shape, as calls on inputs made here (x: activations, w: weight, both N(0, 1)/k)."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k ** 0.5
+    xs = x.abs().amax(1, keepdim=True).float() / 448
+    ws = w.abs().amax(1, keepdim=True).float() / 448
+    xq, wq = (x / xs).to(torch.float8_e4m3fn), (w / ws).to(torch.float8_e4m3fn)
+    xt, wt = x.abs().amax().float() / 448, w.abs().amax().float() / 448
+    xtq, wtq = (x / xt).to(torch.float8_e4m3fn), (w / wt).to(torch.float8_e4m3fn)
+    kernels = {
+        "bf16 (torch.mm)": lambda: x @ w.t(),
+        "float8 per-row, torch._scaled_mm (torchao)": lambda: _scaled_rows(xq, wq.t(), xs, ws.t()),
+        "float8 per-tensor, torch._scaled_mm": lambda: torch._scaled_mm(
+            xtq, wtq.t(), xt, wt, out_dtype=torch.bfloat16, use_fast_accum=True),
+    }
+    if fbgemm is not None:
+        kernels["float8 per-row, fbgemm f8f8bf16_rowwise"] = lambda: fbgemm(
+            xq, wq, xs.view(-1), ws.view(-1), use_fast_accum=True)
+    if autotuned is not None:
+        kernels["float8 per-row, inductor max-autotune"] = lambda: autotuned(xq, wq.t(), xs, ws.t())
+    return kernels
+
+
+def gemm_rows(autotune_budget_s: float = 150.0) -> list[dict]:
+    """The float8 GEMMs of one step, shape by shape: milliseconds per call and per step for each kernel, TFLOP/s,
+    and each kernel's output against torch's per-row one. (Inductor's max-autotune only while its search has taken
+    less than `autotune_budget_s`.)"""
+    fbgemm = _fbgemm_rowwise()
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(FLUX_GEMMS))
+    autotuned = torch.compile(_scaled_rows, mode="max-autotune-no-cudagraphs", dynamic=False)
+    rows, totals = [], {}
+    started = time.perf_counter()
+    for m, k, n, calls in FLUX_GEMMS:
+        in_budget = time.perf_counter() - started < autotune_budget_s
+        kernels = _gemm_kernels(m, k, n, fbgemm, autotuned if in_budget else None)
+        with torch.inference_mode():
+            reference = kernels["float8 per-row, torch._scaled_mm (torchao)"]().float()
+            for name, call in kernels.items():
+                try:
+                    out = call()
+                    ms = timed(call)
+                except Exception as exc:
+                    rows.append({"lever": "gemm", "shape": [m, k, n], "kernel": name,
+                                 "error": f"{type(exc).__name__}: {exc}"[:300]})
+                    continue
+                totals[name] = totals.get(name, 0.0) + ms * calls
+                rows.append({"lever": "gemm", "shape": [m, k, n], "calls_per_step": calls, "kernel": name,
+                             "ms": ms, "tflops": round(2 * m * k * n / ms / 1e9, 1),
+                             "rel_diff_vs_torch_rows": rel_error(out, reference)})
+                print(json.dumps(rows[-1]), flush=True)
+    for name, ms in totals.items():
+        measured = sum(1 for r in rows if r.get("kernel") == name and "ms" in r)
+        rows.append({"lever": "gemm", "kernel": name, "ms_per_step": round(ms, 2),
+                     "shapes_measured": f"{measured} of {len(FLUX_GEMMS)}"})
+    return rows
+
+
 # Kernel name -> the part of a step it belongs to (first match wins; lowercase substrings).
 KERNEL_KINDS = (
     ("attention", ("fmha", "flash", "cudnn", "sdpa", "attention")),
@@ -287,11 +372,38 @@ KERNEL_KINDS = (
 )
 
 
+# Kernels that do no model arithmetic (fills, copies): where they are launched from is what says whether they can go.
+HOUSEKEEPING = ("fillfunctor", "memcpy", "memset", "copy_kernel")
+
+
+def _launch_sites(prof, steps: int, top: int = 12) -> list[dict]:
+    """For the housekeeping kernels of a profile: the aten op that launched them, its parent ops and the Python
+    frames above it (outside torch), with milliseconds and calls per step; the `top` heaviest sites."""
+    sites: dict[tuple, list] = {}
+    for event in prof.events():
+        for kernel in getattr(event, "kernels", ()):
+            if not any(word in kernel.name.lower() for word in HOUSEKEEPING):
+                continue
+            ops, parent = [event.name], event.cpu_parent
+            while parent is not None and len(ops) < 6:
+                ops.append(parent.name)
+                parent = parent.cpu_parent
+            frames = [f for f in (event.stack or []) if "/torch/" not in f][:5]
+            site = sites.setdefault((kernel.name[:80], tuple(ops), tuple(frames)), [0.0, 0])
+            site[0] += kernel.duration / 1e3 / steps
+            site[1] += 1 / steps
+    return [{"lever": "step profile", "housekeeping_kernel": name, "ops": list(ops), "python": list(frames),
+             "ms_per_step": round(ms, 3), "calls_per_step": calls}
+            for (name, ops, frames), (ms, calls) in sorted(sites.items(), key=lambda kv: -kv[1][0])[:top]]
+
+
 def step_profile_rows(steps: int = 4, entry: str = "flux-dev-torchao-fp8", side: int = 1024) -> list[dict]:
     """Where a float8 step's GPU time goes: fluxnb's own recommended entry (flux-dev-torchao-fp8 as shipped, loaded
     from a full-size synthetic checkpoint, compiled, without the CUDA graph so that its kernels are visible), the
-    denoising steps alone (prompt encoded before, no decode) at 1024x1024 under torch.profiler: GPU kernel time per
-    step grouped by KERNEL_KINDS, and the top kernels. (`entry="flux-tiny"`, a small `side`: the same code on a CPU.)"""
+    denoising steps alone (prompt encoded before, no decode) at 1024x1024 under torch.profiler, after one unprofiled
+    call (inductor tunes some kernels on their first call: probe run 48 profiled that): GPU kernel time per step
+    grouped by KERNEL_KINDS, the top kernels with their calls per step, and where the fills and copies come from.
+    (`entry="flux-tiny"`, a small `side`: the same code on a CPU.)"""
     import dataclasses
     import os
 
@@ -310,29 +422,46 @@ def step_profile_rows(steps: int = 4, entry: str = "flux-dev-torchao-fp8", side:
     pipe = model.pipe
     with torch.inference_mode():
         embeds, pooled, _ = pipe.encode_prompt(prompt="a cat", prompt_2=None, max_sequence_length=512)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run = dict(prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=steps, height=side,
+                   width=side, output_type="latent")
+        started = time.perf_counter()
+        pipe(**run)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        unprofiled = time.perf_counter() - started
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
             started = time.perf_counter()
-            pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=steps, height=side,
-                 width=side, output_type="latent")
+            pipe(**run)
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             wall = time.perf_counter() - started
     kinds: dict[str, float] = {}
-    kernels: dict[str, float] = {}
+    kernels: dict[str, list] = {}
     for event in prof.key_averages():
         if event.device_type != torch.autograd.DeviceType.CUDA:
             continue
         ms = event.device_time_total / 1e3 / steps
         kind = next((k for k, words in KERNEL_KINDS if any(w in event.key.lower() for w in words)), "other")
         kinds[kind] = kinds.get(kind, 0.0) + ms
-        kernels[event.key[:120]] = kernels.get(event.key[:120], 0.0) + ms
+        kernel = kernels.setdefault(event.key[:120], [0.0, 0])
+        kernel[0] += ms
+        kernel[1] += event.count / steps
     rows = [{"lever": "step profile", "part": kind, "ms_per_step": round(ms, 2)}
             for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1])]
     rows.append({"lever": "step profile", "part": "all kernels", "ms_per_step": round(sum(kinds.values()), 2),
-                 "wall_ms_per_step_profiled": round(wall * 1e3 / steps, 1), "load_notes": model.report.notes})
-    rows += [{"lever": "step profile", "kernel": name, "ms_per_step": round(ms, 3)}
-             for name, ms in sorted(kernels.items(), key=lambda kv: -kv[1])[:25]]
-    if torch.cuda.is_available():  # the decode, 5% of a float8 image: torch's default layout against channels_last
+                 "wall_ms_per_step_profiled": round(wall * 1e3 / steps, 1),
+                 "wall_ms_per_step_unprofiled": round(unprofiled * 1e3 / steps, 1), "load_notes": model.report.notes})
+    rows += [{"lever": "step profile", "kernel": name, "ms_per_step": round(ms, 3), "calls_per_step": calls}
+             for name, (ms, calls) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:60]]
+    try:
+        rows += _launch_sites(prof, steps)
+    except Exception as exc:  # the totals above stay
+        rows.append({"lever": "step profile", "launch_sites_error": f"{type(exc).__name__}: {exc}"[:300]})
+    if torch.cuda.is_available():  # the phases around the steps: the prompt's encoding (T5 as the entry loads it),
+        # and the decode (5% of a float8 image) in torch's default layout against channels_last
+        with torch.inference_mode():
+            rows.append({"lever": "encode prompt", "ms": timed(lambda: pipe.encode_prompt(
+                prompt="a cat", prompt_2=None, max_sequence_length=512), repeats=5)})
         vae = pipe.vae
         latents = torch.randn(1, vae.config.latent_channels, side // 8, side // 8, device="cuda", dtype=vae.dtype)
         with torch.inference_mode():
@@ -348,11 +477,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True)
     parser.add_argument("--levers", default="attention,fused-qkv,vae",
-                        help="comma-separated: attention, attention-step, attention-host, fused-qkv, vae, "
+                        help="comma-separated: attention, attention-step, attention-host, fused-qkv, vae, gemm, "
                         "step-profile")
     args = parser.parse_args()
     parts = {"attention": attention_rows, "attention-step": attention_step_rows, "attention-host": attention_host_rows,
-             "fused-qkv": fused_qkv_rows, "vae": vae_rows, "step-profile": step_profile_rows}
+             "fused-qkv": fused_qkv_rows, "vae": vae_rows, "gemm": gemm_rows,
+             "step-profile": step_profile_rows}
     results = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "device": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
                "torch": torch.__version__, "rows": []}
