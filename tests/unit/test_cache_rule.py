@@ -162,19 +162,26 @@ def test_the_cached_goal_needs_8x_on_every_weight_set():
     assert "1.90 s/image = 8.63x (outliers weights: 7.94x)" in "\n".join(summary["lines"])
 
 
+def _run_lines(baseline: tuple[float, float], backends: dict[str, tuple[tuple[float, float], ...]]) -> str:
+    """The summary of a run on both weight sets: bf16 at 5 s, bnb 8-bit at the given seconds (errors 0.0298 and
+    0.0371, as measured), each backend at its (seconds, latent error) on the Gaussian then the outlier set."""
+    results = _results({})
+    results["rows"] = []
+    for index, (weights, base_error) in enumerate((("gaussian", 0.0298), ("outliers", 0.0371))):
+        results["rows"] += [_row("flux-dev", 5.0, 0.0, weights),
+                            _row("flux-dev-bnb-8bit", baseline[index], base_error, weights)]
+        results["rows"] += [_row(label, *sets[index], weights) for label, sets in backends.items()]
+    add_comparisons(results, {})
+    return "\n".join(summarize(results)["lines"])
+
+
 def test_the_baseline_line_gives_its_time_on_each_weight_set_and_says_when_they_differ():
     """Run 47: bnb 8-bit took 21.37 s on the Gaussian set and 15.75 s on the outlier set of one run, and float8's
     7.61x on one set was 5.47x on the other. The baseline's line gives both times and says they differ by 36%; run
     36's 16.39 / 15.88 s (3%) get no such remark."""
-    fast = "flux-dev-torchao-fp8"
-
     def baseline_line(gaussian: float, outliers: float) -> str:
-        results = _results({})
-        results["rows"] = [_row("flux-dev", 5.0, 0.0, w) for w in ("gaussian", "outliers")] + [
-            _row("flux-dev-bnb-8bit", gaussian, 0.0298, "gaussian"), _row(fast, 2.81, 0.0459, "gaussian"),
-            _row("flux-dev-bnb-8bit", outliers, 0.0371, "outliers"), _row(fast, 2.88, 0.0459, "outliers")]
-        add_comparisons(results, {})
-        return next(line for line in summarize(results)["lines"] if "baseline flux-dev-bnb-8bit" in line)
+        lines = _run_lines((gaussian, outliers), {"flux-dev-torchao-fp8": ((2.81, 0.0459), (2.88, 0.0459))})
+        return next(line for line in lines.splitlines() if "baseline flux-dev-bnb-8bit" in line)
 
     assert baseline_line(21.37, 15.75).startswith(
         "1024x1024: baseline flux-dev-bnb-8bit 21.37 s/image (outliers weights: 15.75 s) (its own time differs by 36% "
@@ -187,16 +194,11 @@ def test_a_missed_goal_says_what_time_would_have_met_it_against_this_runs_baseli
     """Run 50: bnb 8-bit took 13.75 / 13.76 s, float8 2.82 / 2.80 s (4.87x / 4.91x), the cached mode 1.79 s on both
     sets (7.68x / 7.69x): each NOT met line says the time per image the goal needed there (13.75 / 6.5 = 2.12 s,
     13.75 / 8 = 1.72 s); a goal met gets no such remark."""
-    fast, cached = "flux-dev-torchao-fp8", "flux-dev-torchao-fp8@cache=taylorseer@2:until=24"
+    run = {"flux-dev-torchao-fp8": ((2.82, 0.0459), (2.80, 0.0459)),
+           "flux-dev-torchao-fp8@cache=taylorseer@2:until=24": ((1.79, 0.0834), (1.79, 0.0830))}
 
     def lines(base: tuple[float, float]) -> str:
-        results = _results({})
-        results["rows"] = [_row("flux-dev", 5.0, 0.0, w) for w in ("gaussian", "outliers")] + [
-            _row("flux-dev-bnb-8bit", base[0], 0.0298, "gaussian"), _row(fast, 2.82, 0.0459, "gaussian"),
-            _row(cached, 1.79, 0.0834, "gaussian"), _row("flux-dev-bnb-8bit", base[1], 0.0371, "outliers"),
-            _row(fast, 2.80, 0.0459, "outliers"), _row(cached, 1.79, 0.0830, "outliers")]
-        add_comparisons(results, {})
-        return "\n".join(summarize(results)["lines"])
+        return _run_lines(base, run)
 
     run50 = lines((13.75, 13.76))
     assert ("-> goal of 6.5x NOT met (6.5x of this run's baseline needs <= 2.12 s/image on the gaussian weights and "
