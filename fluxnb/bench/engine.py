@@ -139,6 +139,7 @@ VARIANTS = {
     "fp32": "cast the loaded pipeline to fp32",
     "eager": "compile: false",
     "compiled": "compile: true",
+    "compile-vae": "compile: true, compile_vae: true",
     "offload-t5": "offload_text_encoder: true",
     "autotune": f"compile: true, compile_mode: {AUTOTUNE}",
     "cache=SETTING": "the cached mode, e.g. cache=taylorseer@2 (fluxnb/models/step_cache.py)",
@@ -190,11 +191,12 @@ def _apply_variant(text: str, variant: str, spec: ModelSpec) -> ModelSpec:
     if variant not in VARIANTS and not variant.startswith(("cache=", "attention=")):
         raise RequestError("backend", f"{text!r}: each suffix after @ (several joined by +) must be one of "
                                       f"{', '.join(f'{k} ({v})' for k, v in VARIANTS.items())}")
-    if variant in ("eager", "compiled"):
+    if variant in ("eager", "compiled", "compile-vae"):
         if not get_backend(spec.type).compilable:
             raise RequestError("backend", f"{text!r}: type {spec.type} is not compiled by fluxnb; compiled types: "
                                           f"{', '.join(types_where('compilable'))}")
-        spec = dataclasses.replace(spec, compile=variant == "compiled")
+        spec = dataclasses.replace(spec, compile=variant != "eager", compile_vae=(
+            variant == "compile-vae" or (variant == "compiled" and spec.compile_vae)))
     elif variant == "offload-t5":
         if not get_backend(spec.type).offloadable_text_encoder:
             raise RequestError("backend", f"{text!r}: type {spec.type} cannot offload its text encoder; types that "
@@ -479,7 +481,8 @@ def _bench_size(model: LoadedModel, backend: BenchEntry, entry: dict[str, Any], 
     """One backend at one size: its row (or the row's error: an OOM under the cap is a result)."""
     size = f"{width}x{height}"
     row: dict[str, Any] = {"backend": backend.label, "task": backend.spec.task, "size": size, "width": width,
-                           "height": height, "steps": s.steps, "capped": entry["capped"], "weights": entry["weights"]}
+                           "height": height, "steps": s.steps, "capped": entry["capped"], "weights": entry["weights"],
+                           "cache": backend.spec.cache}
     results["rows"].append(row)
     try:
         common = s.arguments(backend.spec, width, height)

@@ -27,16 +27,19 @@ CACHED_FIDELITY_FACTOR = 3.0
 CACHED_WEIGHT_SETS = ("gaussian", "outliers")  # the synthetic weight sets a cached mode must be measured on
 
 
-def cache_variant(label: str) -> str | None:
-    """The cache setting a backend label asks for (`NAME@cache=S`, or joined: `NAME@attention=sage+cache=S`)."""
-    return next((v.removeprefix("cache=") for v in label_variants(label) if v.startswith("cache=")), None)
+def row_cache(row: dict[str, Any]) -> str | None:
+    """The cache setting a row ran with: its entry's (`cache`, recorded since run 53, so that a cached entry such as
+    flux-dev-torchao-fp8-cached is benched by its name), else what its label asks for (`NAME@cache=S`, or joined:
+    `NAME@attention=sage+cache=S`), as the rows of earlier runs say it."""
+    return row.get("cache") or next(
+        (v.removeprefix("cache=") for v in label_variants(row["backend"]) if v.startswith("cache=")), None)
 
 
 def default_results_path() -> Path:
     """The committed device result the benchmark notebook shows by default, shipped in the package: the newest full
-    run (the third speed round's run 35: both weight sets, the cached modes, the warm first call and the batch; the
-    repository's results/ holds the earlier ones)."""
-    return Path(__file__).with_name("bench-h100-run35.json")
+    run (the third speed round's run 53: both weight sets, the shipped float8 and cached entries, the warm first call
+    and the batch; the repository's results/ holds the earlier ones)."""
+    return Path(__file__).with_name("bench-h100-run53.json")
 
 
 def _weights(row: dict[str, Any]) -> str:
@@ -83,7 +86,7 @@ def _cached_summary(size: str, rows: list[dict], all_rows: list[dict], baseline:
     summary entry's keys and lines), and the offered rows."""
     entry: dict[str, Any] = {}
     lines, offered = [], []
-    for row in (r for r in rows if cache_variant(r["backend"])):
+    for row in (r for r in rows if row_cache(r)):
         why = _cached_refusal(row["backend"], size, all_rows, baseline, factor)
         if not row.get("fits_cap", cap is None):
             why = "; ".join(filter(None, ["over the memory cap", why]))
@@ -98,8 +101,11 @@ def _cached_summary(size: str, rows: list[dict], all_rows: list[dict], baseline:
         entry["cached"] = {"backend": top["backend"], "speedup": top["speedup_vs_baseline"],
                            "goal_met": min(speedups.values()) >= goal}
         schedule = top.get("cache_schedule")
-        ran = (f" ({schedule['computed']} of {schedule['steps']} steps computed)"
-               if schedule and schedule["computed"] is not None else "")
+        ran = [f"{schedule['computed']} of {schedule['steps']} steps computed"] if (
+            schedule and schedule["computed"] is not None) else []
+        if f"cache={row_cache(top)}" not in top["backend"]:  # an entry benched by name: say its setting
+            ran.insert(0, f"cache {row_cache(top)}")
+        ran = f" ({', '.join(ran)})" if ran else ""
         verdict = "met" if entry["cached"]["goal_met"] else "NOT met" + _short_of_goal(
             speedups, size, all_rows, baseline, goal)
         lines.append(f"{size}: cached mode {top['backend']}{ran}: {top['seconds_per_image']:.2f} s/image = "
@@ -217,7 +223,7 @@ def summarize(results: dict[str, Any], goal_speedup: float | None = None, *,
             return bool(fits and row["backend"] not in (baseline, reference)
                         and _fidelity_ok(row["backend"], size, all_rows, baseline, fidelity_factor))
 
-        plain = sorted((r for r in rows if not cache_variant(r["backend"]) and eligible(r)),
+        plain = sorted((r for r in rows if not row_cache(r) and eligible(r)),
                        key=lambda r: r["seconds_per_image"])
         cached, cached_lines, offered = _cached_summary(size, rows, all_rows, baseline, cap, cached_factor,
                                                         cached_goal)
@@ -312,7 +318,7 @@ def results_table(results: dict[str, Any]) -> str:
             note.append("reference")
         if row["backend"] == results["settings"]["baseline"]:
             note.append("baseline")
-        if (cache_variant(row["backend"]) or "").startswith("first-block"):
+        if (row_cache(row) or "").startswith("first-block"):
             note.append("adaptive cache: speed depends on the weights")
         if row.get("repeats"):
             times = row["repeats"]["seconds_per_image"]

@@ -62,6 +62,8 @@ class ModelSpec:
         compile: torch.compile the transformer's repeated blocks (only types whose record is `compilable`).
         offload_text_encoder: T5 lives on the CPU, on the GPU only while it encodes (records that allow it).
         compile_mode: torch.compile's `mode` for the compiled blocks (one of the record's `compile_modes`).
+        compile_vae: with `compile`, also torch.compile the VAE decoder (channels_last): its decode in about a third
+            of the eager time, for one more compile at each image size (results/README.md, runs 20 and 52).
         cache: the cached mode's setting (fluxnb.models.step_cache: "taylorseer@2", "taylorseer@2:from=6:until=22",
             "first-block@0.08"), off when None.
         attention: the attention kernel (fluxnb.models.attention.SETTINGS): "auto" takes the record's choice for the
@@ -77,6 +79,7 @@ class ModelSpec:
     compile: bool = False
     offload_text_encoder: bool = False
     compile_mode: str | None = None
+    compile_vae: bool = False
     cache: str | None = None
     attention: str = "auto"
     task: str = TEXT_TO_IMAGE_TASK  # fluxnb.models.tasks.TASKS: which pipeline, which request modes
@@ -119,6 +122,7 @@ _OPTIONAL_MODEL_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "compile": ((bool,), "true or false"),
     "offload_text_encoder": ((bool,), "true or false"),
     "compile_mode": ((str,), "a torch.compile mode the type allows"),
+    "compile_vae": ((bool,), "true or false"),
     "cache": ((str,), "a cache setting such as taylorseer@2 (fluxnb/models/step_cache.py)"),
     "attention": ((str,), f"an attention kernel: {', '.join(ATTENTION_SETTINGS)} (fluxnb/models/attention.py)"),
     "task": ((str,), f"a task: {', '.join(TASKS)} (fluxnb/models/tasks.py; text-to-image when absent)"),
@@ -229,8 +233,8 @@ def _unsupported_options(raw: dict, mtype: Any, where: str, problems: list[str])
 
 
 def _speed_options(raw: dict, backend, where: str, problems: list[str]) -> None:
-    """`compile_mode` (one the record allows, with compile: true) and `cache` (a setting fluxnb.models.step_cache
-    parses)."""
+    """`compile_mode` (one the record allows, with compile: true), `compile_vae` (with compile: true) and `cache` (a
+    setting fluxnb.models.step_cache parses)."""
     mode = raw.get("compile_mode")
     if isinstance(mode, str):
         if mode not in backend.compile_modes:
@@ -239,6 +243,9 @@ def _speed_options(raw: dict, backend, where: str, problems: list[str]) -> None:
                             f"{allowed}. Fix: use one of them or remove the key")
         elif raw.get("compile") is not True:
             problems.append(f"{where}.compile_mode: set but the entry is not compiled. Fix: add `compile: true`")
+    if raw.get("compile_vae") is True and raw.get("compile") is not True:
+        problems.append(f"{where}.compile_vae: set but the entry is not compiled (the VAE decoder is compiled with "
+                        "the transformer's blocks). Fix: add `compile: true`, or remove `compile_vae`")
     attention = raw.get("attention")
     if isinstance(attention, str) and attention not in ATTENTION_SETTINGS:
         problems.append(f"{where}.attention: {attention!r} is not an attention kernel; allowed: "
@@ -270,7 +277,8 @@ def _parse_model(name: Any, raw: Any, problems: list[str]) -> ModelSpec | None:
     return ModelSpec(name=str(name), id=raw["id"], type=mtype, requires_auth=raw["requires_auth"], params=params,
                      description=raw["description"], compile=raw.get("compile", False),
                      offload_text_encoder=raw.get("offload_text_encoder", False),
-                     compile_mode=raw.get("compile_mode"), cache=raw.get("cache"),
+                     compile_mode=raw.get("compile_mode"), compile_vae=raw.get("compile_vae", False),
+                     cache=raw.get("cache"),
                      attention=raw.get("attention", "auto"),
                      task=raw.get("task", TEXT_TO_IMAGE_TASK), controls=tuple(raw.get("controls", ())))
 

@@ -9,7 +9,7 @@ A cache setting is a short text (model entry key `cache:`, bench variant `NAME@c
   disable_cache_before_step / disable_cache_after_step): fidelity bought back at a known price in speed. Computing
   the last steps bought the most (scripts/taylorseer_window_probe.py, then H100 runs 35-36: `taylorseer@2:until=22`,
   18 of 28 steps, halves the cached part of `taylorseer@2`'s error; run 50: `until=24`, 17 steps, the shipped
-  cached entry's, 2.8x bnb 8-bit's error, inside the 3x rule; results/README.md).
+  cached entry's, 2.8x bnb 8-bit's error, inside the 3x rule, and 8.0x bnb 8-bit's speed in run 53; results/README.md).
 - `first-block@T`: FirstBlockCache (ParaAttention): all blocks after the first are skipped while the first block's
   residual changes by less than T. Adaptive: how many steps it skips depends on the weights, so a speed-up
   measured on random weights says little about real FLUX (labelled "depends on the weights").

@@ -281,6 +281,41 @@ def test_cuda_graph_replays_the_compiled_steps(tiny_checkpoint, config, monkeypa
     torch._dynamo.reset()
 
 
+def test_the_float8_entries_compiled_vae_decoder_decodes_as_the_eager_one(tiny_checkpoint, config, monkeypatch):
+    """flux-dev-torchao-fp8 sets `compile_vae: true`: its VAE decoder runs compiled, convolutions in channels_last
+    (fluxnb/models/backends/base.py, compile_vae_decoder), and decodes a latent as the same module's eager forward
+    does, in bf16 on the GPU. Full size, the bench compares the images (runs 52-53)."""
+    pytest.importorskip("torchao")
+    import fluxnb
+    from fluxnb.core.compat import compiled_call
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("float8 needs compute capability 8.9")
+    monkeypatch.delenv("FLUXNB_COMPILE", raising=False)
+    spec = _tiny_entry(config, "flux-dev-torchao-fp8")
+    assert spec.compile_vae
+    torch._dynamo.reset()
+    model = fluxnb.load_model(spec, checkpoint=tiny_checkpoint, progress=False)
+    vae = model.pipe.vae
+    assert compiled_call(vae.decoder) is not None and compiled_call(vae.encoder) is None
+    latent = torch.randn(1, vae.config.latent_channels, 16, 16, device="cuda", dtype=vae.dtype,
+                         generator=torch.Generator("cuda").manual_seed(0))
+    with torch.inference_mode():
+        compiled = vae.decoder(latent).float()  # Module.compile: calling the module runs the compiled forward
+        eager = vae.decoder.forward(latent).float()  # the module's own forward, uncompiled
+        exact = vae.decoder.float().forward(latent.float())  # the same weights in float32: what both approximate
+    assert compiled.shape == eager.shape == exact.shape == (1, 3, 128, 128)
+
+    def error(image: torch.Tensor) -> float:
+        return ((image - exact).norm() / exact.norm()).item()
+
+    # bf16 kernels of another order and layout round differently (2.3% apart on this random decoder, GPU lane run
+    # 54), but no worse: a wrong layout or op would be off by the whole image
+    assert error(compiled) <= 1.5 * error(eager) and error(eager) < 0.05
+    fluxnb.models.loading.release_session_model()
+    torch._dynamo.reset()
+
+
 def test_float8_gelu_layers_quantize_in_one_kernel(tiny_checkpoint, config, monkeypatch):
     """flux-dev-torchao-fp8 (compiled): the GELU-then-float8-linear layers (fluxnb/models/backends/fp8_rows.py) run the
     one-pass kernel, and the transformer's output stays within float8 rounding of torchao's own compiled path."""

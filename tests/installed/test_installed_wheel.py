@@ -53,7 +53,7 @@ def test_the_wheel_holds_the_whole_product(wheel: Path):
     modules = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "fluxnb").rglob("*.py")}
     assert modules - names == set()  # every subpackage and module, found without a list to keep up to date
     data = {"fluxnb/model_config.yaml", "fluxnb/knowledge.yaml", "fluxnb/replay.yaml",
-            "fluxnb/notebooks/assets/init_image.png", "fluxnb/bench/bench-h100-run35.json",
+            "fluxnb/notebooks/assets/init_image.png", "fluxnb/bench/bench-h100-run53.json",
             *(f"fluxnb/notebooks/{p.name}" for p in (REPO_ROOT / "fluxnb" / "notebooks").glob("*.ipynb"))}
     assert data - names == set()
     assert len([n for n in names if n.endswith(".ipynb")]) == 7  # 00-06

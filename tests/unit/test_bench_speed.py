@@ -28,6 +28,13 @@ def test_cache_and_autotune_variants(config):
     with pytest.raises(RequestError, match="parameter `backend`: 'teacache' is not a cache setting"):
         parse_backend("flux-dev@cache=teacache", config)
     assert parse_backend("flux-dev@compiled", config).spec.compile  # bf16 compiled: the noise floor
+    vae = parse_backend("flux-dev-torchao-int8dq@compile-vae", config).spec
+    assert vae.compile and vae.compile_vae and not config.get("flux-dev-torchao-int8dq").compile_vae
+    assert parse_backend("flux-dev-torchao-fp8-cached@compiled", config).spec.compile_vae  # the entry's own kept
+    eager = parse_backend("flux-dev-torchao-fp8-cached@eager", config).spec
+    assert not eager.compile and not eager.compile_vae  # the decoder compiles only with the blocks
+    with pytest.raises(RequestError, match="type flux-bnb-8bit is not compiled by fluxnb"):
+        parse_backend("flux-dev-bnb-8bit@compile-vae", config)
 
 
 def test_weight_sets_batch_and_cleanup_on_tiny_synthetic_checkpoints(tmp_path, capsys):

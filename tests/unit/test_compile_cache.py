@@ -111,3 +111,29 @@ def test_a_compiled_entry_loads_with_the_cache_and_records_its_warm_size(tiny_sp
     assert image.metadata["speed"]["compile_cache"] == state
     assert "flux-tiny 32x32" in compile_cache.warm_index(state["path"])
     assert compile_cache.count_entries(state["path"]) > 0
+
+
+def test_compile_vae_compiles_the_decoder_alone_and_keeps_the_image(tiny_model, tiny_spec, monkeypatch):
+    """`compile_vae: true` (the cached float8 entry): the VAE decoder is compiled with its convolutions in
+    channels_last, the encoder (image-to-image) stays eager, and the decoded image is the eager model's. The blocks'
+    graphs come from the cache the test above filled (same file, same worker), so mostly the decoder compiles here."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    import fluxnb
+    from fluxnb.core.compat import compiled_call
+
+    monkeypatch.delenv("FLUXNB_COMPILE", raising=False)
+    spec = dataclasses.replace(tiny_spec, compile=True, compile_vae=True)
+    model = fluxnb.load_model(spec, device="cpu", progress=False)
+    vae = model.pipe.vae
+    assert compiled_call(vae.decoder) is not None and compiled_call(vae.encoder) is None
+    assert vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert any("the VAE decoder is torch.compiled" in note for note in model.report.notes), model.report.notes
+    request = fluxnb.make_request(spec, prompt="a cat", steps=2, width=32, height=32)
+    compiled = np.asarray(fluxnb.generate(model, request, progress=False)[0].image, dtype=int)
+    eager = np.asarray(fluxnb.generate(tiny_model, request, progress=False)[0].image, dtype=int)
+    assert compiled.shape == eager.shape == (32, 32, 3)
+    assert np.abs(compiled - eager).max() <= 1

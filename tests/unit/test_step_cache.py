@@ -133,6 +133,7 @@ def test_model_config_checks_cache_and_compile_mode(config):
     bad["models"]["flux-tiny"]["cache"] = "teacache@1"
     bad["models"]["flux-tiny"]["compile_mode"] = "max-autotune-no-cudagraphs"
     bad["models"]["flux-dev-torchao-fp8"]["compile_mode"] = "reduce-overhead"
+    bad["models"]["flux-dev-bnb-8bit"]["compile_vae"] = True
     bad["runtime"]["recommended"] = "flux-nope"
     with pytest.raises(ConfigError) as info:
         parse_config(bad)
@@ -140,6 +141,8 @@ def test_model_config_checks_cache_and_compile_mode(config):
     assert "models.flux-tiny.cache: parameter `cache`: 'teacache@1' is not a cache setting" in text
     assert "models.flux-tiny.compile_mode: 'max-autotune-no-cudagraphs' is not allowed for type 'flux-tiny'" in text
     assert "models.flux-dev-torchao-fp8.compile_mode: 'reduce-overhead' is not allowed" in text
+    assert ("models.flux-dev-bnb-8bit.compile_vae: set but the entry is not compiled (the VAE decoder is compiled "
+            "with the transformer's blocks). Fix: add `compile: true`, or remove `compile_vae`") in text
     assert "runtime.recommended: 'flux-nope' is not defined under models" in text
     good = copy.deepcopy(raw)
     good["models"]["flux-tiny"]["cache"] = "first-block@0.08"
