@@ -195,8 +195,8 @@ def _apply_variant(text: str, variant: str, spec: ModelSpec) -> ModelSpec:
         if not get_backend(spec.type).compilable:
             raise RequestError("backend", f"{text!r}: type {spec.type} is not compiled by fluxnb; compiled types: "
                                           f"{', '.join(types_where('compilable'))}")
-        spec = dataclasses.replace(spec, compile=variant != "eager", compile_vae=(
-            variant == "compile-vae" or (variant == "compiled" and spec.compile_vae)))
+        compile_vae = {"eager": False, "compiled": spec.compile_vae, "compile-vae": True}[variant]
+        spec = dataclasses.replace(spec, compile=variant != "eager", compile_vae=compile_vae)
     elif variant == "offload-t5":
         if not get_backend(spec.type).offloadable_text_encoder:
             raise RequestError("backend", f"{text!r}: type {spec.type} cannot offload its text encoder; types that "

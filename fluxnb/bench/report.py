@@ -101,11 +101,10 @@ def _cached_summary(size: str, rows: list[dict], all_rows: list[dict], baseline:
         entry["cached"] = {"backend": top["backend"], "speedup": top["speedup_vs_baseline"],
                            "goal_met": min(speedups.values()) >= goal}
         schedule = top.get("cache_schedule")
-        ran = [f"{schedule['computed']} of {schedule['steps']} steps computed"] if (
-            schedule and schedule["computed"] is not None) else []
-        if f"cache={row_cache(top)}" not in top["backend"]:  # an entry benched by name: say its setting
-            ran.insert(0, f"cache {row_cache(top)}")
-        ran = f" ({', '.join(ran)})" if ran else ""
+        facts = [] if f"cache={row_cache(top)}" in top["backend"] else [f"cache {row_cache(top)}"]  # benched by name
+        if schedule and schedule["computed"] is not None:
+            facts.append(f"{schedule['computed']} of {schedule['steps']} steps computed")
+        ran = f" ({', '.join(facts)})" if facts else ""
         verdict = "met" if entry["cached"]["goal_met"] else "NOT met" + _short_of_goal(
             speedups, size, all_rows, baseline, goal)
         lines.append(f"{size}: cached mode {top['backend']}{ran}: {top['seconds_per_image']:.2f} s/image = "

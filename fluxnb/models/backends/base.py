@@ -255,8 +255,9 @@ def compile_if_wanted(pipe, spec, backend: Backend, ctx: LoadContext) -> bool:
                      "each image's metadata says whether it paid the compile.")
     if spec.compile_vae:
         compile_vae_decoder(pipe)
-        ctx.notes.append("the VAE decoder is torch.compiled too (channels_last): the first image at each size compiles "
-                         "it too (H100: about 11 s more cold), then it decodes in about a third of its eager time")
+        ctx.notes.append("the VAE decoder is torch.compiled as well (channels_last): the first image at each size "
+                         "compiles it too (H100: about 11 s more cold), then it decodes in about a third of its eager "
+                         "time")
     if ctx.device == "cuda" and backend.cuda_graph and cuda_graph.wanted():
         marker = cuda_graph.failure_marker()
         failed = cuda_graph.recorded_failures(marker).get(spec.name)
