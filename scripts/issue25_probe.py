@@ -300,8 +300,8 @@ def _fbgemm_rowwise():
     return torch.ops.fbgemm.f8f8bf16_rowwise
 
 
-def _scaled_rows(a, b, sa, sb):
-    """torch's per-row float8 product as torchao calls it (fast accumulation)."""
+def _float8_mm(a, b, sa, sb):
+    """torch's float8 product as torchao calls it (bf16 out, fast accumulation), for per-row or per-tensor scales."""
     return torch._scaled_mm(a, b, sa, sb, out_dtype=torch.bfloat16, use_fast_accum=True)
 
 
@@ -316,9 +316,8 @@ def _gemm_kernels(m: int, k: int, n: int, fbgemm, autotuned) -> dict:
     xtq, wtq = (x / xt).to(torch.float8_e4m3fn), (w / wt).to(torch.float8_e4m3fn)
     kernels = {
         "bf16 (torch.mm)": lambda: x @ w.t(),
-        "float8 per-row, torch._scaled_mm (torchao)": lambda: _scaled_rows(xq, wq.t(), xs, ws.t()),
-        "float8 per-tensor, torch._scaled_mm": lambda: torch._scaled_mm(
-            xtq, wtq.t(), xt, wt, out_dtype=torch.bfloat16, use_fast_accum=True),
+        "float8 per-row, torch._scaled_mm (torchao)": lambda: _float8_mm(xq, wq.t(), xs, ws.t()),
+        "float8 per-tensor, torch._scaled_mm": lambda: _float8_mm(xtq, wtq.t(), xt, wt),
     }
     if fbgemm is not None:
         kernels["float8 per-row, fbgemm f8f8bf16_rowwise"] = lambda: fbgemm(
@@ -334,7 +333,7 @@ def gemm_rows(autotune_budget_s: float = 150.0) -> list[dict]:
     less than `autotune_budget_s`.)"""
     fbgemm = _fbgemm_rowwise()
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(FLUX_GEMMS))
-    autotuned = torch.compile(_scaled_rows, mode="max-autotune-no-cudagraphs", dynamic=False)
+    autotuned = torch.compile(_float8_mm, mode="max-autotune-no-cudagraphs", dynamic=False)
     rows, totals = [], {}
     started = time.perf_counter()
     for m, k, n, calls in FLUX_GEMMS:

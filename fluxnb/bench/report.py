@@ -101,7 +101,8 @@ def _cached_summary(size: str, rows: list[dict], all_rows: list[dict], baseline:
         entry["cached"] = {"backend": top["backend"], "speedup": top["speedup_vs_baseline"],
                            "goal_met": min(speedups.values()) >= goal}
         schedule = top.get("cache_schedule")
-        facts = [] if f"cache={row_cache(top)}" in top["backend"] else [f"cache {row_cache(top)}"]  # benched by name
+        setting = row_cache(top)
+        facts = [] if f"cache={setting}" in top["backend"] else [f"cache {setting}"]  # an entry benched by its name
         if schedule and schedule["computed"] is not None:
             facts.append(f"{schedule['computed']} of {schedule['steps']} steps computed")
         ran = f" ({', '.join(facts)})" if facts else ""

@@ -162,17 +162,25 @@ def test_the_cached_goal_needs_8x_on_every_weight_set():
     assert "1.90 s/image = 8.63x (outliers weights: 7.94x)" in "\n".join(summary["lines"])
 
 
-def _run_lines(baseline: tuple[float, float], backends: dict[str, tuple[tuple[float, float], ...]]) -> str:
-    """The summary of a run on both weight sets: bf16 at 5 s, bnb 8-bit at the given seconds (errors 0.0298 and
-    0.0371, as measured), each backend at its (seconds, latent error) on the Gaussian then the outlier set."""
+def _two_set_run(baseline: tuple[float, float], backends: dict[str, tuple[tuple[float, float], ...]],
+                 extra: dict[str, dict] | None = None) -> dict:
+    """A run on both weight sets: bf16 at 5 s, bnb 8-bit at the given seconds (errors 0.0298 and 0.0371, as
+    measured), each backend at its (seconds, latent error) on the Gaussian then the outlier set, its rows carrying
+    `extra[label]`'s keys too."""
     results = _results({})
     results["rows"] = []
     for index, (weights, base_error) in enumerate((("gaussian", 0.0298), ("outliers", 0.0371))):
         results["rows"] += [_row("flux-dev", 5.0, 0.0, weights),
                             _row("flux-dev-bnb-8bit", baseline[index], base_error, weights)]
-        results["rows"] += [_row(label, *sets[index], weights) for label, sets in backends.items()]
+        results["rows"] += [{**_row(label, *sets[index], weights), **(extra or {}).get(label, {})}
+                            for label, sets in backends.items()]
     add_comparisons(results, {})
-    return "\n".join(summarize(results)["lines"])
+    return results
+
+
+def _run_lines(baseline: tuple[float, float], backends: dict[str, tuple[tuple[float, float], ...]]) -> str:
+    """The summary lines of `_two_set_run`."""
+    return "\n".join(summarize(_two_set_run(baseline, backends))["lines"])
 
 
 def test_the_baseline_line_gives_its_time_on_each_weight_set_and_says_when_they_differ():
@@ -197,15 +205,12 @@ def test_a_missed_goal_says_what_time_would_have_met_it_against_this_runs_baseli
     run = {"flux-dev-torchao-fp8": ((2.82, 0.0459), (2.80, 0.0459)),
            "flux-dev-torchao-fp8@cache=taylorseer@2:until=24": ((1.79, 0.0834), (1.79, 0.0830))}
 
-    def lines(base: tuple[float, float]) -> str:
-        return _run_lines(base, run)
-
-    run50 = lines((13.75, 13.76))
+    run50 = _run_lines((13.75, 13.76), run)
     assert ("-> goal of 6.5x NOT met (6.5x of this run's baseline needs <= 2.12 s/image on the gaussian weights and "
             "<= 2.12 s/image on the outliers weights)") in run50
     assert ("-> goal of 8.0x NOT met (8.0x of this run's baseline needs <= 1.72 s/image on the gaussian weights and "
             "<= 1.72 s/image on the outliers weights)") in run50
-    one_set_short = lines((21.37, 15.75))  # run 47's baselines: float8 short on the outlier set only
+    one_set_short = _run_lines((21.37, 15.75), run)  # run 47's baselines: float8 short on the outlier set only
     assert "NOT met (6.5x of this run's baseline needs <= 2.42 s/image on the outliers weights)" in one_set_short
     assert "goal of 8.0x met" in one_set_short and "8.0x of this run's" not in one_set_short
 
@@ -216,14 +221,8 @@ def test_a_cached_entry_benched_by_its_name_is_held_to_the_cached_rule():
     figures for it: 1.736 / 1.754 s against bnb 8-bit's 13.886 / 13.999 s, 7.999x / 7.981x, so 8.0x is NOT met (by
     rounding, which the line must not hide)."""
     entry = "flux-dev-torchao-fp8-cached"
-    results = _results({})
-    results["rows"] = []
-    for weights, base, seconds, error, base_error in (("gaussian", 13.886, 1.736, 0.0833, 0.0298),
-                                                      ("outliers", 13.999, 1.754, 0.0829, 0.0371)):
-        results["rows"] += [_row("flux-dev", 5.0, 0.0, weights), _row("flux-dev-bnb-8bit", base, base_error, weights),
-                            {**_row(entry, seconds, error, weights), "cache": "taylorseer@2:until=24",
-                             "cache_schedule": {"computed": 17, "steps": 28}}]
-    add_comparisons(results, {})
+    results = _two_set_run((13.886, 13.999), {entry: ((1.736, 0.0833), (1.754, 0.0829))},
+                           {entry: {"cache": "taylorseer@2:until=24", "cache_schedule": {"computed": 17, "steps": 28}}})
     summary = summarize(results)
     size = summary["sizes"]["1024x1024"]
     assert size["cached"] == {"backend": entry, "speedup": pytest.approx(7.999, abs=1e-3), "goal_met": False}

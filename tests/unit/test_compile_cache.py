@@ -114,7 +114,7 @@ def test_a_compiled_entry_loads_with_the_cache_and_records_its_warm_size(tiny_sp
 
 
 def test_compile_vae_compiles_the_decoder_alone_and_keeps_the_image(tiny_model, tiny_spec, monkeypatch):
-    """`compile_vae: true` (the cached float8 entry): the VAE decoder is compiled with its convolutions in
+    """`compile_vae: true` (both float8 entries): the VAE decoder is compiled with its convolutions in
     channels_last, the encoder (image-to-image) stays eager, and the decoded image is the eager model's. The blocks'
     graphs come from the cache the test above filled (same file, same worker), so mostly the decoder compiles here."""
     import dataclasses
